@@ -1,0 +1,27 @@
+"""depthcut: make trained PyTorch networks shallower under a measured latency budget.
+
+Public verbs (imported lazily so that ``import depthcut`` stays cheap):
+
+- ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge).
+- ``depthcut.analyze(model, input_shape)`` — the chain, barriers and candidates of any CNN.
+- ``depthcut.llm.prune(...)`` / ``depthcut.llm.upscale(...)`` — transformer depth pruning / up-scaling.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "compress": ("depthcut.pipeline", "compress"),
+    "LayerMergeConfig": ("depthcut.config", "LayerMergeConfig"),
+    "analyze": ("depthcut.cnn.graph", "analyze"),
+    "DepthcutError": ("depthcut.errors", "DepthcutError"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'depthcut' has no attribute {name!r}")
