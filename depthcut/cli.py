@@ -1,0 +1,125 @@
+"""Command line: ``depthcut analyze | compress | llm prune | llm upscale``.
+
+User errors (DepthcutError) print one clear line and exit non-zero without a traceback; set
+DEPTHCUT_DEBUG=1 to see the traceback anyway.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import DepthcutError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"input shape must look like 1,3,224,224, got {text!r}") from None
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"input shape must be N,C,H,W with positive sizes, got {text!r}")
+    return shape
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .cnn.graph import analyze
+    from .models import resolve_model
+
+    resolved = resolve_model(args.model, pretrained=False)
+    shape = args.input_shape or resolved.input_shape
+    if shape is None:
+        raise DepthcutError(f"no input shape known for {args.model!r}: pass --input-shape N,C,H,W")
+    analysis = analyze(resolved.model, shape, exclude=resolved.chain_exclude)
+    if args.json:
+        print(json.dumps(analysis.summary(), indent=1))
+    else:
+        print(analysis.describe())
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .config import LayerMergeConfig
+    from .pipeline import compress
+
+    if args.config:
+        config = LayerMergeConfig.load(args.config)
+    else:
+        fields = {k: v for k, v in {
+            "speedup": None if args.latency_ms else args.speedup, "latency_ms": args.latency_ms,
+            "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
+            "importance": args.importance, "importance_steps": args.importance_steps,
+            "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
+            "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
+            "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
+            "finetune_size": args.finetune_size, "score_size": args.score_size,
+        }.items() if v is not None}
+        config = LayerMergeConfig(**fields)
+    result = compress(args.model, config, out=args.out)
+    r = result.report
+    print(f"speed-up x{r['speedup']:.2f} on {r['backend']} (batch {r['batch_size']}): "
+          f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms; accuracy "
+          f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}; report in {args.out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="depthcut", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="show the conv chain, barriers and candidate counts of a CNN")
+    a.add_argument("model", help="registered name, package.module:factory, or a torch.export .pt2 file")
+    a.add_argument("--input-shape", type=_shape, default=None, help="N,C,H,W (default: the model's)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("compress", help="LayerMerge: remove activations and convs, merge, recover, export")
+    c.add_argument("--model", default="resnet20_fmnist")
+    c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--speedup", type=float, default=1.5, help="target end-to-end speed-up (default 1.5)")
+    target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
+    c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
+    c.add_argument("--batch-size", type=int, default=None)
+    c.add_argument("--input-shape", type=_shape, default=None)
+    c.add_argument("--importance", default=None, choices=["finetune", "bn-recalibration", "none"])
+    c.add_argument("--importance-steps", type=int, default=None)
+    c.add_argument("--finetune-size", type=int, default=None)
+    c.add_argument("--score-size", type=int, default=None)
+    c.add_argument("--recovery-epochs", type=float, default=None)
+    c.add_argument("--train-limit", type=int, default=None, help="use only N training images for recovery")
+    c.add_argument("--no-distill", action="store_true")
+    c.add_argument("--config", default=None, help="a LayerMergeConfig JSON file (overrides the flags)")
+    c.add_argument("--cache-dir", default=None)
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--quiet", action="store_true")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_compress)
+
+    try:
+        from .llm.cli import add_llm_commands
+    except ImportError:  # the llm extra is optional
+        add_llm_commands = None
+    if add_llm_commands is not None:
+        add_llm_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DepthcutError as e:
+        if os.environ.get("DEPTHCUT_DEBUG"):
+            raise
+        print(f"depthcut: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("depthcut: interrupted; finished table entries are cached and will be reused", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""``depthcut.compress``: the LayerMerge pipeline end to end.
+
+analyse -> latency table -> importance table -> DP frontier -> pick the plan for the budget, verify it by an
+end-to-end timing (tighten and re-solve while it misses) -> recover (fine-tune the unmerged, padding-shifted
+network, optionally distilling from the original) -> merge -> check merged == unmerged -> export + report.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cache import DEFAULT_CACHE_DIR, state_fingerprint
+from .cnn.chain import Candidate, Plan
+from .config import LayerMergeConfig
+from .errors import DepthcutError, InfeasibleBudgetError
+from .models import ResolvedModel, resolve_model
+
+log = logging.getLogger("depthcut")
+
+
+@dataclass
+class CompressResult:
+    model: nn.Module                  # merged, deployable network
+    unmerged: nn.Module               # the same function in its trainable, padding-shifted form
+    plan: Plan
+    report: dict[str, Any]
+    frontier: list[tuple[float, float]] = field(default_factory=list)  # (modelled body ms, importance)
+
+
+def say(config: LayerMergeConfig, msg: str) -> None:
+    if config.progress:
+        import sys
+
+        print(f"[depthcut] {msg}", file=sys.stderr, flush=True)
+
+
+def is_original(candidate: Candidate, chain) -> bool:
+    """A single-conv block that keeps its conv and its activation *is* the original network."""
+    return candidate.end == candidate.start + 1 and candidate.kept == (candidate.end,) \
+        and candidate.kernel == chain.conv(candidate.end).kernel
+
+
+def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
+             out: str | Path | None = None, splits=None) -> CompressResult:
+    """Make ``model`` faster by ``config.speedup`` (or down to ``config.latency_ms``) on ``config.backend``.
+
+    ``model`` is an nn.Module or a spec understood by :func:`depthcut.models.resolve_model`. ``splits`` may
+    pass pre-built :class:`depthcut.data.DataSplits` (tests do); otherwise ``config.data`` is loaded.
+    When ``out`` is given, the merged state dict, plan, ONNX file and reports are written there.
+    """
+    from .cnn.build import build_merged, build_unmerged, count_layers, plan_from_blocks
+    from .cnn.graph import analyze
+    from .data import dataset_info, make_splits
+    from .latency import latency_table, speedup as speedup_of, time_models
+    from .train import evaluate, train
+
+    config = config or LayerMergeConfig()
+    t_start = time.time()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    resolved: ResolvedModel = resolve_model(model)
+    original = resolved.model.eval()
+    if splits is None:
+        splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
+                             train_limit=config.train_limit)
+    input_shape = _input_shape(config, resolved, dataset_info, splits)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+
+    # 1. analysis ---------------------------------------------------------------------------------
+    say(config, f"analysing {resolved.name} at input {input_shape}")
+    analysis = analyze(original, input_shape, exclude=resolved.chain_exclude)
+    chain, candidates = analysis.chain, analysis.candidates
+    say(config, f"chain: L={chain.length} positions, {len(analysis.blocks)} blocks, {len(candidates)} candidates")
+
+    # 2. latency table (SPEC A5) ------------------------------------------------------------------
+    say(config, f"latency table on {config.backend} (batch {config.batch_size})")
+    lat = latency_table(candidates, config.backend, batch_size=config.batch_size, cache_dir=cache_dir,
+                        progress=config.progress)
+    latency_ms = {c.key: (0.0 if not c.kept else lat[c.key].median_ms) for c in candidates}
+
+    # 3. importance table (SPEC A6) ---------------------------------------------------------------
+    importance, base_acc = score_candidates(original, analysis, splits, config, cache_dir)
+
+    # 4. search (SPEC A7): one solve gives the whole frontier --------------------------------------
+    from .search.layermerge import solve
+    from .search.tables import Row
+
+    rows = [Row(c.start, c.end, latency_ms[c.key], importance[c.key], ref=c) for c in candidates]
+    identity_body_ms = sum(latency_ms[c.key] for c in candidates if is_original(c, chain))
+    frontier = solve(rows, chain.length, steps=config.dp_steps, max_latency_ms=identity_body_ms)
+
+    # 5. pick the plan for the budget; verify it by an end-to-end timing ----------------------------
+    example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
+    base_timing = time_models({"original": original}, example, config.backend,
+                              rounds=config.timing_rounds)["original"]
+    target_ms = config.latency_ms if config.latency_ms else base_timing.median_ms / config.speedup
+    body_budget = identity_body_ms * min(1.0, target_ms / base_timing.median_ms)
+    plan, merged_probe, timings, attempts = None, None, None, []
+    for attempt in range(config.max_resolves):
+        try:
+            solution = frontier.best(body_budget)
+        except InfeasibleBudgetError as e:
+            raise InfeasibleBudgetError(
+                f"no plan reaches {target_ms:.3f} ms end to end on {config.backend} "
+                f"(original {base_timing.median_ms:.3f} ms); the fastest plan's modelled body latency is "
+                f"{e.minimum:.3f} ms vs {body_budget:.3f} ms allowed — ask for a smaller speed-up",
+                minimum=e.minimum) from None
+        plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
+        unmerged = build_unmerged(analysis.gm, chain, plan)
+        merged_probe = build_merged(unmerged.eval(), chain, plan).eval()
+        timings = time_models({"original": original, "compressed": merged_probe}, example, config.backend,
+                              rounds=config.timing_rounds)
+        after = timings["compressed"].median_ms
+        attempts.append({"body_budget_ms": body_budget, "modelled_body_ms": solution.latency_ms,
+                         "measured_ms": after, "original_ms": timings["original"].median_ms})
+        achieved = speedup_of(timings["original"], timings["compressed"])
+        ok = (after <= target_ms) if config.latency_ms else (achieved >= config.speedup)
+        say(config, f"plan {attempt + 1}: modelled body {solution.latency_ms:.3f} ms, measured "
+                    f"{after:.3f} ms vs original {timings['original'].median_ms:.3f} ms "
+                    f"(x{achieved:.2f}) -> {'meets' if ok else 'misses'} the target")
+        if ok:
+            break
+        # The additive table is a model, not the truth: tighten the budget by the miss and re-solve.
+        goal = target_ms if config.latency_ms else timings["original"].median_ms / config.speedup
+        body_budget = min(body_budget * 0.97, body_budget * goal / after)
+    else:
+        raise InfeasibleBudgetError(
+            f"after {config.max_resolves} tighten-and-re-solve rounds the measured latency still misses the "
+            f"target on {config.backend}: best {min(a['measured_ms'] for a in attempts):.3f} ms vs "
+            f"{target_ms:.3f} ms; ask for a smaller speed-up", minimum=min(a["measured_ms"] for a in attempts))
+
+    # 6. recovery (SPEC A10): fine-tune the unmerged form, which is exactly the deployed function ----
+    say(config, f"recovery fine-tune: {config.recovery_epochs} epochs"
+                + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
+    unmerged = build_unmerged(analysis.gm, chain, plan)
+    train(unmerged, splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
+          teacher=original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
+          seed=config.seed)
+    unmerged.eval()
+    merged = build_merged(unmerged, chain, plan).eval()
+    merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(input_shape[1:])))
+    if merge_error > 1e-4:
+        raise RuntimeError(f"merged network differs from its unmerged form (relative error {merge_error:.2e})")
+
+    # 7. final measurement, one interleaved run ---------------------------------------------------
+    timings = time_models({"original": original, "compressed": merged}, example, config.backend,
+                          rounds=config.timing_rounds)
+    acc_before = evaluate(original, splits.test)
+    acc_after = evaluate(merged, splits.test)
+    stats_before = count_layers(original, input_shape)
+    stats_after = count_layers(merged, input_shape)
+    plan.meta.update({"model": resolved.name, "input_shape": list(input_shape), "backend": config.backend})
+    report = {
+        "model": resolved.name, "data": config.data, "backend": config.backend,
+        "batch_size": config.batch_size, "input_shape": list(input_shape),
+        "target_speedup": config.speedup, "target_latency_ms": target_ms,
+        "latency_ms_before": timings["original"].median_ms, "latency_ms_after": timings["compressed"].median_ms,
+        "latency_stdev_ms_before": timings["original"].stdev_ms,
+        "latency_stdev_ms_after": timings["compressed"].stdev_ms,
+        "speedup": speedup_of(timings["original"], timings["compressed"]),
+        "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
+        "importance_base_accuracy": base_acc,
+        "params_before": stats_before["params"], "params_after": stats_after["params"],
+        "macs_before": stats_before["macs"], "macs_after": stats_after["macs"],
+        "convs_before": stats_before["convs"], "convs_after": stats_after["convs"],
+        "activations_before": stats_before["activations"], "activations_after": stats_after["activations"],
+        "merge_relative_error": merge_error,
+        "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(candidates),
+        "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
+        "resolve_attempts": attempts,
+        "modelled_body_ms_identity": identity_body_ms,
+        "config": config.to_dict(),
+        "seconds": time.time() - t_start,
+    }
+    frontier_points = [(s.latency_ms, s.importance) for s in frontier.pareto()]
+    result = CompressResult(merged, unmerged, plan, report, frontier_points)
+    if out is not None:
+        from .report import write_outputs
+
+        write_outputs(result, Path(out), example, original=original)
+    say(config, f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} measured on {config.backend}, "
+                f"accuracy {acc_before:.2f} -> {acc_after:.2f}")
+    return result
+
+
+def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeConfig,
+                      cache_dir: Path) -> tuple[dict[str, float], float]:
+    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry (resumable after a kill)."""
+    from .cnn.build import build_unmerged, single_block_plan
+    from .importance import importance_store, importance_table, score
+    from .train import evaluate, recalibrate_bn, train
+
+    chain = analysis.chain
+    base_acc = evaluate(original, splits.score)
+    todo = [c for c in analysis.candidates if not is_original(c, chain)]
+    manifest = {"model": state_fingerprint(original), "data": config.data, "finetune_size": config.finetune_size,
+                "score_size": config.score_size, "proxy": config.importance, "steps": config.importance_steps,
+                "lr": config.importance_lr, "seed": config.seed, "input_shape": list(analysis.input_shape)
+                if hasattr(analysis, "input_shape") else None, "conv_paths": [c.path for c in chain.convs]}
+    store = importance_store(manifest, cache_dir)
+
+    def accuracy_of(candidate: Candidate) -> float:
+        torch.manual_seed(config.seed)
+        model = build_unmerged(analysis.gm, chain, single_block_plan(chain, candidate))
+        if config.importance == "finetune":
+            train(model, splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
+                  progress=False, seed=config.seed)
+        elif config.importance == "bn-recalibration":
+            recalibrate_bn(model, splits.finetune)
+        return evaluate(model.eval(), splits.score)
+
+    say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
+                f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached")
+    accs = importance_table(todo, accuracy_of, store=store, progress=config.progress)
+    scores = {c.key: 1.0 for c in analysis.candidates}        # exp(0): the original network itself
+    for c in todo:
+        scores[c.key] = score(accs[c.key], base_acc)
+    return scores, base_acc
+
+
+def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    return float((ya - yb).norm() / ya.norm().clamp_min(1e-12))
+
+
+def _input_shape(config, resolved, dataset_info, splits) -> tuple[int, ...]:
+    if config.input_shape:
+        return tuple(config.input_shape)
+    if resolved.input_shape:
+        return (1,) + tuple(resolved.input_shape[1:])
+    x, _ = splits.test[0]
+    return (1,) + tuple(x.shape)
+
+
+def _block_row(c: Candidate, chain) -> dict[str, Any]:
+    paths = [chain.conv(p).path for p in range(c.start + 1, c.end + 1)]
+    return {"start": c.start, "end": c.end, "kernel": c.kernel, "stride": c.stride, "depthwise": c.depthwise,
+            "convs": paths, "kept": [chain.conv(p).path for p in c.kept],
+            "merged": c.end - c.start > 1, "activation": c.activation}

@@ -1,0 +1,149 @@
+"""Write what ``compress`` produced: merged weights, plan, ONNX, report.md / report.json, frontier plot.
+
+Layout of the output folder::
+
+    merged_state_dict.pt   state dict of the merged network (load with depthcut.report.load_compressed)
+    unmerged_state_dict.pt the same function in trainable form (to fine-tune further)
+    plan.json              the plan; replays on the original model (depthcut.cnn.build.replay)
+    model.onnx             the merged network
+    report.md, report.json before/after figures, measured in one interleaved run
+    frontier.png           modelled latency / importance frontier from the one DP solve, chosen plan marked
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cache import atomic_write_json, atomic_write_text
+from .errors import DepthcutError
+
+
+def write_outputs(result, out: Path, example: torch.Tensor, original: nn.Module | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result.model.state_dict(), out / "merged_state_dict.pt")
+    torch.save(result.unmerged.state_dict(), out / "unmerged_state_dict.pt")
+    atomic_write_text(out / "plan.json", result.plan.to_json())
+    report = dict(result.report)
+    report["onnx"] = export_onnx(result.model, example, out / "model.onnx")
+    report["frontier_png"] = plot_frontier(result, out / "frontier.png")
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_markdown(report))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
+    """Export with the TorchScript exporter (fast, no extra deps); fall back to dynamo."""
+    model = model.eval()
+    errors = []
+    for dynamo in (False, True):
+        try:
+            torch.onnx.export(model, (example,), str(path), dynamo=dynamo, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}} if not dynamo else None)
+            return path.name
+        except Exception as e:  # noqa: BLE001 - report and try the other exporter
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(e).__name__}: {e}")
+    atomic_write_text(path.with_suffix(".onnx-error.txt"), "\n".join(errors))
+    return None
+
+
+def plot_frontier(result, path: Path) -> str | None:
+    if not result.frontier:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, ys = zip(*result.frontier)
+    rep = result.report
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    ax.step(xs, ys, where="post", color="#1f77b4", label="DP frontier (one solve)")
+    chosen = rep["resolve_attempts"][-1]["modelled_body_ms"]
+    best = max((y for x, y in result.frontier if x <= chosen + 1e-9), default=None)
+    if best is not None:
+        ax.plot([chosen], [best], "o", color="#d62728",
+                label=f"chosen: x{rep['speedup']:.2f} measured, acc {rep['accuracy_after']:.2f}%")
+    ax.axvline(rep["modelled_body_ms_identity"], color="gray", ls=":", label="original body (modelled)")
+    ax.set_xlabel(f"modelled body latency, ms ({rep['backend']}, batch {rep['batch_size']})")
+    ax.set_ylabel("sum of block importance")
+    ax.set_title(f"{rep['model']}: latency / importance frontier")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    def row(name, before, after, fmt="{:,}"):
+        return f"| {name} | {fmt.format(before)} | {fmt.format(after)} |"
+
+    lines = [
+        f"# depthcut report: {r['model']}",
+        "",
+        f"Backend **{r['backend']}**, batch {r['batch_size']}, input {tuple(r['input_shape'][1:])}; "
+        f"latencies are medians of one interleaved run (original and compressed alternating).",
+        "",
+        f"**Speed-up {r['speedup']:.2f}x** (target "
+        + (f"x{r['target_speedup']}" if r.get("target_speedup") else f"{r['target_latency_ms']:.3f} ms")
+        + f"), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}% "
+          f"({-r['accuracy_drop']:+.2f} points) on the {r['data']} test set.",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        row("latency (ms)", r["latency_ms_before"], r["latency_ms_after"], "{:.3f}"),
+        row("latency spread (stdev, ms)", r["latency_stdev_ms_before"], r["latency_stdev_ms_after"], "{:.3f}"),
+        row("accuracy (%)", r["accuracy_before"], r["accuracy_after"], "{:.2f}"),
+        row("parameters", r["params_before"], r["params_after"]),
+        row("MACs", r["macs_before"], r["macs_after"]),
+        row("convolutions", r["convs_before"], r["convs_after"]),
+        row("activations", r["activations_before"], r["activations_after"]),
+        "",
+        f"Chain: {r['positions']} positions, {r['blocks_valid']} valid blocks, {r['candidates']} candidates. "
+        f"Merged network equals its unmerged form to a relative error of {r['merge_relative_error']:.1e}.",
+        "",
+        "## Plan",
+        "",
+        "| block | convs | kept | merged kernel | stride | activation after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in r["plan_blocks"]:
+        kept = ", ".join(b["kept"]) if b["kept"] else "(identity)"
+        convs = ", ".join(b["convs"])
+        lines.append(f"| ({b['start']}, {b['end']}) | {convs} | {kept} | {b['kernel']}x{b['kernel']}"
+                     f"{' dw' if b['depthwise'] else ''} | {b['stride']} | {b['activation'] or '-'} |")
+    lines += ["", "## Budget rounds", "",
+              "The block latencies add up to a model of the network's latency; each round below timed the real "
+              "network and, if it missed, tightened the budget and re-solved.", "",
+              "| round | body budget (ms) | modelled body (ms) | measured (ms) | original (ms) |",
+              "|---|---|---|---|---|"]
+    for i, a in enumerate(r["resolve_attempts"], 1):
+        lines.append(f"| {i} | {a['body_budget_ms']:.3f} | {a['modelled_body_ms']:.3f} | {a['measured_ms']:.3f} "
+                     f"| {a['original_ms']:.3f} |")
+    if r.get("frontier_png"):
+        lines += ["", f"![frontier]({r['frontier_png']})"]
+    lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def load_compressed(folder: str | Path, model: nn.Module | str | None = None) -> nn.Module:
+    """Rebuild the merged network saved by ``compress(..., out=folder)``: replay plan.json on the original
+    model (given, or resolved from the plan's recorded model name) and load the merged weights."""
+    from .cnn.build import replay
+    from .models import resolve_model
+
+    folder = Path(folder)
+    plan_path, weights = folder / "plan.json", folder / "merged_state_dict.pt"
+    for p in (plan_path, weights):
+        if not p.exists():
+            raise DepthcutError(f"{p} is missing: {folder} is not a depthcut output folder")
+    plan_json = plan_path.read_text()
+    meta = json.loads(plan_json).get("meta", {})
+    base = resolve_model(model if model is not None else meta.get("model", "")).model
+    merged = replay(base, plan_json, tuple(meta["input_shape"]))
+    merged.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return merged.eval()

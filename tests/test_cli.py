@@ -1,0 +1,59 @@
+"""The command line: user errors give one clear line and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from depthcut.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "depthcut", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_analyze_json_reports_reference_counts(capsys):
+    assert main(["analyze", "resnet34", "--input-shape", "1,3,224,224", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["positions"] == 32 and summary["blocks"] == 62 and summary["candidates"] == 150
+    assert len(summary["candidate_list"]) == 150
+
+
+def test_analyze_text_for_a_factory(capsys):
+    assert main(["analyze", "depthcut.zoo.resnet:resnet20", "--input-shape", "1,3,32,32"]) == 0
+    assert "candidates" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["analyze", "no_such_model"], "unknown model"),
+    (["analyze", "/tmp/definitely-missing.pt2"], "does not exist"),
+    (["analyze", "depthcut.zoo.resnet:nope", "--input-shape", "1,3,32,32"], "no attribute"),
+    (["compress", "--model", "resnet20", "--data", "/tmp/no-such-image-folder", "--out", "/tmp/x"],
+     "no-such-image-folder"),
+])
+def test_user_errors_are_one_line(args, words):
+    proc = run(*args)
+    assert proc.returncode != 0
+    assert words in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_not_an_export_program(tmp_path):
+    bad = tmp_path / "model.pt2"
+    bad.write_bytes(b"not a zip")
+    proc = run("analyze", str(bad))
+    assert proc.returncode == 2 and "torch.export" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_torch_export_program_is_analysed(tmp_path):
+    import torch
+
+    from depthcut.zoo.resnet import resnet20
+
+    path = tmp_path / "r20.pt2"
+    torch.export.save(torch.export.export(resnet20().eval(), (torch.randn(1, 3, 32, 32),)), str(path))
+    proc = run("analyze", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["candidates"] > 0

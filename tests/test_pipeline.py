@@ -1,0 +1,111 @@
+"""End to end: compress a small trained CNN on the digits data set with the deterministic test backend."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from depthcut.config import LayerMergeConfig
+from depthcut.data import make_splits
+from depthcut.errors import DepthcutError, InfeasibleBudgetError
+from depthcut.pipeline import compress
+from depthcut.report import load_compressed
+from depthcut.train import evaluate, train
+
+
+class TinyNet(nn.Module):
+    """stem -> residual pair -> strided conv -> conv -> head: merges, prunes and barriers all occur."""
+
+    def __init__(self):
+        super().__init__()
+        def cbr(cin, cout, stride=1, act=True):
+            layers = [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
+            return nn.Sequential(*layers, nn.ReLU()) if act else nn.Sequential(*layers)
+        self.stem = cbr(1, 12)
+        self.a = cbr(12, 12)
+        self.b = cbr(12, 12, act=False)
+        self.c = cbr(12, 16, stride=2)
+        self.d = cbr(16, 16)
+        self.e = cbr(16, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.b(self.a(x)) + x)
+        x = self.e(self.d(self.c(x)))
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    splits = make_splits("digits", finetune_size=200, score_size=200, seed=0)
+    model = TinyNet()
+    train(model, splits.train, epochs=4, lr=0.05, batch_size=64, progress=False)
+    model.eval()
+    assert evaluate(model, splits.test) > 80
+    return model, splits
+
+
+def config(tmp_path, **kw):
+    base = dict(speedup=1.3, backend="sleepy", data="digits", importance="finetune", importance_steps=2,
+                finetune_size=200, score_size=200, recovery_epochs=1, timing_rounds=2, cache_dir=str(tmp_path / "c"),
+                progress=False, input_shape=(1, 1, 8, 8))
+    base.update(kw)
+    return LayerMergeConfig(**base)
+
+
+def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
+    model, splits = trained
+    out = tmp_path / "out"
+    result = compress(model, config(tmp_path), out=out, splits=splits)
+    r = result.report
+    assert r["speedup"] >= 1.3                          # measured, never just modelled
+    assert r["latency_ms_after"] < r["latency_ms_before"]
+    assert r["convs_after"] < r["convs_before"]
+    assert r["merge_relative_error"] <= 1e-4
+    assert r["accuracy_after"] > 50
+    for name in ("report.md", "report.json", "plan.json", "merged_state_dict.pt", "model.onnx", "frontier.png"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "report.json").read_text())
+    for key in ("latency_ms_before", "latency_ms_after", "speedup", "accuracy_before", "accuracy_after",
+                "params_before", "params_after", "macs_before", "macs_after", "plan_blocks"):
+        assert key in saved
+    # the saved folder rebuilds the merged network from the original + plan + weights
+    again = load_compressed(out, model=model)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(again(x), result.model(x), atol=1e-5)
+        assert torch.allclose(result.unmerged.eval()(x), result.model(x), atol=1e-4, rtol=1e-4)
+    # the ONNX export computes the same function
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(y), result.model(x).detach(), atol=1e-4)
+
+
+def test_importance_entries_are_reused_after_a_rerun(trained, tmp_path):
+    model, splits = trained
+    cfg = config(tmp_path, recovery_epochs=0.1)
+    compress(model, cfg, splits=splits)
+    entries = sorted((tmp_path / "c" / "importance").rglob("*.json"))
+    assert len(entries) > 2
+    stamps = {p: p.stat().st_mtime_ns for p in entries}
+    compress(model, cfg, splits=splits)
+    assert {p: p.stat().st_mtime_ns for p in entries} == stamps     # nothing recomputed
+
+
+def test_infeasible_speedup_states_the_minimum(trained, tmp_path):
+    model, splits = trained
+    with pytest.raises(InfeasibleBudgetError, match="ms") as err:
+        compress(model, config(tmp_path, speedup=50.0, importance="none"), splits=splits)
+    assert err.value.minimum is not None and err.value.minimum > 0
+
+
+def test_model_without_convolutions_is_a_clear_error(tmp_path):
+    splits = make_splits("digits", finetune_size=50, score_size=50, seed=0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(DepthcutError, match="conv"):
+        compress(mlp, config(tmp_path), splits=splits)
