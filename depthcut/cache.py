@@ -59,6 +59,25 @@ def fingerprint(fields: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def state_fingerprint(model_or_state: Any) -> str:
+    """A short hash of a model's weights and buffers (a module or a state dict), for manifests of tables
+    whose values depend on the trained model (e.g. importance). Names, shapes, dtypes and bytes all count."""
+    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        # view as bytes: numpy cannot represent every dtype (bfloat16), a uint8 view always works
+        h.update(t.reshape(-1).view(_torch_uint8()).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _torch_uint8() -> Any:
+    import torch  # lazy: the cache module itself must not pull in torch
+
+    return torch.uint8
+
+
 def _safe(key: str) -> str:
     keep = "".join(c if c.isalnum() or c in "-_.," else "_" for c in key)
     return f"{keep[:80]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

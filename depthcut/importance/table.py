@@ -1,0 +1,243 @@
+"""The importance table I(i, j, k) (SPEC A6): one (cheaply fine-tuned) evaluation per candidate.
+
+This is the expensive part of LayerMerge (150-391 short fine-tunes), so it is built to survive:
+
+- every finished entry is written to an :class:`~depthcut.cache.EntryStore` *immediately and atomically*,
+  so ``kill -9`` loses only the entries in flight, and a rerun skips everything already stored;
+- the work goes through an :class:`~depthcut.importance.executor.Executor` (in-process, a process pool, or a
+  distributed engine with the same ``map``), and ``shard=(i, n)`` splits it across machines sharing a cache.
+
+The table stores the raw *metric* of each candidate (accuracy in % or a loss); :func:`importance_scores`
+turns metrics into the DP's importance with :func:`score` (I = exp(Δacc/100)) or :func:`score_loss`
+(I = exp(−ΔL/L0)). Keeping the raw metric means the base model can be re-evaluated without recomputing rows.
+
+This module does not import torch at load time (only :func:`recalibrate_bn` needs it), so worker processes
+and resumed runs start fast.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint
+from ..cnn.chain import Candidate
+from ..errors import CacheError, DepthcutError
+from ..progress import progress as _progress
+from .executor import Executor, LocalExecutor
+
+TABLE_FORMAT = 1
+
+
+# ------------------------------------------------------------------------------------------- scores ---
+
+def score(acc: float, base_acc: float) -> float:
+    """Importance of a candidate from accuracies in percent: I = exp((acc − base_acc) / 100).
+    A harmless block scores ≈ 1; each point of accuracy lost costs ≈ 1%."""
+    return math.exp((acc - base_acc) / 100.0)
+
+
+def score_loss(loss: float, base_loss: float) -> float:
+    """Importance for generative models from losses: I = exp(−(loss − base_loss) / base_loss)."""
+    if not base_loss > 0:
+        raise ValueError(f"base loss must be positive, got {base_loss}")
+    return math.exp(-(loss - base_loss) / base_loss)
+
+
+def importance_scores(metrics: Mapping[str, float], base: float, metric: str = "accuracy") -> dict[str, float]:
+    """Map raw table metrics to importances; ``metric`` is "accuracy" (higher is better, in %) or "loss"."""
+    if metric == "accuracy":
+        return {k: score(v, base) for k, v in metrics.items()}
+    if metric == "loss":
+        return {k: score_loss(v, base) for k, v in metrics.items()}
+    raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}")
+
+
+# ------------------------------------------------------------------------------------------ proxies ---
+
+class Proxy(str, enum.Enum):
+    """How a candidate model is prepared before it is evaluated. Costs are per candidate, with E = one
+    evaluation pass over the held-out evaluation subset.
+
+    - ``FINETUNE`` ("finetune"): the LayerMerge protocol. ``train_fn`` fine-tunes the candidate briefly
+      (paper: 1 epoch on 50k images; here whatever ``train_fn`` does, e.g. a few hundred steps), then it is
+      evaluated. Cost: the fine-tune (forward + backward over the training subset, typically 3-10x E) + E.
+      The most faithful ranking: it measures the damage that fine-tuning cannot repair.
+    - ``BN_RECALIBRATION`` ("bn-recalibration"): no gradient steps; BatchNorm running statistics are reset
+      and recomputed on a few calibration batches (the merged block shifts activation statistics downstream,
+      and stale statistics dominate the raw damage). Cost: ``calibration_batches`` forward passes + E,
+      roughly 1.1-1.5x E. Ranks well for blocks that only remove activations; under-rates candidates whose
+      damage fine-tuning would repair (e.g. re-initialised single convs).
+    - ``NONE`` ("none"): evaluate the candidate as built. Cost: E. Cheapest and noisiest: stale BN
+      statistics make most candidates look catastrophic, so it mostly separates "harmless" from "not".
+
+    A "fewer steps" proxy is ``FINETUNE`` with a shorter ``train_fn``.
+    """
+
+    FINETUNE = "finetune"
+    BN_RECALIBRATION = "bn-recalibration"
+    NONE = "none"
+
+
+PROXIES: dict[str, str] = {
+    Proxy.FINETUNE.value: "short fine-tune then evaluate; cost = fine-tune + 1 evaluation (most faithful)",
+    Proxy.BN_RECALIBRATION.value: "recompute BatchNorm statistics on a few batches, no gradient steps, then "
+                                  "evaluate; cost ≈ a few forward passes + 1 evaluation",
+    Proxy.NONE.value: "evaluate directly, no adaptation; cost = 1 evaluation (cheapest, noisiest)",
+}
+
+
+def recalibrate_bn(model: Any, batches: Iterable[Any], num_batches: int | None = None) -> Any:
+    """Reset every BatchNorm's running statistics and recompute them as the exact average over
+    ``num_batches`` batches (momentum=None), without gradients. Only the BN layers switch to train mode
+    (dropout etc. stay in eval), and the model is left in eval mode. Batches are tensors or (x, ...) tuples.
+    """
+    import torch
+    from torch import nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model.eval()
+    momenta = [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None      # cumulative average: the order and number of batches do not bias the stats
+        bn.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if num_batches is not None and seen >= num_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                device = next((p.device for p in model.parameters()), None)
+                model(x.to(device) if device is not None else x)
+                seen += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.eval()
+    if seen == 0:
+        raise DepthcutError("BN re-calibration got no batches: the calibration data is empty (a generator "
+                            "that was already consumed? pass a list or a DataLoader)")
+    return model
+
+
+@dataclass
+class ProxyScore:
+    """``score_fn`` for :func:`importance_table`: build the candidate model, adapt it with the proxy,
+    evaluate. Picklable (hence usable with ProcessExecutor) when its callables are module-level."""
+
+    build_candidate_model: Callable[[Candidate], Any]
+    train_fn: Callable[[Any], Any] | None
+    eval_fn: Callable[[Any], float]
+    proxy: Proxy = Proxy.FINETUNE
+    calibration_data: Iterable[Any] | None = None
+    calibration_batches: int | None = 8
+
+    def __call__(self, candidate: Candidate) -> float:
+        model = self.build_candidate_model(candidate)
+        if self.proxy is Proxy.FINETUNE:
+            out = self.train_fn(model)  # type: ignore[misc]
+            model = out if out is not None else model   # train_fn may return the trained model
+        elif self.proxy is Proxy.BN_RECALIBRATION:
+            recalibrate_bn(model, self.calibration_data, self.calibration_batches)  # type: ignore[arg-type]
+        if hasattr(model, "eval"):
+            model.eval()
+        return float(self.eval_fn(model))
+
+
+def make_score_fn(build_candidate_model: Callable[[Candidate], Any], train_fn: Callable[[Any], Any] | None,
+                  eval_fn: Callable[[Any], float], proxy: str | Proxy = Proxy.FINETUNE, *,
+                  calibration_data: Iterable[Any] | None = None,
+                  calibration_batches: int | None = 8) -> ProxyScore:
+    """Compose ``candidate -> metric`` from the pipeline's pieces and a :class:`Proxy`.
+
+    ``build_candidate_model(candidate)`` returns a fresh model with only that block applied;
+    ``train_fn(model)`` fine-tunes it in place (or returns the trained model); ``eval_fn(model)`` returns
+    accuracy in % (or a loss). ``calibration_data`` (re-iterable: list or DataLoader) feeds BN re-calibration.
+    """
+    try:
+        proxy = Proxy(proxy)
+    except ValueError:
+        raise DepthcutError(f"unknown importance proxy {proxy!r}; choose one of: {', '.join(PROXIES)}") from None
+    if proxy is Proxy.FINETUNE and train_fn is None:
+        raise DepthcutError("importance proxy 'finetune' needs a train_fn")
+    if proxy is Proxy.BN_RECALIBRATION and calibration_data is None:
+        raise DepthcutError("importance proxy 'bn-recalibration' needs calibration_data (a list of batches "
+                            "or a DataLoader)")
+    return ProxyScore(build_candidate_model, train_fn, eval_fn, proxy, calibration_data, calibration_batches)
+
+
+# -------------------------------------------------------------------------------------------- table ---
+
+def importance_store(manifest: Mapping[str, Any], cache_dir: str | Path | None = None) -> EntryStore:
+    """The store for one importance table: ``cache_dir/importance/<fingerprint(manifest)>``. The manifest
+    must cover everything that changes the metrics: model weights (see ``cache.state_fingerprint``), proxy,
+    fine-tune recipe, data subsets, seed."""
+    manifest = {"table": "importance", "format": TABLE_FORMAT, **manifest}
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    return EntryStore(root / "importance" / fingerprint(manifest), manifest)
+
+
+def in_shard(key: str, shard: tuple[int, int]) -> bool:
+    """Stable assignment of an entry to shard ``i`` of ``n`` (same on every machine and Python run)."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    return int(hashlib.sha1(key.encode()).hexdigest(), 16) % n == i
+
+
+class _Timed:
+    """Wraps score_fn to also report wall time (stored with the entry for cost accounting)."""
+
+    def __init__(self, score_fn: Callable[[Candidate], float]):
+        self.score_fn = score_fn
+
+    def __call__(self, candidate: Candidate) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        value = float(self.score_fn(candidate))
+        return value, time.perf_counter() - t0
+
+
+def _read_entry(store: EntryStore, key: str) -> float:
+    entry = store[key]
+    try:
+        return float(entry["metric"])
+    except (TypeError, KeyError, ValueError):
+        raise CacheError(f"cache file {store.path(key)} does not hold an importance metric for {key!r}; "
+                         f"delete it to recompute") from None
+
+
+def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candidate], float], *,
+                     store: EntryStore, executor: Executor | None = None, progress: bool = True,
+                     shard: tuple[int, int] | None = None) -> dict[str, float]:
+    """Compute ``{candidate.key: score_fn(candidate)}``, resuming from and writing to ``store``.
+
+    Entries already in the store are not recomputed; each new result is stored atomically as soon as the
+    executor yields it. With ``shard=(i, n)`` only this shard's missing entries are computed and the result
+    holds whatever the store has (possibly incomplete); without it the result is complete.
+    """
+    executor = executor or LocalExecutor()
+    unique: dict[str, Candidate] = {}
+    for c in candidates:
+        unique.setdefault(c.key, c)
+    todo = [c for key, c in unique.items()
+            if (shard is None or in_shard(key, shard)) and key not in store]
+
+    bar = _progress(total=len(todo), desc="importance", enabled=progress, unit="entry")
+    try:
+        for cand, (value, seconds) in executor.map(_Timed(score_fn), todo):
+            store[cand.key] = {"metric": value, "seconds": seconds, "candidate": cand.to_dict()}
+            bar.update(1)
+            bar.set_postfix_str(f"{cand.key}={value:.4g}")
+    finally:
+        bar.close()
+
+    keys = list(unique) if shard is None else [k for k in unique if k in store]
+    return {key: _read_entry(store, key) for key in keys}

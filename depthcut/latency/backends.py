@@ -1,0 +1,360 @@
+"""Latency measurement backends (SPEC A5): PyTorch eager, torch.compile, ONNX Runtime, TensorRT.
+
+A backend turns ``(module, example_input)`` into a zero-argument *runner* that executes one forward pass
+the way it would run in deployment; :func:`measure` times a runner. Everything a table's numbers depend on
+(backend version, torch version, device name, threads, dtype) is reported by :meth:`Backend.describe` and
+goes into the cache fingerprint, so a table timed on another machine or library is never reused.
+
+Adding a backend::
+
+    @register_backend("mybackend")
+    class MyBackend(Backend):
+        def available(self): ...
+        def missing(self): return "why it is not available"
+        def prepare(self, module, example_input): return lambda: ...
+
+The registry holds classes; :func:`get_backend` instantiates one with keyword options (``device=...``).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import DepthcutError
+
+Runner = Callable[[], Any]
+
+
+class BackendUnavailableError(DepthcutError):
+    """A latency backend was requested that cannot run here; the message says what is missing."""
+
+
+# ------------------------------------------------------------------------------------------- timing ---
+
+@dataclass(frozen=True)
+class Timing:
+    """Summary of n timed runs, in milliseconds. The median is the estimate; the spread is kept to judge it."""
+
+    median_ms: float
+    stdev_ms: float
+    p10_ms: float
+    p90_ms: float
+    n: int
+
+    @classmethod
+    def zero(cls) -> "Timing":
+        """The cost of an identity option: nothing runs."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0)
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float]) -> "Timing":
+        if not samples_ms:
+            raise ValueError("no timing samples")
+        s = sorted(samples_ms)
+        return cls(median_ms=statistics.median(s), stdev_ms=statistics.stdev(s) if len(s) > 1 else 0.0,
+                   p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9), n=len(s))
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Timing":
+        return cls(median_ms=float(d["median_ms"]), stdev_ms=float(d["stdev_ms"]), p10_ms=float(d["p10_ms"]),
+                   p90_ms=float(d["p90_ms"]), n=int(d["n"]))
+
+
+def _quantile(sorted_samples: list[float], q: float) -> float:
+    """Linear-interpolated quantile of already sorted samples (numpy's default method)."""
+    pos = q * (len(sorted_samples) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
+
+
+def sample_ms(runner: Runner, n: int) -> list[float]:
+    """``n`` timed calls of ``runner``, in milliseconds each."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        runner()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def measure(runner: Runner, *, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
+            max_repeats: int = 10_000) -> Timing:
+    """Time ``runner``: ``warmup`` untimed calls, then at least ``repeats`` timed calls, continuing until
+    ``min_time_s`` of timed work has accumulated (so microsecond-scale ops get enough samples to have a
+    stable median), capped at ``max_repeats``. Each call is one sample; GPU runners synchronise inside."""
+    for _ in range(warmup):
+        runner()
+    samples: list[float] = []
+    spent = 0.0
+    while len(samples) < max(1, repeats) or (spent < min_time_s and len(samples) < max_repeats):
+        t0 = time.perf_counter()
+        runner()
+        dt = time.perf_counter() - t0
+        samples.append(dt * 1e3)
+        spent += dt
+    return Timing.from_samples(samples)
+
+
+# ------------------------------------------------------------------------------------------ registry ---
+
+_REGISTRY: dict[str, type["Backend"]] = {}
+
+
+def register_backend(name: str) -> Callable[[type["Backend"]], type["Backend"]]:
+    """Class decorator: make a backend available under ``name`` to :func:`get_backend`."""
+    def deco(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def registered_backends() -> list[str]:
+    """All backend names, whether or not they can run on this machine."""
+    return sorted(_REGISTRY)
+
+
+def available_backends() -> list[str]:
+    """Backend names that can run on this machine right now."""
+    return [n for n in registered_backends() if _REGISTRY[n]().available()]
+
+
+def get_backend(name: "str | Backend", *, check: bool = True, **options: Any) -> "Backend":
+    """Instantiate backend ``name`` (options e.g. ``device="cuda"``). With ``check`` (default), a backend
+    that cannot run here raises :class:`BackendUnavailableError` naming what is missing."""
+    if isinstance(name, Backend):
+        backend = name
+    else:
+        if name not in _REGISTRY:
+            raise DepthcutError(f"unknown latency backend {name!r}; registered: {', '.join(registered_backends())}")
+        backend = _REGISTRY[name](**options)
+    if check and not backend.available():
+        raise BackendUnavailableError(f"latency backend {backend.name!r} is not available: {backend.missing()}")
+    return backend
+
+
+# ------------------------------------------------------------------------------------------ backends ---
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """Human-readable hardware name: the GPU model for CUDA, the CPU model from /proc/cpuinfo otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def _cuda_sync(device: torch.device) -> Callable[[], None]:
+    # GPU kernels are asynchronous: a runner must wait for them or we would time only the launch.
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+class Backend:
+    """Base class. Subclasses set ``name`` (via :func:`register_backend`) and implement ``prepare``."""
+
+    name: str = "?"
+    dtype: torch.dtype = torch.float32
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+
+    def available(self) -> bool:
+        return not self.missing()
+
+    def missing(self) -> str:
+        """Empty when the backend can run; otherwise what is missing (shown to the user)."""
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            return f"device {self.device} requested but CUDA is not available"
+        return ""
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that changes timings; goes into the latency cache fingerprint."""
+        return {"backend": self.name, "backend_version": self.version(), "torch": torch.__version__,
+                "device": device_name(self.device), "device_type": self.device.type,
+                "threads": torch.get_num_threads(), "dtype": str(self.dtype).replace("torch.", "")}
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        raise NotImplementedError
+
+    def _place(self, module: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+        module = module.to(device=self.device, dtype=self.dtype).eval()
+        return module, example_input.to(device=self.device, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={str(self.device)!r})"
+
+
+@register_backend("eager")
+class EagerBackend(Backend):
+    """Plain PyTorch eager execution under ``torch.inference_mode``."""
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        module, x = self._place(module, example_input)
+        sync = _cuda_sync(self.device)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                y = module(x)
+            sync()
+            return y
+        return run
+
+
+@register_backend("compile")
+class CompileBackend(Backend):
+    """``torch.compile`` (inductor, default mode). Compilation happens in ``prepare`` (a few seconds per
+    distinct module), so the runner times only the compiled kernels."""
+
+    def missing(self) -> str:
+        base = super().missing()
+        if base:
+            return base
+        if self.device.type == "cpu" and not (shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")):
+            return "torch.compile on CPU needs a C++ compiler (g++/c++) on PATH"
+        return ""
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        module, x = self._place(module, example_input)
+        # Every nn.Sequential shares one forward code object, and dynamo keeps only a few compiled variants
+        # per code object before silently falling back to eager; a table times hundreds of rows, so start
+        # each module from a clean slate. (Earlier runners recompile on their next call: warm them again.)
+        torch._dynamo.reset()
+        compiled = torch.compile(module)
+        sync = _cuda_sync(self.device)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                y = compiled(x)
+            sync()
+            return y
+        for _ in range(2):  # first call compiles; the second checks no recompilation is pending
+            run()
+        return run
+
+
+def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset: int = 17) -> None:
+    """Export with the TorchScript exporter (fast, robust for plain convs); fall back to the dynamo one."""
+    module = module.cpu().float().eval()
+    x = example_input.cpu().float()
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but still the sturdier one
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (x,), path, dynamo=False, opset_version=opset,
+                              input_names=["x"], output_names=["y"])
+    except Exception as first:  # noqa: BLE001 — any exporter failure: try the other exporter
+        try:
+            torch.onnx.export(module, (x,), path, dynamo=True, opset_version=max(opset, 18),
+                              input_names=["x"], output_names=["y"], external_data=False)
+        except Exception as second:
+            raise DepthcutError(f"cannot export {type(module).__name__} to ONNX: {first}; dynamo exporter: "
+                                f"{second}") from second
+
+
+@register_backend("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime, CPUExecutionProvider, all graph optimisations, intra-op threads = torch threads."""
+
+    def missing(self) -> str:
+        if self.device.type != "cpu":
+            return f"the onnxruntime backend runs on CPU only (got device {self.device})"
+        return "" if importlib.util.find_spec("onnxruntime") else "package onnxruntime is not installed " \
+                                                                   "(pip install depthcut[onnx])"
+
+    def version(self) -> str:
+        return importlib.import_module("onnxruntime").__version__
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(module, example_input, path)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # The session reads the whole model in its constructor, so the temp dir may go afterwards.
+            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        feed = {name: example_input.detach().cpu().float().numpy()}
+        return lambda: session.run(None, feed)
+
+
+@register_backend("tensorrt")
+class TensorRTBackend(Backend):
+    """NVIDIA TensorRT (fp32 engine built from ONNX). Needs CUDA and the ``tensorrt`` Python package.
+
+    Not exercised by the CPU test suite; written against the TensorRT >= 10 tensor-address API.
+    """
+
+    def __init__(self, device: str | torch.device = "cuda"):
+        super().__init__(device)
+
+    def missing(self) -> str:
+        lacks = []
+        if not torch.cuda.is_available():
+            lacks.append("a CUDA GPU (torch.cuda.is_available() is False)")
+        if importlib.util.find_spec("tensorrt") is None:
+            lacks.append("the 'tensorrt' Python package")
+        return ("needs " + " and ".join(lacks)) if lacks else ""
+
+    def version(self) -> str:
+        return importlib.import_module("tensorrt").__version__
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        import tensorrt as trt
+
+        logger = trt.Logger(trt.Logger.WARNING)
+        with tempfile.TemporaryDirectory(prefix="depthcut-trt-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(module, example_input, path)
+            builder = trt.Builder(logger)
+            network = builder.create_network(0)
+            parser = trt.OnnxParser(network, logger)
+            if not parser.parse_from_file(path):
+                errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+                raise DepthcutError(f"TensorRT cannot parse the exported ONNX model: {errs}")
+            config = builder.create_builder_config()
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise DepthcutError("TensorRT failed to build an engine for the module")
+        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        context = engine.create_execution_context()
+        x = example_input.to(self.device, torch.float32).contiguous()
+        out_name = engine.get_tensor_name(1)
+        y = torch.empty(tuple(context.get_tensor_shape(out_name)), device=self.device, dtype=torch.float32)
+        context.set_tensor_address(engine.get_tensor_name(0), x.data_ptr())
+        context.set_tensor_address(out_name, y.data_ptr())
+        stream = torch.cuda.Stream(self.device)
+
+        def run() -> Any:
+            context.execute_async_v3(stream.cuda_stream)
+            stream.synchronize()
+            return y
+        run.keepalive = (engine, context, x, y)  # type: ignore[attr-defined]  # buffers must outlive the runner
+        return run

@@ -1,0 +1,236 @@
+"""The resumable importance table (SPEC A6): kill -9 safety, resume, executors, shards, proxies, scores."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from depthcut.cache import EntryStore
+from depthcut.cnn.chain import Candidate
+from depthcut.errors import CacheError, DepthcutError
+from depthcut.importance import (LocalExecutor, ProcessExecutor, Proxy, importance_scores, importance_store,
+                                 importance_table, in_shard, make_score_fn, recalibrate_bn, score, score_loss)
+
+MANIFEST = {"model": "toy", "proxy": "none"}
+
+# A stand-alone script: computes an 8-entry table with a slow (sleep-based) score function, writing to the
+# store directory given on the command line. The test imports the same file to share `metric`/`candidates`.
+HELPER = '''
+import sys, time
+from depthcut.cache import EntryStore
+from depthcut.cnn.chain import Candidate
+from depthcut.importance import importance_table
+
+MANIFEST = {"model": "toy", "proxy": "none"}
+DELAY_S = 0.4
+
+
+def candidates():
+    return [Candidate(start=i, end=i + 1 + (i % 2), kept=(i + 1,), kernel=3 + 2 * (i % 2), stride=1,
+                      depthwise=False, in_channels=4, out_channels=4, input_shape=(1, 4, 8, 8),
+                      activation="relu") for i in range(8)]
+
+
+def metric(c):
+    return 90.0 - 1.5 * c.start - 0.25 * c.kernel
+
+
+def slow_metric(c):
+    time.sleep(DELAY_S)
+    return metric(c)
+
+
+if __name__ == "__main__":
+    importance_table(candidates(), slow_metric, store=EntryStore(sys.argv[1], MANIFEST), progress=False)
+'''
+
+
+@pytest.fixture
+def helper(tmp_path):
+    path = tmp_path / "slow_table.py"
+    path.write_text(HELPER)
+    spec = importlib.util.spec_from_file_location("slow_table", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.path = path
+    return mod
+
+
+def metric_fn(c: Candidate) -> float:
+    """Module-level (picklable) deterministic metric for the process-pool test."""
+    return 80.0 - c.start + 0.1 * c.kernel
+
+
+def failing_fn(c: Candidate) -> float:
+    if c.start == 3:
+        raise RuntimeError(f"candidate {c.key} diverged")
+    return 1.0
+
+
+def test_resume_after_real_kill_9(helper, tmp_path):
+    store_dir = tmp_path / "store"
+    proc = subprocess.Popen([sys.executable, str(helper.path), str(store_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        # Wait until a few entries exist, then kill without any chance to clean up.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if store_dir.exists() and len(list(store_dir.glob("*.json"))) - 1 >= 3:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"helper ended early: {proc.stderr.read().decode()[-2000:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    store = EntryStore(store_dir, MANIFEST)
+    done = set(store.keys())             # every file present parses: no half-written entry survives a kill
+    everything = {c.key for c in helper.candidates()}
+    assert 3 <= len(done) < len(everything)
+
+    calls = []
+
+    def counting(c):
+        calls.append(c.key)
+        return helper.metric(c)
+    resumed = importance_table(helper.candidates(), counting, store=store, progress=False)
+    assert sorted(calls) == sorted(everything - done), "finished entries must not be recomputed"
+
+    clean = importance_table(helper.candidates(), helper.metric, progress=False,
+                             store=EntryStore(tmp_path / "clean", MANIFEST))
+    assert resumed == clean and set(clean) == everything
+    assert importance_table(helper.candidates(), counting, store=store, progress=False) == clean
+    assert len(calls) == len(everything - done)
+
+
+def test_process_executor_matches_local(helper, tmp_path):
+    cands = helper.candidates()
+    local = importance_table(cands, metric_fn, store=EntryStore(tmp_path / "a", MANIFEST),
+                             executor=LocalExecutor(), progress=False)
+    pooled = importance_table(cands, metric_fn, store=EntryStore(tmp_path / "b", MANIFEST),
+                              executor=ProcessExecutor(2), progress=False)
+    assert pooled == local == {c.key: metric_fn(c) for c in cands}
+
+
+def test_worker_error_propagates_and_keeps_finished_entries(helper, tmp_path):
+    store = EntryStore(tmp_path / "s", MANIFEST)
+    with pytest.raises(RuntimeError, match="diverged"):
+        importance_table(helper.candidates(), failing_fn, store=store, progress=False)
+    assert len(store) == 3     # candidates 0, 1, 2 finished before the failure and stay stored
+
+
+def test_shards_partition_the_work(helper, tmp_path):
+    cands = helper.candidates()
+    shared = tmp_path / "shared"
+    part0 = importance_table(cands, helper.metric, store=EntryStore(shared, MANIFEST), shard=(0, 2),
+                             progress=False)
+    assert set(part0) == {c.key for c in cands if in_shard(c.key, (0, 2))}
+    calls = []
+
+    def counting(c):
+        calls.append(c.key)
+        return helper.metric(c)
+    full = importance_table(cands, counting, store=EntryStore(shared, MANIFEST), progress=False)
+    assert set(calls) == {c.key for c in cands if in_shard(c.key, (1, 2))}
+    assert not set(calls) & set(part0)
+    assert full == {c.key: helper.metric(c) for c in cands}
+    with pytest.raises(ValueError):
+        in_shard("x", (2, 2))
+
+
+def test_corrupted_entry_and_foreign_store(helper, tmp_path):
+    store = importance_store(MANIFEST, tmp_path)
+    cands = helper.candidates()[:2]
+    importance_table(cands, helper.metric, store=store, progress=False)
+    bad = store.path(cands[0].key)
+    bad.write_text(json.dumps({"key": cands[0].key, "value": {"oops": 1}}))
+    with pytest.raises(CacheError, match=bad.name):
+        importance_table(cands, helper.metric, store=store, progress=False)
+    assert importance_store({**MANIFEST, "proxy": "finetune"}, tmp_path).dir != store.dir
+    with pytest.raises(CacheError):
+        EntryStore(store.dir, {"model": "another"})
+
+
+def test_scores():
+    assert score(75.0, 75.0) == 1.0
+    assert score(70.0, 75.0) == pytest.approx(math.exp(-0.05))
+    assert score_loss(2.0, 2.0) == 1.0
+    assert score_loss(3.0, 2.0) == pytest.approx(math.exp(-0.5))
+    assert importance_scores({"a": 74.0}, 75.0) == {"a": pytest.approx(math.exp(-0.01))}
+    assert importance_scores({"a": 2.2}, 2.0, "loss") == {"a": pytest.approx(math.exp(-0.1))}
+    with pytest.raises(ValueError):
+        score_loss(1.0, 0.0)
+
+
+# ------------------------------------------------------------------------------------------ proxies ---
+
+def _toy_pieces(log):
+    import torch
+    from torch import nn
+
+    def build(c):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
+
+    def train(model):
+        log.append("train")
+
+    def evaluate(model):
+        log.append("eval")
+        assert not model.training
+        return float(model[1].running_mean.sum())      # exposes whether BN stats were recomputed
+    data = [torch.randn(4, 2, 3, 3) + 3.0 for _ in range(3)]
+    return build, train, evaluate, data
+
+
+@pytest.mark.parametrize("proxy", list(Proxy))
+def test_proxies_compose(proxy):
+    log: list[str] = []
+    build, train, evaluate, data = _toy_pieces(log)
+    fn = make_score_fn(build, train, evaluate, proxy.value, calibration_data=data, calibration_batches=2)
+    value = fn(Candidate(0, 1, (1,), 1, 1, False, 2, 2, (1, 2, 3, 3), None))
+    if proxy is Proxy.FINETUNE:
+        assert log == ["train", "eval"] and value == 0.0
+    elif proxy is Proxy.NONE:
+        assert log == ["eval"] and value == 0.0
+    else:
+        assert log == ["eval"] and value != 0.0         # stats now follow the data (mean ~ shifted by +3)
+
+
+def test_bn_recalibration_is_exact_average_without_gradient_steps():
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [(torch.randn(4, 2, 3, 3) * 2 + 1, torch.zeros(4)) for _ in range(3)]
+    recalibrate_bn(model, batches, num_batches=2)
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x, _ in batches[:2]])
+    assert torch.allclose(model[1].running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+    after = {k: v for k, v in model.state_dict().items() if k in before}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(DepthcutError, match="no batches"):
+        recalibrate_bn(model, iter([]))
+
+
+def test_make_score_fn_validates():
+    with pytest.raises(DepthcutError, match="unknown importance proxy 'magic'"):
+        make_score_fn(lambda c: None, None, lambda m: 0.0, "magic")
+    with pytest.raises(DepthcutError, match="train_fn"):
+        make_score_fn(lambda c: None, None, lambda m: 0.0, "finetune")
+    with pytest.raises(DepthcutError, match="calibration_data"):
+        make_score_fn(lambda c: None, None, lambda m: 0.0, "bn-recalibration")
