@@ -1,7 +1,10 @@
 """Resolve the ``--model`` argument: a registered name, ``package.module:factory``, or a torch.export file."""
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +64,12 @@ def _from_factory(spec: str) -> ResolvedModel:
 def _from_export(path: Path) -> ResolvedModel:
     if not path.exists():
         raise DepthcutError(f"model file {path} does not exist")
+    hint = "save one with torch.export.save(torch.export.export(model, (x,)), path)"
+    if not zipfile.is_zipfile(path):
+        raise DepthcutError(f"model file {path} is not a torch.export program (not a .pt2 archive); {hint}")
     try:
-        program = torch.export.load(str(path))
+        with _quiet("torch.export"):
+            program = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001 - any failure means "not a torch.export program"
         raise DepthcutError(f"model file {path} is not a torch.export program ({type(e).__name__}: {e}); "
                             "save one with torch.export.save(torch.export.export(model, (x,)), path)") from None
@@ -77,3 +84,15 @@ def _from_export(path: Path) -> ResolvedModel:
     except Exception:  # noqa: BLE001 - the shape is a convenience only
         pass
     return ResolvedModel(module, path.stem, shape)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """torch logs its own traceback on a failed load; the user gets our one-line error instead."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -156,7 +156,8 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     acc_after = evaluate(merged, splits.test)
     stats_before = count_layers(original, input_shape)
     stats_after = count_layers(merged, input_shape)
-    plan.meta.update({"model": resolved.name, "input_shape": list(input_shape), "backend": config.backend})
+    plan.meta.update({"model": resolved.name, "input_shape": list(input_shape), "backend": config.backend,
+                      "exclude": list(resolved.chain_exclude)})
     report = {
         "model": resolved.name, "data": config.data, "backend": config.backend,
         "batch_size": config.batch_size, "input_shape": list(input_shape),

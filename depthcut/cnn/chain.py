@@ -69,6 +69,9 @@ class Skip:
     add_node: str
     projection: str | None = None          # module path of the projection conv
     projection_bn: str | None = None
+    projection_kernel: int | None = None   # kernel/stride of the projection conv (None for identity skips)
+    projection_stride: int | None = None
+    foldable: bool = True                  # a block containing all of [start, end] may absorb this skip
 
 
 @dataclass

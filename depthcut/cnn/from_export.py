@@ -132,5 +132,8 @@ def modules_from_export(program: torch.export.ExportedProgram) -> fx.GraphModule
         node.replace_all_uses_with(new)
         graph.erase_node(node)
     graph.eliminate_dead_code()
-    gm.recompile()
-    return gm
+    # A fresh GraphModule drops export's instance overrides (its train()/eval() raise NotImplementedError),
+    # so the result behaves like any nn.Module: trainable, switchable to eval mode, re-traceable.
+    clean = fx.GraphModule(gm, graph)
+    clean.eval()
+    return clean

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import DepthcutError
 from .mobilenetv2 import mobilenet_v2
 from .resnet import resnet18, resnet20, resnet34, resnet50, resnet56
+from .vgg import vgg19_bn
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
@@ -51,6 +52,7 @@ register(ModelEntry("resnet18", resnet18))
 register(ModelEntry("resnet34", resnet34))
 register(ModelEntry("resnet50", resnet50))
 register(ModelEntry("mobilenet_v2", mobilenet_v2, chain_exclude=("features.18.0",)))
+register(ModelEntry("vgg19_bn", vgg19_bn))
 register(ModelEntry("mobilenet_v2_1.4", mobilenet_v2, {"width_mult": 1.4}, chain_exclude=("features.18.0",)))
 # CIFAR-style references.
 register(ModelEntry("resnet20", resnet20, input_shape=(1, 3, 32, 32)))
@@ -97,3 +99,13 @@ def load_torchvision_weights(name: str, model: nn.Module) -> nn.Module:
     tv = getattr(tvm, tv_name)(weights="DEFAULT")
     model.load_state_dict(tv.state_dict())
     return model
+
+
+def _efficientnet_lite0(**kw):
+    from .efficientnet import efficientnet_lite0
+
+    return efficientnet_lite0(**kw)
+
+
+# A model nobody annotated for depthcut: the pip package's EfficientNet-Lite0 with its ImageNet weights.
+register(ModelEntry("efficientnet_lite0", _efficientnet_lite0))
