@@ -1,0 +1,173 @@
+"""Training, fine-tuning, evaluation and BatchNorm re-calibration.
+
+One loop serves three uses: training the embedded checkpoints from scratch, the short fine-tunes that score
+each candidate block (SPEC A6: SGD lr 0.1 cosine, momentum 0.9, wd 1e-5, nesterov), and the final fine-tune
+of the selected network, optionally distilled from the original (SPEC A10: KL on logits, weight ~0.3).
+Everything is deterministic given ``seed``: batch order, augmentation and dropout draw from RNGs seeded here,
+and the caller's global RNG state is restored afterwards.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from ..data.datasets import loader
+from ..progress import progress as progress_bar
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
+    """Top-1 accuracy in percent, in eval mode; the model's train/eval mode is restored afterwards."""
+    was_training, device = model.training, _device(model)
+    model.eval()
+    correct = total = 0
+    for x, y in loader(data, batch_size):
+        correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, scaled by T^2 so its gradient magnitude does
+    not shrink as T grows (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def cosine_lr(step: int, total: int, lr: float, warmup: int = 0) -> float:
+    """Linear warm-up for ``warmup`` steps, then half a cosine from ``lr`` down to 0 at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps: int | None = None,
+          lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5, nesterov: bool = True,
+          batch_size: int = 128, schedule: str = "cosine", warmup_steps: int = 0,
+          teacher: nn.Module | None = None, kd_weight: float = 0.3, kd_temperature: float = 1.0,
+          augment: Callable | None = None, label_smoothing: float = 0.0, max_seconds: float | None = None,
+          progress: bool = True, seed: int = 0, desc: str = "train") -> dict:
+    """Train ``model`` in place with SGD; return the history.
+
+    Length: ``steps`` optimizer steps, or ``epochs`` passes over ``data`` (fractions allowed), default one
+    epoch. ``schedule`` is ``"cosine"`` (per step, to 0) or ``"constant"``. With a ``teacher`` the loss is
+    ``(1 - kd_weight) * CE + kd_weight * KL(teacher || student)``. ``augment(x, generator)`` transforms each
+    training batch. ``max_seconds`` caps the wall-clock time: the schedule then advances by
+    ``max(step / steps, elapsed / max_seconds)`` and training stops when either reaches 1, so the learning
+    rate still decays to 0 on a loaded machine (the number of steps taken is then load-dependent, not
+    deterministic). The progress bar goes to stderr (``progress=False`` or ``DEPTHCUT_PROGRESS=0`` hides it).
+
+    Returns ``{"loss": per-step losses, "ce": per-step cross-entropy, "lr": per-step lr, "epoch_loss": mean
+    loss per (started) epoch, "steps": int, "seconds": float}``.
+    """
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    device = _device(model)
+    batches = loader(data, batch_size, shuffle=True, seed=seed, drop_last=len(data) > batch_size)
+    per_epoch = max(1, len(batches))
+    if steps is None:
+        steps = max(1, round((1.0 if epochs is None else epochs) * per_epoch))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                nesterov=nesterov and momentum > 0)
+    aug_gen = torch.Generator().manual_seed(seed + 1)
+    if teacher is not None:
+        teacher.eval()
+    history = {"loss": [], "ce": [], "lr": [], "epoch_loss": [], "steps": steps}
+    start = time.perf_counter()
+    model.train()
+    # fork_rng: dropout etc. draw from a seeded global RNG without disturbing the caller's stream.
+    with torch.random.fork_rng(devices=[]), progress_bar(total=steps, desc=desc, enabled=progress,
+                                                          unit="step") as bar:
+        torch.manual_seed(seed)
+        step, epoch_losses = 0, []
+
+        def position() -> float:  # how far through the schedule we are, in [0, 1]
+            fraction = step / steps
+            if max_seconds is not None:
+                fraction = max(fraction, (time.perf_counter() - start) / max_seconds)
+            return fraction
+
+        while position() < 1.0:
+            for x, y in batches:
+                fraction = position()
+                if fraction >= 1.0:
+                    break
+                step_lr = lr
+                if schedule == "cosine":  # schedule position in steps; a time budget can only move it forward
+                    step_lr = cosine_lr(max(step, round(fraction * steps)), steps, lr, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = step_lr
+                if augment is not None:
+                    x = augment(x, aug_gen)
+                x, y = x.to(device), y.to(device)
+                logits = model(x)
+                ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                loss = ce
+                if teacher is not None and kd_weight > 0:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = (1 - kd_weight) * ce + kd_weight * distillation_loss(logits, teacher_logits,
+                                                                                 kd_temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"{desc}: loss became {value} at step {step} (lr {step_lr:g}); "
+                                             f"lower the learning rate")
+                history["loss"].append(value)
+                history["ce"].append(ce.item())
+                history["lr"].append(step_lr)
+                epoch_losses.append(value)
+                step += 1
+                bar.update(1)
+                if step % 20 == 0:
+                    bar.set_postfix(loss=f"{sum(history['loss'][-20:]) / 20:.3f}")
+            if epoch_losses:
+                history["epoch_loss"].append(sum(epoch_losses) / len(epoch_losses))
+            epoch_losses = []
+    model.eval()
+    history["steps"] = step
+    history["seconds"] = time.perf_counter() - start
+    return history
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data: Dataset, batches: int = 50, batch_size: int = 128,
+                   seed: int = 0) -> nn.Module:
+    """Re-estimate every BatchNorm's running mean/var from ``batches`` batches of ``data``.
+
+    Removing an activation or a layer shifts the statistics that later BNs see; recomputing them (as an
+    exact cumulative average, ``momentum=None``) is the cheapest repair and a fine-tune-free importance proxy.
+    Only BN layers run in train mode, so dropout stays off. Returns the model, in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    momenta = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = _device(model)
+    for i, (x, _) in enumerate(loader(data, batch_size, shuffle=True, seed=seed)):
+        if i >= batches:
+            break
+        model(x.to(device))
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    return model.eval()
