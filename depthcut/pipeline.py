@@ -141,6 +141,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
                 + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
     unmerged = build_unmerged(analysis.gm, chain, plan)
     train(unmerged, splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
+          batch_size=config.recovery_batch_size,
           teacher=original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
           seed=config.seed)
     unmerged.eval()
@@ -201,10 +202,12 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
     chain = analysis.chain
     base_acc = evaluate(original, splits.score)
     todo = [c for c in analysis.candidates if not is_original(c, chain)]
-    manifest = {"model": state_fingerprint(original), "data": config.data, "finetune_size": config.finetune_size,
-                "score_size": config.score_size, "proxy": config.importance, "steps": config.importance_steps,
-                "lr": config.importance_lr, "seed": config.seed, "input_shape": list(analysis.input_shape)
-                if hasattr(analysis, "input_shape") else None, "conv_paths": [c.path for c in chain.convs]}
+    # Everything that changes an entry's value: another checkpoint, split or recipe must never reuse it.
+    manifest = {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
+                "finetune_size": config.finetune_size, "score_size": config.score_size,
+                "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
+                "batch_size": config.importance_batch_size, "seed": config.seed,
+                "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in chain.convs]}
     store = importance_store(manifest, cache_dir)
 
     def accuracy_of(candidate: Candidate) -> float:
@@ -212,7 +215,7 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
         model = build_unmerged(analysis.gm, chain, single_block_plan(chain, candidate))
         if config.importance == "finetune":
             train(model, splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
-                  progress=False, seed=config.seed)
+                  batch_size=config.importance_batch_size, progress=False, seed=config.seed)
         elif config.importance == "bn-recalibration":
             recalibrate_bn(model, splits.finetune)
         return evaluate(model.eval(), splits.score)

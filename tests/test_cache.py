@@ -46,3 +46,8 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
 def test_fingerprint_is_order_independent_and_sensitive():
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {})
+    assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044     # readable by group and others

@@ -16,6 +16,8 @@ whenever the budget allows.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import sys
@@ -39,6 +41,7 @@ CONFIG_VERSION = 1
 # Default criterion ("auto"), chosen by bench/llm_prune.py on SmolLM2-135M (remove 6 of 30; see
 # bench/results/llm_prune.md): per unit kind, since the hidden-state criteria only rank whole blocks.
 DEFAULT_CRITERION = "auto"
+DEFAULT_REMOVE_FRACTION = 0.2
 AUTO_CRITERION = {"block": "angular", "sublayer": "ppl"}
 
 
@@ -47,7 +50,7 @@ class PruneConfig:
     """Everything that decides a prune run (JSON round-trips; ``version`` guards old files)."""
 
     model: str | None = None             # HF directory or .gguf; None = embedded SmolLM2-135M-Instruct
-    remove: int | None = None            # remove exactly this many units ...
+    remove: int | None = None            # remove exactly this many units (neither set: 20% of the blocks) ...
     latency_budget_ms: float | None = None  # ... or as few/least important as meet this latency
     latency_phase: str = "decode"        # budget is ms per decoded token ("decode") or per prompt ("prefill")
     criterion: str = DEFAULT_CRITERION
@@ -180,8 +183,8 @@ class _Progress:
 
 
 def _validate(config: PruneConfig) -> C.Criterion:
-    if (config.remove is None) == (config.latency_budget_ms is None):
-        raise DepthcutError("give exactly one of remove (a unit count) or latency_budget_ms")
+    if config.remove is not None and config.latency_budget_ms is not None:
+        raise DepthcutError("give only one of remove (a unit count) or latency_budget_ms")
     if config.remove is not None and config.remove < 1:
         raise DepthcutError(f"remove must be >= 1, got {config.remove}")
     if config.latency_budget_ms is not None and config.latency_budget_ms <= 0:
@@ -221,6 +224,10 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
     model.eval()
     L = C.num_blocks(model)
     units = C.all_units(model, config.unit)
+    if config.remove is None and config.latency_budget_ms is None:
+        # The reference setting (Shortened LLaMA, ShortGPT): remove 20% of the depth, e.g. 6 of 30 blocks.
+        config = dataclasses.replace(config, remove=max(1, round(DEFAULT_REMOVE_FRACTION * len(units))))
+        progress.phase("target", f"no target given: removing {config.remove} of {len(units)} {config.unit} units")
     if config.remove is not None and config.remove >= (L if config.unit == "block" else 2 * L):
         raise DepthcutError(f"cannot remove {config.remove} {config.unit} units from a {L}-block model: "
                             f"at least one block must stay")

@@ -164,8 +164,7 @@ def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
 @pytest.mark.parametrize("overrides, message", [
     (dict(remove=6), "at least one block must stay"),
     (dict(remove=7), "at least one block must stay"),
-    (dict(remove=2, latency_budget_ms=5.0), "exactly one of"),
-    (dict(), "exactly one of"),
+    (dict(remove=2, latency_budget_ms=5.0), "only one of"),
     (dict(remove=1, criterion="block_influence", unit="sublayer"), "does not support unit='sublayer'"),
     (dict(remove=1, calib_windows=500), "too short: 500 windows of 24 tokens need"),
     (dict(remove=5, criterion="mag+"), "only 0 may be removed|may be removed"),
@@ -173,6 +172,12 @@ def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
 def test_prune_rejects_bad_input_with_a_clear_message(tiny_model, corpus, overrides, message):
     with pytest.raises(DepthcutError, match=message):
         P.prune(small_config(corpus, **overrides), tiny_model("llama", num_layers=6), char_tokenizer())
+
+
+def test_no_target_removes_a_fifth_of_the_blocks(tiny_model, corpus):
+    result = P.prune(small_config(corpus, criterion="mag+", protect=(0, 0)), tiny_model("llama", num_layers=10),
+                     char_tokenizer())
+    assert len(result.removed) == 2          # 20% of 10 blocks, the Shortened LLaMA / ShortGPT setting
 
 
 def test_config_json_round_trip_and_version_guard():
