@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command: user errors become one line on stderr and a non-zero exit code."""
     try:
         return int(args.func(args) or 0)
     except DepthcutError as e:

@@ -18,10 +18,12 @@ from torch import nn
 from .cache import DEFAULT_CACHE_DIR, state_fingerprint
 from .cnn.chain import Candidate, Plan
 from .config import LayerMergeConfig
-from .errors import DepthcutError, InfeasibleBudgetError
+from .errors import InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
 
 log = logging.getLogger("depthcut")
+
+PROBE_MARGIN = 1.02   # a probe plan must beat the target by 2% to be accepted (timing noise)
 
 
 @dataclass
@@ -98,43 +100,57 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
 
     # 5. pick the plan for the budget; verify it by an end-to-end timing ----------------------------
     example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
-    base_timing = time_models({"original": original}, example, config.backend,
-                              rounds=config.timing_rounds)["original"]
-    target_ms = config.latency_ms if config.latency_ms else base_timing.median_ms / config.speedup
-    body_budget = identity_body_ms * min(1.0, target_ms / base_timing.median_ms)
-    plan, merged_probe, timings, attempts = None, None, None, []
-    for attempt in range(config.max_resolves):
+
+    def measure(solution) -> tuple[Plan, dict]:
+        """Build the solution's merged network and time it against the original, interleaved."""
+        plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
+        merged = build_merged(build_unmerged(analysis.gm, chain, plan).eval(), chain, plan).eval()
+        return plan, time_models({"original": original, "compressed": merged}, example, config.backend,
+                                 rounds=config.timing_rounds)
+
+    base_ms = time_models({"original": original}, example, config.backend,
+                          rounds=config.timing_rounds)["original"].median_ms
+    target_ms = config.latency_ms if config.latency_ms else base_ms / config.speedup
+    body_budget = identity_body_ms * min(1.0, target_ms / base_ms)
+    attempts: list[dict[str, Any]] = []
+
+    def attempt(solution, budget: float) -> tuple[Plan, bool]:
+        plan, timings = measure(solution)
+        after, before = timings["compressed"].median_ms, timings["original"].median_ms
+        achieved = speedup_of(timings["original"], timings["compressed"])
+        attempts.append({"body_budget_ms": budget, "modelled_body_ms": solution.latency_ms,
+                         "measured_ms": after, "original_ms": before, "speedup": achieved})
+        # Accept with a small margin: the final, independent timing must not fall back under the target.
+        ok = after * PROBE_MARGIN <= goal_ms(before)
+        say(config, f"plan {len(attempts)}: modelled body {solution.latency_ms:.3f} ms, measured {after:.3f} ms "
+                    f"vs original {before:.3f} ms (x{achieved:.2f}) -> {'meets' if ok else 'misses'} the target")
+        return plan, ok
+
+    def goal_ms(original_ms: float) -> float:
+        return config.latency_ms if config.latency_ms else original_ms / config.speedup
+
+    plan, ok = None, False
+    for _ in range(config.max_resolves - 1):
         try:
             solution = frontier.best(body_budget)
-        except InfeasibleBudgetError as e:
-            raise InfeasibleBudgetError(
-                f"no plan reaches {target_ms:.3f} ms end to end on {config.backend} "
-                f"(original {base_timing.median_ms:.3f} ms); the fastest plan's modelled body latency is "
-                f"{e.minimum:.3f} ms vs {body_budget:.3f} ms allowed — ask for a smaller speed-up",
-                minimum=e.minimum) from None
-        plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
-        unmerged = build_unmerged(analysis.gm, chain, plan)
-        merged_probe = build_merged(unmerged.eval(), chain, plan).eval()
-        timings = time_models({"original": original, "compressed": merged_probe}, example, config.backend,
-                              rounds=config.timing_rounds)
-        after = timings["compressed"].median_ms
-        attempts.append({"body_budget_ms": body_budget, "modelled_body_ms": solution.latency_ms,
-                         "measured_ms": after, "original_ms": timings["original"].median_ms})
-        achieved = speedup_of(timings["original"], timings["compressed"])
-        ok = (after <= target_ms) if config.latency_ms else (achieved >= config.speedup)
-        say(config, f"plan {attempt + 1}: modelled body {solution.latency_ms:.3f} ms, measured "
-                    f"{after:.3f} ms vs original {timings['original'].median_ms:.3f} ms "
-                    f"(x{achieved:.2f}) -> {'meets' if ok else 'misses'} the target")
+        except InfeasibleBudgetError:
+            break                                   # even the fastest plan's model misses: try it for real
+        plan, ok = attempt(solution, body_budget)
         if ok:
             break
         # The additive table is a model, not the truth: tighten the budget by the miss and re-solve.
-        goal = target_ms if config.latency_ms else timings["original"].median_ms / config.speedup
-        body_budget = min(body_budget * 0.97, body_budget * goal / after)
-    else:
-        raise InfeasibleBudgetError(
-            f"after {config.max_resolves} tighten-and-re-solve rounds the measured latency still misses the "
-            f"target on {config.backend}: best {min(a['measured_ms'] for a in attempts):.3f} ms vs "
-            f"{target_ms:.3f} ms; ask for a smaller speed-up", minimum=min(a["measured_ms"] for a in attempts))
+        last = attempts[-1]
+        body_budget = min(body_budget * 0.97, body_budget * goal_ms(last["original_ms"])
+                          / (last["measured_ms"] * PROBE_MARGIN))
+    if not ok:                                      # last resort: the fastest plan there is
+        plan, ok = attempt(frontier.best(frontier.min_latency_ms), frontier.min_latency_ms)
+        if not ok:
+            last = attempts[-1]
+            raise InfeasibleBudgetError(
+                f"no plan reaches {target_ms:.3f} ms end to end on {config.backend} (batch {config.batch_size}): "
+                f"the fastest plan measures {last['measured_ms']:.3f} ms vs {last['original_ms']:.3f} ms for the "
+                f"original (x{last['speedup']:.2f} at most); ask for a smaller speed-up or a larger latency",
+                minimum=last["measured_ms"])
 
     # 6. recovery (SPEC A10): fine-tune the unmerged form, which is exactly the deployed function ----
     say(config, f"recovery fine-tune: {config.recovery_epochs} epochs"
@@ -167,6 +183,8 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         "latency_stdev_ms_before": timings["original"].stdev_ms,
         "latency_stdev_ms_after": timings["compressed"].stdev_ms,
         "speedup": speedup_of(timings["original"], timings["compressed"]),
+        "target_met": (timings["compressed"].median_ms <= target_ms if config.latency_ms else
+                       speedup_of(timings["original"], timings["compressed"]) >= config.speedup),
         "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
         "importance_base_accuracy": base_acc,
         "params_before": stats_before["params"], "params_after": stats_after["params"],

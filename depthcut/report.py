@@ -90,6 +90,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"**Speed-up {r['speedup']:.2f}x** (target "
         + (f"x{r['target_speedup']}" if r.get("target_speedup") else f"{r['target_latency_ms']:.3f} ms")
+        + (", **met**" if r.get("target_met") else ", **missed** in this final timing")
         + f"), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}% "
           f"({-r['accuracy_drop']:+.2f} points) on the {r['data']} test set.",
         "",
@@ -119,11 +120,11 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines += ["", "## Budget rounds", "",
               "The block latencies add up to a model of the network's latency; each round below timed the real "
               "network and, if it missed, tightened the budget and re-solved.", "",
-              "| round | body budget (ms) | modelled body (ms) | measured (ms) | original (ms) |",
-              "|---|---|---|---|---|"]
+              "| round | body budget (ms) | modelled body (ms) | measured (ms) | original (ms) | speed-up |",
+              "|---|---|---|---|---|---|"]
     for i, a in enumerate(r["resolve_attempts"], 1):
         lines.append(f"| {i} | {a['body_budget_ms']:.3f} | {a['modelled_body_ms']:.3f} | {a['measured_ms']:.3f} "
-                     f"| {a['original_ms']:.3f} |")
+                     f"| {a['original_ms']:.3f} | x{a['speedup']:.2f} |")
     if r.get("frontier_png"):
         lines += ["", f"![frontier]({r['frontier_png']})"]
     lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]

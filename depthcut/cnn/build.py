@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
-from .chain import Activation, Candidate, Chain, ConvSpec, Plan, Skip
+from .chain import Candidate, Chain, Plan, Skip
 from .merge import ConvParams, from_conv, merge_sequence, to_module
 
 BLOCK_PREFIX = "dc_block"

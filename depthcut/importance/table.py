@@ -92,40 +92,11 @@ PROXIES: dict[str, str] = {
 
 
 def recalibrate_bn(model: Any, batches: Iterable[Any], num_batches: int | None = None) -> Any:
-    """Reset every BatchNorm's running statistics and recompute them as the exact average over
-    ``num_batches`` batches (momentum=None), without gradients. Only the BN layers switch to train mode
-    (dropout etc. stay in eval), and the model is left in eval mode. Batches are tensors or (x, ...) tuples.
-    """
-    import torch
-    from torch import nn
+    """Recompute every BatchNorm's running statistics over ``batches`` (see
+    :func:`depthcut.train.loop.recalibrate_bn_on`); imported lazily so that this module stays torch-free."""
+    from ..train.loop import recalibrate_bn_on
 
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return model.eval()
-    momenta = [bn.momentum for bn in bns]
-    model.eval()
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None      # cumulative average: the order and number of batches do not bias the stats
-        bn.train()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                if num_batches is not None and seen >= num_batches:
-                    break
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                device = next((p.device for p in model.parameters()), None)
-                model(x.to(device) if device is not None else x)
-                seen += 1
-    finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.eval()
-    if seen == 0:
-        raise DepthcutError("BN re-calibration got no batches: the calibration data is empty (a generator "
-                            "that was already consumed? pass a list or a DataLoader)")
-    return model
+    return recalibrate_bn_on(model, batches, num_batches)
 
 
 @dataclass

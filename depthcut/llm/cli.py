@@ -155,21 +155,14 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry: ``main(["prune", "--remove", "6", "--out", "DIR"])`` (no leading ``llm``)."""
-    from ..errors import DepthcutError
-
     parser = argparse.ArgumentParser(prog="depthcut")
     add_llm_commands(parser.add_subparsers(dest="command", required=True))
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "llm":
         argv = ["llm", *argv]
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except DepthcutError as e:
-        if os.environ.get("DEPTHCUT_DEBUG"):
-            raise
-        print(f"depthcut: error: {e}", file=sys.stderr)
-        return e.exit_code
+    from ..cli import run_command
+
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -370,7 +370,7 @@ def report_markdown(report: dict) -> str:
     p = report["protocol"]
     s = report["speed"]["models"]
     lines = [
-        f"# depthcut llm prune report",
+        "# depthcut llm prune report",
         "",
         f"- model: {report['model']} ({report['model_type']}), {report['num_blocks_before']} -> "
         f"{report['num_blocks_after']} blocks",

@@ -180,8 +180,7 @@ class Frontier:
         g = self.graph
         if self._back_list is None:     # python lists: reconstruction is many scalar reads
             self._back_list, self._cost_list = self._back.tolist(), self.cost.tolist()
-            self._src_list = g.src.tolist()
-        back, cost, src = self._back_list, self._cost_list, self._src_list
+        back, cost = self._back_list, self._cost_list
         col = t
 
         def edge_into(v: int) -> int:

@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
+
 from ..data.datasets import loader
+from ..errors import DepthcutError
 from ..progress import progress as progress_bar
 
 
@@ -148,26 +150,40 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, data: Dataset, batches: int = 50, batch_size: int = 128,
                    seed: int = 0) -> nn.Module:
-    """Re-estimate every BatchNorm's running mean/var from ``batches`` batches of ``data``.
+    """Re-estimate every BatchNorm's running mean/var from ``batches`` shuffled batches of ``data``.
 
-    Removing an activation or a layer shifts the statistics that later BNs see; recomputing them (as an
-    exact cumulative average, ``momentum=None``) is the cheapest repair and a fine-tune-free importance proxy.
-    Only BN layers run in train mode, so dropout stays off. Returns the model, in eval mode.
+    Removing an activation or a layer shifts the statistics that later BNs see; recomputing them is the
+    cheapest repair and a fine-tune-free importance proxy. Returns the model, in eval mode.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return recalibrate_bn_on(model, loader(data, batch_size, shuffle=True, seed=seed), num_batches=batches)
+
+
+def recalibrate_bn_on(model: nn.Module, batches, num_batches: int | None = None) -> nn.Module:
+    """Reset every BatchNorm's running statistics and recompute them as the exact average (``momentum=None``)
+    over ``num_batches`` of ``batches`` (tensors or (x, ...) tuples), without gradients. Only the BN layers
+    switch to train mode, so dropout stays off; momenta are restored and the model is left in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:
         return model.eval()
-    momenta = [m.momentum for m in bns]
+    momenta = [bn.momentum for bn in bns]
     model.eval()
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    device = _device(model)
-    for i, (x, _) in enumerate(loader(data, batch_size, shuffle=True, seed=seed)):
-        if i >= batches:
-            break
-        model(x.to(device))
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    return model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None      # cumulative average: the order and number of batches do not bias the stats
+        bn.train()
+    device, seen = _device(model), 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if num_batches is not None and seen >= num_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+                seen += 1
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    if seen == 0:
+        raise DepthcutError("BatchNorm recalibration got no batches: the calibration data is empty")
+    return model

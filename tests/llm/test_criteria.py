@@ -13,13 +13,6 @@ from depthcut.llm.surgery import remove_blocks, remove_units
 VOCAB = 100
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared machine: one intra-op thread is ~10x faster than oversubscribed cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def windows(n: int = 3, length: int = 12, seed: int = 1) -> torch.Tensor:

@@ -17,14 +17,6 @@ from depthcut.llm.prune import select_units
 _MODEL: dict = {}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("unit, kinds", [("block", {"block"}), ("sublayer", {"attn", "mlp"})])
 def test_unit_latency_has_one_nonnegative_entry_per_unit(tiny_model, unit, kinds):
     model = tiny_model("llama", num_layers=4)

@@ -17,14 +17,6 @@ from depthcut.llm.text import calibration_windows, load_corpus, split_text
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away", "from", "home", "at", "noon"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def char_tokenizer():
     """A real (saveable) fast tokenizer with one token per character and ids < 100 (the tiny vocab)."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
