@@ -32,23 +32,23 @@ class LayerMergeConfig:
     data: str = "fashion-mnist"
     # importance table (SPEC A6)
     importance: str = "finetune"              # one of PROXIES
-    importance_steps: int = 10
+    importance_steps: int = 20
     importance_lr: float = 0.01
     importance_batch_size: int = 64
     finetune_size: int = 5000                 # held-out training images for the short fine-tunes
-    score_size: int = 1000                    # second, disjoint held-out split for scoring
+    score_size: int = 2000                    # second, disjoint held-out split for scoring
     # search (SPEC A7)
     dp_steps: int = 2000
     max_resolves: int = 8                     # tighten-and-re-solve rounds when the measured latency misses
     # recovery (SPEC A10)
-    recovery_epochs: float = 1.0
+    recovery_epochs: float = 2.0
     recovery_lr: float = 0.02
     recovery_batch_size: int = 128
     distill: bool = True
     kd_weight: float = 0.3
-    train_limit: int | None = 20000           # recovery sees this many training images (None = all)
+    train_limit: int | None = None            # recovery sees only this many training images (None = all)
     # timing
-    timing_rounds: int = 30
+    timing_rounds: int = 100                # interleaved rounds (x10 runs per model each)
     threads: int | None = None
     seed: int = 0
     cache_dir: str | None = None

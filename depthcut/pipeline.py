@@ -106,10 +106,10 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
         merged = build_merged(build_unmerged(analysis.gm, chain, plan).eval(), chain, plan).eval()
         return plan, time_models({"original": original, "compressed": merged}, example, config.backend,
-                                 rounds=config.timing_rounds)
+                                 rounds=config.timing_rounds, repeats=10)
 
     base_ms = time_models({"original": original}, example, config.backend,
-                          rounds=config.timing_rounds)["original"].median_ms
+                          rounds=config.timing_rounds, repeats=10)["original"].median_ms
     target_ms = config.latency_ms if config.latency_ms else base_ms / config.speedup
     body_budget = identity_body_ms * min(1.0, target_ms / base_ms)
     attempts: list[dict[str, Any]] = []
@@ -168,7 +168,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
 
     # 7. final measurement, one interleaved run ---------------------------------------------------
     timings = time_models({"original": original, "compressed": merged}, example, config.backend,
-                          rounds=config.timing_rounds)
+                          rounds=config.timing_rounds, repeats=10)
     acc_before = evaluate(original, splits.test)
     acc_after = evaluate(merged, splits.test)
     stats_before = count_layers(original, input_shape)

@@ -33,28 +33,31 @@ CORPORA = {
     "wiki-stemmed": "gensim/test/test_data/head500.noblanks.cor",
 }
 DEFAULT_CORPUS = "lee"
+# Pinned: the corpora (and so every perplexity in bench/results) must not change under a new release.
+GENSIM = "gensim==4.4.0"
 
 
 def gensim_wheel(download: bool = True) -> Path:
     """Path of a cached gensim wheel; downloads it (no dependencies, no install) if missing."""
-    found = sorted(glob.glob(str(WHEEL_DIR / "gensim-*.whl")))
+    pattern = str(WHEEL_DIR / f"gensim-{GENSIM.split('==')[1]}-*.whl")
+    found = sorted(glob.glob(pattern))
     if found:
         return Path(found[-1])
     if download:
         WHEEL_DIR.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "gensim",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", GENSIM,
                "-d", str(WHEEL_DIR)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(glob.glob(str(WHEEL_DIR / "gensim-*.whl")))
+        found = sorted(glob.glob(pattern))
         if found:
             return Path(found[-1])
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
         raise DataError(
             f"the text corpora come from the gensim wheel, which is not in {WHEEL_DIR} and could not be "
-            f"downloaded ({tail[0]}); run: pip download --no-deps gensim -d {WHEEL_DIR}  "
+            f"downloaded ({tail[0]}); run: pip download --no-deps {GENSIM} -d {WHEEL_DIR}  "
             "or pass a plain-text file path instead of a corpus name"
         )
-    raise DataError(f"no gensim wheel in {WHEEL_DIR}; run: pip download --no-deps gensim -d {WHEEL_DIR}")
+    raise DataError(f"no gensim wheel in {WHEEL_DIR}; run: pip download --no-deps {GENSIM} -d {WHEEL_DIR}")
 
 
 def load_corpus(name: str = DEFAULT_CORPUS) -> str:
