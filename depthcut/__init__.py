@@ -4,7 +4,8 @@ Public verbs (imported lazily so that ``import depthcut`` stays cheap):
 
 - ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge).
 - ``depthcut.analyze(model, input_shape)`` — the chain, barriers and candidates of any CNN.
-- ``depthcut.llm.prune(...)`` / ``depthcut.llm.upscale(...)`` — transformer depth pruning / up-scaling.
+- ``depthcut.llm.prune.prune(PruneConfig(...))`` — transformer depth pruning (blocks or sublayers).
+- ``depthcut.llm.upscale.upscale(model, overlap)`` — SOLAR depth up-scaling.
 """
 from __future__ import annotations
 
