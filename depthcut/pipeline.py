@@ -6,7 +6,6 @@ network, optionally distilling from the original) -> merge -> check merged == un
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,6 @@ from .cnn.chain import Candidate, Plan
 from .config import LayerMergeConfig
 from .errors import InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
-
-log = logging.getLogger("depthcut")
 
 PROBE_MARGIN = 1.02   # a probe plan must beat the target by 2% to be accepted (timing noise)
 
@@ -58,7 +55,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     """
     from .cnn.build import build_merged, build_unmerged, count_layers, plan_from_blocks
     from .cnn.graph import analyze
-    from .data import dataset_info, make_splits
+    from .data import make_splits
     from .latency import latency_table, speedup as speedup_of, time_models
     from .train import evaluate, train
 
@@ -72,7 +69,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
                              train_limit=config.train_limit)
-    input_shape = _input_shape(config, resolved, dataset_info, splits)
+    input_shape = _input_shape(config, resolved, splits)
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
 
     # 1. analysis ---------------------------------------------------------------------------------
@@ -169,6 +166,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     # 7. final measurement, one interleaved run ---------------------------------------------------
     timings = time_models({"original": original, "compressed": merged}, example, config.backend,
                           rounds=config.timing_rounds, repeats=10)
+    final_speedup = speedup_of(timings["original"], timings["compressed"])
     acc_before = evaluate(original, splits.test)
     acc_after = evaluate(merged, splits.test)
     stats_before = count_layers(original, input_shape)
@@ -182,9 +180,9 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         "latency_ms_before": timings["original"].median_ms, "latency_ms_after": timings["compressed"].median_ms,
         "latency_stdev_ms_before": timings["original"].stdev_ms,
         "latency_stdev_ms_after": timings["compressed"].stdev_ms,
-        "speedup": speedup_of(timings["original"], timings["compressed"]),
+        "speedup": final_speedup,
         "target_met": (timings["compressed"].median_ms <= target_ms if config.latency_ms else
-                       speedup_of(timings["original"], timings["compressed"]) >= config.speedup),
+                       final_speedup >= config.speedup),
         "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
         "importance_base_accuracy": base_acc,
         "params_before": stats_before["params"], "params_after": stats_after["params"],
@@ -204,7 +202,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     if out is not None:
         from .report import write_outputs
 
-        write_outputs(result, Path(out), example, original=original)
+        write_outputs(result, Path(out), example)
     say(config, f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} measured on {config.backend}, "
                 f"accuracy {acc_before:.2f} -> {acc_after:.2f}")
     return result
@@ -253,7 +251,7 @@ def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     return float((ya - yb).norm() / ya.norm().clamp_min(1e-12))
 
 
-def _input_shape(config, resolved, dataset_info, splits) -> tuple[int, ...]:
+def _input_shape(config, resolved, splits) -> tuple[int, ...]:
     if config.input_shape:
         return tuple(config.input_shape)
     if resolved.input_shape:

@@ -22,7 +22,7 @@ from .cache import atomic_write_json, atomic_write_text
 from .errors import DepthcutError
 
 
-def write_outputs(result, out: Path, example: torch.Tensor, original: nn.Module | None = None) -> None:
+def write_outputs(result, out: Path, example: torch.Tensor) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.model.state_dict(), out / "merged_state_dict.pt")
     torch.save(result.unmerged.state_dict(), out / "unmerged_state_dict.pt")

@@ -14,6 +14,7 @@ from depthcut.cnn.build import (BlockModule, build_merged, build_unmerged, count
 from depthcut.cnn.chain import Plan
 from depthcut.cnn.graph import analyze
 from depthcut.errors import DepthcutError
+from depthcut import zoo as zoo_registry
 from depthcut.zoo import create
 
 TOL = 1e-4
@@ -241,3 +242,39 @@ def test_count_layers():
     assert stats["convs"] == 2 and stats["activations"] == 2
     assert stats["macs"] == 4 * 64 * 27 + 4 * 64 * 9 + 5 * 256
     assert stats["params"] == sum(p.numel() for p in model.parameters())
+
+
+def _zoo_case(name: str):
+    """Every registered architecture at a small input (the chain structure does not depend on the size)."""
+    entry = zoo_registry.get(name)
+    shape = entry.input_shape if entry.input_shape[-1] <= 32 else entry.input_shape[:2] + (64, 64)
+    kwargs = {"classifier_hidden": 16} if name.startswith("vgg") else {}
+    if name == "efficientnet_lite0":
+        pytest.importorskip("efficientnet_lite_pytorch")
+    return entry, shape, kwargs
+
+
+@pytest.mark.parametrize("name", sorted(zoo_registry.MODELS))
+def test_every_registered_model_merges_exactly(name):
+    """A random valid plan on every zoo architecture: merged == unmerged (SPEC A4), identity plan == original."""
+    entry, shape, kwargs = _zoo_case(name)
+    torch.manual_seed(0)
+    model = randomize_bn(entry.create(**kwargs))
+    analysis = analyze(model, (1, *shape[1:]), exclude=entry.chain_exclude)
+    # keep the float64 composition cheap on the wide ImageNet nets: short random blocks only
+    short = [c for c in analysis.candidates if c.end - c.start <= 3]
+    by_start = {}
+    for c in short:
+        by_start.setdefault(c.start, []).append(c)
+    rng, blocks, pos = random.Random(name), [], 0
+    while pos < analysis.chain.length:
+        blocks.append(rng.choice(by_start[pos]))
+        pos = blocks[-1].end
+    plan = plan_from_blocks(analysis.chain, blocks)
+    assert any(not is_trivial(b) for b in plan.blocks)
+    x = torch.randn(2, *shape[1:])
+    unmerged = build_unmerged(model, analysis.chain, plan).eval()
+    merged = build_merged(unmerged, analysis.chain, plan)
+    with torch.no_grad():
+        assert rel_err(merged(x), unmerged(x)) <= 1e-4
+        assert torch.equal(build_unmerged(model, analysis.chain, identity_plan(analysis.chain)).eval()(x), model(x))
