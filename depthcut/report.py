@@ -35,18 +35,16 @@ def write_outputs(result, out: Path, example: torch.Tensor) -> None:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
-    """Export with the TorchScript exporter (fast, no extra deps); fall back to dynamo."""
-    model = model.eval()
-    errors = []
-    for dynamo in (False, True):
-        try:
-            torch.onnx.export(model, (example,), str(path), dynamo=dynamo, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}} if not dynamo else None)
-            return path.name
-        except Exception as e:  # noqa: BLE001 - report and try the other exporter
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(e).__name__}: {e}")
-    atomic_write_text(path.with_suffix(".onnx-error.txt"), "\n".join(errors))
-    return None
+    """The deployable ONNX file (dynamic batch). A failed export does not lose the other outputs: the reason
+    goes to ``model.onnx-error.txt`` and the report says ``onnx: null``."""
+    from .latency.backends import export_onnx as export
+
+    try:
+        export(model, example, str(path), dynamic_batch=True)
+        return path.name
+    except DepthcutError as e:
+        atomic_write_text(path.with_suffix(".onnx-error.txt"), str(e))
+        return None
 
 
 def plot_frontier(result, path: Path) -> str | None:

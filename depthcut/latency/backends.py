@@ -209,20 +209,25 @@ class Backend:
         return f"{type(self).__name__}(device={str(self.device)!r})"
 
 
+def _inference_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device) -> Runner:
+    """A zero-argument runner: one inference call, synchronised so GPU timings include the kernels."""
+    sync = _cuda_sync(device)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            y = fn(x)
+        sync()
+        return y
+    return run
+
+
 @register_backend("eager")
 class EagerBackend(Backend):
     """Plain PyTorch eager execution under ``torch.inference_mode``."""
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         module, x = self._place(module, example_input)
-        sync = _cuda_sync(self.device)
-
-        def run() -> Any:
-            with torch.inference_mode():
-                y = module(x)
-            sync()
-            return y
-        return run
+        return _inference_runner(module, x, self.device)
 
 
 @register_backend("compile")
@@ -244,28 +249,24 @@ class CompileBackend(Backend):
         # per code object before silently falling back to eager; a table times hundreds of rows, so start
         # each module from a clean slate. (Earlier runners recompile on their next call: warm them again.)
         torch._dynamo.reset()
-        compiled = torch.compile(module)
-        sync = _cuda_sync(self.device)
-
-        def run() -> Any:
-            with torch.inference_mode():
-                y = compiled(x)
-            sync()
-            return y
+        run = _inference_runner(torch.compile(module), x, self.device)
         for _ in range(2):  # first call compiles; the second checks no recompilation is pending
             run()
         return run
 
 
-def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset: int = 17) -> None:
-    """Export with the TorchScript exporter (fast, robust for plain convs); fall back to the dynamo one."""
+def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset: int = 17,
+                dynamic_batch: bool = False) -> None:
+    """Export with the TorchScript exporter (fast, robust for plain convs); fall back to the dynamo one.
+    ``dynamic_batch`` makes the batch dimension symbolic (for deployed files; timing needs none)."""
     module = module.cpu().float().eval()
     x = example_input.cpu().float()
+    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated but still the sturdier one
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(module, (x,), path, dynamo=False, opset_version=opset,
-                              input_names=["x"], output_names=["y"])
+                              input_names=["x"], output_names=["y"], dynamic_axes=axes)
     except Exception as first:  # noqa: BLE001 — any exporter failure: try the other exporter
         try:
             torch.onnx.export(module, (x,), path, dynamo=True, opset_version=max(opset, 18),
