@@ -26,7 +26,8 @@ from depthcut.cnn.graph import analyze  # noqa: E402
 from depthcut.config import LayerMergeConfig  # noqa: E402
 from depthcut.data import make_splits  # noqa: E402
 from depthcut.models import resolve_model  # noqa: E402
-from depthcut.pipeline import is_original, score_candidates  # noqa: E402
+from depthcut.cnn.build import is_trivial  # noqa: E402
+from depthcut.pipeline import score_candidates  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
             tables[label] = scores
             rows.append({"proxy": label, "seconds": time.time() - t0})
             print(f"{label}: {rows[-1]['seconds']:.0f} s", flush=True)
-    keys = [c.key for c in analysis.candidates if not is_original(c, analysis.chain)]
+    keys = [c.key for c in analysis.candidates if not is_trivial(c)]
     reference = rows[0]["proxy"]
     for r in rows:
         r["spearman_vs_reference"] = spearman([tables[r["proxy"]][k] for k in keys],

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .cache import DEFAULT_CACHE_DIR, state_fingerprint
+from .cnn.build import is_trivial   # a single-conv block keeping its conv: the original network
 from .cnn.chain import Candidate, Plan
 from .config import LayerMergeConfig
 from .errors import InfeasibleBudgetError
@@ -37,12 +38,6 @@ def say(config: LayerMergeConfig, msg: str) -> None:
         import sys
 
         print(f"[depthcut] {msg}", file=sys.stderr, flush=True)
-
-
-def is_original(candidate: Candidate, chain) -> bool:
-    """A single-conv block that keeps its conv and its activation *is* the original network."""
-    return candidate.end == candidate.start + 1 and candidate.kept == (candidate.end,) \
-        and candidate.kernel == chain.conv(candidate.end).kernel
 
 
 def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
@@ -92,7 +87,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     from .search.tables import Row
 
     rows = [Row(c.start, c.end, latency_ms[c.key], importance[c.key], ref=c) for c in candidates]
-    identity_body_ms = sum(latency_ms[c.key] for c in candidates if is_original(c, chain))
+    identity_body_ms = sum(latency_ms[c.key] for c in candidates if is_trivial(c))
     frontier = solve(rows, chain.length, steps=config.dp_steps, max_latency_ms=identity_body_ms)
 
     # 5. pick the plan for the budget; verify it by an end-to-end timing ----------------------------
@@ -217,7 +212,7 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
 
     chain = analysis.chain
     base_acc = evaluate(original, splits.score)
-    todo = [c for c in analysis.candidates if not is_original(c, chain)]
+    todo = [c for c in analysis.candidates if not is_trivial(c)]
     # Everything that changes an entry's value: another checkpoint, split or recipe must never reuse it.
     manifest = {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
                 "finetune_size": config.finetune_size, "score_size": config.score_size,
