@@ -28,23 +28,12 @@ from .backends import Backend, Timing, get_backend, measure, sample_ms
 
 TABLE_FORMAT = 1
 
-_ACTIVATIONS = {
-    None: nn.Identity,
-    "relu": nn.ReLU,
-    "relu6": nn.ReLU6,
-    "silu": nn.SiLU,
-    "hardswish": nn.Hardswish,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
-
-
 def make_activation(kind: str | None) -> nn.Module:
-    """The module for an activation kind as recorded in the chain (None = no activation)."""
-    if kind not in _ACTIVATIONS:
-        raise DepthcutError(f"activation {kind!r} has no latency model; known: "
-                            f"{', '.join(str(k) for k in _ACTIVATIONS)}")
-    return _ACTIVATIONS[kind]()
+    """The module for an activation kind as recorded in the chain (None = no activation); the kinds are the
+    analysis's own, so every chain the analysis accepts can be timed."""
+    from ..cnn.graph import activation_module
+
+    return nn.Identity() if kind is None else activation_module(kind)
 
 
 def row_shape(candidate: Candidate, batch_size: int | None) -> tuple[int, ...]:

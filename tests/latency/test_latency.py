@@ -117,8 +117,15 @@ def test_foreign_manifest_raises_cache_error(candidates, tmp_path):
 
 
 def test_unknown_activation_is_a_user_error(tmp_path):
-    with pytest.raises(DepthcutError, match="mish"):
-        latency_table([cand(0, 1, [1], act="mish")], "eager", cache_dir=tmp_path, **FAST)
+    with pytest.raises(DepthcutError, match="swishy"):
+        latency_table([cand(0, 1, [1], act="swishy")], "eager", cache_dir=tmp_path, **FAST)
+
+
+def test_every_activation_the_analysis_finds_can_be_timed():
+    from depthcut.cnn.graph import _ACT_FUNCTIONS, _ACT_MODULES
+
+    for kind in {k for _, k in _ACT_MODULES} | set(_ACT_FUNCTIONS.values()) | {None}:
+        assert isinstance(table_mod.make_activation(kind), torch.nn.Module)
 
 
 def test_merged_conv_shapes():
