@@ -78,11 +78,6 @@ def step_cost(latency_ms: float, steps_per_ms: float, steps: int) -> int:
     return min(int(math.ceil(latency_ms * steps_per_ms)), steps + 1)
 
 
-def best_plan_steps(plans: Sequence[Plan], t: int, steps_per_ms: float, steps: int) -> Plan | None:
-    """Optimum of the discretised problem: sum of ceil(P*T) <= t."""
-    return best_under(plans, lambda p: sum(step_cost(r.latency_ms, steps_per_ms, steps) for r in p[0]) <= t)
-
-
 def pareto(plans: Sequence[Plan]) -> list[Plan]:
     """Exact frontier: latency increasing, importance strictly increasing."""
     out: list[Plan] = []

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from depthcut.errors import DataError
 
@@ -72,11 +72,6 @@ def load_kim23_csv(path: str | Path, importance: float = 0.0) -> tuple[list[Row]
     length = max(r.end for r in rows)
     check_rows(rows, length)
     return rows, length
-
-
-def with_importance(rows: Iterable[Row], score: Callable[[Row], float]) -> list[Row]:
-    """Copy of ``rows`` with ``importance = score(row)``."""
-    return [replace(r, importance=float(score(r))) for r in rows]
 
 
 def single_layer_latency(rows: Iterable[Row]) -> float:
