@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .compat import forward_cached, new_dynamic_cache, output_cache
 from .criteria import all_units, num_blocks, skipped
 
 Unit = tuple[int, str]
@@ -36,15 +37,14 @@ def _prompt(model, prompt_len: int, seed: int = 0) -> torch.Tensor:
 @torch.inference_mode()
 def time_generation(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
     """(prefill ms, decode ms per token) of one greedy generation with a fresh KV cache."""
-    from transformers import DynamicCache
-    cache = DynamicCache(config=model.config)
+    cache = new_dynamic_cache(model)
     start = time.perf_counter()
-    out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    out = forward_cached(model, prompt, cache)
     prefill = (time.perf_counter() - start) * 1e3
     token = out.logits[:, -1:].argmax(-1)
     start = time.perf_counter()
     for _ in range(decode_tokens):
-        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        out = forward_cached(model, token, output_cache(out))
         token = out.logits[:, -1:].argmax(-1)
     decode = (time.perf_counter() - start) * 1e3 / max(decode_tokens, 1)
     return prefill, decode

@@ -22,13 +22,14 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from ..cache import atomic_write_json, atomic_write_text
+from ..configbase import ConfigBase
 from ..errors import DepthcutError, InfeasibleBudgetError
 from . import criteria as C
 from .evaluate import eval_windows, perplexity_of_windows, protocol as ppl_protocol
@@ -46,7 +47,7 @@ AUTO_CRITERION = {"block": "angular", "sublayer": "ppl"}
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(ConfigBase):
     """Everything that decides a prune run (JSON round-trips; ``version`` guards old files)."""
 
     model: str | None = None             # HF directory or .gguf; None = embedded SmolLM2-135M-Instruct
@@ -75,23 +76,12 @@ class PruneConfig:
     out: str | None = None
     version: int = CONFIG_VERSION
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    KIND: ClassVar[str] = "prune config"
 
-    @classmethod
-    def from_json(cls, text: str) -> "PruneConfig":
-        data = json.loads(text)
-        version = data.get("version", CONFIG_VERSION)
-        if version > CONFIG_VERSION:
-            raise DepthcutError(f"prune config version {version} is newer than this depthcut ({CONFIG_VERSION})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DepthcutError(f"unknown prune config fields: {unknown}")
-        for key in ("protect", "split"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**data)
+    def __post_init__(self) -> None:
+        self.check_types()
+        if self.version > CONFIG_VERSION:
+            raise DepthcutError(f"prune config version {self.version} is newer than this depthcut ({CONFIG_VERSION})")
 
 
 @dataclass
@@ -205,6 +195,27 @@ def _max_logit_error(a, b, windows: torch.Tensor) -> float:
         x = a(input_ids=windows, use_cache=False).logits
         y = b(input_ids=windows, use_cache=False).logits
     return float((x - y).abs().max() / x.abs().max().clamp_min(1e-6))
+
+
+VERIFY_TOLERANCE = 1e-4
+
+
+def verify_checkpoint(pruned, reloaded, windows: torch.Tensor, out: Path) -> dict[str, float]:
+    """The saved checkpoint is the pruned function, with and without the KV cache.
+
+    Three relative logit errors, each <= VERIFY_TOLERANCE or RuntimeError: the stock reload against the
+    in-memory model (no cache), and, for both, prefill-then-decode against full-sequence logits: a cache
+    that silently stops counting tokens only shows while decoding."""
+    from .compat import decode_consistency_error
+
+    errors = {"reload_max_rel_logit_error": _max_logit_error(pruned, reloaded, windows),
+              "decode_max_rel_logit_error": decode_consistency_error(pruned, windows[:, :32]),
+              "reload_decode_max_rel_logit_error": decode_consistency_error(reloaded, windows[:, :32])}
+    for name, error in errors.items():
+        if not error <= VERIFY_TOLERANCE:
+            raise RuntimeError(f"saved checkpoint in {out} failed its check: {name.replace('_', ' ')} "
+                               f"{error:.2e} > {VERIFY_TOLERANCE:.0e}")
+    return errors
 
 
 def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> PruneResult:
@@ -343,11 +354,7 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
         from .surgery import save_pretrained
         save_pretrained(pruned, tokenizer, out)
         reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=next(pruned.parameters()).dtype).eval()
-        error = _max_logit_error(pruned, reloaded, held_out[:2])
-        report["reload_max_rel_logit_error"] = error
-        if not error <= 1e-4:
-            raise RuntimeError(f"saved checkpoint in {out} does not reproduce the pruned logits "
-                               f"(max relative error {error:.2e})")
+        report.update(verify_checkpoint(pruned, reloaded, held_out[:2], out))
     progress.phase("done")
     report["timings_s"] = progress.timings
     if out is not None:

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
+from .compat import find_cache
 from .families import Family, get_family
 
 Unit = tuple[int, str]
@@ -80,11 +81,17 @@ class SkippedAttention(_Skipped):
         super().__init__(original)
         self.layer_idx = original.layer_idx
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, past_key_values: Any = None,
-                **kwargs: Any) -> tuple[torch.Tensor, None]:
-        past_key_values = kwargs.get("past_key_value", past_key_values)  # pre-v5 keyword
-        if past_key_values is not None:
-            _append_placeholder(past_key_values, self.layer_idx, hidden_states)
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        # The cache's keyword changes between transformers releases (past_key_value -> past_key_values ->
+        # cache): find it by type, and refuse to guess when caching is on but no cache object came.
+        cache = find_cache(args, kwargs)
+        if cache is not None:
+            _append_placeholder(cache, self.layer_idx, hidden_states)
+        elif kwargs.get("use_cache"):
+            raise RuntimeError(
+                f"skipped attention of layer {self.layer_idx}: use_cache=True but no KV-cache object among "
+                f"the arguments ({', '.join(sorted(kwargs))}); this transformers release passes the cache "
+                f"in a way depthcut does not recognise, and decoding would restart positions at 0")
         return _zeros_like(hidden_states), None
 
 

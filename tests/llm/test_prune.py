@@ -127,6 +127,21 @@ def test_prune_sublayers_with_an_iterative_criterion_heals_and_reloads(tiny_mode
     assert len(result.removed) == 3 and all(p in ("attn", "mlp") for _, p in result.removed)
     assert result.report["selection"]["order"]  # the greedy removal order is reported
     assert result.report["reload_max_rel_logit_error"] <= 1e-4  # healing kept removed branches at zero
+    # the saved checkpoint decodes through its KV cache exactly as a full forward, in both forms
+    assert result.report["decode_max_rel_logit_error"] <= 1e-4
+    assert result.report["reload_decode_max_rel_logit_error"] <= 1e-4
+
+
+def test_prune_refuses_a_checkpoint_whose_cached_decoding_is_wrong(tiny_model, corpus, tmp_path, monkeypatch):
+    """If a transformers release stops passing the cache where depthcut finds it, prune fails loudly."""
+    import depthcut.llm.surgery as surgery
+
+    monkeypatch.setattr(surgery, "_append_placeholder", lambda cache, layer_idx, hidden_states: None)
+    config = small_config(corpus, remove=1, criterion="magnitude", unit="sublayer", heal_steps=0,
+                          out=str(tmp_path / "o"))
+    monkeypatch.setattr(P, "select_units", lambda *a, **k: ([(0, "attn")], {}))
+    with pytest.raises(RuntimeError, match="decode max rel logit error"):
+        P.prune(config, tiny_model("llama", num_layers=4), char_tokenizer())
 
 
 def test_prune_under_a_latency_budget_meets_the_additive_model(tiny_model, corpus, monkeypatch):

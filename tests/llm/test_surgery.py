@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from conftest import FAMILY_TYPES
+from depthcut.llm.compat import cache_keyword, forward_cached, output_cache
 from depthcut.errors import DepthcutError, UnsupportedModelError
 from depthcut.llm.families import get_family
 from depthcut.llm.surgery import (REMOVED_FIELD, SkippedAttention, SkippedMLP, SkippedNorm, duplicate_layers,
@@ -51,30 +52,40 @@ def reference_without(model, x, drop=(), zero=()):
 def cached_logits(model, x, prefill=5):
     """Prefill ``prefill`` tokens, then decode the rest one token at a time through a DynamicCache."""
     cache = DynamicCache(config=model.config)
-    steps = [model(x[:, :prefill], past_key_values=cache, use_cache=True).logits]
+    steps = [forward_cached(model, x[:, :prefill], cache).logits]
     for t in range(prefill, x.shape[1]):
-        steps.append(model(x[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
+        steps.append(forward_cached(model, x[:, t:t + 1], cache).logits)
     return torch.cat(steps, dim=1)
 
 
 @torch.no_grad()
 def greedy_manual(model, x, new_tokens=5):
     cache = DynamicCache(config=model.config)
-    out = model(x, past_key_values=cache, use_cache=True).logits
+    out = forward_cached(model, x, cache).logits
     tokens = [x]
     for _ in range(new_tokens):
         nxt = out[:, -1:].argmax(-1)
         tokens.append(nxt)
-        out = model(nxt, past_key_values=cache, use_cache=True).logits
+        out = forward_cached(model, nxt, cache).logits
     return torch.cat(tokens, dim=1)
 
 
 def check_runtime(model, x):
-    """Full-sequence logits == prefill-then-decode logits, and generate() == a manual greedy loop."""
+    """Full-sequence logits == prefill-then-decode logits; generate() (dynamic cache, static cache, and
+    continued from the cache of an earlier generate) == a manual greedy loop."""
     full = logits(model, x)
     torch.testing.assert_close(cached_logits(model, x), full, atol=ATOL, rtol=1e-4)
-    generated = model.generate(x, max_new_tokens=5, do_sample=False, min_new_tokens=5)
-    assert torch.equal(generated, greedy_manual(model, x, 5))
+    greedy = dict(do_sample=False)
+    manual = greedy_manual(model, x, 5)
+    assert torch.equal(model.generate(x, max_new_tokens=5, min_new_tokens=5, **greedy), manual)
+    static = model.generate(x, max_new_tokens=5, min_new_tokens=5, cache_implementation="static", **greedy)
+    assert torch.equal(static, manual)
+    first = model.generate(x, max_new_tokens=2, min_new_tokens=2, return_dict_in_generate=True, **greedy)
+    cache = output_cache(first)
+    assert cache is not None and cache.get_seq_length() == x.shape[1] + 1   # the last token is not cached yet
+    resumed = model.generate(first.sequences, max_new_tokens=3, min_new_tokens=3,
+                             **{cache_keyword(model): cache}, **greedy)
+    assert torch.equal(resumed, manual)
     return full
 
 
