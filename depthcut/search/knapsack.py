@@ -1,8 +1,10 @@
 """0/1 knapsack over discretised latency, and the selection baselines built on it.
 
-* :func:`knapsack` - exact 0/1 knapsack (optionally with an exact item count) over conservatively
-  discretised costs: g = ceil(P * cost), P = steps / budget, so the chosen set's true cost never exceeds the
-  budget. Ties in value go to the smaller true cost.
+* :func:`knapsack` - 0/1 knapsack (optionally with an exact item count), exact on a conservative grid:
+  costs are discretised as g = ceil(P * cost), P = steps / budget, so the chosen set's true cost never
+  exceeds the budget. The price of the rounding: a set whose true cost lies within (its size) x
+  budget/steps of the budget may not fit the grid and so be missed; every set with that much to spare is
+  considered. Ties in value go to the smaller true cost.
 * :func:`select_units` - the transformer side (SPEC B3): which units (blocks / sublayers) to *remove* so the
   kept latency fits a budget and/or exactly n units go, losing the least importance.
 * :func:`layer_pruning` - CNN baseline (SPEC A9): remove whole reducible convs, keep every activation.
@@ -27,7 +29,8 @@ def knapsack(values: Sequence[float], costs_ms: Sequence[float], budget_ms: floa
 
     ``forced`` items are always chosen, ``forbidden`` never; ``count`` asks for exactly that many chosen
     items (forced ones included). Returns (chosen indices ascending, their true total cost, total value).
-    Exact for the discretised costs; raises :class:`InfeasibleBudgetError` with the cheapest possible cost
+    Exact on the conservative grid (module docstring: a set may be missed only when its true cost is within
+    (its size) x budget/steps of the budget); raises :class:`InfeasibleBudgetError` with the cheapest possible cost
     when nothing fits.
     """
     n = len(values)

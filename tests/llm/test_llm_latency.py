@@ -2,17 +2,19 @@
 structure of the measurements and the exactness of the selection."""
 from __future__ import annotations
 
+import inspect
 import itertools
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from depthcut.llm import latency as lat
 from depthcut.errors import InfeasibleBudgetError
 from depthcut.llm.criteria import Criterion
 from depthcut.llm.prune import select_units
+from depthcut.search.knapsack import select_units as knapsack_select
 
 _MODEL: dict = {}
 
@@ -65,6 +67,7 @@ def test_time_generation_decodes_with_the_cache(tiny_model):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.floats(0, 5), min_size=6, max_size=6), st.lists(st.floats(0.1, 3), min_size=6, max_size=6),
        st.floats(0.05, 0.8))
+@example([0, 1, 1, 1, 1, 0], [0.456, 0.456, 0.1307, 0.1, 0.1, 0.130859375], 0.4267444260426346)  # issue 6
 def test_budget_selection_is_the_least_important_feasible_set(tiny_model, importance, unit_ms, fraction):
     """Brute force over all subsets of a 6-block model against prune.select_units under a budget."""
     model = _MODEL.setdefault("m", tiny_model("llama", num_layers=6))
@@ -75,8 +78,16 @@ def test_budget_selection_is_the_least_important_feasible_set(tiny_model, import
     crit = Criterion("fixed", score=lambda m, w, unit: importance)
     removed, _ = select_units(model, None, crit, "block", (0, 0), None, need, table, "decode")
     assert full - sum(unit_ms[i] for i, _ in removed) <= full - need + 1e-9  # meets the budget
+    # The knapsack is exact on a conservative grid: each kept unit's latency is rounded UP to a multiple of
+    # budget/steps, so a kept set is certainly found when its latency fits the budget with one grid step to
+    # spare per kept unit. The guarantee: no such set loses less importance than the answer.
+    budget = sum(unit_ms) - need
+    step = budget / inspect.signature(knapsack_select).parameters["steps"].default
+    def fits_the_grid(subset):
+        kept = [k for k in range(6) if k not in subset]
+        return sum(unit_ms[k] for k in kept) + len(kept) * step <= budget * (1 - 1e-12)
     best = min(sum(importance[k] for k in subset) for r in range(6) for subset in itertools.combinations(range(6), r)
-               if sum(unit_ms[k] for k in subset) >= need * (1 + 1e-3))  # a hair of slack for discretisation
+               if fits_the_grid(subset))
     assert sum(importance[i] for i, _ in removed) <= best + 1e-9
 
 
