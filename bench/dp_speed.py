@@ -27,7 +27,7 @@ from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row, load_kim23_csv
 from depthcut.search.twostage import solve_two_stage
 
-TABLES = Path(os.environ.get("DEPTHCUT_KIM23_TABLES", "/work/shared/data/kim23_latency_tables"))
+TABLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "kim23_latency_tables"
 OUT = Path(__file__).resolve().parent / "results" / "dp_speed.json"
 
 

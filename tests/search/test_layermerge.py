@@ -12,7 +12,7 @@ from depthcut.search import brute
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row, load_kim23_csv
 
-TABLES = Path("/work/shared/data/kim23_latency_tables")
+TABLES = Path(__file__).resolve().parents[1] / "data" / "kim23_latency_tables"   # see its README.md
 
 
 def _step_sums(plans, frontier):

@@ -11,7 +11,7 @@ from depthcut.search.tables import Row, load_kim23_csv, single_layer_latency
 from depthcut.search.twostage import (conv_blocks, expand, extend_importance, kept_activations,
                                       min_body_latency, normalise_importance, solve_two_stage, stage1)
 
-TABLES = Path("/work/shared/data/kim23_latency_tables")
+TABLES = Path(__file__).resolve().parents[1] / "data" / "kim23_latency_tables"   # see its README.md
 MBV2_10 = TABLES / "mbv2_1.0_time_fish_gpu1_1228.csv"
 MBV2_14 = TABLES / "mbv2_1.4_time_fish_gpu1_0103.csv"
 VGG19 = TABLES / "vgg19_no_trt_time_fish_gpu1_0317.csv"
