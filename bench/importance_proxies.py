@@ -27,7 +27,8 @@ from depthcut.config import LayerMergeConfig  # noqa: E402
 from depthcut.data import make_splits  # noqa: E402
 from depthcut.models import resolve_model  # noqa: E402
 from depthcut.cnn.build import is_trivial  # noqa: E402
-from depthcut.pipeline import score_candidates  # noqa: E402
+from depthcut.importance import importance_store  # noqa: E402
+from depthcut.pipeline import importance_manifest, score_candidates  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -55,7 +56,8 @@ def main() -> None:
             cfg = LayerMergeConfig(data=args.data, importance=proxy, importance_steps=max(steps, 1),
                                    cache_dir=cache, progress=False)
             t0 = time.time()
-            scores, base_acc = score_candidates(resolved.model, analysis, splits, cfg, Path(cache))
+            store = importance_store(importance_manifest(resolved.model, analysis, cfg), Path(cache))
+            scores, base_acc = score_candidates(resolved.model, analysis, splits, cfg, store)
             label = f"{proxy} ({steps} steps)" if proxy == "finetune" else proxy
             tables[label] = scores
             rows.append({"proxy": label, "seconds": time.time() - t0})

@@ -46,14 +46,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.config:
         config = LayerMergeConfig.load(args.config)
     else:
+        # flags left out keep the config's defaults (speedup 1.5 unless --latency-ms is given)
         fields = {k: v for k, v in {
-            "speedup": None if args.latency_ms else args.speedup, "latency_ms": args.latency_ms,
+            "speedup": args.speedup, "latency_ms": args.latency_ms,
             "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
             "importance": args.importance, "importance_steps": args.importance_steps,
             "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
             "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
             "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
+            "timing_rounds": args.timing_rounds,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model, config, out=args.out)
@@ -78,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="resnet20_fmnist")
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     target = c.add_mutually_exclusive_group()
-    target.add_argument("--speedup", type=float, default=1.5, help="target end-to-end speed-up (default 1.5)")
+    target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
     target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
     c.add_argument("--batch-size", type=int, default=None)
@@ -90,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recovery-epochs", type=float, default=None)
     c.add_argument("--train-limit", type=int, default=None, help="use only N training images for recovery")
     c.add_argument("--no-distill", action="store_true")
+    c.add_argument("--timing-rounds", type=int, default=None,
+                   help="interleaved rounds of each end-to-end timing (default 100)")
     c.add_argument("--config", default=None, help="a LayerMergeConfig JSON file (overrides the flags)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--threads", type=int, default=None)
@@ -118,11 +122,27 @@ def run_command(args: argparse.Namespace) -> int:
     except DepthcutError as e:
         if os.environ.get("DEPTHCUT_DEBUG"):
             raise
-        print(f"depthcut: error: {e}", file=sys.stderr)
+        print(f"depthcut: error: {' '.join(str(e).split())}", file=sys.stderr)   # always one line
         return e.exit_code
+    except ImportError as e:
+        extra = _extra_for(getattr(e, "name", None) or "")
+        if extra is None or os.environ.get("DEPTHCUT_DEBUG"):
+            raise
+        print(f"depthcut: error: this command needs {e.name!r}, from the optional extra {extra!r}: "
+              f"pip install 'depthcut[{extra}]' (see the README's Install section)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("depthcut: interrupted; finished table entries are cached and will be reused", file=sys.stderr)
         return 130
+
+
+# optional dependencies -> the extra of pyproject.toml that installs them
+EXTRAS = {"transformers": "llm", "peft": "llm", "gguf": "llm", "safetensors": "llm", "yaml": "llm",
+          "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "sklearn": "data", "mlxtend": "data"}
+
+
+def _extra_for(module: str) -> str | None:
+    return EXTRAS.get(module.split(".")[0])
 
 
 if __name__ == "__main__":

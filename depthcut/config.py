@@ -1,30 +1,32 @@
 """Typed, versioned configuration for CNN depth compression; saves to and loads from JSON."""
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from .configbase import ConfigBase, at_least
 from .errors import DepthcutError
 
 CONFIG_VERSION = 1
+DEFAULT_SPEEDUP = 1.5
 
 METHODS = ("layermerge",)   # the two-stage DP (ICML 2023) lives in depthcut.search.twostage
 PROXIES = ("finetune", "bn-recalibration", "none")
 
 
 @dataclass
-class LayerMergeConfig:
+class LayerMergeConfig(ConfigBase):
     """Everything ``depthcut.compress`` needs besides the model and the data.
 
-    Exactly one of ``speedup`` (target ratio original/compressed, measured end to end) and ``latency_ms``
-    (absolute end-to-end target on the backend) must be set.
+    The target is one of ``speedup`` (ratio original/compressed, measured end to end) and ``latency_ms``
+    (absolute end-to-end target on the backend); with neither, ``speedup`` is DEFAULT_SPEEDUP (1.5).
     """
 
-    speedup: float | None = 1.5
+    KIND: ClassVar[str] = "config"
+
+    speedup: float | None = None
     latency_ms: float | None = None
+
     method: str = "layermerge"
     backend: str = "onnxruntime"
     batch_size: int = 1                       # batch the latency is measured (and reported) at
@@ -57,15 +59,17 @@ class LayerMergeConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.check_types()
+        if self.speedup is None and self.latency_ms is None:
+            self.speedup = DEFAULT_SPEEDUP
         self.validate()
 
     def validate(self) -> None:
-        if (self.speedup is None) == (self.latency_ms is None):
-            raise DepthcutError("set exactly one of speedup and latency_ms "
+        if self.speedup is not None and self.latency_ms is not None:
+            raise DepthcutError("set only one of speedup and latency_ms "
                                 f"(got speedup={self.speedup}, latency_ms={self.latency_ms})")
-        if self.speedup is not None and self.speedup < 1.0:
-            raise DepthcutError(f"speedup must be >= 1.0, got {self.speedup}")
-        if self.latency_ms is not None and self.latency_ms <= 0:
+        at_least("speedup", self.speedup, 1.0)
+        if self.latency_ms is not None and not self.latency_ms > 0:
             raise DepthcutError(f"latency budget must be positive, got {self.latency_ms} ms")
         if self.method not in METHODS:
             raise DepthcutError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
@@ -75,33 +79,14 @@ class LayerMergeConfig:
             raise DepthcutError(f"batch size must be >= 1, got {self.batch_size}")
         if self.version != CONFIG_VERSION:
             raise DepthcutError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
-        if self.input_shape is not None:
-            self.input_shape = tuple(int(s) for s in self.input_shape)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    def save(self, path: str | Path) -> None:
-        from .cache import atomic_write_text
-
-        atomic_write_text(path, self.to_json())
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LayerMergeConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DepthcutError(f"unknown config field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LayerMergeConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise DepthcutError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise DepthcutError(f"config file {path} is not valid JSON: {e}") from None
+        for name in ("importance_batch_size", "recovery_batch_size", "dp_steps", "max_resolves", "timing_rounds",
+                     "score_size", "threads", "train_limit"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed"):
+            at_least(name, getattr(self, name), 0)
+        for name in ("importance_lr", "recovery_lr"):
+            at_least(name, getattr(self, name), 0, inclusive=False)
+        if self.kd_weight > 1:
+            raise DepthcutError(f"config field 'kd_weight' must be <= 1, got {self.kd_weight}")
+        if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
+            raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")

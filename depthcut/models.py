@@ -50,12 +50,20 @@ def _from_factory(spec: str) -> ResolvedModel:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise DepthcutError(f"cannot import {module_name!r} for model {spec!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - ImportError, or the module's own code failing at import
+        raise DepthcutError(f"cannot import {module_name!r} for model {spec!r}: {type(e).__name__}: {e}") from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise DepthcutError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if callable(factory) and not isinstance(factory, nn.Module):
+        try:
+            model = factory()
+        except Exception as e:  # noqa: BLE001 - the user's code: report it, do not crash inside depthcut
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise DepthcutError(f"model factory {spec} raised {type(e).__name__}: {first_line} "
+                                f"(it is called with no arguments)") from None
+    else:
+        model = factory
     if not isinstance(model, nn.Module):
         raise DepthcutError(f"{spec} did not return an nn.Module (got {type(model).__name__})")
     return ResolvedModel(model.eval(), spec, None)

@@ -59,12 +59,11 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    resolved: ResolvedModel = resolve_model(model)
+    resolved, input_shape = prepare(model, config, out, splits)
     original = resolved.model.eval()
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
-                             train_limit=config.train_limit)
-    input_shape = _input_shape(config, resolved, splits)
+                             train_limit=config.train_limit, image_size=tuple(input_shape[2:]))
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
 
     # 1. analysis ---------------------------------------------------------------------------------
@@ -74,13 +73,16 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     say(config, f"chain: L={chain.length} positions, {len(analysis.blocks)} blocks, {len(candidates)} candidates")
 
     # 2. latency table (SPEC A5) ------------------------------------------------------------------
+    from .importance import check_entries, importance_store
+    importance_cache = importance_store(importance_manifest(original, analysis, config), cache_dir)
+    check_entries(importance_cache, ACCURACY_RANGE)   # damaged cache files fail before any timing
     say(config, f"latency table on {config.backend} (batch {config.batch_size})")
     lat = latency_table(candidates, config.backend, batch_size=config.batch_size, cache_dir=cache_dir,
                         progress=config.progress)
     latency_ms = {c.key: (0.0 if not c.kept else lat[c.key].median_ms) for c in candidates}
 
     # 3. importance table (SPEC A6) ---------------------------------------------------------------
-    importance, base_acc = score_candidates(original, analysis, splits, config, cache_dir)
+    importance, base_acc = score_candidates(original, analysis, splits, config, importance_cache)
 
     # 4. search (SPEC A7): one solve gives the whole frontier --------------------------------------
     from .search.layermerge import solve
@@ -203,23 +205,29 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     return result
 
 
+ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %
+
+
+def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig) -> dict[str, Any]:
+    """Everything that changes an importance entry's value: another checkpoint, split or recipe must never
+    reuse it."""
+    return {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
+            "finetune_size": config.finetune_size, "score_size": config.score_size,
+            "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
+            "batch_size": config.importance_batch_size, "seed": config.seed,
+            "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs]}
+
+
 def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeConfig,
-                      cache_dir: Path) -> tuple[dict[str, float], float]:
-    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry (resumable after a kill)."""
+                     store) -> tuple[dict[str, float], float]:
+    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill)."""
     from .cnn.build import build_unmerged, single_block_plan
-    from .importance import importance_store, importance_table, score
+    from .importance import importance_table, score
     from .train import evaluate, recalibrate_bn, train
 
     chain = analysis.chain
     base_acc = evaluate(original, splits.score)
     todo = [c for c in analysis.candidates if not is_trivial(c)]
-    # Everything that changes an entry's value: another checkpoint, split or recipe must never reuse it.
-    manifest = {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
-                "finetune_size": config.finetune_size, "score_size": config.score_size,
-                "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
-                "batch_size": config.importance_batch_size, "seed": config.seed,
-                "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in chain.convs]}
-    store = importance_store(manifest, cache_dir)
 
     def accuracy_of(candidate: Candidate) -> float:
         torch.manual_seed(config.seed)
@@ -233,7 +241,7 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
 
     say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
                 f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached")
-    accs = importance_table(todo, accuracy_of, store=store, progress=config.progress)
+    accs = importance_table(todo, accuracy_of, store=store, progress=config.progress, metric_range=ACCURACY_RANGE)
     scores = {c.key: 1.0 for c in analysis.candidates}        # exp(0): the original network itself
     for c in todo:
         scores[c.key] = score(accs[c.key], base_acc)
@@ -246,13 +254,30 @@ def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     return float((ya - yb).norm() / ya.norm().clamp_min(1e-12))
 
 
-def _input_shape(config, resolved, splits) -> tuple[int, ...]:
-    if config.input_shape:
-        return tuple(config.input_shape)
-    if resolved.input_shape:
-        return (1,) + tuple(resolved.input_shape[1:])
+def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,
+            splits=None) -> tuple[ResolvedModel, tuple[int, ...]]:
+    """Stage 0: resolve the model and check every input before anything expensive (depthcut.checks):
+    the output folder is writable, the data set exists and fits the model's input (channels, size,
+    classes), and the model runs at the input shape. Returns the model and the (1, C, H, W) input shape."""
+    from .checks import check_data_fits, check_model_accepts, check_output_dir, input_shape_for
+    from .data import dataset_info
+
+    if out is not None:
+        check_output_dir(out)
+    resolved = resolve_model(model)
+    info = dataset_info(config.data) if splits is None else _splits_info(splits)
+    data_name = config.data if splits is None else "(given splits)"
+    input_shape = input_shape_for(config.input_shape, resolved.input_shape, info, data_name)
+    check_data_fits(input_shape, info, data_name)
+    check_model_accepts(resolved.model, input_shape, resolved.name, num_classes=info["num_classes"])
+    return resolved, input_shape
+
+
+def _splits_info(splits) -> dict:
     x, _ = splits.test[0]
-    return (1,) + tuple(x.shape)
+    labels = torch.cat([ds.tensors[1] for ds in (splits.train, splits.test)])
+    return {"num_classes": int(labels.max()) + 1, "in_chans": int(x.shape[0]), "image_size": int(x.shape[-1]),
+            "folder": False}
 
 
 def _block_row(c: Candidate, chain) -> dict[str, Any]:

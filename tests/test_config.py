@@ -16,9 +16,29 @@ def test_config_round_trips_through_json(tmp_path):
     assert again.input_shape == (1, 1, 28, 28)
 
 
+def test_the_target_is_a_speedup_or_a_latency():
+    assert LayerMergeConfig().speedup == 1.5 and LayerMergeConfig().latency_ms is None
+    cfg = LayerMergeConfig(latency_ms=2.0)              # a latency alone is a complete target
+    assert cfg.speedup is None and cfg.latency_ms == 2.0
+    assert LayerMergeConfig.from_dict(cfg.to_dict()) == cfg
+
+
 @pytest.mark.parametrize("kwargs, words", [
-    ({"speedup": None, "latency_ms": None}, "exactly one"),
-    ({"speedup": 1.5, "latency_ms": 3.0}, "exactly one"),
+    ({"speedup": 1.5, "latency_ms": 3.0}, "only one of speedup and latency_ms"),
+    ({"speedup": float("nan")}, "'speedup' must be a finite number"),
+    ({"speedup": float("inf")}, "'speedup' must be a finite number"),
+    ({"latency_ms": float("nan")}, "'latency_ms' must be a finite number"),
+    ({"batch_size": "8"}, "'batch_size' must be an integer, got '8'"),
+    ({"batch_size": 2.5}, "'batch_size' must be an integer"),
+    ({"distill": "yes"}, "'distill' must be true or false"),
+    ({"progress": 1}, "'progress' must be true or false"),
+    ({"input_shape": [1, 3, "a", 4]}, r"'input_shape\[2\]' must be an integer"),
+    ({"input_shape": [1, 3, 4]}, "N,C,H,W"),
+    ({"data": 3}, "'data' must be a string"),
+    ({"importance_steps": -1}, "'importance_steps' must be >= 0"),
+    ({"recovery_lr": 0.0}, "'recovery_lr' must be > 0"),
+    ({"timing_rounds": 0}, "'timing_rounds' must be >= 1"),
+    ({"kd_weight": 1.5}, "'kd_weight' must be <= 1"),
     ({"speedup": 0.5}, "speedup"),
     ({"speedup": None, "latency_ms": -1.0}, "-1.0 ms"),
     ({"method": "magic"}, "magic"),
@@ -40,3 +60,11 @@ def test_unknown_fields_and_bad_files_are_user_errors(tmp_path):
         LayerMergeConfig.load(bad)
     with pytest.raises(DepthcutError, match="missing.json"):
         LayerMergeConfig.load(tmp_path / "missing.json")
+    typed = tmp_path / "typed.json"
+    typed.write_text(json.dumps({"speedup": "fast"}))
+    with pytest.raises(DepthcutError, match=r"typed.json: config field 'speedup' must be a finite number or null"):
+        LayerMergeConfig.load(typed)
+    listed = tmp_path / "listed.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(DepthcutError, match="listed.json.*JSON object"):
+        LayerMergeConfig.load(listed)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
 from .chain import Candidate, Chain, Plan, Skip
-from .merge import ConvParams, from_conv, merge_sequence, to_module
+from .merge import ConvParams, conv_padding, from_conv, merge_sequence, to_module
 
 BLOCK_PREFIX = "dc_block"
 
@@ -64,7 +64,7 @@ class BlockModule(nn.Module):
         for a, b, proj, proj_bn in skips:
             index = -1
             if proj is not None:
-                if _square(proj.kernel_size) != 1 or _square(proj.padding) != 0:
+                if _square(proj.kernel_size) != 1 or conv_padding(proj) != 0:
                     raise ValueError(f"projection {proj} must be a 1x1 conv without padding to be merged")
                 index = len(self.projections)
                 self.projections.append(nn.Sequential(proj, proj_bn if proj_bn is not None else nn.Identity()))
@@ -77,7 +77,7 @@ class BlockModule(nn.Module):
         and work out how much each skip source must be cropped (negative: zero-padded) to line up."""
         total, scale = 0, 1
         for conv in self.convs:
-            total += scale * _square(conv.padding)
+            total += scale * conv_padding(conv)
             scale *= _square(conv.stride)
         for n, conv in enumerate(self.convs):
             p = total if n == 0 else 0

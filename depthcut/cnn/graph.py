@@ -51,6 +51,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from ..errors import DepthcutError, UnsupportedModelError
 from .chain import Activation, Candidate, Chain, ConvSpec, Skip
+from .merge import conv_padding
 
 # --------------------------------------------------------------------------------------------------------
 # op vocabulary
@@ -126,7 +127,12 @@ class _MetaShapeProp(torch.fx.Interpreter):
         x = args[0] if args else None
         # the common layers get their shapes by formula: meta kernels run Python decompositions (~10 ms each)
         if type(mod) is nn.Conv2d and isinstance(x, torch.Tensor) and x.dim() == 4 and not kwargs:
-            return torch.empty(_conv_out_shape(mod, tuple(x.shape)), device="meta", dtype=x.dtype)
+            if x.shape[1] != mod.in_channels:   # the formula would not notice; the real forward below says why
+                raise ValueError(f"{target} expects {mod.in_channels} input channels, got {x.shape[1]}")
+            shape = _conv_out_shape(mod, tuple(x.shape))
+            if min(shape[2:]) < 1:
+                raise ValueError(f"{target}: input {tuple(x.shape)} is smaller than the kernel")
+            return torch.empty(shape, device="meta", dtype=x.dtype)
         if isinstance(mod, (nn.BatchNorm2d, *_TRANSPARENT_MODULES, *(c for c, _ in _ACT_MODULES))) \
                 and isinstance(x, torch.Tensor) and len(args) == 1 and not kwargs:
             return torch.empty_like(x)
@@ -205,8 +211,10 @@ def _propagate_shapes(gm: GraphModule, input_shape: tuple[int, ...]) -> None:
     except Exception as e:
         node = getattr(e, "_depthcut_node", None)
         where = f" at node '{node.name}' (module '{_module_of(node)}')" if node is not None else ""
-        raise UnsupportedModelError(f"shape propagation with input shape {input_shape} failed{where}: "
-                                    f"{type(e).__name__}: {e}") from e
+        first_line = (str(e).strip().splitlines() or [""])[0]   # fx appends "While executing ..." lines
+        raise UnsupportedModelError(f"the model does not run on input shape {input_shape}{where}: "
+                                    f"{type(e).__name__}: {first_line}; pass the shape it expects "
+                                    f"(--input-shape N,C,H,W)") from e
 
 
 class _QuietShapeProp(torch.fx.Interpreter):
@@ -282,10 +290,10 @@ def _describe_op(gm: GraphModule, node: Node) -> str:
 
 
 def _conv_padding(m: nn.Conv2d) -> int | None:
-    if isinstance(m.padding, str):
-        return 0 if m.padding == "valid" else (m.kernel_size[0] - 1) // 2
-    ph, pw = m.padding
-    return ph if ph == pw else None
+    try:
+        return conv_padding(m)
+    except ValueError:
+        return None
 
 
 def _unsupported_conv(m: nn.Conv2d) -> str | None:

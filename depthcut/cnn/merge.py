@@ -61,6 +61,19 @@ class ConvParams:
                         1, self.groups)
 
 
+def conv_padding(conv: nn.Conv2d) -> int:
+    """The symmetric integer zero-padding of ``conv``: ``'valid'`` is 0 and ``'same'`` (odd kernel, stride 1,
+    what PyTorch allows) is dilation * (k - 1) / 2 on every side, so string paddings merge like integers."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return 0
+        k, d = _square(conv.kernel_size, "kernel_size", conv), _square(conv.dilation, "dilation", conv)
+        if k % 2 == 0:
+            raise ValueError(f"padding='same' with an even kernel ({conv}) pads asymmetrically")
+        return d * (k - 1) // 2
+    return _square(conv.padding, "padding", conv)
+
+
 def _square(value, what: str, conv: nn.Module) -> int:
     if isinstance(value, str):
         raise ValueError(f"{what}={value!r} of {conv} is not supported (use explicit integers)")
@@ -97,7 +110,7 @@ def from_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> ConvParams:
         shift = bn.bias.detach().to(DTYPE) if bn.bias is not None else torch.zeros_like(scale)
         w = w * scale[:, None, None, None]
         b = (b - bn.running_mean.detach().to(DTYPE)) * scale + shift
-    return ConvParams(w, b, _square(conv.stride, "stride", conv), _square(conv.padding, "padding", conv),
+    return ConvParams(w, b, _square(conv.stride, "stride", conv), conv_padding(conv),
                       conv.groups)
 
 

@@ -161,6 +161,9 @@ def _class_dirs(root: Path) -> list[Path]:
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not dirs:
         raise DataError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    if len(dirs) < 2:
+        raise DataError(f"image folder {root} has one class sub-folder ({dirs[0].name}); classification needs "
+                        f"at least two (one sub-folder per class)")
     return dirs
 
 
@@ -168,8 +171,16 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _load_folder(root: Path, split: str, image_size: int) -> TensorDataset:
-    """One sub-folder per class; images resized to ``image_size`` square, converted to RGB."""
+def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(height, width) from a square size or a pair."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if h < 1 or w < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
+    return int(h), int(w)
+
+
+def _load_folder(root: Path, split: str, image_size: int | tuple[int, int]) -> TensorDataset:
+    """One sub-folder per class; images resized to ``image_size`` (square, or (height, width)), RGB."""
     try:
         from PIL import Image
     except ImportError as e:
@@ -177,6 +188,7 @@ def _load_folder(root: Path, split: str, image_size: int) -> TensorDataset:
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     class_root = root / split if has_splits else root
     classes = [d.name for d in _class_dirs(class_root)]
+    height, width = _hw(image_size)
     if has_splits:  # both splits must agree on the class list, else label ids would silently shift
         other = [d.name for d in _class_dirs(root / ("test" if split == "train" else "train"))]
         if other != classes:
@@ -190,7 +202,7 @@ def _load_folder(root: Path, split: str, image_size: int) -> TensorDataset:
         for f in files:
             try:
                 with Image.open(f) as im:
-                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    im = im.convert("RGB").resize((width, height), Image.BILINEAR)
                     images.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
             except OSError as e:
                 raise DataError(f"cannot read image {f}: {e}") from e
@@ -198,16 +210,18 @@ def _load_folder(root: Path, split: str, image_size: int) -> TensorDataset:
     if not images:
         raise DataError(f"image folder {class_root} holds no images for split {split!r} "
                         f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
-    info = BuiltinInfo(len(classes), 3, image_size, IMAGENET_MEAN, IMAGENET_STD)
+    info = BuiltinInfo(len(classes), 3, height, IMAGENET_MEAN, IMAGENET_STD)
     return _tensor_dataset(np.stack(images), np.asarray(labels), info)
 
 
 # ---------------------------------------------------------------------------------------------- public API
-def load_dataset(name_or_path: str | os.PathLike, split: str = "train", image_size: int = 32) -> TensorDataset:
+def load_dataset(name_or_path: str | os.PathLike, split: str = "train",
+                 image_size: int | tuple[int, int] = 32) -> TensorDataset:
     """Load a built-in data set by name or an image folder by path.
 
     Returns a ``TensorDataset`` of float32 images (N, C, H, W), normalised per channel (constants in the
-    module docstring), and int64 labels. ``image_size`` only applies to image folders.
+    module docstring), and int64 labels. ``image_size`` (square, or (height, width)) only applies to image
+    folders: pass the model's input resolution.
     """
     _check_split(split)
     name = _canonical(str(name_or_path))
@@ -220,21 +234,21 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "train", image_si
                     f"({', '.join(BUILTIN)}) and not an existing folder of class sub-folders")
 
 
-def dataset_info(name_or_path: str | os.PathLike, image_size: int = 32) -> dict:
-    """``{"num_classes", "in_chans", "image_size", "mean", "std"}`` without loading images (folders: counts
-    class sub-folders)."""
+def dataset_info(name_or_path: str | os.PathLike, image_size: int | None = None) -> dict:
+    """``{"num_classes", "in_chans", "image_size", "mean", "std", "folder"}`` without loading images (folders:
+    counts class sub-folders; their ``image_size`` is whatever the caller resizes to, None if not given)."""
     name = _canonical(str(name_or_path))
     if name in BUILTIN:
         i = BUILTIN[name]
         return dict(num_classes=i.num_classes, in_chans=i.in_chans, image_size=i.image_size,
-                    mean=i.mean, std=i.std)
+                    mean=i.mean, std=i.std, folder=False)
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         raise DataError(f"unknown data set {str(name_or_path)!r}: not a built-in name "
                         f"({', '.join(BUILTIN)}) and not an existing folder")
     root = path / "train" if (path / "train").is_dir() and (path / "test").is_dir() else path
     return dict(num_classes=len(_class_dirs(root)), in_chans=3, image_size=image_size,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                mean=IMAGENET_MEAN, std=IMAGENET_STD, folder=True)
 
 
 @dataclass
@@ -264,7 +278,7 @@ def _subset(ds: TensorDataset, idx: torch.Tensor) -> TensorDataset:
 
 def make_splits(name: str | os.PathLike, finetune_size: int, score_size: int, seed: int = 0,
                 train_limit: int | None = None, exclude_from_train: bool = False,
-                image_size: int = 32) -> DataSplits:
+                image_size: int | tuple[int, int] = 32) -> DataSplits:
     """Carve disjoint ``finetune`` / ``score`` subsets out of the training split with a seeded permutation."""
     full = load_dataset(name, "train", image_size=image_size)
     n = len(full) if train_limit is None else min(int(train_limit), len(full))

@@ -176,19 +176,37 @@ class _Timed:
         return value, time.perf_counter() - t0
 
 
-def _read_entry(store: EntryStore, key: str) -> float:
+def _read_entry(store: EntryStore, key: str, metric_range: tuple[float, float] = (-math.inf, math.inf)) -> float:
     entry = store[key]
     try:
-        return float(entry["metric"])
+        value = float(entry["metric"])
     except (TypeError, KeyError, ValueError):
         raise CacheError(f"cache file {store.path(key)} does not hold an importance metric for {key!r}; "
                          f"delete it to recompute") from None
+    low, high = metric_range
+    if not (math.isfinite(value) and low <= value <= high):
+        raise CacheError(f"cache file {store.path(key)} holds metric {value} for {key!r}, outside "
+                         f"[{low:g}, {high:g}]; delete it to recompute")
+    return value
+
+
+def check_entries(store: EntryStore, metric_range: tuple[float, float] = (-math.inf, math.inf)) -> int:
+    """Read every cached entry of ``store``; CacheError naming the first damaged file. Returns the count."""
+    n = 0
+    for key in store.keys():
+        _read_entry(store, key, metric_range)
+        n += 1
+    return n
 
 
 def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candidate], float], *,
                      store: EntryStore, executor: Executor | None = None, progress: bool = True,
-                     shard: tuple[int, int] | None = None) -> dict[str, float]:
+                     shard: tuple[int, int] | None = None,
+                     metric_range: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float]:
     """Compute ``{candidate.key: score_fn(candidate)}``, resuming from and writing to ``store``.
+
+    Every metric, cached or new, must be finite and lie in ``metric_range`` (accuracy: (0, 100)); a cached
+    entry outside it is a damaged file and raises :class:`CacheError` naming it before anything is computed.
 
     Entries already in the store are not recomputed; each new result is stored atomically as soon as the
     executor yields it. With ``shard=(i, n)`` only this shard's missing entries are computed and the result
@@ -200,6 +218,7 @@ def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candid
         unique.setdefault(c.key, c)
     todo = [c for key, c in unique.items()
             if (shard is None or in_shard(key, shard)) and key not in store]
+    check_entries(store, metric_range)        # a damaged cached entry fails now, before any compute
 
     bar = _progress(total=len(todo), desc="importance", enabled=progress, unit="entry")
     try:
@@ -211,4 +230,4 @@ def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candid
         bar.close()
 
     keys = list(unique) if shard is None else [k for k in unique if k in store]
-    return {key: _read_entry(store, key) for key in keys}
+    return {key: _read_entry(store, key, metric_range) for key in keys}

@@ -14,6 +14,8 @@ networks against each other, interleaved, to check it.
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -77,10 +79,16 @@ def latency_store(backend: Backend, batch_size: int | None = None,
 
 def _read_row(store: EntryStore, key: str) -> Timing:
     try:
-        return Timing.from_dict(store[key])
+        timing = Timing.from_dict(store[key])
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"cache file {store.path(key)} does not hold a timing for row {key!r}; "
                          f"delete it to recompute") from None
+    values = (timing.median_ms, timing.stdev_ms, timing.p10_ms, timing.p90_ms)
+    if not all(math.isfinite(v) and v >= 0 for v in values) or timing.n < 1:
+        raise CacheError(f"cache file {store.path(key)} holds an impossible timing for row {key!r} "
+                         f"(median {timing.median_ms} ms, n={timing.n}: NaN, infinite or negative); "
+                         f"delete it to recompute")
+    return timing
 
 
 def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eager", *,
@@ -102,6 +110,8 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
         if c.kept:
             rows.setdefault(row_key(c, batch_size), c)
     todo = [k for k in rows if k not in store]
+    for key in rows.keys() - set(todo):      # a damaged cached row fails now, before any timing
+        _read_row(store, key)
 
     gen = torch.Generator().manual_seed(seed)
     bar = _progress(todo, desc=f"latency [{backend.name}]", enabled=progress, unit="row")

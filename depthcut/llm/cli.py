@@ -32,8 +32,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .prune import PruneConfig, prune
 
     if args.config:
-        with open(args.config) as f:
-            config = PruneConfig.from_json(f.read())
+        config = PruneConfig.load(args.config)
         if args.out:
             config.out = args.out
     else:

