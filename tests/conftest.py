@@ -11,9 +11,16 @@ import time
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 os.environ.setdefault("DEPTHCUT_PROGRESS", "0")
+
+# Property tests must hold for every seed: no example database (CI must not replay failures left by an
+# earlier run, nor pass because a lucky run never stored one), a fresh random seed each run. A failure
+# prints its seed and a @reproduce_failure blob; pin real counter-examples with @example.
+settings.register_profile("depthcut", database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "depthcut"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from depthcut.latency.backends import Backend, register_backend  # noqa: E402

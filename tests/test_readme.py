@@ -1,0 +1,79 @@
+"""Every command in the README's "Command line" section runs as shown, on small settings.
+
+The commands are read from README.md itself, so an example that drifts from the code fails here. Each runs
+as a real subprocess (``python -m depthcut ...``) with its placeholders filled in (``mypkg.models:build`` ->
+a small test model, ``path/to/images`` -> a generated image folder, output folders -> tmp_path) and with
+flags appended that shrink its budget (argparse keeps the last value of a repeated flag).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+
+# flags appended per command: same meaning, smaller budget
+SMALL = {
+    "compress": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size",
+                 "64", "--train-limit", "512", "--timing-rounds", "20", "--quiet"],
+    "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16"],
+    "llm upscale": ["--eval", "2x64"],
+}
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Command line", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("depthcut "):
+                commands.append(line)
+    return commands
+
+
+def test_the_readme_lists_commands():
+    kinds = {" ".join(shlex.split(c)[1:3]) if shlex.split(c)[1] == "llm" else shlex.split(c)[1]
+             for c in readme_commands()}
+    assert {"analyze", "compress", "llm prune", "llm upscale"} <= kinds
+
+
+def _image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for c, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(100):     # 160 training images: room for the 64 + 64 held-out ones
+            Image.new("RGB", (20, 20), (200 * c, 2 * i, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command, tmp_path):
+    args = shlex.split(command)[1:]
+    kind = " ".join(args[:2]) if args[0] == "llm" else args[0]
+    fills = {"mypkg.models:build": "cli_models:rgb_net", "path/to/images": str(_image_folder(tmp_path / "images"))
+             if "path/to/images" in args else ""}
+    args = [fills.get(a, a) for a in args]
+    for flag in ("--out", "--mergekit-yaml"):
+        if flag in args:
+            i = args.index(flag) + 1
+            args[i] = str(tmp_path / args[i].strip("/"))
+    args += SMALL.get(kind, [])
+    if kind == "compress":
+        args += ["--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "depthcut", *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    if "--out" in args:
+        assert any(Path(args[args.index("--out") + 1]).iterdir())
