@@ -18,7 +18,7 @@ from .cache import DEFAULT_CACHE_DIR, state_fingerprint
 from .cnn.build import is_trivial   # a single-conv block keeping its conv: the original network
 from .cnn.chain import Candidate, Plan
 from .config import LayerMergeConfig
-from .errors import InfeasibleBudgetError
+from .errors import DepthcutError, InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
 
 PROBE_MARGIN = 1.02   # a probe plan must beat the target by 2% to be accepted (timing noise)
@@ -146,6 +146,11 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
                 f"original (x{last['speedup']:.2f} at most); ask for a smaller speed-up or a larger latency",
                 minimum=last["measured_ms"])
 
+    # 5b. the chosen plan deploys exactly the intended function (SPEC A4), checked independently of the
+    #     rewrite, in float64: a wrong merge is an error, never a report
+    intended_error = verify_chosen_plan(original, analysis, plan, input_shape)
+    say(config, f"plan verified against the intended function: relative error {intended_error:.1e} (float64)")
+
     # 6. recovery (SPEC A10): fine-tune the unmerged form, which is exactly the deployed function ----
     say(config, f"recovery fine-tune: {config.recovery_epochs} epochs"
                 + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
@@ -157,8 +162,9 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     unmerged.eval()
     merged = build_merged(unmerged, chain, plan).eval()
     merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(input_shape[1:])))
-    if merge_error > 1e-4:
-        raise RuntimeError(f"merged network differs from its unmerged form (relative error {merge_error:.2e})")
+    if not merge_error <= MERGE_TOLERANCE:
+        raise VerificationError(f"the merged network differs from its fine-tuned unmerged form (relative error "
+                                f"{merge_error:.2e} in float64); this is a depthcut bug, please report it")
 
     # 7. final measurement, one interleaved run ---------------------------------------------------
     timings = time_models({"original": original, "compressed": merged}, example, config.backend,
@@ -187,6 +193,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         "convs_before": stats_before["convs"], "convs_after": stats_after["convs"],
         "activations_before": stats_before["activations"], "activations_after": stats_after["activations"],
         "merge_relative_error": merge_error,
+        "intended_relative_error": intended_error,
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(candidates),
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
         "resolve_attempts": attempts,
@@ -248,10 +255,44 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
     return scores, base_acc
 
 
+MERGE_TOLERANCE = 1e-5   # float64 evaluation of float32 weights composed in float64 (~1e-7 when right)
+
+
+class VerificationError(DepthcutError):
+    """The network about to be deployed is not the function the plan intends (a depthcut bug)."""
+
+
 def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """||a(x) - b(x)|| / ||a(x)|| evaluated in float64 on copies: no math mode (TF32 on GPUs, reduced
+    precision reductions) can make a correct merge look wrong or a wrong one look right."""
+    import copy
+
+    a64, b64 = copy.deepcopy(a).double().eval(), copy.deepcopy(b).double().eval()
+    x64 = x.double().to(next((p.device for p in a64.parameters()), x.device))
     with torch.no_grad():
-        ya, yb = a(x), b(x)
-    return float((ya - yb).norm() / ya.norm().clamp_min(1e-12))
+        ya, yb = a64(x64), b64(x64)
+    return float((ya - yb).norm() / ya.norm().clamp_min(1e-300))
+
+
+def verify_chosen_plan(original: nn.Module, analysis, plan: Plan, input_shape) -> float:
+    """Build the plan's deployed network from ``original`` and compare it with the intended function
+    (depthcut.cnn.intended); VerificationError above the tolerance. Returns the relative error."""
+    from .cnn.build import build_merged, build_unmerged
+    from .cnn.intended import tolerance_for, verify_plan
+
+    unmerged = build_unmerged(analysis.gm, analysis.chain, plan).eval()
+    merged = build_merged(unmerged, analysis.chain, plan)
+    worst = 0.0
+    for form, net in (("merged", merged), ("unmerged", unmerged)):
+        error = verify_plan(net, original, analysis.chain, plan, input_shape)
+        if not error <= tolerance_for(original):
+            blocks = ", ".join(b.key for b in plan.blocks if not is_trivial(b))
+            raise VerificationError(
+                f"the {form} network of the chosen plan ({blocks}) is not the intended function (relative error "
+                f"{error:.2e} in float64, tolerance {tolerance_for(original):.0e}); refusing to deploy it. This is "
+                f"a depthcut bug: please report it with the model")
+        worst = max(worst, error)
+    return worst
 
 
 def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,

@@ -53,3 +53,41 @@ def two_way_net() -> nn.Module:
 
 def broken_factory() -> nn.Module:
     raise ValueError("weights file not found: /nowhere/w.pt")
+
+
+class SEGate(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(c, max(c // 4, 1), 1), nn.Conv2d(max(c // 4, 1), c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class SEBasic(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+        self.se = SEGate(c)
+
+    def forward(self, x):
+        return torch.relu(self.se(self.c2(self.c1(x))) + x)
+
+
+class SEResNet(nn.Module):
+    """The issue-7 reproduction: three SE basic blocks on 8x8 digits."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(SEBasic(8), SEBasic(8), SEBasic(8))
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def se_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return SEResNet()

@@ -109,3 +109,39 @@ def test_model_without_convolutions_is_a_clear_error(tmp_path):
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with pytest.raises(DepthcutError, match="conv"):
         compress(mlp, config(tmp_path), splits=splits)
+
+
+def _se_resnet():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cli_models import se_resnet
+    return se_resnet()
+
+
+def test_squeeze_excite_gates_survive_compression(tmp_path):
+    """Issue 7: an SE-ResNet compressed at x1.3 kept 0 of its 3 SE gates while merged == unmerged to 1e-7.
+    The deployed network must be the intended function and still run every gate."""
+    splits = make_splits("digits", finetune_size=100, score_size=100, seed=0)
+    result = compress(_se_resnet(), config(tmp_path, speedup=1.2, importance="none", recovery_epochs=0),
+                      splits=splits)
+    assert result.report["intended_relative_error"] <= 1e-5
+    gates = [n for n in result.model.graph.nodes if n.op == "call_module" and ".se.fc" in str(n.target)]
+    assert len(gates) == 6                                       # fc1 and fc2 of all three gates
+    assert result.report["convs_after"] < result.report["convs_before"]
+
+
+def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):
+    """With the analysis bug of issue 7 re-introduced (an add after an SE gate as a foldable skip) and the
+    rewrite's safety net off, compress must stop with a VerificationError instead of reporting success."""
+    import depthcut.cnn.build as build
+    import depthcut.cnn.graph as graph
+    from depthcut.pipeline import VerificationError
+
+    record = graph._record_skip
+    monkeypatch.setattr(graph, "_record_skip", lambda w, n, o, p, foldable=True: record(w, n, o, p, True))
+    monkeypatch.setattr(build, "_non_members", lambda *a, **k: set())
+    splits = make_splits("digits", finetune_size=100, score_size=100, seed=0)
+    with pytest.raises(VerificationError, match="not the intended function"):
+        compress(_se_resnet(), config(tmp_path, speedup=1.6, importance="none", recovery_epochs=0,
+                                      max_resolves=2), splits=splits)

@@ -18,6 +18,7 @@ Both are ``torch.fx.GraphModule``s; blocks are found in the graph through the fx
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -63,6 +64,12 @@ class BlockModule(nn.Module):
         self._proj_stride: list[int] = []
         for a, b, proj, proj_bn in skips:
             index = -1
+            if proj is None and proj_bn is not None:      # a BN-only branch: an identity 1x1 conv, then the BN
+                c = proj_bn.num_features
+                proj = nn.Conv2d(c, c, 1, bias=False).to(proj_bn.running_mean.dtype)
+                with torch.no_grad():
+                    proj.weight.copy_(torch.eye(c)[:, :, None, None])
+                proj.weight.requires_grad_(False)
             if proj is not None:
                 if _square(proj.kernel_size) != 1 or conv_padding(proj) != 0:
                     raise ValueError(f"projection {proj} must be a 1x1 conv without padding to be merged")
@@ -73,30 +80,30 @@ class BlockModule(nn.Module):
         self._shift_padding()
 
     def _shift_padding(self) -> None:
-        """Give the first kept conv the whole block's padding (p1 + s1*p2 + s1*s2*p3 ...), the others none,
-        and work out how much each skip source must be cropped (negative: zero-padded) to line up."""
+        """Move the whole block's padding (p1 + s1*p2 + s1*s2*p3 ... over the kept convs) to the block input:
+        ``forward`` zero-pads x once and every conv runs unpadded. On a block whose first conv is kept this is
+        the same as giving that conv all the padding; when the leading convs are pruned it also makes a
+        projection skip read the padded frame, so its (BN) bias covers the border exactly as in the merged
+        conv (padding the first *kept* conv instead would leave the bias out of the border). Then work out
+        how much each skip source must be cropped to line up with the value it is added to."""
         total, scale = 0, 1
         for conv in self.convs:
             total += scale * conv_padding(conv)
             scale *= _square(conv.stride)
-        for n, conv in enumerate(self.convs):
-            p = total if n == 0 else 0
-            conv.padding = (p, p)
+        for conv in self.convs:
+            conv.padding = (0, 0)
+        self.pad = total
         # Footprint (K, S) of every position on the padded input frame X: element o reads X[o*S : o*S + K].
-        # The block input x itself is X cropped by `total`, i.e. footprint (2*total + 1, 1).
-        foot = [(2 * total + 1, 1)]
-        kept_any = False
+        foot = [(1, 1)]
         for k in self.slot:
             K, S = foot[-1]
             if k >= 0:
                 conv = self.convs[k]
                 kernel, stride = _square(conv.kernel_size), _square(conv.stride)
-                K, S = (kernel, stride) if not kept_any else (K + (kernel - 1) * S, S * stride)
-                kept_any = True
+                K, S = K + (kernel - 1) * S, S * stride
             foot.append((K, S))
-        # A skip source is cropped by (Kb - Ka) / (2 Sa) of its own pixels so that centres coincide. The crop
-        # happens *before* a projection: zero-padding after it would leave the projection's (BN) bias out
-        # of the border, where the merged conv has it.
+        # A skip source is cropped by (Kb - Ka) / (2 Sa) of its own pixels so that centres coincide; the crop
+        # happens *before* a projection, which then reads the same padded frame as the main path.
         plan = []
         for a, b, index, _ in self.skip_plan:
             (Ka, Sa), (Kb, Sb) = foot[a], foot[b]
@@ -110,8 +117,8 @@ class BlockModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sources = {a for a, _, _, _ in self.skip_plan}
-        values = {0: x}
-        y = x
+        y = F.pad(x, [self.pad] * 4) if self.pad else x
+        values = {0: y}
         for q, k in enumerate(self.slot, start=1):
             if k >= 0:
                 y = self.bns[k](self.convs[k](y))
@@ -133,7 +140,8 @@ class BlockModule(nn.Module):
                 conv, bn = self.projections[index]
                 proj = from_conv(conv, _bn(bn))
             skips.append((a, b, proj))
-        return merge_sequence(layers, skips, channels=self.channels)
+        merged = merge_sequence(layers, skips, channels=self.channels)   # every part unpadded ...
+        return replace(merged, padding=self.pad)                          # ... on the padded input
 
     def extra_repr(self) -> str:
         return f"block=({self.start}, {self.end}), kept={self.slot}, skips={self.skip_plan}"
@@ -216,8 +224,12 @@ def check_plan(chain: Chain, plan: Plan) -> None:
 def _as_graph_module(model: nn.Module) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return copy.deepcopy(model)
+    from .graph import symbolic_trace
+
     try:
-        return fx.symbolic_trace(copy.deepcopy(model))
+        return symbolic_trace(copy.deepcopy(model))
+    except UnsupportedModelError:
+        raise
     except Exception as e:  # noqa: BLE001 - any tracing failure is the user's model
         raise UnsupportedModelError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from None
 
@@ -225,11 +237,12 @@ def _as_graph_module(model: nn.Module) -> fx.GraphModule:
 def _contained_skips(chain: Chain, start: int, end: int) -> list[Skip]:
     inside = []
     for s in chain.skips:
-        if start <= s.start and s.end <= end:
-            if not s.foldable:
-                raise DepthcutError(f"block ({start}, {end}) contains the residual ({s.start}, {s.end}) added at "
-                                    f"{s.add_node}, whose projection {s.projection} cannot be folded")
+        if s.folded_by(start, end):
             inside.append(s)
+        elif start <= s.start and s.end <= end and (start, end) != (s.start, s.end):
+            raise DepthcutError(f"block ({start}, {end}) contains the residual ({s.start}, {s.end}) added at "
+                                f"{s.add_node}, which cannot be folded (projection {s.projection}, or an op "
+                                f"before the add)")
         elif start < s.end and s.start < end and not (s.start <= start and end <= s.end):
             raise DepthcutError(f"block ({start}, {end}) partially covers the residual ({s.start}, {s.end}) "
                                 f"added at {s.add_node}")
@@ -285,7 +298,7 @@ def _replace_block(gm: fx.GraphModule, chain: Chain, block: Candidate, forbidden
         with gm.graph.inserting_before(out):
             new = gm.graph.call_module(name, (block_input,))
     out.replace_all_uses_with(new)
-    _erase_dead(gm, out, forbidden, block)
+    _erase_dead(gm, out, forbidden | _non_members(gm, chain, block, specs, skips), block)
     left = [spec.path for spec in specs if spec.node in {n.name for n in gm.graph.nodes}]
     if left:
         raise UnsupportedModelError(f"block {block.key}: conv {left[0]} is still used outside the block "
@@ -300,12 +313,28 @@ def _erase_dead(gm: fx.GraphModule, root: fx.Node, forbidden: set[str], block: C
         if n in erased or n.users or n.op in ("placeholder", "output"):
             continue
         if n.name in forbidden:
-            raise UnsupportedModelError(f"replacing block {block.key} would drop node {n.name}, which lies "
-                                        f"outside the block")
+            raise UnsupportedModelError(f"replacing block {block.key} would drop node {n.name} "
+                                        f"({n.op} {getattr(n.target, '__name__', n.target)}), which is not a "
+                                        f"member of the block")
         inputs = n.all_input_nodes
         gm.graph.erase_node(n)
         erased.add(n)
         stack.extend(inputs)
+
+
+def _non_members(gm: fx.GraphModule, chain: Chain, block: Candidate, specs, skips: list[Skip]) -> set[str]:
+    """Every node of the graph that is not a member of ``block``: the rewrite may erase only the block's convs
+    and BNs, its interior activations, its contained residual adds with their projections, and transparent
+    ops (identity, dropout). Anything else between its input and output (an SE gate, a scaling) is an op the
+    analysis should have kept out of the block; erasing it would deploy a wrong function."""
+    from .graph import _is_transparent
+
+    members = {spec.node for spec in specs} | {spec.bn_node for spec in specs if spec.bn_node}
+    members |= {chain.acts[p].node for p in range(block.start + 1, block.end) if chain.acts[p] is not None}
+    members |= {s.add_node for s in skips}
+    paths = {s.projection for s in skips} | {s.projection_bn for s in skips}
+    members |= {n.name for n in gm.graph.nodes if n.op == "call_module" and n.target in paths}
+    return {n.name for n in gm.graph.nodes if n.name not in members and not _is_transparent(gm, n)}
 
 
 def _forbidden_nodes(chain: Chain, block: Candidate) -> set[str]:
@@ -313,7 +342,7 @@ def _forbidden_nodes(chain: Chain, block: Candidate) -> set[str]:
     names = {c.node for c in chain.convs[:block.start] + chain.convs[block.end:]}
     names |= {c.bn_node for c in chain.convs[:block.start] + chain.convs[block.end:] if c.bn_node}
     names |= {a.node for p, a in enumerate(chain.acts) if a is not None and not block.start < p < block.end}
-    names |= {s.add_node for s in chain.skips if not (block.start <= s.start and s.end <= block.end)}
+    names |= {s.add_node for s in chain.skips if not s.folded_by(block.start, block.end)}
     return names
 
 

@@ -68,10 +68,16 @@ class Skip:
     end: int
     add_node: str
     projection: str | None = None          # module path of the projection conv
-    projection_bn: str | None = None
+    projection_bn: str | None = None       # its BN; alone (projection None): a BN-only branch (RepVGG identity)
     projection_kernel: int | None = None   # kernel/stride of the projection conv (None for identity skips)
     projection_stride: int | None = None
     foldable: bool = True                  # a block containing all of [start, end] may absorb this skip
+
+    def folded_by(self, start: int, end: int) -> bool:
+        """Block (start, end) absorbs this residual into its merged conv: it contains all of [start, end]
+        and the skip can be folded. A block spanning exactly an unfoldable skip lies *inside* it instead:
+        the add (and whatever op precedes it) stays outside the block."""
+        return self.foldable and start <= self.start and self.end <= end
 
 
 @dataclass

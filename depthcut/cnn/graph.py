@@ -164,6 +164,20 @@ def _module_of(node: Node) -> str:
     return str(node.target) if node.op == "call_module" else "<top level>"
 
 
+def symbolic_trace(model: nn.Module) -> GraphModule:
+    """The torch.fx graph depthcut works on (same tracer, same fused-module split and node names as
+    :func:`trace`), without shape propagation. ``model`` is not modified; the result may share its modules."""
+    _refuse_hooks(model)
+    model = split_fused_norm_act(model)
+    was_training = model.training
+    model.eval()
+    try:
+        graph = _Tracer().trace(model)
+    finally:
+        model.train(was_training)
+    return GraphModule(model, graph, type(model).__name__)
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> GraphModule:
     """Symbolically trace ``model`` (in eval mode) and record every node's output shape for ``input_shape``.
 
@@ -171,6 +185,8 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> GraphModule:
     is restored afterwards. Raises :class:`UnsupportedModelError` naming the module whose forward could not
     be traced (typically data-dependent control flow) or the node where shape propagation failed.
     """
+    _refuse_hooks(model)
+    model = split_fused_norm_act(model)
     was_training = model.training
     model.eval()
     tracer = _Tracer()
@@ -192,14 +208,75 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> GraphModule:
     return gm
 
 
+def _is_fused_norm_act(m: nn.Module) -> bool:
+    """timm's BatchNormAct2d family: a BatchNorm2d subclass whose own forward runs the norm, then ``drop``,
+    then ``act`` (traced through, it would show up as a functional batch_norm barrier)."""
+    return (isinstance(m, nn.BatchNorm2d) and type(m).forward is not nn.BatchNorm2d.forward
+            and isinstance(getattr(m, "act", None), nn.Module) and m.track_running_stats
+            and m.running_mean is not None)
+
+
+def _plain_norm_act(m: nn.BatchNorm2d) -> nn.Sequential:
+    bn = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+    bn.load_state_dict({k: v for k, v in m.state_dict().items() if k in bn.state_dict()})
+    drop = getattr(m, "drop", None)
+    parts = [("bn", bn)] + ([("drop", drop)] if isinstance(drop, nn.Module) else []) + [("act", m.act)]
+    from collections import OrderedDict
+    return nn.Sequential(OrderedDict(parts)).to(m.running_mean.device).train(m.training)
+
+
+def split_fused_norm_act(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in which every fused norm + activation module (timm's BatchNormAct2d) is an
+    ``nn.Sequential(bn=BatchNorm2d, [drop], act)`` at the same path, so the analysis sees a BN and an
+    activation it can fold and remove. Each replacement is checked to compute the same function in eval
+    mode (else the module is left alone and becomes a barrier). Returns ``model`` itself when it has none."""
+    import copy
+
+    fused = [name for name, m in model.named_modules() if _is_fused_norm_act(m)]
+    if not fused:
+        return model
+    model = copy.deepcopy(model)
+    for name in fused:
+        m = model.get_submodule(name)
+        plain = _plain_norm_act(m)
+        x = torch.randn(2, m.num_features, 5, 5, dtype=m.running_mean.dtype, device=m.running_mean.device)
+        with torch.no_grad():
+            same = torch.allclose(plain.eval()(x), m.eval()(x), rtol=1e-5, atol=1e-6)
+        if same:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, plain)
+    return model
+
+
+def _refuse_hooks(model: nn.Module) -> None:
+    """Hooks change what a module computes, but a traced graph inlines non-leaf modules (their hooks never
+    run) and the rewrite replaces leaf modules (their hooks are lost): the deployed network would silently
+    differ. Refuse, naming the first hooked module."""
+    from torch.nn.modules import module as module_mod
+
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        if getattr(module_mod, kind, None):
+            raise UnsupportedModelError(f"a global module hook is registered ({kind.strip('_')}); depthcut rewrites "
+                                        f"the network and cannot keep hooks: remove it before compressing")
+    for name, m in model.named_modules():
+        for attr, what in (("_forward_hooks", "forward hook"), ("_forward_pre_hooks", "forward pre-hook"),
+                           ("_backward_hooks", "backward hook"), ("_backward_pre_hooks", "backward pre-hook")):
+            if getattr(m, attr, None):
+                raise UnsupportedModelError(
+                    f"module '{name or '<root>'}' ({type(m).__name__}) has a {what}; depthcut rewrites the network "
+                    f"and cannot keep hooks (the deployed model would compute something else): remove them "
+                    f"(handle.remove()) before compressing and re-register them on the result")
+
+
 def _propagate_shapes(gm: GraphModule, input_shape: tuple[int, ...]) -> None:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedModelError(f"{gm.__class__.__name__}.forward takes {len(placeholders)} inputs; "
                                     "depthcut analyses models with exactly one image input")
+    dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
     try:
         with torch.no_grad():
-            _MetaShapeProp(gm).run(torch.empty(input_shape, device="meta"))
+            _MetaShapeProp(gm).run(torch.empty(input_shape, device="meta", dtype=dtype))
         return
     except Exception:
         pass  # some ops have no meta kernel or mix devices: fall back to a real forward pass
@@ -207,7 +284,8 @@ def _propagate_shapes(gm: GraphModule, input_shape: tuple[int, ...]) -> None:
         n.meta.pop("tensor_meta", None)
     try:
         with torch.no_grad():
-            _QuietShapeProp(gm).run(torch.randn(input_shape))
+            device = next((p.device for p in gm.parameters()), torch.device("cpu"))
+            _QuietShapeProp(gm).run(torch.randn(input_shape, dtype=dtype, device=device))
     except Exception as e:
         node = getattr(e, "_depthcut_node", None)
         where = f" at node '{node.name}' (module '{_module_of(node)}')" if node is not None else ""
@@ -509,35 +587,61 @@ def _visit_add(w: _Walk, n: Node, main: Node, on_path: set[Node]) -> None:
         w.barrier(t, f"residual add '{n.name}' after the activation of position {t}")
         _branch_barrier(w, other, on_path, n)
         return
-    # identity: the other operand is the value held at an earlier position
-    if other in on_path:
+    if w.stage == "barrier":
+        # An op that is not a chain member (a squeeze-excite gate, a residual scaling, LayerScale, pooling,
+        # an excluded or unsupported conv) sits between c_t and the add: a block containing the whole
+        # residual would have to absorb it. The skip stays, but can never be folded.
+        if not _record_skip(w, n, other, on_path, foldable=False):
+            w.barrier(t, f"residual add '{n.name}' whose skip branch is neither identity nor conv(+BN) "
+                         f"(ends in {_describe_op(w.gm, other)})")
+            _branch_barrier(w, other, on_path, n)
+        return
+    if not _record_skip(w, n, other, on_path):
+        w.barrier(t, f"residual add '{n.name}' whose skip branch is neither identity nor conv(+BN) "
+                     f"(ends in {_describe_op(w.gm, other)})")
+        _branch_barrier(w, other, on_path, n)
+
+
+def _record_skip(w: _Walk, n: Node, other: Node, on_path: set[Node], foldable: bool = True) -> bool:
+    """Record the add ``n`` as a Skip (s, t) if ``other`` is the value at an earlier position s (identity)
+    or that value through a Conv2d (+ BatchNorm2d) (projection). ``foldable=False`` marks a skip no block
+    may contain whole. A barrier op right before the add stays a barrier at t (stage unchanged)."""
+    t = w.p
+    stage = "add" if foldable else w.stage
+    if other in on_path:                                   # identity
         s = w.pos_of.get(other, -1)
         if 0 <= s < t and w.value_at.get(s) is other:
-            w.skips.append(Skip(s, t, n.name))
+            w.skips.append(Skip(s, t, n.name, foldable=foldable))
             w.reads_ok.add((other, n))
-            w.stage = "add"
-            return
-    # projection: value at s -> Conv2d (-> BatchNorm2d) -> add
-    proj = _projection(w, other)
+            w.stage = stage
+            return True
+    proj = _projection(w, other)                           # projection: value at s -> conv (-> BN) -> add
     if proj is not None:
         s, conv, bn = proj
-        cm = _module(w.gm, conv)
-        w.skips.append(Skip(s, t, n.name, projection=conv.target, projection_bn=bn.target if bn else None,
-                            projection_kernel=cm.kernel_size[0], projection_stride=cm.stride[0]))
+        cm = _module(w.gm, conv) if conv is not None else None
+        w.skips.append(Skip(s, t, n.name, projection=conv.target if conv is not None else None,
+                            projection_bn=bn.target if bn else None,
+                            projection_kernel=cm.kernel_size[0] if cm is not None else 1,
+                            projection_stride=cm.stride[0] if cm is not None else 1, foldable=foldable))
         w.side_ok.update(x for x in (conv, bn) if x is not None)
-        w.reads_ok.add((conv.args[0], conv))
-        w.stage = "add"
-        return
-    w.barrier(t, f"residual add '{n.name}' whose skip branch is neither identity nor conv(+BN) "
-                 f"(ends in {_describe_op(w.gm, other)})")
-    _branch_barrier(w, other, on_path, n)
+        first = conv if conv is not None else bn
+        w.reads_ok.add((first.args[0], first))
+        w.stage = stage
+        return True
+    return False
 
 
-def _projection(w: _Walk, other: Node) -> tuple[int, Node, Node | None] | None:
+def _projection(w: _Walk, other: Node) -> tuple[int, Node | None, Node | None] | None:
+    """(s, conv node or None, BN node or None) when ``other`` is the value at position s through a Conv2d
+    (+ BatchNorm2d), or through a BatchNorm2d alone (RepVGG's identity branch: an identity conv + BN)."""
     bn = None
     node = other
     if isinstance(_module(w.gm, node), nn.BatchNorm2d):
         bn, node = node, node.args[0]
+        s = w.pos_of.get(node, -1)
+        if isinstance(node, Node) and s >= 0 and w.value_at.get(s) is node and len(other.users) == 1 \
+                and _shape(node) == _shape(other) and bn.args[1:] == () and not bn.kwargs:
+            return s, None, bn
         if not isinstance(node, Node) or len(node.users) != 1:
             return None
     m = _module(w.gm, node)
@@ -599,9 +703,10 @@ def _side_use_barriers(w: _Walk, path: list[Node]) -> None:
 
 
 def _with_foldability(skip: Skip, convs: list[ConvSpec]) -> Skip:
-    """Identity skips always fold into a merged kernel; a projection only when it is a plain 1x1 conv with
-    the stride of the convs it bypasses (then it lands on the merged kernel's centre tap)."""
-    if skip.projection is None:
+    """Identity skips fold into a merged kernel; a projection only when it is a plain 1x1 conv with the
+    stride of the convs it bypasses (then it lands on the merged kernel's centre tap). A skip already marked
+    unfoldable (an op between its last conv and the add) stays so."""
+    if skip.projection is None or not skip.foldable:
         return skip
     inner = 1
     for c in convs[skip.start:skip.end]:

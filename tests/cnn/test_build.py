@@ -164,7 +164,7 @@ def test_unmerged_form_trains_and_takes_any_batch(analysed):
     out.square().mean().backward()
     block = next(m for m in unmerged.modules() if isinstance(m, BlockModule))
     assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in block.convs)
-    assert block.convs[0].padding[0] > 1 and all(c.padding == (0, 0) for c in block.convs[1:])  # padding moved
+    assert block.pad > 1 and all(c.padding == (0, 0) for c in block.convs)  # padding moved to the block input
     # the original model is untouched: its convs keep their padding and it still computes the same thing
     assert all(m.padding == (1, 1) for n, m in model.named_modules()
                if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -32,35 +34,40 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-def centre_align(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Zero-pad (or crop) ``s`` symmetrically to the spatial size of ``like``."""
-    d = like.shape[-1] - s.shape[-1]
-    assert d % 2 == 0 and like.shape[-2] - s.shape[-2] == d
-    return F.pad(s, [d // 2] * 4) if d else s
+def crop_to(s: torch.Tensor, left: int, size: int, stride: int) -> torch.Tensor:
+    """The window of ``s`` that a stride-``stride`` 1x1 conv maps onto ``size`` outputs, starting at ``left``."""
+    need = (size - 1) * stride + 1
+    assert left >= 0 and left + need <= s.shape[-1]
+    return s[..., left:left + need, left:left + need]
 
 
 def shifted_forward(layers, skips, x):
-    """Reference unmerged form, written independently of depthcut.cnn.build: the first conv takes all the
-    padding, the later ones none; skip sources are centre-aligned to the value they are added to."""
+    """Reference unmerged form, written independently of depthcut.cnn.build: the block's whole padding is
+    applied to its input once and every kept conv runs unpadded; a pruned conv (None) is the identity. A skip
+    source is cropped to the window the value it is added to covers (its own footprint on the padded input
+    tells where), before its projection, which so reads the same padded frame as the main path."""
     total, scale = 0, 1
-    for conv, _ in layers:
-        total += scale * conv.padding[0]
-        scale *= conv.stride[0]
-    values, y = {0: x}, x
-    for q, (conv, bn) in enumerate(layers, start=1):
-        y = F.conv2d(y, conv.weight, conv.bias, conv.stride, total if q == 1 else 0, 1, conv.groups)
-        if bn is not None:
-            y = bn(y)
+    for layer in layers:
+        if layer is not None:
+            total += scale * layer[0].padding[0]
+            scale *= layer[0].stride[0]
+    y = F.pad(x, [total] * 4)
+    values, foot = {0: y}, {0: (1, 1)}                 # footprint (K, S) on the padded input
+    K, S = 1, 1
+    for q, layer in enumerate(layers, start=1):
+        if layer is not None:
+            conv, bn = layer
+            y = F.conv2d(y, conv.weight, conv.bias, conv.stride, 0, 1, conv.groups)
+            if bn is not None:
+                y = bn(y)
+            K, S = K + (conv.kernel_size[0] - 1) * S, S * conv.stride[0]
         for a, b, proj in skips:
             if b == q:
-                s = values[a]
-                if proj is None:
-                    y = y + centre_align(s, y)
-                elif proj[0].stride[0] == 1:   # align, then project: the projection's bias covers the border
-                    y = y + proj[1](proj[0](centre_align(s, y)))
-                else:
-                    y = y + proj[1](proj[0](s))
-        values[q] = y
+                Ka, Sa = foot[a]
+                stride = 1 if proj is None else proj[0].stride[0]
+                src = crop_to(values[a], (K - Ka) // (2 * Sa), y.shape[-1], stride)
+                y = y + (src if proj is None else proj[1](proj[0](src)))
+        values[q], foot[q] = y, (K, S)
     return y
 
 
@@ -83,6 +90,12 @@ def conv_chains(draw):
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n + 1)]
     skip = draw(st.none() | st.sampled_from(pairs))
     project = draw(st.booleans())
+    # prune reducible convs to identity (at least one kept): RepVGG-like blocks whose leading conv is pruned
+    # and whose projection skip lands before the first kept conv
+    for q, spec in enumerate(specs):
+        spec["pruned"] = spec["cin"] == spec["cout"] and spec["stride"] == 1 and draw(st.booleans())
+    if all(spec["pruned"] for spec in specs):
+        specs[-1]["pruned"] = False
     size = draw(st.integers(5, 9))
     seed = draw(st.integers(0, 2**31 - 1))
     return specs, channels, skip, project, size, seed
@@ -122,23 +135,31 @@ def test_random_chain_merges_exactly(case):
         else:
             skips.append((a, b, None))
             skip_params.append((a, b, None))
+    layers = [None if spec["pruned"] else layer for spec, layer in zip(specs, layers)]
+    kept = [spec for spec in specs if not spec["pruned"]]
     x = torch.randn(2, channels[0], size, size, generator=gen)
     with torch.no_grad():
         want = shifted_forward(layers, skips, x)
-        params = merge_sequence([from_conv(c, bn) for c, bn in layers], skip_params)
+        params = merge_sequence([None if layer is None else from_conv(*layer) for layer in layers], skip_params,
+                                channels=channels[0])
+        # the merged conv reads the input with the block's whole padding, like the reference
+        params = dataclasses.replace(params, padding=sum(
+            spec["kernel"] // 2 * math.prod(k["stride"] for k in kept[:i]) for i, spec in enumerate(kept)))
         merged = to_module(params)
         got = merged(x)
     assert got.shape == want.shape
     assert rel_err(got, want) <= TOL
     # the builder's trainable form (depthcut.cnn.build.BlockModule) is the same function
-    block = BlockModule([(copy.deepcopy(c), copy.deepcopy(bn)) for c, bn in layers],
-                        [(a, b, None, None) if proj is None else (a, b, *copy.deepcopy(proj)) for a, b, proj in skips])
+    block = BlockModule([None if layer is None else (copy.deepcopy(layer[0]), copy.deepcopy(layer[1]))
+                         for layer in layers],
+                        [(a, b, None, None) if proj is None else (a, b, *copy.deepcopy(proj)) for a, b, proj in skips],
+                        channels=channels[0])
     with torch.no_grad():
         assert rel_err(block.eval()(x), want) <= TOL
         assert rel_err(to_module(block.merged_params())(x), want) <= TOL
-    assert merged.kernel_size[0] == sum(s["kernel"] for s in specs) - len(specs) + 1
+    assert merged.kernel_size[0] == sum(s["kernel"] for s in kept) - len(kept) + 1
     assert merged.stride[0] == specs[0]["stride"]
-    if all(s["depthwise"] for s in specs) and not any(proj is not None for _, _, proj in skip_params):
+    if all(s["depthwise"] for s in kept) and not any(proj is not None for _, _, proj in skip_params):
         assert merged.groups == channels[0] > 1   # depthwise stays depthwise, identity skips included
 
 
@@ -223,3 +244,29 @@ def test_pruned_block_with_skip_is_twice_the_identity():
     x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
     assert torch.allclose(p(x), 2 * x)
     assert torch.allclose(identity(3)(x), x)
+
+
+def test_projection_before_the_first_kept_conv_covers_the_border():
+    """RepVGG-like: the leading 3x3 is pruned, so the 1x1 projection branch (with a BN bias) is added before the
+    first kept conv. The merged conv applies the projection on the zero-padded input, so its bias reaches the
+    border; the trainable form must compute exactly that (issue 7: border error 0.43 before)."""
+    gen = torch.Generator().manual_seed(0)
+    c = 4
+    conv = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+    proj = nn.Conv2d(c, c, 1, 1, 0, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) / 6)
+        proj.weight.copy_(torch.randn(proj.weight.shape, generator=gen) / 2)
+    layers = [None, (conv, random_bn(c, gen))]
+    skips = [(0, 1, (proj, random_bn(c, gen)))]
+    x = torch.randn(2, c, 7, 7, generator=gen)
+    block = BlockModule([None, (copy.deepcopy(conv), copy.deepcopy(layers[1][1]))],
+                        [(0, 1, copy.deepcopy(proj), copy.deepcopy(skips[0][2][1]))], channels=c).eval()
+    with torch.no_grad():
+        want = shifted_forward(layers, skips, x)
+        merged = to_module(block.merged_params())
+        assert rel_err(block(x), want) <= TOL
+        assert rel_err(merged(x), want) <= TOL
+        border = torch.ones_like(want, dtype=torch.bool)
+        border[..., 1:-1, 1:-1] = False
+        assert (merged(x) - want)[border].abs().max() <= 1e-4 * want.abs().max()

@@ -192,8 +192,12 @@ def test_config_json_round_trip_and_version_guard():
     assert P.PruneConfig.from_json(config.to_json()) == config
     with pytest.raises(DepthcutError, match="newer"):
         P.PruneConfig.from_json(json.dumps({"version": 99}))
-    with pytest.raises(DepthcutError, match="unknown prune config fields"):
+    with pytest.raises(DepthcutError, match="unknown prune config field.*bogus"):
         P.PruneConfig.from_json(json.dumps({"bogus": 1}))
+    with pytest.raises(DepthcutError, match="'remove' must be an integer or null, got '3'"):
+        P.PruneConfig.from_json(json.dumps({"remove": "3"}))
+    with pytest.raises(DepthcutError, match=r"'split\[1\]' must be a finite number"):
+        P.PruneConfig(split=(0.1, float("nan"), 0.5))
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,203 @@
+"""The intended function of a plan, built independently of the rewrite, and the check against it (SPEC A4).
+
+The network depthcut deploys must be the original network with *only* the plan's changes: activations strictly
+inside a block removed, pruned convs (with their BatchNorm) removed, and each block's padding moved to the
+block's input. ``depthcut.cnn.build`` produces it by a rewrite (BlockModule, footprints, kernel algebra), and
+merged == unmerged only checks that rewrite against itself: an op the rewrite deletes in both forms (a
+squeeze-excite gate, a residual scaling) passes. This module builds the same function another way — by
+editing a fresh torch.fx trace of the *original* model node by node, keeping every op it does not have to
+touch — and compares:
+
+* pruned conv -> its output node is rewired to the conv's input (the BN goes with it);
+* activation strictly inside a block -> rewired to its input;
+* padding moved: the block's input gets one ``F.pad`` of T = p1 + s1*p2 + s1*s2*p3 + ... (over the kept
+  convs), read by the block's own nodes only, and the kept convs run unpadded;
+* residual adds inside a block: the operands are centre-cropped to a common size (a projection's input is
+  cropped before the projection, so it reads the same padded frame), with sizes read off the tensors at run
+  time instead of computed from footprints.
+
+:func:`verify_plan` runs both in float64 (so no math mode - TF32, reduced-precision reductions - can make a
+correct merge look wrong or a wrong one look right) and returns the relative error; ``depthcut.compress``
+refuses to deploy a plan above :data:`TOLERANCE`.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DepthcutError
+from .chain import Chain, Plan
+from .merge import conv_padding
+
+# float64 on both sides; the deployed weights were rounded to the model's dtype once: ~1e-7 relative for
+# float32, ~1e-4 for float16 (eps 1e-3), ~1e-3 for bfloat16 (eps 8e-3). A deleted op costs far more.
+TOLERANCE = 1e-5
+TOLERANCE_BY_DTYPE = {torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def tolerance_for(model: nn.Module) -> float:
+    """The verification tolerance for a model's parameter dtype."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return TOLERANCE_BY_DTYPE.get(dtype, TOLERANCE)
+
+
+def centre_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The centred ``height`` x ``width`` window of ``x`` (the left/top margin is the floor of half the
+    difference, which is where a strided conv's first output is centred)."""
+    top, left = (x.shape[-2] - height) // 2, (x.shape[-1] - width) // 2
+    if top < 0 or left < 0:
+        raise ValueError(f"cannot crop {tuple(x.shape[-2:])} to {height}x{width}")
+    return x[..., top:top + height, left:left + width]
+
+
+def crop_to_match(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a`` centre-cropped to ``b``'s spatial size when it is larger, else ``a`` (the operands of an add
+    inside a block: applied to both, the larger one is cropped)."""
+    if a.shape[-2] > b.shape[-2] or a.shape[-1] > b.shape[-1]:
+        return centre_crop(a, min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    return a
+
+
+def crop_for_projection(src: torch.Tensor, target: torch.Tensor, stride: int) -> torch.Tensor:
+    """The window of ``src`` a stride-``stride`` 1x1 projection maps onto ``target``'s spatial size."""
+    h, w = (target.shape[-2] - 1) * stride + 1, (target.shape[-1] - 1) * stride + 1
+    return centre_crop(src, h, w) if src.shape[-2:] != (h, w) else src
+
+
+def intended_network(model: nn.Module, chain: Chain, plan: Plan, input_shape: Sequence[int]) -> fx.GraphModule:
+    """The original ``model`` with only ``plan``'s changes (module docstring), as a GraphModule sharing no
+    state with ``model``. BatchNorms stay as they are (they run in whatever mode the result is put in)."""
+    from .build import is_trivial
+    from .graph import trace
+
+    gm = trace(copy.deepcopy(model).eval(), tuple(input_shape))
+    nodes = {n.name: n for n in gm.graph.nodes}
+    missing = [c.node for c in chain.convs if c.node not in nodes]
+    if missing:
+        raise DepthcutError(f"the plan's chain does not match this model's graph (no node {missing[0]!r})")
+    for block in plan.blocks:
+        if not is_trivial(block):
+            _apply_block(gm, nodes, chain, block)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _apply_block(gm: fx.GraphModule, nodes: dict[str, fx.Node], chain: Chain, block) -> None:
+    start, end = block.start, block.end
+    specs = chain.convs[start:end]
+    block_input = nodes[specs[0].node].args[0]
+    contained = [s for s in chain.skips if s.folded_by(start, end)]
+    adds = [nodes[s.add_node] for s in contained]
+    # the value at `end` (before its activation): the last contained add ending there, else c_end's output
+    ends_here = [nodes[s.add_node] for s in contained if s.end == end]
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    out = max(ends_here, key=order.get) if ends_here else nodes[specs[-1].bn_node or specs[-1].node]
+
+    # 1. pruned convs (and their BN) and 2. interior activations become wires
+    for p, spec in zip(range(start + 1, end + 1), specs):
+        if p not in block.kept:
+            last = nodes[spec.bn_node or spec.node]
+            out = _wire(last, nodes[spec.node].args[0], out)
+    for p in range(start + 1, end):
+        act = chain.acts[p]
+        if act is not None:
+            node = nodes[act.node]
+            out = _wire(node, node.args[0], out)
+
+    # 3. padding moved to the block input: T over the kept convs, which then run unpadded
+    kept = [spec for p, spec in zip(range(start + 1, end + 1), specs) if p in block.kept]
+    total, scale = 0, 1
+    for spec in kept:
+        conv = gm.get_submodule(spec.path)
+        total += scale * conv_padding(conv)
+        scale *= conv.stride[0]
+        conv.padding = (0, 0)
+    members = _between(block_input, out)
+    if total:
+        first_member = min(members, key=order.get) if members else out
+        with gm.graph.inserting_before(first_member):
+            padded = gm.graph.call_function(F.pad, (block_input, [total] * 4))
+        for user in list(block_input.users):
+            if user in members:
+                user.replace_input_with(block_input, padded)
+
+    # 4. residual adds inside the block: centre-crop operands (projections: crop their input first)
+    projections = {s.add_node: s for s in contained if s.projection}
+    for add in adds:
+        skip = projections.get(add.name)
+        a, b = add.args[:2]
+        if skip is None:
+            with gm.graph.inserting_before(add):
+                a2 = gm.graph.call_function(crop_to_match, (a, b))
+                b2 = gm.graph.call_function(crop_to_match, (b, a2))
+            add.args = (a2, b2, *add.args[2:])
+            continue
+        branch_end = nodes.get(_node_of(gm, skip.projection_bn)) if skip.projection_bn else None
+        proj_node = nodes[_node_of(gm, skip.projection)]
+        branch = branch_end or proj_node
+        main = b if a is branch else a
+        stride = gm.get_submodule(skip.projection).stride[0]
+        with gm.graph.inserting_before(add):
+            src = gm.graph.call_function(crop_for_projection, (proj_node.args[0], main, stride))
+            new = gm.graph.call_module(skip.projection, (src,))
+            if branch_end is not None:
+                new = gm.graph.call_module(skip.projection_bn, (new,))
+        add.replace_input_with(branch, new)
+
+
+def _wire(node: fx.Node, replacement: fx.Node, out: fx.Node) -> fx.Node:
+    """Rewire every use of ``node`` to ``replacement``; returns the block output after the change."""
+    node.replace_all_uses_with(replacement)
+    return replacement if node is out else out
+
+
+def _between(source: fx.Node, sink: fx.Node) -> set[fx.Node]:
+    """Nodes that depend on ``source`` and that ``sink`` depends on (``sink`` included): the block's ops."""
+    up, stack = set(), [sink]
+    while stack:
+        n = stack.pop()
+        if n in up or n is source:
+            continue
+        up.add(n)
+        stack.extend(n.all_input_nodes)
+    down, stack = set(), [u for u in source.users]
+    while stack:
+        n = stack.pop()
+        if n in down or n not in up:
+            continue
+        down.add(n)
+        stack.extend(n.users)
+    return down
+
+
+def _node_of(gm: fx.GraphModule, module_path: str | None) -> str | None:
+    if module_path is None:
+        return None
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target == module_path:
+            return n.name
+    return None
+
+
+@torch.no_grad()
+def verify_plan(deployed: nn.Module, model: nn.Module, chain: Chain, plan: Plan, input_shape: Sequence[int],
+                samples: int = 2, seed: int = 0) -> float:
+    """Relative error between ``deployed`` and the intended function of ``plan`` on ``model``, both in
+    float64 and eval mode, on ``samples`` random images of ``input_shape`` (copies: nothing is modified)."""
+    reference = intended_network(model, chain, plan, input_shape).double().eval()
+    candidate = copy.deepcopy(deployed).double().eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((samples, *tuple(input_shape)[1:]), generator=gen, dtype=torch.float64)
+    device = next((p.device for p in candidate.parameters()), torch.device("cpu"))
+    want = reference.to(device)(x.to(device))
+    got = candidate(x.to(device))
+    if got.shape != want.shape:
+        return float("inf")
+    return float((got - want).norm() / want.norm().clamp_min(1e-300))
