@@ -55,7 +55,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
             "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
-            "timing_rounds": args.timing_rounds,
+            "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
+            "channels_last": args.channels_last or None,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model, config, out=args.out)
@@ -112,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
     target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
+    c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "
+                   "and the backend runs on it, else cpu)")
+    c.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed-precision fine-tuning")
+    c.add_argument("--channels-last", action="store_true", help="fine-tune and time in channels_last")
     c.add_argument("--batch-size", type=int, default=None)
     c.add_argument("--input-shape", type=_shape, default=None)
     c.add_argument("--importance", default=None, choices=["finetune", "bn-recalibration", "none"])

@@ -29,6 +29,11 @@ class LayerMergeConfig(ConfigBase):
 
     method: str = "layermerge"
     backend: str = "onnxruntime"
+    # where everything runs (tables, fine-tunes, evaluation, timings); None: "cuda" when a GPU is present and
+    # the backend can use it, else "cpu"
+    device: str | None = None
+    amp: str | None = None                    # "bf16" / "fp16": mixed-precision fine-tuning (autocast)
+    channels_last: bool = False               # fine-tune and time in channels_last memory format
     batch_size: int = 1                       # batch the latency is measured (and reported) at
     input_shape: tuple[int, ...] | None = None  # (1, C, H, W); None = the model entry's / data set's
     data: str = "fashion-mnist"
@@ -86,7 +91,41 @@ class LayerMergeConfig(ConfigBase):
             at_least(name, getattr(self, name), 0)
         for name in ("importance_lr", "recovery_lr"):
             at_least(name, getattr(self, name), 0, inclusive=False)
+        if self.device is not None and not _valid_device(self.device):
+            raise DepthcutError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise DepthcutError(f"amp must be 'bf16', 'fp16' or null, got {self.amp!r}")
         if self.kd_weight > 1:
             raise DepthcutError(f"config field 'kd_weight' must be <= 1, got {self.kd_weight}")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
+
+
+def _valid_device(text: str) -> bool:
+    kind, _, index = text.partition(":")
+    return kind in ("cpu", "cuda") and (not index or (kind == "cuda" and index.isdigit()))
+
+
+CPU_ONLY_BACKENDS = ("onnxruntime",)
+
+
+def resolve_device(config: LayerMergeConfig) -> str:
+    """The device a run uses: the config's, else "cuda" when a GPU is present and the backend runs on it,
+    else "cpu" (so CPU-only machines behave exactly as without the option). A CUDA device that is not there
+    is a one-line error."""
+    import torch
+
+    if config.device is None:
+        return "cuda" if torch.cuda.is_available() and config.backend not in CPU_ONLY_BACKENDS else "cpu"
+    if config.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DepthcutError(f"device {config.device} requested but CUDA is not available "
+                                f"(torch {torch.__version__}); use --device cpu")
+        index = int(config.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise DepthcutError(f"device {config.device} requested but only {torch.cuda.device_count()} GPU(s) "
+                                f"are visible")
+        if config.backend in CPU_ONLY_BACKENDS:
+            raise DepthcutError(f"backend {config.backend} times on the CPU; with --device {config.device} use "
+                                f"--backend eager, compile or tensorrt")
+    return config.device

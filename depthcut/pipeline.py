@@ -6,6 +6,7 @@ network, optionally distilling from the original) -> merge -> check merged == un
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 from .cache import DEFAULT_CACHE_DIR, state_fingerprint
 from .cnn.build import is_trivial   # a single-conv block keeping its conv: the original network
 from .cnn.chain import Candidate, Plan
-from .config import LayerMergeConfig
+from .config import LayerMergeConfig, resolve_device
 from .errors import DepthcutError, InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
 
@@ -51,7 +52,8 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     from .cnn.build import build_merged, build_unmerged, count_layers, plan_from_blocks
     from .cnn.graph import analyze
     from .data import make_splits
-    from .latency import latency_table, speedup as speedup_of, time_models
+    from .latency import get_backend, latency_table, speedup as speedup_of, time_models
+    from .latency.backends import math_mode
     from .train import evaluate, train
 
     config = config or LayerMergeConfig()
@@ -59,8 +61,12 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    resolved, input_shape = prepare(model, config, out, splits)
-    original = resolved.model.eval()
+    resolved, input_shape, device = prepare(model, config, out, splits)
+    # the caller's model is never moved or changed: everything runs on a copy on the chosen device
+    original = copy.deepcopy(resolved.model).to(device).eval()
+    backend = get_backend(config.backend, device=device,
+                          memory_format="channels_last" if config.channels_last else "contiguous")
+    fit = {"amp": config.amp, "channels_last": config.channels_last}
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
                              train_limit=config.train_limit, image_size=tuple(input_shape[2:]))
@@ -77,7 +83,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     importance_cache = importance_store(importance_manifest(original, analysis, config), cache_dir)
     check_entries(importance_cache, ACCURACY_RANGE)   # damaged cache files fail before any timing
     say(config, f"latency table on {config.backend} (batch {config.batch_size})")
-    lat = latency_table(candidates, config.backend, batch_size=config.batch_size, cache_dir=cache_dir,
+    lat = latency_table(candidates, backend, batch_size=config.batch_size, cache_dir=cache_dir,
                         progress=config.progress)
     latency_ms = {c.key: (0.0 if not c.kept else lat[c.key].median_ms) for c in candidates}
 
@@ -99,10 +105,10 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         """Build the solution's merged network and time it against the original, interleaved."""
         plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
         merged = build_merged(build_unmerged(analysis.gm, chain, plan).eval(), chain, plan).eval()
-        return plan, time_models({"original": original, "compressed": merged}, example, config.backend,
+        return plan, time_models({"original": original, "compressed": merged}, example, backend,
                                  rounds=config.timing_rounds, repeats=10)
 
-    base_ms = time_models({"original": original}, example, config.backend,
+    base_ms = time_models({"original": original}, example, backend,
                           rounds=config.timing_rounds, repeats=10)["original"].median_ms
     target_ms = config.latency_ms if config.latency_ms else base_ms / config.speedup
     body_budget = identity_body_ms * min(1.0, target_ms / base_ms)
@@ -158,7 +164,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     train(unmerged, splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
           batch_size=config.recovery_batch_size,
           teacher=original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
-          seed=config.seed)
+          seed=config.seed, **fit)
     unmerged.eval()
     merged = build_merged(unmerged, chain, plan).eval()
     merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(input_shape[1:])))
@@ -167,7 +173,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
                                 f"{merge_error:.2e} in float64); this is a depthcut bug, please report it")
 
     # 7. final measurement, one interleaved run ---------------------------------------------------
-    timings = time_models({"original": original, "compressed": merged}, example, config.backend,
+    timings = time_models({"original": original, "compressed": merged}, example, backend,
                           rounds=config.timing_rounds, repeats=10)
     final_speedup = speedup_of(timings["original"], timings["compressed"])
     acc_before = evaluate(original, splits.test)
@@ -177,7 +183,8 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     plan.meta.update({"model": resolved.name, "input_shape": list(input_shape), "backend": config.backend,
                       "exclude": list(resolved.chain_exclude)})
     report = {
-        "model": resolved.name, "data": config.data, "backend": config.backend,
+        "model": resolved.name, "data": config.data, "backend": config.backend, "device": str(device),
+        "device_name": backend.describe()["device"], "math_mode": math_mode(device),
         "batch_size": config.batch_size, "input_shape": list(input_shape),
         "target_speedup": config.speedup, "target_latency_ms": target_ms,
         "latency_ms_before": timings["original"].median_ms, "latency_ms_after": timings["compressed"].median_ms,
@@ -241,7 +248,8 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
         model = build_unmerged(analysis.gm, chain, single_block_plan(chain, candidate))
         if config.importance == "finetune":
             train(model, splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
-                  batch_size=config.importance_batch_size, progress=False, seed=config.seed)
+                  batch_size=config.importance_batch_size, progress=False, seed=config.seed,
+                  amp=config.amp, channels_last=config.channels_last)
         elif config.importance == "bn-recalibration":
             recalibrate_bn(model, splits.finetune)
         return evaluate(model.eval(), splits.score)
@@ -296,13 +304,15 @@ def verify_chosen_plan(original: nn.Module, analysis, plan: Plan, input_shape) -
 
 
 def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,
-            splits=None) -> tuple[ResolvedModel, tuple[int, ...]]:
+            splits=None) -> tuple[ResolvedModel, tuple[int, ...], str]:
     """Stage 0: resolve the model and check every input before anything expensive (depthcut.checks):
     the output folder is writable, the data set exists and fits the model's input (channels, size,
-    classes), and the model runs at the input shape. Returns the model and the (1, C, H, W) input shape."""
+    classes), the device exists, and the model runs at the input shape. Returns the model, the (1, C, H, W)
+    input shape and the device."""
     from .checks import check_data_fits, check_model_accepts, check_output_dir, input_shape_for
     from .data import dataset_info
 
+    device = resolve_device(config)
     if out is not None:
         check_output_dir(out)
     resolved = resolve_model(model)
@@ -311,7 +321,7 @@ def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | 
     input_shape = input_shape_for(config.input_shape, resolved.input_shape, info, data_name)
     check_data_fits(input_shape, info, data_name)
     check_model_accepts(resolved.model, input_shape, resolved.name, num_classes=info["num_classes"])
-    return resolved, input_shape
+    return resolved, input_shape, device
 
 
 def _splits_info(splits) -> dict:

@@ -24,8 +24,8 @@ from .errors import DepthcutError
 
 def write_outputs(result, out: Path, example: torch.Tensor) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(result.model.state_dict(), out / "merged_state_dict.pt")
-    torch.save(result.unmerged.state_dict(), out / "unmerged_state_dict.pt")
+    torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out / "merged_state_dict.pt")
+    torch.save({k: v.cpu() for k, v in result.unmerged.state_dict().items()}, out / "unmerged_state_dict.pt")
     atomic_write_text(out / "plan.json", result.plan.to_json())
     report = dict(result.report)
     report["onnx"] = export_onnx(result.model, example, out / "model.onnx")

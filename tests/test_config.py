@@ -68,3 +68,25 @@ def test_unknown_fields_and_bad_files_are_user_errors(tmp_path):
     listed.write_text("[1, 2]")
     with pytest.raises(DepthcutError, match="listed.json.*JSON object"):
         LayerMergeConfig.load(listed)
+
+
+def test_device_defaults_to_the_cpu_without_a_gpu_and_cuda_is_checked(monkeypatch):
+    import torch
+
+    from depthcut.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(LayerMergeConfig(backend="eager")) == "cpu"
+    with pytest.raises(DepthcutError, match="cuda requested but CUDA is not available"):
+        resolve_device(LayerMergeConfig(backend="eager", device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(LayerMergeConfig(backend="eager")) == "cuda"
+    assert resolve_device(LayerMergeConfig(backend="onnxruntime")) == "cpu"     # ORT times on the CPU
+    with pytest.raises(DepthcutError, match="only 1 GPU"):
+        resolve_device(LayerMergeConfig(backend="eager", device="cuda:1"))
+    with pytest.raises(DepthcutError, match="use --backend eager"):
+        resolve_device(LayerMergeConfig(backend="onnxruntime", device="cuda"))
+    for bad in ("gpu", "cuda:x", "cpu:0"):
+        with pytest.raises(DepthcutError, match="device must be"):
+            LayerMergeConfig(device=bad)

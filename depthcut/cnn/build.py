@@ -387,10 +387,12 @@ def fold_batchnorms(gm: fx.GraphModule) -> int:
 
 def build_merged(unmerged: nn.Module, chain: Chain | None = None, plan: Plan | None = None) -> fx.GraphModule:
     """The deployed form: every BlockModule becomes one ``nn.Conv2d`` and every conv -> BN pair is folded.
-    Uses BN running statistics (inference semantics); the result is in eval mode."""
+    Uses BN running statistics (inference semantics); the result is in eval mode, on ``unmerged``'s device.
+    The kernel algebra runs on the CPU (float64), whatever device the network lives on."""
     if chain is not None and plan is not None:
         check_plan(chain, plan)
-    gm = _as_graph_module(unmerged)
+    device = next((p.device for p in unmerged.parameters()), torch.device("cpu"))
+    gm = _as_graph_module(unmerged).cpu()
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BlockModule):
             block: BlockModule = gm.get_submodule(node.target)
@@ -400,7 +402,7 @@ def build_merged(unmerged: nn.Module, chain: Chain | None = None, plan: Plan | N
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
-    return gm.eval()
+    return gm.to(device).eval()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -479,7 +481,8 @@ def count_layers(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)
     try:
         model.eval()
         param = next(model.parameters(), None)
-        x = torch.randn(tuple(input_shape), dtype=param.dtype if param is not None else torch.float32)
+        x = torch.randn(tuple(input_shape), dtype=param.dtype if param is not None else torch.float32,
+                        device=param.device if param is not None else "cpu")
         with torch.no_grad():
             model(x)
     finally:

@@ -17,6 +17,7 @@ The registry holds classes; :func:`get_backend` instantiates one with keyword op
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import math
@@ -166,6 +167,20 @@ def device_name(device: str | torch.device = "cpu") -> str:
     return platform.processor() or platform.machine() or "unknown-cpu"
 
 
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+def math_mode(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The settings that change what (and how fast) float32 convs and matmuls compute."""
+    mode: dict[str, Any] = {"matmul_precision": torch.get_float32_matmul_precision()}
+    if torch.device(device).type == "cuda":
+        mode.update(tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+                    tf32_cudnn=bool(torch.backends.cudnn.allow_tf32),
+                    cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+                    cudnn_deterministic=bool(torch.backends.cudnn.deterministic))
+    return mode
+
+
 def _cuda_sync(device: torch.device) -> Callable[[], None]:
     # GPU kernels are asynchronous: a runner must wait for them or we would time only the launch.
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -177,8 +192,11 @@ class Backend:
     name: str = "?"
     dtype: torch.dtype = torch.float32
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous"):
         self.device = torch.device(device)
+        if memory_format not in MEMORY_FORMATS:
+            raise DepthcutError(f"unknown memory format {memory_format!r}; use one of {', '.join(MEMORY_FORMATS)}")
+        self.memory_format = memory_format
 
     def available(self) -> bool:
         return not self.missing()
@@ -193,17 +211,24 @@ class Backend:
         return torch.__version__
 
     def describe(self) -> dict[str, Any]:
-        """Everything that changes timings; goes into the latency cache fingerprint."""
+        """Everything that changes timings; goes into the latency cache fingerprint (the math mode too: a
+        table timed with TF32 off must never be reused with TF32 on)."""
         return {"backend": self.name, "backend_version": self.version(), "torch": torch.__version__,
                 "device": device_name(self.device), "device_type": self.device.type,
-                "threads": torch.get_num_threads(), "dtype": str(self.dtype).replace("torch.", "")}
+                "threads": torch.get_num_threads(), "dtype": str(self.dtype).replace("torch.", ""),
+                "memory_format": self.memory_format, **math_mode(self.device)}
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         raise NotImplementedError
 
     def _place(self, module: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
-        module = module.to(device=self.device, dtype=self.dtype).eval()
-        return module, example_input.to(device=self.device, dtype=self.dtype)
+        """A copy of ``module`` on the backend's device, dtype and memory format (the caller's module is
+        never moved or changed), and the input to match."""
+        module = copy.deepcopy(module).to(device=self.device, dtype=self.dtype).eval()
+        x = example_input.to(device=self.device, dtype=self.dtype)
+        if self.memory_format == "channels_last":
+            module, x = module.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        return module, x
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(device={str(self.device)!r})"
@@ -259,8 +284,8 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset
                 dynamic_batch: bool = False) -> None:
     """Export with the TorchScript exporter (fast, robust for plain convs); fall back to the dynamo one.
     ``dynamic_batch`` makes the batch dimension symbolic (for deployed files; timing needs none)."""
-    module = module.cpu().float().eval()
-    x = example_input.cpu().float()
+    module = copy.deepcopy(module).cpu().float().eval()   # never move the caller's module
+    x = example_input.detach().cpu().float()
     axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
     try:
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated but still the sturdier one
@@ -313,8 +338,8 @@ class TensorRTBackend(Backend):
     Not exercised by the CPU test suite; written against the TensorRT >= 10 tensor-address API.
     """
 
-    def __init__(self, device: str | torch.device = "cuda"):
-        super().__init__(device)
+    def __init__(self, device: str | torch.device = "cuda", memory_format: str = "contiguous"):
+        super().__init__(device, memory_format)
 
     def missing(self) -> str:
         lacks = []

@@ -56,12 +56,16 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int = 0) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps: int | None = None,
           lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5, nesterov: bool = True,
           batch_size: int = 128, schedule: str = "cosine", warmup_steps: int = 0,
           teacher: nn.Module | None = None, kd_weight: float = 0.3, kd_temperature: float = 1.0,
           augment: Callable | None = None, label_smoothing: float = 0.0, max_seconds: float | None = None,
-          progress: bool = True, seed: int = 0, desc: str = "train") -> dict:
+          progress: bool = True, seed: int = 0, desc: str = "train", amp: str | None = None,
+          channels_last: bool = False) -> dict:
     """Train ``model`` in place with SGD; return the history.
 
     Length: ``steps`` optimizer steps, or ``epochs`` passes over ``data`` (fractions allowed), default one
@@ -71,13 +75,22 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
     ``max(step / steps, elapsed / max_seconds)`` and training stops when either reaches 1, so the learning
     rate still decays to 0 on a loaded machine (the number of steps taken is then load-dependent, not
     deterministic). The progress bar goes to stderr (``progress=False`` or ``DEPTHCUT_PROGRESS=0`` hides it).
+    Batches go to the model's device. ``amp`` ("bf16" or "fp16") runs forward passes under autocast (fp16
+    with a gradient scaler); ``channels_last`` trains in that memory format (faster convs on GPUs).
 
     Returns ``{"loss": per-step losses, "ce": per-step cross-entropy, "lr": per-step lr, "epoch_loss": mean
     loss per (started) epoch, "steps": int, "seconds": float}``.
     """
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"unknown amp {amp!r}; use one of {', '.join(map(str, AMP_DTYPES))}")
     device = _device(model)
+    autocast_dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     batches = loader(data, batch_size, shuffle=True, seed=seed, drop_last=len(data) > batch_size)
     per_epoch = max(1, len(batches))
     if steps is None:
@@ -114,18 +127,20 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
                     group["lr"] = step_lr
                 if augment is not None:
                     x = augment(x, aug_gen)
-                x, y = x.to(device), y.to(device)
-                logits = model(x)
-                ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                loss = ce
-                if teacher is not None and kd_weight > 0:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    loss = (1 - kd_weight) * ce + kd_weight * distillation_loss(logits, teacher_logits,
-                                                                                 kd_temperature)
+                x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model(x)
+                    ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                    loss = ce
+                    if teacher is not None and kd_weight > 0:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                        loss = (1 - kd_weight) * ce + kd_weight * distillation_loss(
+                            logits.float(), teacher_logits.float(), kd_temperature)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(f"{desc}: loss became {value} at step {step} (lr {step_lr:g}); "

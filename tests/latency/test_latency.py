@@ -192,3 +192,33 @@ def test_onnx_export_failure_names_module(monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(DepthcutError, match="cannot export Sequential to ONNX: unsupported op"):
         get_backend("onnxruntime").prepare(nn.Sequential(nn.ReLU()), torch.randn(1, 2))
+
+
+def test_backends_never_move_or_change_the_callers_module():
+    from depthcut.latency.backends import get_backend
+
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for memory_format in ("contiguous", "channels_last"):
+        backend = get_backend("eager", memory_format=memory_format)
+        placed, x = backend._place(module, torch.randn(1, 3, 8, 8))
+        assert placed is not module and placed[0].weight is not module[0].weight
+        assert x.is_contiguous(memory_format=torch.channels_last if memory_format == "channels_last"
+                               else torch.contiguous_format)
+        backend.prepare(module, torch.randn(1, 3, 8, 8))()
+    assert module[0].weight.is_contiguous()
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+def test_the_fingerprint_covers_the_math_mode():
+    from depthcut.latency.backends import get_backend
+
+    described = get_backend("eager").describe()
+    assert {"matmul_precision", "memory_format"} <= set(described)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert get_backend("eager").describe() != described
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert get_backend("eager", memory_format="channels_last").describe() != described

@@ -123,3 +123,21 @@ def test_exact_epochs_leave_no_empty_epoch(digits):
     data = torch.utils.data.TensorDataset(*(t[:256] for t in digits[0].tensors))
     hist = train(tiny_conv(), data, epochs=2, batch_size=64, progress=False)
     assert hist["steps"] == 8 and len(hist["epoch_loss"]) == 2 and all(v > 0 for v in hist["epoch_loss"])
+
+
+def test_mixed_precision_and_channels_last_train_on_the_cpu():
+    import torch
+    from torch import nn
+
+    from depthcut.data import make_splits
+    from depthcut.train import evaluate, train
+
+    splits = make_splits("digits", finetune_size=10, score_size=10, seed=0)
+    for amp, channels_last in (("bf16", False), (None, True)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(8 * 64, 10))
+        history = train(model, splits.train, epochs=2, lr=0.05, batch_size=64, progress=False, amp=amp,
+                        channels_last=channels_last)
+        assert history["loss"][-1] < history["loss"][0]
+        assert evaluate(model, splits.test) > 60

@@ -1,0 +1,207 @@
+"""GPU check (issues 7 and 8): LayerMerge on CUDA in about 5 minutes.
+
+For ResNet-34 and MobileNetV2-1.0 (random weights, random BN statistics: latency does not depend on the
+weights) at batch 128, 224x224, CUDA eager, cuDNN benchmark on, PyTorch's default math mode (TF32 for cuDNN
+convs):
+
+1. the latency table (every (block, kernel option) row timed on the GPU);
+2. plans at the papers' budget ratios (ResNet-34 71/60/50 %, MobileNetV2 55/46/38/33 % of the table's
+   unmerged body latency) from the LayerMerge DP, with a data-free importance proxy (every block 1, minus
+   0.05 per pruned conv and 0.02 per removed activation: the budget alone decides; real importance needs
+   data and does not change what is timed here);
+3. each plan's network measured end to end against the original and against the BN-folded original, in one
+   interleaved run per plan (medians), next to the speed-up the additive table predicts;
+4. the exactness of each merge on the GPU: against the intended function in float64 (the check depthcut
+   runs) and merged vs unmerged in float32 with TF32 on (what a float32 check would see);
+5. ``depthcut.compress`` end to end on CUDA: the CIFAR ResNet-20 on a generated 2-class image folder,
+   20-step importance fine-tunes, a short recovery, speed-up target x1.3 on the eager backend.
+
+Writes ``--out`` (JSON + Markdown). ``--quick`` shrinks everything for a CPU dry run of the script itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from depthcut import zoo  # noqa: E402
+from depthcut.cnn.build import build_merged, build_unmerged, fold_batchnorms, is_trivial, plan_from_blocks  # noqa: E402
+from depthcut.cnn.graph import analyze, symbolic_trace  # noqa: E402
+from depthcut.cnn.intended import verify_plan  # noqa: E402
+from depthcut.latency import get_backend, latency_table, time_models  # noqa: E402
+from depthcut.latency.backends import math_mode  # noqa: E402
+from depthcut.search.layermerge import solve  # noqa: E402
+from depthcut.search.tables import Row  # noqa: E402
+
+BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
+PAPER_PYTORCH = {"resnet34": (1.36, 1.56, 1.79), "mobilenet_v2": (1.63, 1.90, 2.18, 2.49)}
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+    return model.eval()
+
+
+def proxy_importance(candidate) -> float:
+    pruned = (candidate.end - candidate.start) - len(candidate.kept)
+    removed_acts = candidate.end - candidate.start - 1
+    return 1.0 - 0.05 * pruned - 0.02 * removed_acts
+
+
+def folded(model: torch.nn.Module) -> torch.nn.Module:
+    gm = symbolic_trace(model)
+    fold_batchnorms(gm)
+    gm.recompile()
+    return gm.eval()
+
+
+def float32_error(a, b, x) -> float:
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    return float((ya - yb).norm() / yb.norm())
+
+
+def check_model(name: str, device: str, batch: int, size: int, rounds: int, cache: str) -> dict:
+    entry = zoo.get(name)
+    torch.manual_seed(0)
+    model = randomize_bn(entry.create()).to(device)
+    t0 = time.time()
+    analysis = analyze(model, (1, 3, size, size), exclude=entry.chain_exclude, batch_size=batch)
+    backend = get_backend("eager", device=device)
+    lat = latency_table(analysis.candidates, backend, batch_size=batch, cache_dir=cache, progress=False,
+                        repeats=20)
+    table_s = time.time() - t0
+    rows = [Row(c.start, c.end, 0.0 if not c.kept else lat[c.key].median_ms, proxy_importance(c), ref=c)
+            for c in analysis.candidates]
+    body_ms = sum(r.latency_ms for r in rows if is_trivial(r.ref))
+    frontier = solve(rows, analysis.chain.length, steps=2000, max_latency_ms=body_ms)
+    x = torch.randn(batch, 3, size, size, device=device)
+    bn_folded = folded(model)
+    out = {"model": name, "positions": analysis.chain.length, "candidates": len(analysis.candidates),
+           "table_seconds": table_s, "table_body_ms": body_ms, "plans": []}
+    for ratio, paper in zip(BUDGETS[name], PAPER_PYTORCH[name]):
+        solution = frontier.best(ratio * body_ms)
+        plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
+        unmerged = build_unmerged(analysis.gm, analysis.chain, plan).eval()
+        merged = build_merged(unmerged, analysis.chain, plan)
+        t = time_models({"original": model, "bn_folded": bn_folded, "merged": merged}, x, backend,
+                        rounds=rounds, repeats=5)
+        e2e = t["original"].median_ms
+        predicted = e2e / (e2e - body_ms + solution.latency_ms)
+        measured = e2e / t["merged"].median_ms
+        out["plans"].append({
+            "budget_ratio": ratio, "paper_pytorch_speedup": paper,
+            "modelled_body_ms": solution.latency_ms, "original_ms": e2e, "bn_folded_ms": t["bn_folded"].median_ms,
+            "merged_ms": t["merged"].median_ms, "speedup": measured,
+            "speedup_vs_bn_folded": t["bn_folded"].median_ms / t["merged"].median_ms,
+            "predicted_speedup": predicted, "prediction_error": predicted / measured - 1,
+            "blocks": sum(not is_trivial(b) for b in plan.blocks),
+            "intended_error_float64": verify_plan(merged, model, analysis.chain, plan, (1, 3, size, size)),
+            "merged_vs_unmerged_float32": float32_error(merged, unmerged, x[:8]),
+        })
+        p = out["plans"][-1]
+        print(f"{name} {ratio:.0%}: x{measured:.2f} (predicted x{predicted:.2f}, paper x{paper}), "
+              f"vs BN-folded x{p['speedup_vs_bn_folded']:.2f}; intended error {p['intended_error_float64']:.1e} "
+              f"(float64), merged vs unmerged {p['merged_vs_unmerged_float32']:.1e} (float32)", flush=True)
+    return out
+
+
+def compress_on_device(device: str, quick: bool) -> dict:
+    from PIL import Image
+
+    from depthcut.config import LayerMergeConfig
+    from depthcut.pipeline import compress
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "images"
+        gen = torch.Generator().manual_seed(0)
+        for c, name in enumerate(("a", "b")):
+            (root / name).mkdir(parents=True)
+            for i in range(60 if quick else 300):
+                base = torch.full((32, 32, 3), 60.0 + 120 * c) + 40 * torch.randn(32, 32, 3, generator=gen)
+                Image.fromarray(base.clamp(0, 255).byte().numpy()).save(root / name / f"{i}.png")
+        model = zoo.get("resnet20").create(num_classes=2)
+        cfg = LayerMergeConfig(speedup=1.3, backend="eager", device=device, data=str(root),
+                               input_shape=(1, 3, 32, 32), batch_size=1 if quick else 64,
+                               importance_steps=2 if quick else 20, finetune_size=32 if quick else 200,
+                               score_size=32 if quick else 160, recovery_epochs=0.2 if quick else 5.0,
+                               timing_rounds=5 if quick else 30, cache_dir=str(Path(tmp) / "cache"), progress=False)
+        t0 = time.time()
+        result = compress(model, cfg, out=Path(tmp) / "out")
+        r = result.report
+        return {k: r[k] for k in ("device", "device_name", "speedup", "target_met", "accuracy_before",
+                                  "accuracy_after", "intended_relative_error", "merge_relative_error",
+                                  "math_mode", "convs_before", "convs_after")} | {"seconds": time.time() - t0}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# GPU check ({report['device_name']})", "",
+             f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, CUDA eager, "
+             f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
+             f"(bench/gpu_check.py docstring). Speed-ups are ratios of medians from one interleaved run per plan.",
+             "", "| model | budget | measured speed-up | predicted | error | vs BN-folded | paper (PyTorch, 2080 Ti) "
+             "| intended error (float64) | merged vs unmerged (float32, TF32) |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in report["models"]:
+        for p in m["plans"]:
+            lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{p['predicted_speedup']:.2f} "
+                         f"| {p['prediction_error']:+.1%} | x{p['speedup_vs_bn_folded']:.2f} | x{p['paper_pytorch_speedup']} "
+                         f"| {p['intended_error_float64']:.1e} | {p['merged_vs_unmerged_float32']:.1e} |")
+    lines += ["", "| model | positions | candidates | table time s | table body ms |", "|---|---|---|---|---|"]
+    for m in report["models"]:
+        lines.append(f"| {m['model']} | {m['positions']} | {m['candidates']} | {m['table_seconds']:.0f} | "
+                     f"{m['table_body_ms']:.2f} |")
+    c = report.get("compress")
+    if c:
+        lines += ["", f"`depthcut.compress` on {c['device']} ({c['device_name']}): x{c['speedup']:.2f} "
+                      f"(target met: {c['target_met']}), accuracy {c['accuracy_before']:.1f} -> "
+                      f"{c['accuracy_after']:.1f}, intended error {c['intended_relative_error']:.1e}, "
+                      f"{c['convs_before']} -> {c['convs_after']} convs, {c['seconds']:.0f} s end to end."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--models", default="resnet34,mobilenet_v2")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a CPU dry run")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
+    args = ap.parse_args()
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    report = {"device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
+              "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
+              "size": args.size, "math_mode": math_mode(args.device), "models": []}
+    with tempfile.TemporaryDirectory() as cache:
+        for name in args.models.split(","):
+            report["models"].append(check_model(name, args.device, args.batch, args.size, args.rounds, cache))
+    report["compress"] = compress_on_device(args.device, args.quick)
+    print(json.dumps(report["compress"], indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
