@@ -191,15 +191,19 @@ def main() -> None:
     report = {"device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
               "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
               "size": args.size, "math_mode": math_mode(args.device), "models": []}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:   # after every stage: a run cut short still leaves what it measured
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+        out.with_suffix(".md").write_text(markdown(report))
+
     with tempfile.TemporaryDirectory() as cache:
         for name in args.models.split(","):
             report["models"].append(check_model(name, args.device, args.batch, args.size, args.rounds, cache))
+            save()
     report["compress"] = compress_on_device(args.device, args.quick)
-    print(json.dumps(report["compress"], indent=1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    out.with_suffix(".md").write_text(markdown(report))
+    save()
     print(markdown(report))
 
 

@@ -50,7 +50,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | No
 def plot_frontier(result, path: Path) -> str | None:
     if not result.frontier:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:                     # a plot is a convenience: the numbers are in report.json
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
