@@ -100,7 +100,8 @@ def from_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> ConvParams:
         raise ValueError(f"dilated conv {conv} cannot be merged")
     _square(conv.kernel_size, "kernel_size", conv)
     w = conv.weight.detach().to(DTYPE)
-    b = conv.bias.detach().to(DTYPE) if conv.bias is not None else torch.zeros(w.shape[0], dtype=DTYPE)
+    b = conv.bias.detach().to(DTYPE) if conv.bias is not None else torch.zeros(w.shape[0], dtype=DTYPE,
+                                                                                device=w.device)
     if bn is not None:
         if bn.running_mean is None or bn.running_var is None:
             raise ValueError(f"{bn} has no running statistics (track_running_stats=False); cannot fold")
@@ -251,4 +252,4 @@ def to_module(p: ConvParams, dtype: torch.dtype = torch.float32, detect_depthwis
     with torch.no_grad():
         conv.weight.copy_(p.weight.to(dtype))
         conv.bias.copy_(p.bias.to(dtype))
-    return conv.to(dtype)
+    return conv.to(device=p.weight.device, dtype=dtype)
