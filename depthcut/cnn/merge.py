@@ -244,7 +244,7 @@ def to_module(p: ConvParams, dtype: torch.dtype = torch.float32, detect_depthwis
     zero (all parts were depthwise but something forced a dense add) is re-emitted as depthwise."""
     if detect_depthwise and p.groups == 1 and p.in_channels == p.out_channels > 1:
         w = p.weight
-        eye = torch.eye(w.shape[0], dtype=torch.bool)[:, :, None, None].expand_as(w)
+        eye = torch.eye(w.shape[0], dtype=torch.bool, device=w.device)[:, :, None, None].expand_as(w)
         if not w.masked_select(~eye).any():
             p = ConvParams(torch.diagonal(w, 0, 0, 1).permute(2, 0, 1)[:, None].contiguous(), p.bias,
                            p.stride, p.padding, w.shape[0])
