@@ -66,9 +66,9 @@ class BlockModule(nn.Module):
             index = -1
             if proj is None and proj_bn is not None:      # a BN-only branch: an identity 1x1 conv, then the BN
                 c = proj_bn.num_features
-                proj = nn.Conv2d(c, c, 1, bias=False).to(proj_bn.running_mean.dtype)
+                proj = nn.Conv2d(c, c, 1, bias=False).to(proj_bn.running_mean.device, proj_bn.running_mean.dtype)
                 with torch.no_grad():
-                    proj.weight.copy_(torch.eye(c)[:, :, None, None])
+                    proj.weight.copy_(torch.eye(c, device=proj.weight.device)[:, :, None, None])
                 proj.weight.requires_grad_(False)
             if proj is not None:
                 if _square(proj.kernel_size) != 1 or conv_padding(proj) != 0:
