@@ -152,7 +152,7 @@ def compress_on_device(device: str, quick: bool) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU check ({report['device_name']})", "",
+    lines = [f"# GPU check ({report['device_name']}): `python bench/gpu_check.py`", "",
              f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, CUDA eager, "
              f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
              f"(bench/gpu_check.py docstring). Speed-ups are ratios of medians from one interleaved run per plan.",
