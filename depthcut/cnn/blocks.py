@@ -9,6 +9,7 @@ the irreducible ones, at least one in total; the concrete convs kept are the lar
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Mapping
 
 import torch
@@ -67,26 +68,42 @@ def kernel_options(chain: Chain, i: int, j: int,
         free = sorted((c for c in members if c.reducible), key=lambda c: (-l1[c.index], c.index))
         ranges.append([(t, fixed + free[:m]) for m in range(len(free) + 1)])
 
-    best: dict[tuple[int, bool], tuple[tuple[float, int], list[ConvSpec]]] = {}
+    # a folded projection conv is dense: the merged conv can then not stay grouped (a BN-only branch is diagonal)
+    dense_skip = any(s.folded_by(i, j) and s.projection is not None for s in chain.skips)
+    best: dict[tuple[int, int], tuple[tuple[float, int], list[ConvSpec]]] = {}
     for combo in itertools.product(*ranges):
         kept = [c for _, cs in combo for c in cs]
         if not kept:
             continue
         K = sum(c.kernel for c in kept) - len(kept) + 1
-        dw = all(c.depthwise for c in kept)
+        groups = merged_groups(kept, dense_skip)
         score = (sum(l1[c.index] for c in kept), len(kept))
-        if (K, dw) not in best or score > best[(K, dw)][0]:
-            best[(K, dw)] = (score, kept)
+        if (K, groups) not in best or score > best[(K, groups)][0]:
+            best[(K, groups)] = (score, kept)
 
     first, last = convs[0], convs[-1]
     stride = 1
     for c in convs:
         stride *= c.stride
     act = chain.acts[j]
-    return [Candidate(start=i, end=j, kept=tuple(sorted(c.index for c in kept)), kernel=K, stride=stride,
-                      depthwise=dw, in_channels=first.in_channels, out_channels=last.out_channels,
-                      input_shape=tuple(first.input_shape), activation=act.kind if act else None)
-            for (K, dw), (_, kept) in sorted(best.items())]
+    out = []
+    for (K, groups), (_, kept) in sorted(best.items()):
+        dw = groups > 1 and groups == first.in_channels == last.out_channels and all(c.depthwise for c in kept)
+        out.append(Candidate(start=i, end=j, kept=tuple(sorted(c.index for c in kept)), kernel=K, stride=stride,
+                             depthwise=dw, in_channels=first.in_channels, out_channels=last.out_channels,
+                             input_shape=tuple(first.input_shape), activation=act.kind if act else None,
+                             groups=groups))
+    return out
+
+
+def merged_groups(kept: list[ConvSpec], dense_skip: bool = False) -> int:
+    """Groups of the conv that composes ``kept``: block-diagonal kernels compose into a block-diagonal kernel
+    with gcd(g1, g2, ...) groups (a dense conv, or a folded projection, makes it dense). Depthwise convs of a
+    chain all have the same width, so an all-depthwise block stays depthwise."""
+    g = 0
+    for c in kept:
+        g = math.gcd(g, c.groups)
+    return 1 if dense_skip or g == 0 else g
 
 
 def conv_l1_norms(model: nn.Module, chain: Chain) -> dict[str, float]:

@@ -18,6 +18,7 @@ Both are ``torch.fx.GraphModule``s; blocks are found in the graph through the fx
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 from typing import Any, Iterable, Sequence
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
 from .chain import Candidate, Chain, Plan, Skip
-from .merge import ConvParams, conv_padding, from_conv, merge_sequence, to_module
+from .merge import ConvParams, conv_padding, from_conv, merge_sequence, regroup, to_module
 
 BLOCK_PREFIX = "dc_block"
 
@@ -62,9 +63,11 @@ class BlockModule(nn.Module):
             self.bns.append(bn if bn is not None else nn.Identity())
         self.skip_plan: list[tuple[int, int, int, int]] = []   # (a, b, projection index or -1, crop)
         self._proj_stride: list[int] = []
+        self._identity_projection: list[bool] = []     # a BN-only branch: its conv is a fixed identity
         for a, b, proj, proj_bn in skips:
             index = -1
-            if proj is None and proj_bn is not None:      # a BN-only branch: an identity 1x1 conv, then the BN
+            identity_branch = proj is None and proj_bn is not None
+            if identity_branch:                           # a BN-only branch: an identity 1x1 conv, then the BN
                 c = proj_bn.num_features
                 proj = nn.Conv2d(c, c, 1, bias=False).to(proj_bn.running_mean.device, proj_bn.running_mean.dtype)
                 with torch.no_grad():
@@ -76,6 +79,7 @@ class BlockModule(nn.Module):
                 index = len(self.projections)
                 self.projections.append(nn.Sequential(proj, proj_bn if proj_bn is not None else nn.Identity()))
                 self._proj_stride.append(_square(proj.stride))
+                self._identity_projection.append(identity_branch)
             self.skip_plan.append((a, b, index, 0))
         self._shift_padding()
 
@@ -143,6 +147,16 @@ class BlockModule(nn.Module):
         merged = merge_sequence(layers, skips, channels=self.channels)   # every part unpadded ...
         return replace(merged, padding=self.pad)                          # ... on the padded input
 
+    @property
+    def merged_groups(self) -> int:
+        """Groups of the merged conv: gcd of the kept convs' groups; a folded projection conv makes it dense
+        (depthcut.cnn.blocks.merged_groups, the same rule the latency rows use)."""
+        dense = any(index >= 0 and not self._identity_projection[index] for _, _, index, _ in self.skip_plan)
+        g = 0
+        for conv in self.convs:
+            g = math.gcd(g, conv.groups)
+        return 1 if dense or g == 0 else g
+
     def extra_repr(self) -> str:
         return f"block=({self.start}, {self.end}), kept={self.slot}, skips={self.skip_plan}"
 
@@ -168,6 +182,7 @@ def original_candidate(chain: Chain, p: int) -> Candidate:
     c = chain.conv(p)
     act = chain.acts[p] if p < len(chain.acts) else None
     return Candidate(start=p - 1, end=p, kept=(p,), kernel=c.kernel, stride=c.stride, depthwise=c.depthwise,
+                     groups=c.groups,
                      in_channels=c.in_channels, out_channels=c.out_channels, input_shape=tuple(c.input_shape),
                      activation=act.kind if act is not None else None)
 
@@ -397,7 +412,7 @@ def build_merged(unmerged: nn.Module, chain: Chain | None = None, plan: Plan | N
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BlockModule):
             block: BlockModule = gm.get_submodule(node.target)
             dtype = block.convs[0].weight.dtype if len(block.convs) else torch.float32
-            gm.add_submodule(node.target, to_module(block.merged_params(), dtype))
+            gm.add_submodule(node.target, to_module(regroup(block.merged_params(), block.merged_groups), dtype))
     fold_batchnorms(gm)
     gm.delete_all_unused_submodules()
     gm.graph.lint()

@@ -45,9 +45,9 @@ class ConvSpec:
         return self.in_channels == self.out_channels and self.stride == 1
 
     @property
-    def kind(self) -> tuple[int, bool]:
-        """The conv *type* used to count kernel options: (kernel, depthwise)."""
-        return (self.kernel, self.depthwise)
+    def kind(self) -> tuple[int, int | str]:
+        """The conv *type* used to count kernel options: (kernel, "dw" or its group count)."""
+        return (self.kernel, "dw" if self.depthwise else self.groups)
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class Candidate:
     out_channels: int
     input_shape: tuple[int, ...]   # shape entering the block (N, C, H, W)
     activation: str | None         # activation that will sit at the block's end position (None if none)
+    groups: int = 1                # groups of the merged conv: gcd of the kept convs' (in_channels if depthwise)
 
     @property
     def key(self) -> str:

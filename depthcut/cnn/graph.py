@@ -14,7 +14,7 @@ form) and propagates shapes so that every tensor node carries ``node.meta['tenso
 
 What is what on the main path:
 
-* **chain members**: ``nn.Conv2d`` (square kernel, dilation 1, groups 1 or depthwise, zero padding equal
+* **chain members**: ``nn.Conv2d`` (square kernel, dilation 1, any groups, zero padding equal
   on both axes, odd kernel), ``nn.BatchNorm2d`` right after such a conv (with running statistics),
   activations (ReLU, ReLU6 / Hardtanh(0, 6), SiLU, Hardswish, GELU, LeakyReLU, ELU, Mish, Sigmoid, Tanh,
   Hardsigmoid, as modules, functions or tensor methods), residual adds (``+``, ``+=``, ``torch.add``,
@@ -24,7 +24,7 @@ What is what on the main path:
 * **barriers** at the current position (reason recorded in ``chain.barrier_reasons``): everything else —
   pooling, upsampling/interpolation, padding modules, concat, flatten, linear, multiplications
   (squeeze-excite, attention), custom leaf modules, functional ``F.conv2d``, unsupported convs (non-square,
-  dilated, grouped non-depthwise, even kernel, non-zero padding mode), BatchNorm not directly after a conv
+  dilated, even kernel, non-zero padding mode), BatchNorm not directly after a conv
   (pre-activation layouts), a second activation, a residual add after the activation or from a side
   branch that is neither identity nor conv(+BN), and any value of the chain that is also read outside it
   (feature taps, U-Net skips). A stride > 1 conv adds the stride barrier of SPEC A2.
@@ -385,8 +385,6 @@ def _unsupported_conv(m: nn.Conv2d) -> str | None:
         return f"dilation {tuple(m.dilation)}"
     if m.stride[0] != m.stride[1]:
         return f"non-square stride {tuple(m.stride)}"
-    if m.groups != 1 and not (m.groups == m.in_channels == m.out_channels):
-        return f"grouped conv (groups={m.groups}) that is not depthwise"
     if m.padding_mode != "zeros":
         return f"padding mode {m.padding_mode!r}"
     if _conv_padding(m) is None:

@@ -239,6 +239,19 @@ def _channels(cur: ConvParams | None, layers, channels: int | None) -> int:
     return channels
 
 
+def regroup(p: ConvParams, groups: int) -> ConvParams:
+    """``p`` as a grouped conv with ``groups`` groups when its dense kernel is exactly block-diagonal that way
+    (grouped convs compose into block-diagonal kernels, SPEC A4), else ``p`` unchanged."""
+    if groups <= 1 or p.groups != 1 or p.in_channels % groups or p.out_channels % groups:
+        return p
+    w = p.weight
+    cin_g, cout_g = p.in_channels // groups, p.out_channels // groups
+    blocks = [w[k * cout_g:(k + 1) * cout_g, k * cin_g:(k + 1) * cin_g] for k in range(groups)]
+    if sum(float(b.abs().sum()) for b in blocks) != float(w.abs().sum()):   # something off the diagonal
+        return p
+    return ConvParams(torch.cat(blocks, 0).contiguous(), p.bias, p.stride, p.padding, groups)
+
+
 def to_module(p: ConvParams, dtype: torch.dtype = torch.float32, detect_depthwise: bool = True) -> nn.Conv2d:
     """Emit a plain ``nn.Conv2d`` (always with bias). A dense kernel whose off-diagonal blocks are exactly
     zero (all parts were depthwise but something forced a dense add) is re-emitted as depthwise."""

@@ -48,7 +48,7 @@ def row_shape(candidate: Candidate, batch_size: int | None) -> tuple[int, ...]:
 
 def row_key(candidate: Candidate, batch_size: int | None = None) -> str:
     """What is timed: conv config + activation + input shape. Candidates with equal keys share one row."""
-    groups = candidate.in_channels if candidate.depthwise else 1
+    groups = candidate.in_channels if candidate.depthwise else candidate.groups
     shape = "x".join(map(str, row_shape(candidate, batch_size)))
     return (f"conv{candidate.in_channels}-{candidate.out_channels}-k{candidate.kernel}-s{candidate.stride}"
             f"-g{groups}-{candidate.activation or 'none'}-in{shape}")
@@ -60,7 +60,8 @@ def build_merged_conv(candidate: Candidate) -> nn.Module:
         raise DepthcutError(f"candidate {candidate.key} is depthwise but maps {candidate.in_channels} -> "
                             f"{candidate.out_channels} channels")
     conv = nn.Conv2d(candidate.in_channels, candidate.out_channels, candidate.kernel, stride=candidate.stride,
-                     padding=candidate.kernel // 2, groups=candidate.in_channels if candidate.depthwise else 1,
+                     padding=candidate.kernel // 2,
+                     groups=candidate.in_channels if candidate.depthwise else candidate.groups,
                      bias=True)  # BN folds into a bias, so the deployed conv always has one
     return nn.Sequential(conv, make_activation(candidate.activation))
 

@@ -663,3 +663,39 @@ def bottleneck_with_strided_projection() -> Case:
         def forward(self, x):
             return F.relu(self.c(self.b(self.a(x))) + self.down(x))
     return _stack(Block(8, 16, 2), Bottleneck(16, 8), head=16, shape=(1, 3, 16, 16))
+
+
+# ------------------------------------------------------------------------------------------ grouped convs
+class ResNeXtBlock(nn.Module):
+    """ResNeXt bottleneck: 1x1 dense -> 3x3 grouped (cardinality) -> 1x1 dense, identity or projection skip."""
+
+    def __init__(self, cin, cout, width, groups, stride=1, se=False):
+        super().__init__()
+        self.a = cbr(cin, width, 1)
+        self.b = cbr(width, width, 3, stride, groups=groups)
+        self.se = SE(width) if se else nn.Identity()
+        self.c = cbr(width, cout, 1, act=False)
+        self.down = cbr(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x):
+        skip = x if self.down is None else self.down(x)
+        return F.relu(self.c(self.se(self.b(self.a(x)))) + skip)
+
+
+@register
+def resnext_grouped_bottleneck() -> Case:
+    return _stack(ResNeXtBlock(8, 16, 16, 4), ResNeXtBlock(16, 16, 16, 4), ResNeXtBlock(16, 16, 16, 4, 2),
+                  head=16, shape=(1, 3, 12, 12), min_candidates=4)
+
+
+@register
+def regnet_y_grouped_with_se() -> Case:
+    return _stack(ResNeXtBlock(8, 16, 16, 2, se=True), ResNeXtBlock(16, 16, 16, 2, se=True), head=16,
+                  min_candidates=2)
+
+
+@register
+def chain_of_grouped_convs() -> Case:
+    """Consecutive grouped convs with compatible groups: the merged conv stays grouped (gcd of the groups)."""
+    return _stack(cbr(8, 8, groups=2), cbr(8, 8, groups=4, act=False), cbr(8, 16, groups=2), cbr(16, 16, groups=8),
+                  Basic(16, 16, last=cbr(16, 16, groups=4, act=False)), head=16, min_candidates=6)

@@ -267,10 +267,33 @@ class GroupedAndDilated(nn.Module):
         return self.d(self.c(self.g(self.b(self.a(x)))))
 
 
-def test_grouped_conv_is_a_barrier_and_left_out():
-    ch = analyze(GroupedAndDilated(), (1, 3, 8, 8)).chain
+def test_grouped_convs_join_the_chain_and_merge_as_grouped():
+    a = analyze(GroupedAndDilated(), (1, 3, 8, 8))
+    ch = a.chain
+    assert [c.path for c in ch.convs] == ["a.0", "b.0", "g", "c.0", "d.0"] and ch.barriers == []
+    assert ch.convs[2].groups == 2 and ch.convs[2].kind == (3, 2)
+    alone = [c for c in a.candidates if (c.start, c.end) == (2, 3)]
+    assert [c.groups for c in alone] == [2]                    # the grouped conv on its own stays grouped
+    spanning = [c for c in a.candidates if c.start <= 1 and c.end >= 3]
+    assert {c.groups for c in spanning if set(c.kept) & {1, 2, 4, 5}} == {1}   # a dense conv kept: dense
+    assert {c.groups for c in spanning if set(c.kept) == {3}} == {2}         # only the grouped one kept
+
+
+class Dilated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = cbr(3, 8), cbr(8, 8)
+        self.g = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.c, self.d = cbr(8, 8), cbr(8, 8)
+
+    def forward(self, x):
+        return self.d(self.c(self.g(self.b(self.a(x)))))
+
+
+def test_dilated_conv_is_a_barrier_and_left_out():
+    ch = analyze(Dilated(), (1, 3, 8, 8)).chain
     assert [c.path for c in ch.convs] == ["a.0", "b.0", "c.0", "d.0"]
-    assert ch.barriers == [2] and "groups=2" in ch.barrier_reasons[2]
+    assert ch.barriers == [2] and "dilation" in ch.barrier_reasons[2]
     assert "g" in ch.excluded
 
 
