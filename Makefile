@@ -17,7 +17,9 @@ LOCK   := requirements/lock.txt
 LATEST := .venv-latest
 PYTEST  = -m pytest -x -p no:cacheprovider --timeout=900
 
-.PHONY: install data demo test test-latest lock bench clean
+COVERAGE := .venv-coverage
+
+.PHONY: install data demo test test-latest lock bench coverage clean
 
 install: $(VENV)/.installed
 
@@ -62,9 +64,18 @@ lock: install
 	{ sed -n '/^#/p' $(LOCK); $(BIN)/python -m pip freeze --exclude-editable | grep -v '^ruff==' \
 	  | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > $(LOCK).new && mv $(LOCK).new $(LOCK)
 
+# torchvision and timm need PyPI's regular torch build (they do not import with the local CPU wheel): a
+# separate environment, installed around the machine's pip configuration.
+coverage:
+	test -x $(COVERAGE)/bin/python || $(PYTHON) -m venv $(COVERAGE)
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(COVERAGE)/bin/python -m pip install -q $(TORCH) \
+	  torchvision==0.28.0 timm
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(COVERAGE)/bin/python -m pip install -q -e .
+	$(COVERAGE)/bin/python bench/coverage.py
+
 bench: install data
 	$(BIN)/python bench/dp_speed.py
 	$(BIN)/python bench/cnn_compress.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(DEMO_OUT) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LATEST) $(COVERAGE) $(DEMO_OUT) .pytest_cache .hypothesis

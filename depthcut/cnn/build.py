@@ -408,10 +408,11 @@ def build_merged(unmerged: nn.Module, chain: Chain | None = None, plan: Plan | N
         check_plan(chain, plan)
     device = next((p.device for p in unmerged.parameters()), torch.device("cpu"))
     gm = _as_graph_module(unmerged).cpu()
+    default_dtype = next((p.dtype for p in gm.parameters() if p.is_floating_point()), torch.float32)
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), BlockModule):
             block: BlockModule = gm.get_submodule(node.target)
-            dtype = block.convs[0].weight.dtype if len(block.convs) else torch.float32
+            dtype = next((p.dtype for p in block.parameters() if p.is_floating_point()), default_dtype)
             gm.add_submodule(node.target, to_module(regroup(block.merged_params(), block.merged_groups), dtype))
     fold_batchnorms(gm)
     gm.delete_all_unused_submodules()

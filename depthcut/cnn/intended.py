@@ -186,6 +186,26 @@ def _node_of(gm: fx.GraphModule, module_path: str | None) -> str | None:
     return None
 
 
+STRUCTURE_TOLERANCE = 1e-9   # float64 end to end: a correct rewrite agrees to ~1e-14
+
+
+@torch.no_grad()
+def plan_structure_errors(model: nn.Module, traced: nn.Module, chain: Chain, plan: Plan,
+                          input_shape: Sequence[int], samples: int = 2, seed: int = 0) -> dict[str, float]:
+    """The rewrite's exactness with rounding taken out: the unmerged and merged forms are built from a
+    float64 copy of ``traced`` (the analysis's GraphModule, or the model) - so the merged kernels are never
+    rounded to float32 - and compared with the intended function in float64. A correct rewrite gives ~1e-14
+    whatever the model's depth or conditioning (deployed float32 weights add their own ~1e-7 per layer, which
+    deep random networks can amplify to 1e-5); a deleted or misplaced op gives ~1e-1."""
+    from .build import build_merged, build_unmerged
+
+    source = copy.deepcopy(traced).double()
+    unmerged = build_unmerged(source, chain, plan).eval()
+    merged = build_merged(unmerged, chain, plan)
+    return {form: verify_plan(net, model, chain, plan, input_shape, samples, seed)
+            for form, net in (("unmerged", unmerged), ("merged", merged))}
+
+
 @torch.no_grad()
 def verify_plan(deployed: nn.Module, model: nn.Module, chain: Chain, plan: Plan, input_shape: Sequence[int],
                 samples: int = 2, seed: int = 0) -> float:

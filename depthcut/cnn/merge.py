@@ -261,8 +261,10 @@ def to_module(p: ConvParams, dtype: torch.dtype = torch.float32, detect_depthwis
         if not w.masked_select(~eye).any():
             p = ConvParams(torch.diagonal(w, 0, 0, 1).permute(2, 0, 1)[:, None].contiguous(), p.bias,
                            p.stride, p.padding, w.shape[0])
-    conv = nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, groups=p.groups, bias=True)
+    # created in the target dtype: a float32 module would round float64 kernels before any cast
+    conv = nn.Conv2d(p.in_channels, p.out_channels, p.kernel, p.stride, p.padding, groups=p.groups, bias=True,
+                     device=p.weight.device, dtype=dtype)
     with torch.no_grad():
         conv.weight.copy_(p.weight.to(dtype))
         conv.bias.copy_(p.bias.to(dtype))
-    return conv.to(device=p.weight.device, dtype=dtype)
+    return conv
