@@ -29,6 +29,7 @@ from depthcut.models import resolve_model  # noqa: E402
 from depthcut.cnn.build import is_trivial  # noqa: E402
 from depthcut.importance import importance_store  # noqa: E402
 from depthcut.pipeline import importance_manifest, score_candidates  # noqa: E402
+from depthcut.train import evaluate  # noqa: E402
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -57,7 +58,8 @@ def main() -> None:
                                    cache_dir=cache, progress=False)
             t0 = time.time()
             store = importance_store(importance_manifest(resolved.model, analysis, cfg), Path(cache))
-            scores, base_acc = score_candidates(resolved.model, analysis, splits, cfg, store)
+            base_acc = evaluate(resolved.model, splits.score)
+            scores = score_candidates(resolved.model, analysis, analysis.candidates, base_acc, splits, cfg, store)
             label = f"{proxy} ({steps} steps)" if proxy == "finetune" else proxy
             tables[label] = scores
             rows.append({"proxy": label, "seconds": time.time() - t0})

@@ -53,6 +53,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     from .cnn.graph import analyze
     from .data import make_splits
     from .latency import get_backend, latency_table, speedup as speedup_of, time_models
+    from .latency.dominance import max_accuracy_importance, prune_dominated
     from .latency.backends import math_mode
     from .train import evaluate, train
 
@@ -83,12 +84,23 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     importance_cache = importance_store(importance_manifest(original, analysis, config), cache_dir)
     check_entries(importance_cache, ACCURACY_RANGE)   # damaged cache files fail before any timing
     say(config, f"latency table on {config.backend} (batch {config.batch_size})")
-    lat = latency_table(candidates, backend, batch_size=config.batch_size, cache_dir=cache_dir,
-                        progress=config.progress)
-    latency_ms = {c.key: (0.0 if not c.kept else lat[c.key].median_ms) for c in candidates}
+    base_acc = evaluate(original, splits.score)
+
+    def time_rows(rows: list[Candidate]) -> dict[str, float]:
+        table = latency_table(rows, backend, batch_size=config.batch_size, cache_dir=cache_dir,
+                              progress=config.progress)
+        return {key: timing.median_ms for key, timing in table.items()}
+
+    # candidates no plan could ever pick (slower than the convs they replace) are never built or scored
+    candidates, dominated, latency_ms = prune_dominated(
+        candidates, time_rows, max_importance=max_accuracy_importance(base_acc), steps=config.dp_steps,
+        batch_size=config.batch_size)
+    if dominated:
+        say(config, f"{len(dominated)} dominated candidates dropped (slower than the original convs they "
+                    f"replace), {len(candidates)} left")
 
     # 3. importance table (SPEC A6) ---------------------------------------------------------------
-    importance, base_acc = score_candidates(original, analysis, splits, config, importance_cache)
+    importance = score_candidates(original, analysis, candidates, base_acc, splits, config, importance_cache)
 
     # 4. search (SPEC A7): one solve gives the whole frontier --------------------------------------
     from .search.layermerge import solve
@@ -203,7 +215,9 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         "merge_relative_error": merge_error,
         "intended_relative_error": verified["deployed"],
         "intended_structure_error": verified["structure"],
-        "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(candidates),
+        "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
+        "candidates_dominated": len(dominated),
+        "dominated_examples": [f"{d.key}: {d.reason}" for d in dominated[:10]],
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
         "resolve_attempts": attempts,
         "modelled_body_ms_identity": identity_body_ms,
@@ -234,16 +248,15 @@ def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig)
             "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs]}
 
 
-def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeConfig,
-                     store) -> tuple[dict[str, float], float]:
+def score_candidates(original: nn.Module, analysis, candidates: list[Candidate], base_acc: float, splits,
+                     config: LayerMergeConfig, store) -> dict[str, float]:
     """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill)."""
     from .cnn.build import build_unmerged, single_block_plan
     from .importance import importance_table, score
     from .train import evaluate, recalibrate_bn, train
 
     chain = analysis.chain
-    base_acc = evaluate(original, splits.score)
-    todo = [c for c in analysis.candidates if not is_trivial(c)]
+    todo = [c for c in candidates if not is_trivial(c)]
 
     def accuracy_of(candidate: Candidate) -> float:
         torch.manual_seed(config.seed)
@@ -259,10 +272,10 @@ def score_candidates(original: nn.Module, analysis, splits, config: LayerMergeCo
     say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
                 f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached")
     accs = importance_table(todo, accuracy_of, store=store, progress=config.progress, metric_range=ACCURACY_RANGE)
-    scores = {c.key: 1.0 for c in analysis.candidates}        # exp(0): the original network itself
+    scores = {c.key: 1.0 for c in candidates}        # exp(0): the original network itself
     for c in todo:
         scores[c.key] = score(accs[c.key], base_acc)
-    return scores, base_acc
+    return scores
 
 
 MERGE_TOLERANCE = 1e-5   # float64 evaluation of float32 weights composed in float64 (~1e-7 when right)

@@ -105,8 +105,14 @@ def render_markdown(r: dict[str, Any]) -> str:
         row("convolutions", r["convs_before"], r["convs_after"]),
         row("activations", r["activations_before"], r["activations_after"]),
         "",
-        f"Chain: {r['positions']} positions, {r['blocks_valid']} valid blocks, {r['candidates']} candidates. "
-        f"Merged network equals its unmerged form to a relative error of {r['merge_relative_error']:.1e}.",
+        f"Chain: {r['positions']} positions, {r['blocks_valid']} valid blocks, {r['candidates']} candidates, "
+        f"{r.get('candidates_dominated', 0)} of them dropped as dominated (no faster than the original convs "
+        f"they replace, so no plan could pick them; never built, timed in full or scored).",
+        "",
+        f"Verified before deployment: the chosen plan's rewrite equals the intended function (the original with "
+        f"only the plan's changes, built independently) to {r.get('intended_structure_error', float('nan')):.1e} "
+        f"in float64, the deployed network to {r.get('intended_relative_error', float('nan')):.1e}; the merged "
+        f"network equals its fine-tuned unmerged form to {r['merge_relative_error']:.1e}.",
         "",
         "## Plan",
         "",

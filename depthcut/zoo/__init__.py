@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import DepthcutError
 from .mobilenetv2 import mobilenet_v2
-from .resnet import resnet18, resnet20, resnet34, resnet50, resnet56
+from .resnet import resnet18, resnet20, resnet34, resnet50, resnet56, resnet101, resnet152
 from .vgg import vgg19_bn
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -51,6 +51,8 @@ def register(entry: ModelEntry) -> ModelEntry:
 register(ModelEntry("resnet18", resnet18))
 register(ModelEntry("resnet34", resnet34))
 register(ModelEntry("resnet50", resnet50))
+register(ModelEntry("resnet101", resnet101))
+register(ModelEntry("resnet152", resnet152))
 register(ModelEntry("mobilenet_v2", mobilenet_v2, chain_exclude=("features.18.0",)))
 register(ModelEntry("vgg19_bn", vgg19_bn))
 register(ModelEntry("mobilenet_v2_1.4", mobilenet_v2, {"width_mult": 1.4}, chain_exclude=("features.18.0",)))

@@ -154,6 +154,14 @@ def resnet50(**kw) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], **kw)
 
 
+def resnet101(**kw) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 23, 3), **kw)
+
+
+def resnet152(**kw) -> ResNet:
+    return ResNet(Bottleneck, (3, 8, 36, 3), **kw)
+
+
 def resnet20(**kw) -> CifarResNet:
     return CifarResNet(20, **kw)
 

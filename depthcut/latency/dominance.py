@@ -1,0 +1,107 @@
+"""Dominated candidates: never build, time or score a merge that can never be chosen (issue 7).
+
+Deep networks yield candidates no plan would pick: ResNet-152 has 9,591, the largest one 73x73 conv of
+1024 -> 2048 channels (44.7 GB of weights, 548 GMAC per image against 11.5 for the whole network). Building
+or timing it would exhaust any machine. A candidate over n >= 2 convs is *dominated* by the original convs it
+replaces (the n single-conv blocks, always valid) when
+
+* latency: they are no slower. In the DP's discretised latency (ceil(P*T) per row, P = steps / range) the n
+  rows may round up by < 1 step each, so we ask T(candidate) >= T(path) + n * range / steps: then the
+  candidate costs at least as many steps as the path, at every budget;
+* importance: they are worth at least as much. The path earns n (every original block scores exp(0) = 1);
+  a candidate earns at most ``max_importance`` (accuracy scores exp(dacc / 100) <= exp((100 - base) / 100),
+  which is <= 2 once the base accuracy is >= 30.7%). So n >= max_importance.
+
+Then removing the candidate changes no DP answer at any budget: the frontier is exactly the one computed
+over all candidates (tests/latency/test_dominance.py checks it against the full enumeration).
+
+The latency side is decided without building the candidate when a bound can: T(candidate) >= its MACs /
+(the best MAC rate measured among this network's own single-conv rows x ``safety``). Only candidates the bound
+cannot decide are timed; those measured no faster than their path are dropped too (before their importance
+is scored).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from ..cnn.chain import Candidate
+
+SAFETY = 2.0   # the bound assumes a merged conv runs at most 2x faster per MAC than the best single conv
+
+
+def macs(candidate: Candidate, batch_size: int | None = None) -> int:
+    """Multiply-accumulates of the candidate's merged conv ('same' padding, its stride) on its input."""
+    n, c, h, w = candidate.input_shape
+    n = batch_size or n
+    ho, wo = -(-h // candidate.stride), -(-w // candidate.stride)
+    groups = candidate.in_channels if candidate.depthwise else candidate.groups
+    return n * candidate.out_channels * ho * wo * (candidate.in_channels // groups) * candidate.kernel ** 2
+
+
+def max_accuracy_importance(base_accuracy: float) -> float:
+    """The largest I = exp(dacc / 100) a candidate can score when the original scores ``base_accuracy`` %."""
+    return math.exp((100.0 - base_accuracy) / 100.0)
+
+
+@dataclass(frozen=True)
+class Dominated:
+    key: str
+    span: int
+    path_ms: float
+    bound_ms: float | None     # lower bound from MACs (when it decided)
+    measured_ms: float | None  # measured latency (when the bound could not decide)
+
+    @property
+    def reason(self) -> str:
+        how = (f"MAC bound {self.bound_ms:.3g} ms" if self.measured_ms is None else f"measured {self.measured_ms:.3g} ms")
+        return f"{how} >= the {self.span} original convs' {self.path_ms:.3g} ms (+ grid margin)"
+
+
+def _is_original(c: Candidate) -> bool:
+    return c.end == c.start + 1 and tuple(c.kept) == (c.end,)
+
+
+def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, float]],
+                    *, max_importance: float, steps: int = 2000, batch_size: int | None = None,
+                    safety: float = SAFETY) -> tuple[list[Candidate], list[Dominated], dict[str, float]]:
+    """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: ms}`` measures rows
+    (the cached latency table). Returns (kept candidates, dominated ones with their reasons, measured ms of
+    every kept candidate)."""
+    candidates = list(candidates)
+    originals = [c for c in candidates if _is_original(c)]
+    measured = dict(time_rows(originals))
+    single = {c.end: measured[c.key] for c in originals}
+    body_ms = sum(single.values())
+    grid_ms = body_ms / steps                    # one step of the DP's latency grid (range = the original body)
+    peak = max((macs(c, batch_size) / measured[c.key] for c in originals if measured[c.key] > 0), default=0.0)
+    min_span = max(2, math.ceil(max_importance - 1e-12))
+
+    def path_ms(c: Candidate) -> float:
+        return sum(single[p] for p in range(c.start + 1, c.end + 1))
+
+    def eligible(c: Candidate) -> bool:
+        return bool(c.kept) and not _is_original(c) and c.end - c.start >= min_span
+
+    dominated: list[Dominated] = []
+    to_time: list[Candidate] = []
+    for c in candidates:
+        if c.key in measured or not c.kept:
+            continue
+        if eligible(c) and peak > 0:
+            bound = macs(c, batch_size) / (peak * safety)
+            path = path_ms(c)
+            if bound >= path + (c.end - c.start) * grid_ms:
+                dominated.append(Dominated(c.key, c.end - c.start, path, bound, None))
+                continue
+        to_time.append(c)
+    measured.update(time_rows(to_time))
+    for c in to_time:
+        if eligible(c):
+            path = path_ms(c)
+            if measured[c.key] >= path + (c.end - c.start) * grid_ms:
+                dominated.append(Dominated(c.key, c.end - c.start, path, None, measured[c.key]))
+    gone = {d.key for d in dominated}
+    kept = [c for c in candidates if c.key not in gone]
+    return kept, dominated, {c.key: (measured[c.key] if c.kept else 0.0) for c in kept}
