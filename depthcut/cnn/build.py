@@ -380,11 +380,13 @@ def fold_batchnorms(gm: fx.GraphModule) -> int:
     one conv with bias. Returns how many were folded."""
     folded = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.BatchNorm2d):
-            continue
+        if node.op != "call_module" or type(gm.get_submodule(node.target)).forward is not nn.BatchNorm2d.forward:
+            continue            # (a BatchNorm2d subclass with its own forward, e.g. a fused BN + act, is not a BN)
         src = node.args[0]
+        # only a stock Conv2d: a subclass with its own forward (timm's Conv2dSame pads at run time) is not
+        # the affine map its weights describe
         if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                and isinstance(gm.get_submodule(src.target), nn.Conv2d)):
+                and type(gm.get_submodule(src.target)).forward is nn.Conv2d.forward):
             continue
         conv, bn = gm.get_submodule(src.target), gm.get_submodule(node.target)
         try:

@@ -94,11 +94,14 @@ class _Tracer(torch.fx.Tracer):
     """Default fx tracer that also (a) keeps Conv2d / BatchNorm2d subclasses with the stock forward as leaves
     and (b) remembers which module it is inside, so a tracing failure can name it."""
 
-    def __init__(self) -> None:
+    def __init__(self, opaque: set[str] | frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.path_stack: list[tuple[str, str]] = []
+        self.opaque = opaque          # module paths traced around as single (barrier) ops
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.opaque:
+            return True
         if isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward:
             return True
         if isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward:
@@ -164,48 +167,70 @@ def _module_of(node: Node) -> str:
     return str(node.target) if node.op == "call_module" else "<top level>"
 
 
-def symbolic_trace(model: nn.Module) -> GraphModule:
-    """The torch.fx graph depthcut works on (same tracer, same fused-module split and node names as
-    :func:`trace`), without shape propagation. ``model`` is not modified; the result may share its modules."""
+MAX_OPAQUE = 64   # untraceable submodules traced around before giving up
+
+
+def _trace_graph(model: nn.Module) -> GraphModule:
+    """Trace ``model`` (eval mode, canonicalised: see :func:`canonicalize`) with depthcut's tracer. A submodule
+    whose forward cannot be traced (data-dependent control flow, Python-side shape arithmetic) is traced
+    around: it becomes one opaque call - a barrier - instead of refusing the whole model; the reasons are
+    kept in ``gm.meta["depthcut_opaque"]``. Only an untraceable top-level forward is an error."""
     _refuse_hooks(model)
-    model = split_fused_norm_act(model)
+    model = canonicalize(model)
     was_training = model.training
     model.eval()
+    opaque: dict[str, str] = {}
     try:
-        graph = _Tracer().trace(model)
+        for _ in range(MAX_OPAQUE + 1):
+            tracer = _Tracer(frozenset(opaque))
+            try:
+                graph = tracer.trace(model)
+                break
+            except Exception as e:
+                path, kind = tracer.path_stack[-1] if tracer.path_stack else ("", type(model).__name__)
+                if not path or path in opaque or len(opaque) >= MAX_OPAQUE:
+                    where = f"in module '{path or '<root>'}' ({kind})"
+                    raise UnsupportedModelError(
+                        f"cannot trace {type(model).__name__} with torch.fx {where}: {type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0]}. Data-dependent control flow or Python-side "
+                        f"tensor inspection in the top-level forward cannot be analysed; rewrite it without "
+                        f"them") from e
+                opaque[path] = f"{kind}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:200]
     finally:
         model.train(was_training)
-    return GraphModule(model, graph, type(model).__name__)
+    gm = GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["depthcut_opaque"] = opaque
+    return gm
+
+
+def symbolic_trace(model: nn.Module) -> GraphModule:
+    """The torch.fx graph depthcut works on (same tracer, canonicalisation, opaque submodules and node names as
+    :func:`trace`), without shape propagation. ``model`` is not modified; the result may share its modules."""
+    return _trace_graph(model)
 
 
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> GraphModule:
     """Symbolically trace ``model`` (in eval mode) and record every node's output shape for ``input_shape``.
 
-    The returned GraphModule shares its submodules (and weights) with ``model``; the model's train/eval mode
-    is restored afterwards. Raises :class:`UnsupportedModelError` naming the module whose forward could not
-    be traced (typically data-dependent control flow) or the node where shape propagation failed.
+    The returned GraphModule shares its submodules (and weights) with ``model`` unless the model had to be
+    canonicalised (then with a copy); the model's train/eval mode is restored afterwards. Raises
+    :class:`UnsupportedModelError` naming the module whose forward could not be traced, or the node where shape
+    propagation failed.
     """
-    _refuse_hooks(model)
-    model = split_fused_norm_act(model)
     was_training = model.training
-    model.eval()
-    tracer = _Tracer()
+    gm = _trace_graph(model)
     try:
-        try:
-            graph = tracer.trace(model)
-        except Exception as e:
-            where = (f"in module '{tracer.path_stack[-1][0] or '<root>'}' ({tracer.path_stack[-1][1]})"
-                     if tracer.path_stack else f"in {type(model).__name__}.forward")
-            raise UnsupportedModelError(
-                f"cannot trace {type(model).__name__} with torch.fx {where}: {type(e).__name__}: {e}. "
-                "Data-dependent control flow or Python-side tensor inspection cannot be analysed; "
-                "rewrite that forward without it or wrap it as a leaf module.") from e
-        gm = GraphModule(tracer.root, graph, type(model).__name__)
         _propagate_shapes(gm, tuple(int(d) for d in input_shape))
     finally:
         model.train(was_training)
     gm.train(was_training)
     return gm
+
+
+def _is_plain_bn(m: nn.Module | None) -> bool:
+    """A BatchNorm2d that computes exactly the BN its statistics describe (a subclass with its own forward,
+    kept opaque, may do anything else)."""
+    return isinstance(m, nn.BatchNorm2d) and type(m).forward is nn.BatchNorm2d.forward
 
 
 def _is_fused_norm_act(m: nn.Module) -> bool:
@@ -223,6 +248,53 @@ def _plain_norm_act(m: nn.BatchNorm2d) -> nn.Sequential:
     parts = [("bn", bn)] + ([("drop", drop)] if isinstance(drop, nn.Module) else []) + [("act", m.act)]
     from collections import OrderedDict
     return nn.Sequential(OrderedDict(parts)).to(m.running_mean.device).train(m.training)
+
+
+def _is_stride1_dynamic_same_conv(m: nn.Module) -> bool:
+    """timm's Conv2dSame (TF 'SAME' padding computed from the input size in forward): at stride 1 with an
+    odd kernel the padding is symmetric, (k-1)/2 per side, i.e. a plain conv with that padding."""
+    return (isinstance(m, nn.Conv2d) and type(m).forward is not nn.Conv2d.forward and tuple(m.stride) == (1, 1)
+            and tuple(m.dilation) == (1, 1) and m.kernel_size[0] == m.kernel_size[1] and m.kernel_size[0] % 2
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
+
+
+def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
+    k = m.kernel_size[0]
+    conv = nn.Conv2d(m.in_channels, m.out_channels, k, 1, k // 2, groups=m.groups, bias=m.bias is not None,
+                     device=m.weight.device, dtype=m.weight.dtype)
+    conv.load_state_dict(m.state_dict())
+    return conv.train(m.training)
+
+
+def canonicalize(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with modules whose meaning is standard but whose code hides it replaced by the
+    standard modules at the same paths: timm's fused BatchNorm + activation (:func:`split_fused_norm_act`) and
+    stride-1 dynamic 'SAME' convs (timm's Conv2dSame). Each replacement is checked numerically (eval mode)
+    and skipped if it differs. Returns ``model`` itself when there is nothing to replace."""
+    return _replace_checked(model, [(_is_fused_norm_act, _plain_norm_act),
+                                    (_is_stride1_dynamic_same_conv, _plain_conv)])
+
+
+def _replace_checked(model: nn.Module, rules) -> nn.Module:
+    import copy
+
+    todo = [(name, make) for name, m in model.named_modules() for test, make in rules if name and test(m)]
+    if not todo:
+        return model
+    model = copy.deepcopy(model)
+    for name, make in todo:
+        m = model.get_submodule(name)
+        plain = make(m)
+        p = next(m.parameters(), None) if next(m.buffers(), None) is None else next(m.buffers())
+        channels = getattr(m, "num_features", None) or getattr(m, "in_channels")
+        x = torch.randn(2, channels, 7, 7, dtype=p.dtype if p is not None else torch.float32,
+                        device=p.device if p is not None else "cpu")
+        with torch.no_grad():
+            same = torch.allclose(plain.eval()(x), m.eval()(x), rtol=1e-5, atol=1e-6)
+        if same:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, plain)
+    return model
 
 
 def split_fused_norm_act(model: nn.Module) -> nn.Module:
@@ -376,6 +448,8 @@ def _conv_padding(m: nn.Conv2d) -> int | None:
 
 def _unsupported_conv(m: nn.Conv2d) -> str | None:
     """Why this conv cannot be a chain member (None if it can)."""
+    if type(m).forward is not nn.Conv2d.forward:
+        return f"{type(m).__name__} has its own forward (e.g. padding computed at run time)"
     kh, kw = m.kernel_size
     if kh != kw:
         return f"non-square kernel {kh}x{kw}"
@@ -469,6 +543,8 @@ def find_chain(gm: GraphModule, exclude: Sequence[str] = ()) -> Chain:
         for c in isolated:
             excluded[c.path] = ("isolated between barriers (its only candidate is itself), "
                                 "left outside the chain")
+    for path, why in (getattr(gm, "meta", {}) or {}).get("depthcut_opaque", {}).items():
+        chain.notes.append(f"{path}: traced around as one opaque op ({why})")
     if chain.length == 0:
         why = "; ".join(sorted(set(chain.notes))) or "no Conv2d on the main path"
         raise UnsupportedModelError(f"no convolution chain in {gm.__class__.__name__}: {why}")
@@ -493,7 +569,7 @@ def _walk(gm: GraphModule, excluded: dict[str, str]) -> Chain:
         m = _module(gm, n)
         if isinstance(m, nn.Conv2d):
             _visit_conv(w, n, m, excluded)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif _is_plain_bn(m):
             _visit_bn(w, n, m)
         elif _act_kind(gm, n) is not None:
             _visit_act(w, n)
@@ -634,7 +710,7 @@ def _projection(w: _Walk, other: Node) -> tuple[int, Node | None, Node | None] |
     (+ BatchNorm2d), or through a BatchNorm2d alone (RepVGG's identity branch: an identity conv + BN)."""
     bn = None
     node = other
-    if isinstance(_module(w.gm, node), nn.BatchNorm2d):
+    if _is_plain_bn(_module(w.gm, node)):
         bn, node = node, node.args[0]
         s = w.pos_of.get(node, -1)
         if isinstance(node, Node) and s >= 0 and w.value_at.get(s) is node and len(other.users) == 1 \

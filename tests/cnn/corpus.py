@@ -699,3 +699,40 @@ def chain_of_grouped_convs() -> Case:
     """Consecutive grouped convs with compatible groups: the merged conv stays grouped (gcd of the groups)."""
     return _stack(cbr(8, 8, groups=2), cbr(8, 8, groups=4, act=False), cbr(8, 16, groups=2), cbr(16, 16, groups=8),
                   Basic(16, 16, last=cbr(16, 16, groups=4, act=False)), head=16, min_candidates=6)
+
+
+# ------------------------------------------------------------------------------ untraceable / dynamic ops
+class DataDependentGate(nn.Module):
+    """Python control flow on tensor values: torch.fx cannot trace it, so it is traced around as one op."""
+
+    def forward(self, x):
+        return x * 2 if float(x.mean()) > 0 else x
+
+
+@register
+def untraceable_submodule() -> Case:
+    return _stack(Basic(8, 8), DataDependentGate(), Basic(8, 8), cbr(8, 8))
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm.layers.Conv2dSame: TF 'SAME' padding computed from the input size at run time."""
+
+    def __init__(self, cin, cout, k, stride=1, groups=1, bias=False):
+        super().__init__(cin, cout, k, stride, 0, groups=groups, bias=bias)
+
+    def forward(self, x):
+        ih, iw = x.shape[-2:]
+        k, s = self.kernel_size[0], self.stride[0]
+        ph = max((-(-ih // s) - 1) * s + k - ih, 0)
+        pw = max((-(-iw // s) - 1) * s + k - iw, 0)
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+@register
+def tf_same_padding_convs() -> Case:
+    def csame(cin, cout, k, s=1, groups=1, act=True):
+        layers = [Conv2dSame(cin, cout, k, s, groups), nn.BatchNorm2d(cout)]
+        return nn.Sequential(*layers, nn.ReLU6()) if act else nn.Sequential(*layers)
+    return _stack(csame(8, 8, 3), csame(8, 8, 3, groups=8), csame(8, 16, 3, s=2), csame(16, 16, 5, groups=16),
+                  csame(16, 16, 1, act=False), head=16, shape=(1, 3, 13, 13), min_candidates=3)

@@ -56,9 +56,28 @@ class Gate(nn.Module):
         return -x
 
 
-def test_untraceable_model_names_the_module():
-    with pytest.raises(UnsupportedModelError, match=r"module 'gate' \(Gate\)"):
-        trace(Untraceable(), (1, 3, 16, 16))
+def test_an_untraceable_submodule_is_traced_around_as_one_op():
+    gm = trace(Untraceable(), (1, 3, 16, 16))
+    calls = [n.target for n in gm.graph.nodes if n.op == "call_module"]
+    assert "gate" in calls and "Gate" in gm.meta["depthcut_opaque"]["gate"]
+    x = torch.randn(2, 3, 16, 16)
+    model = Untraceable().eval()
+    assert torch.equal(trace(model, (1, 3, 16, 16))(x), model(x))
+
+
+class UntraceableRoot(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = cbr(3, 8)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return y if y.sum() > 0 else -y
+
+
+def test_an_untraceable_top_level_forward_names_the_model():
+    with pytest.raises(UnsupportedModelError, match=r"module '<root>' \(UntraceableRoot\)"):
+        trace(UntraceableRoot(), (1, 3, 16, 16))
 
 
 def test_no_conv_is_unsupported():
