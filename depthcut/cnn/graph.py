@@ -473,11 +473,15 @@ def _unsupported_conv(m: nn.Conv2d) -> str | None:
 def _main_path(gm: GraphModule) -> list[Node]:
     """The backbone: backwards from the output, prefer same-shape inputs, then the most convs (SPEC A1)."""
     nodes = list(gm.graph.nodes)
-    depth: dict[Node, tuple[int, int]] = {}
+    # (convs, summed kernel extent, nodes) on the deepest way in: the branch with more convs is the main path;
+    # between equally deep parallel convs (RepVGG's 3x3 and 1x1) the larger kernel is, so the smaller one
+    # becomes a skip that folds into its centre taps
+    depth: dict[Node, tuple[int, int, int]] = {}
     for n in nodes:
-        base = max((depth[i] for i in _tensor_inputs(n)), default=(0, 0))
-        is_conv = n.op == "call_module" and isinstance(_module(gm, n), nn.Conv2d)
-        depth[n] = (base[0] + int(is_conv), base[1] + 1)
+        base = max((depth[i] for i in _tensor_inputs(n)), default=(0, 0, 0))
+        m = _module(gm, n) if n.op == "call_module" else None
+        is_conv = isinstance(m, nn.Conv2d)
+        depth[n] = (base[0] + int(is_conv), base[1] + (m.kernel_size[0] if is_conv else 0), base[2] + 1)
     n = next(n for n in reversed(nodes) if n.op == "output")
     path: list[Node] = []
     while True:
@@ -707,8 +711,13 @@ def _record_skip(w: _Walk, n: Node, other: Node, on_path: set[Node], foldable: b
 
 def _projection(w: _Walk, other: Node) -> tuple[int, Node | None, Node | None] | None:
     """(s, conv node or None, BN node or None) when ``other`` is the value at position s through a Conv2d
-    (+ BatchNorm2d), or through a BatchNorm2d alone (RepVGG's identity branch: an identity conv + BN)."""
+    (+ BatchNorm2d), or through a BatchNorm2d alone (RepVGG's identity branch: an identity conv + BN),
+    possibly followed by transparent ops (identity, dropout: timm's BatchNormAct2d with act=Identity)."""
     bn = None
+    while (_is_transparent(w.gm, other) and len(other.users) == 1 and len(other.all_input_nodes) == 1
+           and isinstance(other.args[0], Node) and len(other.args[0].users) == 1):
+        w.side_ok.add(other)
+        other = other.args[0]
     node = other
     if _is_plain_bn(_module(w.gm, node)):
         bn, node = node, node.args[0]

@@ -139,17 +139,37 @@ def _apply_block(gm: fx.GraphModule, nodes: dict[str, fx.Node], chain: Chain, bl
                 b2 = gm.graph.call_function(crop_to_match, (b, a2))
             add.args = (a2, b2, *add.args[2:])
             continue
-        branch_end = nodes.get(_node_of(gm, skip.projection_bn)) if skip.projection_bn else None
         proj_node = nodes[_node_of(gm, skip.projection)]
-        branch = branch_end or proj_node
-        main = b if a is branch else a
+        branch = a if _reaches(a, proj_node) else b          # the operand computed from the projection
+        main = b if branch is a else a
         stride = gm.get_submodule(skip.projection).stride[0]
         with gm.graph.inserting_before(add):
             src = gm.graph.call_function(crop_for_projection, (proj_node.args[0], main, stride))
             new = gm.graph.call_module(skip.projection, (src,))
-            if branch_end is not None:
-                new = gm.graph.call_module(skip.projection_bn, (new,))
+            # re-run the projection's own ops (its BN, transparent ops) on the cropped input, in order
+            for op in _chain_between(proj_node, branch):
+                new = gm.graph.node_copy(op, lambda n, new=new, op=op: new if n is op.args[0] else n)
         add.replace_input_with(branch, new)
+
+
+def _reaches(node: fx.Node, target: fx.Node) -> bool:
+    """``node`` is ``target`` or computed from it through single-input ops."""
+    while True:
+        if node is target:
+            return True
+        inputs = node.all_input_nodes
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+
+
+def _chain_between(start: fx.Node, end: fx.Node) -> list[fx.Node]:
+    """The single-input ops after ``start`` up to ``end`` (inclusive), in execution order."""
+    ops = []
+    while end is not start:
+        ops.append(end)
+        end = end.all_input_nodes[0]
+    return ops[::-1]
 
 
 def _wire(node: fx.Node, replacement: fx.Node, out: fx.Node) -> fx.Node:

@@ -736,3 +736,29 @@ def tf_same_padding_convs() -> Case:
         return nn.Sequential(*layers, nn.ReLU6()) if act else nn.Sequential(*layers)
     return _stack(csame(8, 8, 3), csame(8, 8, 3, groups=8), csame(8, 16, 3, s=2), csame(16, 16, 5, groups=16),
                   csame(16, 16, 1, act=False), head=16, shape=(1, 3, 13, 13), min_candidates=3)
+
+
+class TimmRepVggBlock(nn.Module):
+    """timm's RepVggBlock (ByobNet) at training time: conv_1x1(x) + conv_kxk(x) (the 1x1 written first),
+    drop_path, + identity BN, then the activation; ConvNormAct = conv + BatchNormAct2d(act=Identity)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.identity = nn.BatchNorm2d(c)
+        self.conv_kxk = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), BatchNormAct2d(c, nn.Identity))
+        self.conv_1x1 = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), BatchNormAct2d(c, nn.Identity))
+        self.drop_path = DropPath(0.1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        identity = self.identity(x)
+        x = self.conv_1x1(x) + self.conv_kxk(x)
+        x = self.drop_path(x)
+        x += identity
+        return self.act(x)
+
+
+@register
+def timm_repvgg_block() -> Case:
+    return Case(randomize(Stack(TimmRepVggBlock(8), TimmRepVggBlock(8), TimmRepVggBlock(8))), (1, 3, 10, 10),
+                min_candidates=3)
