@@ -33,11 +33,12 @@ sys.path.insert(0, str(ROOT))
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks  # noqa: E402
 from depthcut.cnn.graph import analyze  # noqa: E402
-from depthcut.cnn.intended import STRUCTURE_TOLERANCE, plan_structure_errors, verify_plan  # noqa: E402
+from depthcut.cnn.intended import STRUCTURE_TOLERANCE, plan_structure_errors, structure_ok, verify_plan  # noqa: E402
 from depthcut.errors import DepthcutError  # noqa: E402
 
 SIZE = 224
 SIZE_EXACT = 96
+MAX_PARAMS = 1.5e8     # float64 reference + two float64 copies of the network must fit in 24 GB
 RANDOM_PLANS = 2
 MAX_BLOCK = 3
 
@@ -53,17 +54,26 @@ TIMM_MODELS = [
 ]
 
 
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def calibrate_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial but well-conditioned BatchNorm: running statistics measured on random images (so every
+    BN normalises what actually reaches it), then a random affine scale and shift. With arbitrary random
+    statistics instead, a 200-layer network becomes chaotic and amplifies float64 rounding (1e-16) to 1e-2,
+    which would hide the structural check in noise."""
     gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                      # cumulative average over the calibration batches
+    model.train()
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d) and m.running_mean is not None:
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                    m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+        for _ in range(2):
+            model(torch.randn(8, 3, SIZE_EXACT, SIZE_EXACT, generator=gen))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            if m.affine:
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
     return model.eval()
 
 
@@ -100,7 +110,10 @@ def check(source: str, name: str) -> dict:
     t0 = time.time()
     row = {"source": source, "model": name}
     try:
-        model = randomize_bn(build(source, name))
+        model = build(source, name)
+        if sum(p.numel() for p in model.parameters()) > MAX_PARAMS:
+            return row | {"status": "not checked", "reason": f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters: float64 copies exceed this machine's memory"}
+        model = calibrate_bn(model)
     except Exception as e:  # noqa: BLE001 - a model this library version cannot build
         return row | {"status": "not built", "reason": f"{type(e).__name__}: {e}"[:300]}
     try:
@@ -117,14 +130,17 @@ def check(source: str, name: str) -> dict:
     gc.collect()
     small = analyze(model, (1, 3, SIZE_EXACT, SIZE_EXACT))
     shape = (1, 3, SIZE_EXACT, SIZE_EXACT)
-    structure, deployed = [], []
+    checks, deployed = [], []
     for seed in range(RANDOM_PLANS):
         plan = short_random_plan(small, seed)
-        structure += plan_structure_errors(model, small.gm, small.chain, plan, shape).values()
+        checks.append(plan_structure_errors(model, small.gm, small.chain, plan, shape))
         merged = build_merged(build_unmerged(small.gm, small.chain, plan).eval(), small.chain, plan)
         deployed.append(verify_plan(merged, model, small.chain, plan, shape))
-    ok = max(structure) <= STRUCTURE_TOLERANCE
-    return row | {"status": "exact" if ok else "WRONG", "max_intended_error": max(structure),
+    ok = all(structure_ok(c) for c in checks)
+    return row | {"status": "exact" if ok else "WRONG",
+                  "max_block_error": max(c["blocks"] for c in checks),
+                  "max_intended_error": max(max(c["merged"], c["unmerged"]) for c in checks),
+                  "allowed_by_rounding": min(c["allowed"] for c in checks),
                   "max_deployed_float32_error": max(deployed), "seconds": time.time() - t0}
 
 
@@ -140,22 +156,29 @@ def markdown(rows: list[dict], versions: dict) -> str:
         exact = sum(r["status"] == "exact" for r in sel)
         wrong = sum(r["status"] == "WRONG" for r in sel)
         out = [f"## {source}: {len(sel)} models, {with_cands} with merge candidates, {exact} exact on random plans, "
-               f"{wrong} wrong", "", "| model | status | positions | candidates | merge candidates | max error vs "
-               "intended (float64 rewrite) | deployed float32 | reason (refused / no candidates) |",
-               "|---|---|---|---|---|---|---|---|"]
+               f"{wrong} wrong", "", "| model | status | positions | candidates | merge candidates | block error "
+               "| whole network (rounding allows) | deployed float32 | reason (refused / no candidates) |",
+               "|---|---|---|---|---|---|---|---|---|"]
+
+        def e(r, key):
+            return f"{r[key]:.1e}" if key in r else ""
+
         for r in sel:
-            err = f"{r['max_intended_error']:.1e}" if "max_intended_error" in r else ""
-            dep = f"{r['max_deployed_float32_error']:.1e}" if "max_deployed_float32_error" in r else ""
+            whole = f"{e(r, 'max_intended_error')} ({e(r, 'allowed_by_rounding')})" if "max_intended_error" in r else ""
             out.append(f"| {r['model']} | {r['status']} | {r.get('positions', '')} | {r.get('candidates', '')} | "
-                       f"{r.get('merge_candidates', '')} | {err} | {dep} | {r.get('reason', '')} |")
+                       f"{r.get('merge_candidates', '')} | {e(r, 'max_block_error')} | {whole} | "
+                       f"{e(r, 'max_deployed_float32_error')} | {r.get('reason', '')} |")
         return out + [""]
 
     head = [f"# Coverage sweep: `python bench/coverage.py` ({', '.join(f'{k} {v}' for k, v in versions.items())})",
             "", f"Analysis at {SIZE}x{SIZE}; exactness: {RANDOM_PLANS} random plans of blocks of at most {MAX_BLOCK} "
-            f"convs (merged kernels of at most {MAX_WEIGHTS:.0e} weights) per model at {SIZE_EXACT}x{SIZE_EXACT}, merged and unmerged forms built in float64 against the "
-            f"intended function in float64 ('exact' = at most {STRUCTURE_TOLERANCE:.0e}); the deployed float32 "
-            f"network's error adds only the rounding of the merged kernels, amplified by deep random-weight "
-            f"networks. Random weights, random BN statistics.", ""]
+            f"convs (merged kernels of at most {MAX_WEIGHTS:.0e} weights) per model at {SIZE_EXACT}x{SIZE_EXACT}, "
+            f"merged and unmerged forms built in float64 against the intended function in float64. 'exact': every "
+            f"block within {STRUCTURE_TOLERANCE:.0e} of the intended block on the same input, and the whole network "
+            f"within what float64 rounding of that size explains (measured by perturbing the intended network's "
+            f"block outputs; random-weight networks amplify it a lot). The deployed float32 network adds the "
+            f"rounding of the merged kernels. Random weights; BN statistics measured on random images, random BN "
+            f"affine (`calibrate_bn`).", ""]
     return "\n".join(head + table("torchvision") + table("timm")) + "\n"
 
 
