@@ -2,7 +2,8 @@
 
 The commands are read from README.md itself, so an example that drifts from the code fails here. Each runs
 as a real subprocess (``python -m depthcut ...``) with its placeholders filled in (``mypkg.models:build`` ->
-a small test model, ``path/to/images`` -> a generated image folder, output folders -> tmp_path) and with
+a small test model, ``path/to/images`` -> a generated image folder, output folders -> tmp_path, ``--device cuda``
+-> ``cpu`` on a machine without a GPU) and with
 flags appended that shrink its budget (argparse keeps the last value of a repeated flag).
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
@@ -64,6 +66,8 @@ def test_readme_command_runs(command, tmp_path):
     fills = {"mypkg.models:build": "cli_models:rgb_net", "path/to/images": str(_image_folder(tmp_path / "images"))
              if "path/to/images" in args else ""}
     args = [fills.get(a, a) for a in args]
+    if "--device" in args and not torch.cuda.is_available():       # the GPU example, run on this CPU
+        args[args.index("--device") + 1] = "cpu"
     for flag in ("--out", "--mergekit-yaml"):
         if flag in args:
             i = args.index(flag) + 1
