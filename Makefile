@@ -50,12 +50,16 @@ test: install data
 	$(BIN)/depthcut env
 	$(BIN)/python $(PYTEST)
 
-# The newest releases of every requirement (torch stays pinned: newer wheels on PyPI are CUDA builds).
+# The newest releases of every requirement. torch stays at $(TORCH_LATEST) (default: the pinned CPU build; newer
+# torch wheels on PyPI are CUDA builds of several GB): `make test-latest TORCH_LATEST=torch` tries the newest.
+TORCH_LATEST ?= $(TORCH)
 test-latest: data
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -c "import torch" 2>/dev/null || $(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
+	echo "$(TORCH_LATEST)" > $(LATEST)/torch-constraint.txt
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch-constraint.txt "$(TORCH_LATEST)"
+	$(LATEST)/bin/python -m pip install -q -c $(LATEST)/torch-constraint.txt --upgrade --upgrade-strategy eager \
+	  -e ".[$(EXTRAS)]"
 	$(LATEST)/bin/python -m pip install -q --upgrade --no-deps $(NODEPS)
 	$(LATEST)/bin/depthcut env
 	$(LATEST)/bin/python $(PYTEST)

@@ -27,7 +27,7 @@ def one(name: str, cache: str, threads: int) -> dict:
 
     from depthcut.cnn.graph import analyze_zoo
     from depthcut.latency import get_backend, latency_table
-    from depthcut.latency.dominance import max_accuracy_importance, prune_dominated
+    from depthcut.latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
 
     torch.set_num_threads(threads)
     t0 = time.time()
@@ -41,7 +41,8 @@ def one(name: str, cache: str, threads: int) -> dict:
         table = latency_table(rows, backend, batch_size=1, cache_dir=cache, progress=False, repeats=20)
         return {k: v.median_ms for k, v in table.items()}
 
-    kept, dominated, measured = prune_dominated(analysis.candidates, time_rows,
+    bandwidth = measure_bandwidth("cpu")
+    kept, dominated, measured = prune_dominated(analysis.candidates, time_rows, bandwidth=bandwidth,
                                                 max_importance=max_accuracy_importance(30.7))
     largest = max((c for c in kept if c.kept), key=lambda c: c.in_channels * c.out_channels * c.kernel ** 2)
     return {"model": name, "candidates": len(analysis.candidates), "kept": len(kept),
@@ -52,7 +53,7 @@ def one(name: str, cache: str, threads: int) -> dict:
             * largest.kernel ** 2 * 4 / 1e6,
             "analysis_s": t_analysis, "seconds": time.time() - t0,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "threads": threads, "onnxruntime": backend.version()}
+            "threads": threads, "onnxruntime": backend.version(), "bandwidth_gb_s": bandwidth / 1e6}
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     from .cnn.graph import analyze
     from .data import make_splits
     from .latency import get_backend, latency_table, speedup as speedup_of, time_models
-    from .latency.dominance import max_accuracy_importance, prune_dominated
+    from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
     from .latency.backends import math_mode
     from .train import evaluate, train
 
@@ -94,7 +94,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     # candidates no plan could ever pick (slower than the convs they replace) are never built or scored
     candidates, dominated, latency_ms = prune_dominated(
         candidates, time_rows, max_importance=max_accuracy_importance(base_acc), steps=config.dp_steps,
-        batch_size=config.batch_size)
+        batch_size=config.batch_size, bandwidth=measure_bandwidth(device, megabytes=64))
     if dominated:
         say(config, f"{len(dominated)} dominated candidates dropped (slower than the original convs they "
                     f"replace), {len(candidates)} left")

@@ -301,6 +301,67 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset
                                 f"{second}") from second
 
 
+# activation kind -> ONNX ops applied to the conv output (the graphs torch.onnx emits for them)
+_ONNX_ACTS = {
+    nn.ReLU: [("Relu", {})], nn.ReLU6: [("Clip6", {})], nn.Sigmoid: [("Sigmoid", {})], nn.Tanh: [("Tanh", {})],
+    nn.SiLU: [("SiLU", {})], nn.Hardswish: [("HardSwish", {})], nn.Identity: [],
+    nn.Hardsigmoid: [("HardSigmoid", {"alpha": 1 / 6, "beta": 0.5})],
+}
+
+
+def conv_row_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict] | None:
+    """A latency row - ``nn.Sequential(Conv2d, activation)`` - as (serialized ONNX graph whose weights are
+    marked external, {name: weight array}) for ONNX Runtime's ``add_external_initializers``: the weights are
+    used in place, never copied into a protobuf (through torch.onnx a 420 MB merged kernel of ResNet-152 costs
+    ~3 GB). None for anything else (then the exporter is used)."""
+    if not (isinstance(module, nn.Sequential) and len(module) == 2 and type(module[0]) is nn.Conv2d
+            and type(module[1]) in _ONNX_ACTS and isinstance(module[0].padding, tuple)):
+        return None
+    from onnx import TensorProto, helper, numpy_helper
+
+    conv: nn.Conv2d = module[0]
+    weights = {"w": conv.weight.detach().cpu().float().contiguous().numpy()}
+    if conv.bias is not None:
+        weights["b"] = conv.bias.detach().cpu().float().contiguous().numpy()
+    inits = [_external_tensor(name, array) for name, array in weights.items()]
+    nodes = [helper.make_node("Conv", ["x"] + list(weights), ["c"], kernel_shape=list(conv.kernel_size),
+                              strides=list(conv.stride), pads=list(conv.padding) * 2, group=conv.groups,
+                              dilations=list(conv.dilation))]
+    last = "c"
+    for k, (op, attrs) in enumerate(_ONNX_ACTS[type(module[1])]):
+        out = f"a{k}"
+        if op == "Clip6":
+            inits += [numpy_helper.from_array(_np_scalar(0.0), "lo"), numpy_helper.from_array(_np_scalar(6.0), "hi")]
+            nodes.append(helper.make_node("Clip", [last, "lo", "hi"], [out]))
+        elif op == "SiLU":
+            nodes += [helper.make_node("Sigmoid", [last], [f"s{k}"]), helper.make_node("Mul", [last, f"s{k}"], [out])]
+        else:
+            nodes.append(helper.make_node(op, [last], [out], **attrs))
+        last = out
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    graph = helper.make_graph(nodes, "row", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString(), weights
+
+
+def _external_tensor(name: str, array):
+    """An initializer declared as external data: its bytes come from the session options, not the file."""
+    from onnx import TensorProto
+
+    tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(array.shape),
+                         data_location=TensorProto.EXTERNAL)
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", f"{name}.bin"
+    return tensor
+
+
+def _np_scalar(value: float):
+    import numpy as np
+
+    return np.array(value, dtype=np.float32)
+
+
 @register_backend("onnxruntime")
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime, CPUExecutionProvider, all graph optimisations, intra-op threads = torch threads."""
@@ -317,18 +378,30 @@ class OnnxRuntimeBackend(Backend):
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         import onnxruntime as ort
 
-        with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            export_onnx(module, example_input, path)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = torch.get_num_threads()
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # The session reads the whole model in its constructor, so the temp dir may go afterwards.
-            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        direct = conv_row_onnx(module, tuple(example_input.shape))
+        keep: list = []
+        if direct is not None:     # a latency row: its weights handed over in place, never copied into a proto
+            graph, weights = direct
+            keep = [ort.OrtValue.ortvalue_from_numpy(w) for w in weights.values()] + list(weights.values())
+            opts.add_external_initializers(list(weights), keep[:len(weights)])
+            session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        else:
+            with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
+                path = os.path.join(tmp, "model.onnx")
+                export_onnx(module, example_input, path)
+                # The session reads the whole model in its constructor, so the temp dir may go afterwards.
+                session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         feed = {name: example_input.detach().cpu().float().numpy()}
-        return lambda: session.run(None, feed)
+
+        def run() -> Any:
+            return session.run(None, feed)
+        run.keepalive = keep   # type: ignore[attr-defined]  # the session reads the weights from these buffers
+        return run
 
 
 @register_backend("tensorrt")

@@ -16,7 +16,8 @@ Then removing the candidate changes no DP answer at any budget: the frontier is 
 over all candidates (tests/latency/test_dominance.py checks it against the full enumeration).
 
 The latency side is decided without building the candidate when a bound can: T(candidate) >= its MACs /
-(the best MAC rate measured among this network's own single-conv rows x ``safety``). Only candidates the bound
+(the best MAC rate measured among this network's own single-conv rows x ``safety``), and, for weights larger
+than any cache, >= its weight bytes / (the measured memory bandwidth x ``safety``). Only candidates the bounds
 cannot decide are timed; those measured no faster than their path are dropped too (before their importance
 is scored).
 """
@@ -29,6 +30,33 @@ from typing import Callable, Iterable, Mapping
 from ..cnn.chain import Candidate
 
 SAFETY = 2.0   # the bound assumes a merged conv runs at most 2x faster per MAC than the best single conv
+CACHE_BYTES = 64 * 2**20   # weights above this cannot stay in cache: they are read from memory every call
+
+
+def weight_bytes(candidate: Candidate) -> int:
+    groups = candidate.in_channels if candidate.depthwise else candidate.groups
+    return 4 * candidate.out_channels * (candidate.in_channels // groups) * candidate.kernel ** 2
+
+
+def measure_bandwidth(device: str = "cpu", megabytes: int = 256, repeats: int = 3) -> float:
+    """Peak memory bandwidth in bytes per ms (the best of ``repeats`` copies of ``megabytes``; a copy reads
+    and writes each byte). A conv whose weights do not fit in cache takes at least weights / bandwidth."""
+    import time
+
+    import torch
+
+    src = torch.empty(megabytes * 2**18, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if src.device.type == "cuda":
+            torch.cuda.synchronize(src.device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if src.device.type == "cuda":
+            torch.cuda.synchronize(src.device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / (best * 1e3)
 
 
 def macs(candidate: Candidate, batch_size: int | None = None) -> int:
@@ -65,10 +93,12 @@ def _is_original(c: Candidate) -> bool:
 
 def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, float]],
                     *, max_importance: float, steps: int = 2000, batch_size: int | None = None,
-                    safety: float = SAFETY) -> tuple[list[Candidate], list[Dominated], dict[str, float]]:
+                    safety: float = SAFETY, bandwidth: float | None = None
+                    ) -> tuple[list[Candidate], list[Dominated], dict[str, float]]:
     """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: ms}`` measures rows
-    (the cached latency table). Returns (kept candidates, dominated ones with their reasons, measured ms of
-    every kept candidate)."""
+    (the cached latency table). ``bandwidth`` (bytes/ms, :func:`measure_bandwidth`) adds the memory bound
+    for weights larger than any cache. Returns (kept candidates, dominated ones with their reasons, measured
+    ms of every kept candidate)."""
     candidates = list(candidates)
     originals = [c for c in candidates if _is_original(c)]
     measured = dict(time_rows(originals))
@@ -91,6 +121,8 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
             continue
         if eligible(c) and peak > 0:
             bound = macs(c, batch_size) / (peak * safety)
+            if bandwidth and weight_bytes(c) > CACHE_BYTES:
+                bound = max(bound, weight_bytes(c) / (bandwidth * safety))
             path = path_ms(c)
             if bound >= path + (c.end - c.start) * grid_ms:
                 dominated.append(Dominated(c.key, c.end - c.start, path, bound, None))

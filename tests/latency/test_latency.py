@@ -222,3 +222,20 @@ def test_the_fingerprint_covers_the_math_mode():
     finally:
         torch.set_float32_matmul_precision(before)
     assert get_backend("eager", memory_format="channels_last").describe() != described
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.SiLU(), nn.Hardswish(), nn.Sigmoid(), nn.Tanh(),
+                                 nn.Hardsigmoid(), nn.Identity()])
+def test_onnxruntime_latency_rows_built_directly_compute_the_row(act):
+    """Rows are handed to ONNX Runtime as a graph built from their weights (no exporter, one copy): it must be
+    the same function as the torch row, or the timing would be of something else."""
+    pytest.importorskip("onnxruntime")
+    from depthcut.latency.backends import conv_row_onnx, get_backend
+
+    torch.manual_seed(0)
+    row = nn.Sequential(nn.Conv2d(6, 6, 5, 2, 2, groups=3, bias=True), act).eval()
+    x = torch.randn(1, 6, 11, 11)
+    assert conv_row_onnx(row, tuple(x.shape)) is not None
+    y = get_backend("onnxruntime").prepare(row, x)()[0]
+    torch.testing.assert_close(torch.from_numpy(y), row(x).detach(), atol=1e-4, rtol=1e-4)
+    assert conv_row_onnx(nn.Sequential(nn.Conv2d(3, 3, 3), nn.GELU()), (1, 3, 8, 8)) is None   # exporter path
