@@ -268,8 +268,9 @@ def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
 
 def canonicalize(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with modules whose meaning is standard but whose code hides it replaced by the
-    standard modules at the same paths: timm's fused BatchNorm + activation (:func:`split_fused_norm_act`) and
-    stride-1 dynamic 'SAME' convs (timm's Conv2dSame). Each replacement is checked numerically (eval mode)
+    standard modules at the same paths: timm's fused BatchNorm + activation (``nn.Sequential(bn=BatchNorm2d,
+    [drop], act)``, so the analysis sees a BN it can fold and an activation it can remove) and stride-1 dynamic
+    'SAME' convs (timm's Conv2dSame, a plain conv with padding (k-1)/2). Each replacement is checked numerically (eval mode)
     and skipped if it differs. Returns ``model`` itself when there is nothing to replace."""
     return _replace_checked(model, [(_is_fused_norm_act, _plain_norm_act),
                                     (_is_stride1_dynamic_same_conv, _plain_conv)])
@@ -289,29 +290,6 @@ def _replace_checked(model: nn.Module, rules) -> nn.Module:
         channels = getattr(m, "num_features", None) or getattr(m, "in_channels")
         x = torch.randn(2, channels, 7, 7, dtype=p.dtype if p is not None else torch.float32,
                         device=p.device if p is not None else "cpu")
-        with torch.no_grad():
-            same = torch.allclose(plain.eval()(x), m.eval()(x), rtol=1e-5, atol=1e-6)
-        if same:
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, plain)
-    return model
-
-
-def split_fused_norm_act(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in which every fused norm + activation module (timm's BatchNormAct2d) is an
-    ``nn.Sequential(bn=BatchNorm2d, [drop], act)`` at the same path, so the analysis sees a BN and an
-    activation it can fold and remove. Each replacement is checked to compute the same function in eval
-    mode (else the module is left alone and becomes a barrier). Returns ``model`` itself when it has none."""
-    import copy
-
-    fused = [name for name, m in model.named_modules() if _is_fused_norm_act(m)]
-    if not fused:
-        return model
-    model = copy.deepcopy(model)
-    for name in fused:
-        m = model.get_submodule(name)
-        plain = _plain_norm_act(m)
-        x = torch.randn(2, m.num_features, 5, 5, dtype=m.running_mean.dtype, device=m.running_mean.device)
         with torch.no_grad():
             same = torch.allclose(plain.eval()(x), m.eval()(x), rtol=1e-5, atol=1e-6)
         if same:
