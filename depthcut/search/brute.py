@@ -140,13 +140,13 @@ def extend_importance(h: Mapping[tuple[int, int, int, int], float], i: int, j: i
 def two_stage(t_opt: Mapping[tuple[int, int], float], i_ext: Mapping[tuple[int, int, int, int], float],
               length: int, cost: Callable[[float], int], t: int) -> tuple[float, float, tuple] | None:
     """Stage-2 optimum by enumeration: segments (i, m) of t_opt with activation states at their ends
-    (state 1 at 0 and at L), sum cost(T_opt) <= t; returns (importance, latency, segments)."""
+    (state 1 at 0, either state at L), sum cost(T_opt) <= t; returns (importance, latency, segments)."""
     best = None
 
     def walk(pos: int, state: int, steps: int, lat: float, imp: float, segs: tuple) -> None:
         nonlocal best
         if pos == length:
-            if state == 1 and (best is None or _better((imp, lat), (best[0], best[1]))):
+            if best is None or _better((imp, lat), (best[0], best[1])):
                 best = (imp, lat, segs)
             return
         for m in range(pos + 1, length + 1):

@@ -14,7 +14,9 @@ h = dacc - alpha * mean(dacc of single-layer blocks) and its extension
     I_ext(i, j, a, b) = max( h(i, j, a, b),  max_m I_ext(i, m, a, 0) + h(m, j, 0, b) )
 
 the DP is  D[t, m, a] = max_{i<m, a'} D[t - g_opt(i, m), i, a'] + I_ext(i, m, a', a),  D[t, 0, 1] = 0,
-answer D[B, L, 1]. It runs on the LayerMerge engine with nodes (position, state).
+answer max_a D[B, L, a]: either end state may win (MobileNetV2's body ends on a linear bottleneck, where
+state 0 is the natural end). It runs on the LayerMerge engine with nodes (position, state); every segment
+that reaches L goes to the one end node, its end state kept in the payload.
 """
 from __future__ import annotations
 
@@ -167,6 +169,7 @@ def solve_two_stage(rows_latency: Sequence[Row], length: int,
     ext = extend_importance(h, length)
 
     src, dst, lat, imp, payload = [], [], [], [], []
+    end = 2 * length + 1
     for (i, m), t in sorted(t_opt.items()):
         for a0 in (0, 1):
             for a1 in (0, 1):
@@ -174,11 +177,11 @@ def solve_two_stage(rows_latency: Sequence[Row], length: int,
                 if v is None:
                     continue
                 src.append(2 * i + a0)
-                dst.append(2 * m + a1)
+                dst.append(end if m == length else 2 * m + a1)     # both end states reach the answer
                 lat.append(t)
                 imp.append(v)
                 payload.append(Segment(i, m, a0, a1, t, v, tuple(expand(i, m, split))))
-    graph = Graph(n_nodes=2 * length + 2, start=1, end=2 * length + 1, src=np.array(src, dtype=np.int64),
+    graph = Graph(n_nodes=2 * length + 2, start=1, end=end, src=np.array(src, dtype=np.int64),
                   dst=np.array(dst, dtype=np.int64), latency=np.array(lat, dtype=np.float64),
                   importance=np.array(imp, dtype=np.float64), payload=payload,
                   node_name=lambda v: f"position {v // 2} (activation {'kept' if v % 2 else 'removed'})")

@@ -140,12 +140,25 @@ def test_stage2_equals_brute_force_at_every_step():
                 continue
             assert (got.importance, got.latency_ms) == (want[0], want[1])
             segs = got.rows
-            assert segs[0].start == 0 and segs[0].a_start == 1 and segs[-1].end == length and segs[-1].a_end == 1
+            assert segs[0].start == 0 and segs[0].a_start == 1 and segs[-1].end == length
             assert all(a.end == b.start and a.a_end == b.a_start for a, b in zip(segs, segs[1:]))
             blocks = conv_blocks(got)
             assert blocks[0][0] == 0 and blocks[-1][1] == length
             assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
             assert set(kept_activations(got)) <= {0} | {s.end for s in segs}
+
+
+def test_either_end_state_may_win():
+    """The issue-9 example: removing the activation at L (a linear bottleneck end) is the better plan."""
+    rows = [Row(0, 1, 1.0, 0.0), Row(1, 2, 1.0, 0.0), Row(0, 2, 1.5, 0.0)]
+    h = {(0, 1, 1, 1): 0.0, (1, 2, 1, 1): 0.0, (1, 2, 1, 0): 0.5, (0, 2, 1, 0): 0.2}
+    best = solve_two_stage(rows, 2, h, steps=100).best(10.0)
+    assert best.importance == pytest.approx(0.5)
+    assert kept_activations(best) == [0, 1]
+    assert best.rows[-1].a_end == 0
+    # The only row reaching L has end state 0: still a plan, not "admits no plan".
+    only = solve_two_stage(rows, 2, {(0, 2, 1, 0): 0.2}, steps=100).best(10.0)
+    assert only.importance == pytest.approx(0.2) and kept_activations(only) == [0]
 
 
 def test_callable_importance_and_alpha_match_dict():
