@@ -39,8 +39,9 @@ class Solution:
         return [self.rows[0].start] + [r.end for r in self.rows] if self.rows else []
 
     def key(self) -> tuple[float, float]:
-        """Order used everywhere: more importance first, then less latency."""
-        return (self.importance, -self.latency_ms)
+        """Order used everywhere: more importance first, then less latency. Importance is compared rounded
+        (9 decimals) so that two summation orders of the same plan's values do not pick the slower one."""
+        return (round(self.importance, 9), -self.latency_ms)
 
 
 @dataclass
@@ -126,9 +127,26 @@ class Frontier:
             max_ms = self.max_latency_ms
         if not max_ms > 0.0:
             max_ms = 1.0   # every plan costs 0 ms; any scale works
+        self._grid(steps, max_ms)
+        self._refined: dict[float, Frontier] = {}
+
+    def _grid(self, steps: int, max_ms: float) -> None:
         self.steps, self.max_ms = int(steps), float(max_ms)
         self.steps_per_ms = self.steps / self.max_ms
         self._solve()
+
+    def _centred_on(self, budget_ms: float) -> "Frontier":
+        """The same DP on a grid whose range ends at ``budget_ms``: the finest resolution where it matters.
+        Shares the exact paths; cached per budget (the tighten-and-re-solve loop asks the same budget twice)."""
+        if budget_ms not in self._refined:
+            fresh = object.__new__(Frontier)
+            fresh.graph, fresh.min_solution, fresh.top_solution = self.graph, self.min_solution, self.top_solution
+            fresh.max_latency_ms, fresh._refined = self.max_latency_ms, {}
+            fresh._grid(self.steps, budget_ms)
+            if len(self._refined) >= 16:
+                self._refined.pop(next(iter(self._refined)))
+            self._refined[budget_ms] = fresh
+        return self._refined[budget_ms]
 
     # -- the DP -----------------------------------------------------------------------------------
     def _solve(self) -> None:
@@ -200,11 +218,15 @@ class Frontier:
     def min_latency_ms(self) -> float:
         return self.min_solution.latency_ms
 
-    def best(self, budget_ms: float) -> Solution:
+    def best(self, budget_ms: float, refine: bool = True) -> Solution:
         """Most important plan whose true summed latency is <= ``budget_ms`` (ties -> less latency).
 
-        Exact on the discretised problem; besides the DP's answer it considers the exact minimum-latency plan
-        and the exact unconstrained optimum, so it never does worse than either when they fit.
+        One solve over the whole range rounds every row up by up to one step, so its answer can give away
+        importance at a budget between grid points (more so with many blocks). With ``refine`` (the default)
+        the DP is solved again on a grid centred on the budget (range 0..budget, same number of steps) and the
+        better answer is returned: never worse than a fresh budget-centred solve, never over the budget. Both
+        are exact on their conservative grids; besides them it considers the exact minimum-latency plan and
+        the exact unconstrained optimum, so it never does worse than either when they fit.
         """
         budget_ms = float(budget_ms)
         if math.isnan(budget_ms) or budget_ms < self.min_latency_ms:
@@ -216,15 +238,20 @@ class Frontier:
         if budget_ms > self.max_ms * (1 + 1e-12):
             raise ValueError(f"budget {budget_ms:.6g} ms exceeds the range this frontier was solved for "
                              f"({self.max_ms:.6g} ms); solve again with a larger max_latency_ms")
-        found = [self.min_solution]
+        found = [self.min_solution, self._grid_answer(budget_ms)]
+        if refine and 0.0 < budget_ms < self.max_ms * (1 - 1e-9):
+            found.append(self._centred_on(budget_ms)._grid_answer(budget_ms))
+        return max((s for s in found if s is not None), key=Solution.key)
+
+    def _grid_answer(self, budget_ms: float) -> Solution | None:
+        """The DP's answer at floor(P * budget) steps, None if nothing fits on this grid."""
         t = self.budget_steps(budget_ms)
         while t >= 0:
             # Floor/ceil guarantee the fit mathematically; the loop only guards float rounding at the edge.
             if self.importance_at[t] > -np.inf and self.latency_at[t] <= budget_ms:
-                found.append(self.at_step(t))
-                break
+                return self.at_step(t)
             t -= 1
-        return max(found, key=Solution.key)
+        return None
 
     def pareto(self) -> list[Solution]:
         """Plans found by the solve with latency increasing and importance strictly increasing."""
