@@ -61,7 +61,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         config = LayerMergeConfig(**fields)
     result = compress(args.model, config, out=args.out)
     r = result.report
-    print(f"speed-up x{r['speedup']:.2f} on {r['backend']} (batch {r['batch_size']}): "
+    print(f"speed-up x{r['speedup']:.2f} [95% CI {r['speedup_low']:.2f}-{r['speedup_high']:.2f}] on {r['backend']} (batch {r['batch_size']}): "
           f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms; accuracy "
           f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}; report in {args.out}/report.md")
     return 0

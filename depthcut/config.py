@@ -12,6 +12,7 @@ DEFAULT_SPEEDUP = 1.5
 
 METHODS = ("layermerge",)   # the two-stage DP (ICML 2023) lives in depthcut.search.twostage
 PROXIES = ("finetune", "bn-recalibration", "none")
+LATENCY_MODELS = ("per-call", "additive")
 
 
 @dataclass
@@ -46,7 +47,9 @@ class LayerMergeConfig(ConfigBase):
     score_size: int = 2000                    # second, disjoint held-out split for scoring
     # search (SPEC A7)
     dp_steps: int = 2000
-    max_resolves: int = 8                     # tighten-and-re-solve rounds when the measured latency misses
+    max_resolves: int = 8                     # plans probed end to end while landing on the target
+    speed_tolerance: float = 0.10             # land within +10% of the target speed-up (never below it)
+    latency_model: str = "per-call"           # "per-call": rows minus the runtime's per-call cost; "additive"
     # recovery (SPEC A10)
     recovery_epochs: float = 2.0
     recovery_lr: float = 0.02
@@ -55,7 +58,8 @@ class LayerMergeConfig(ConfigBase):
     kd_weight: float = 0.3
     train_limit: int | None = None            # recovery sees only this many training images (None = all)
     # timing
-    timing_rounds: int = 100                # interleaved rounds (x10 runs per model each)
+    timing_rounds: int = 100                # most interleaved rounds per comparison (x5 runs per model each;
+                                            # fewer once the 95% interval is narrow enough)
     threads: int | None = None
     seed: int = 0
     cache_dir: str | None = None
@@ -78,6 +82,11 @@ class LayerMergeConfig(ConfigBase):
             raise DepthcutError(f"latency budget must be positive, got {self.latency_ms} ms")
         if self.method not in METHODS:
             raise DepthcutError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.latency_model not in LATENCY_MODELS:
+            raise DepthcutError(f"unknown latency model {self.latency_model!r}; choose one of "
+                                f"{', '.join(LATENCY_MODELS)}")
+        if not 0 < self.speed_tolerance <= 1:
+            raise DepthcutError(f"speed_tolerance must be in (0, 1], got {self.speed_tolerance}")
         if self.importance not in PROXIES:
             raise DepthcutError(f"unknown importance proxy {self.importance!r}; choose one of {', '.join(PROXIES)}")
         if self.batch_size < 1:

@@ -1,8 +1,10 @@
-"""``depthcut.compress``: the LayerMerge pipeline end to end.
+"""``depthcut.compress``: the LayerMerge pipeline end to end, as a sequence of named stages.
 
-analyse -> latency table -> importance table -> DP frontier -> pick the plan for the budget, verify it by an
-end-to-end timing (tighten and re-solve while it misses) -> recover (fine-tune the unmerged, padding-shifted
-network, optionally distilling from the original) -> merge -> check merged == unmerged -> export + report.
+prepare (check every input) -> analyse -> latency rows (timed, per-call cost removed, dominated rows dropped)
+-> importance -> search (one DP solve: the frontier) -> land on the measured target (probe plans with
+confidence intervals, calibrate, stop inside the band) and verify against the intended function -> recover
+(fine-tune the unmerged, padding-shifted network, optionally distilling from the original; merge; check
+merged == unmerged) -> the final measurement -> export + report.
 """
 from __future__ import annotations
 
@@ -22,8 +24,6 @@ from .config import LayerMergeConfig, resolve_device
 from .errors import DepthcutError, InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
 
-PROBE_MARGIN = 1.02   # a probe plan must beat the target by 2% to be accepted (timing noise)
-
 
 @dataclass
 class CompressResult:
@@ -41,6 +41,28 @@ def say(config: LayerMergeConfig, msg: str) -> None:
         print(f"[depthcut] {msg}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class Run:
+    """What the stages share: the inputs, checked and placed (stage 0), and what earlier stages found."""
+
+    config: LayerMergeConfig
+    resolved: ResolvedModel
+    original: nn.Module               # a copy of the caller's model on ``device``; never trained
+    input_shape: tuple[int, ...]
+    device: str
+    backend: Any
+    splits: Any
+    cache_dir: Path
+    example: torch.Tensor             # the batch every end-to-end timing uses
+    t_start: float
+    analysis: Any = None
+    base_accuracy: float = float("nan")   # the original's accuracy on the scoring split
+    fit: dict[str, Any] = field(default_factory=dict)   # amp / channels_last for every fine-tune
+
+    def say(self, msg: str) -> None:
+        say(self.config, msg)
+
+
 def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
              out: str | Path | None = None, splits=None) -> CompressResult:
     """Make ``model`` faster by ``config.speedup`` (or down to ``config.latency_ms``) on ``config.backend``.
@@ -48,16 +70,44 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     ``model`` is an nn.Module or a spec understood by :func:`depthcut.models.resolve_model`. ``splits`` may
     pass pre-built :class:`depthcut.data.DataSplits` (tests do); otherwise ``config.data`` is loaded.
     When ``out`` is given, the merged state dict, plan, ONNX file and reports are written there.
-    """
-    from .cnn.build import build_merged, build_unmerged, count_layers, plan_from_blocks
-    from .cnn.graph import analyze
-    from .data import make_splits
-    from .latency import get_backend, latency_table, speedup as speedup_of, time_models
-    from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
-    from .latency.backends import math_mode
-    from .train import evaluate, train
 
-    config = config or LayerMergeConfig()
+    The stages, each a function below: prepare -> analyse -> latency rows -> importance -> search ->
+    land on the target and verify -> recover -> measure -> export and report.
+    """
+    from .train import evaluate
+
+    run = start_run(model, config or LayerMergeConfig(), out, splits)
+    run.analysis = analyse(run)
+    run.base_accuracy = evaluate(run.original, run.splits.score)
+    rows = latency_rows(run)
+    importance = score_candidates(run.original, run.analysis, rows.candidates, run.base_accuracy, run.splits,
+                                  run.config, rows.importance_store)
+    frontier = search(run, rows, importance)
+    chosen = land(run, rows, frontier)
+    verified = verify_chosen_plan(run.original, run.analysis, chosen.plan, run.input_shape)
+    run.say(f"plan verified against the intended function: relative error {verified['structure']:.1e} "
+            f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(run.original.parameters()).dtype})")
+    unmerged, merged, merge_error = recover(run, chosen.plan)
+    final = measure_final(run, merged)
+    report = make_report(run, rows, chosen, verified, merged, merge_error, final)
+    result = CompressResult(merged, unmerged, chosen.plan, report,
+                            [(s.latency_ms, s.importance) for s in frontier.pareto()])
+    if out is not None:
+        from .report import write_outputs
+
+        write_outputs(result, Path(out), run.example)
+    run.say(f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} [{report['speedup_low']:.2f}, "
+            f"{report['speedup_high']:.2f}] measured on {run.config.backend}, accuracy "
+            f"{report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
+    return result
+
+
+# -- stage 0: inputs ------------------------------------------------------------------------------------
+def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
+    """Check every input before anything expensive; place a copy of the model on the device."""
+    from .data import make_splits
+    from .latency import get_backend
+
     t_start = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -67,147 +117,203 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     original = copy.deepcopy(resolved.model).to(device).eval()
     backend = get_backend(config.backend, device=device,
                           memory_format="channels_last" if config.channels_last else "contiguous")
-    fit = {"amp": config.amp, "channels_last": config.channels_last}
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
                              train_limit=config.train_limit, image_size=tuple(input_shape[2:]))
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+    example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
+    return Run(config, resolved, original, input_shape, device, backend, splits, cache_dir, example, t_start,
+               fit={"amp": config.amp, "channels_last": config.channels_last})
 
-    # 1. analysis ---------------------------------------------------------------------------------
-    say(config, f"analysing {resolved.name} at input {input_shape}")
-    analysis = analyze(original, input_shape, exclude=resolved.chain_exclude)
-    chain, candidates = analysis.chain, analysis.candidates
-    say(config, f"chain: L={chain.length} positions, {len(analysis.blocks)} blocks, {len(candidates)} candidates")
 
-    # 2. latency table (SPEC A5) ------------------------------------------------------------------
+# -- stage 1: analysis ----------------------------------------------------------------------------------
+def analyse(run: Run):
+    from .cnn.graph import analyze
+
+    run.say(f"analysing {run.resolved.name} at input {run.input_shape}")
+    analysis = analyze(run.original, run.input_shape, exclude=run.resolved.chain_exclude)
+    run.say(f"chain: L={analysis.chain.length} positions, {len(analysis.blocks)} blocks, "
+            f"{len(analysis.candidates)} candidates")
+    return analysis
+
+
+# -- stage 2: latency rows (SPEC A5) ----------------------------------------------------------------------
+@dataclass
+class LatencyRows:
+    candidates: list[Candidate]       # the candidates left after dominated ones are dropped
+    dominated: list[Any]
+    latency_ms: dict[str, float]      # what the DP sees per candidate (in-network cost)
+    call_overhead: tuple[float, float]
+    importance_store: Any
+
+    def body_ms(self) -> float:
+        """The original network's body in the model: every block its own conv."""
+        return sum(self.latency_ms[c.key] for c in self.candidates if is_trivial(c))
+
+
+def latency_rows(run: Run) -> LatencyRows:
+    """Time every candidate's merged conv (cached, resumable), correct for the runtime's per-call cost, and
+    drop candidates no plan could ever pick before they are built in full or scored."""
     from .importance import check_entries, importance_store
-    importance_cache = importance_store(importance_manifest(original, analysis, config), cache_dir)
-    check_entries(importance_cache, ACCURACY_RANGE)   # damaged cache files fail before any timing
-    say(config, f"latency table on {config.backend} (batch {config.batch_size})")
-    base_acc = evaluate(original, splits.score)
+    from .latency import latency_store, latency_table
+    from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
+    from .latency.overhead import call_overhead_ms, in_network_ms
+
+    config, analysis = run.config, run.analysis
+    store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
+    check_entries(store, ACCURACY_RANGE)   # damaged cache files fail before any timing
+    run.say(f"latency table on {config.backend} (batch {config.batch_size})")
+    rows_store = latency_store(run.backend, config.batch_size, run.cache_dir)
+    overhead = (0.0, 0.0)
+    if config.latency_model == "per-call":
+        overhead = call_overhead_ms(run.backend, analysis.candidates, config.batch_size, store=rows_store)
+        run.say(f"per-call overhead of {config.backend}: {1e3 * overhead[0]:.1f} us + "
+                f"{1e9 * overhead[1]:.1f} us per MB of input and output (subtracted from each row)")
 
     def time_rows(rows: list[Candidate]) -> dict[str, float]:
-        table = latency_table(rows, backend, batch_size=config.batch_size, cache_dir=cache_dir,
+        table = latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
                               progress=config.progress)
         return {key: timing.median_ms for key, timing in table.items()}
 
-    # candidates no plan could ever pick (slower than the convs they replace) are never built or scored
+    # the largest importance any candidate can score follows from the original's accuracy
     candidates, dominated, latency_ms = prune_dominated(
-        candidates, time_rows, max_importance=max_accuracy_importance(base_acc), steps=config.dp_steps,
-        batch_size=config.batch_size, bandwidth=measure_bandwidth(device, megabytes=64))
+        analysis.candidates, time_rows, max_importance=max_accuracy_importance(run.base_accuracy),
+        steps=config.dp_steps, batch_size=config.batch_size,
+        bandwidth=measure_bandwidth(run.device, megabytes=64),
+        in_network=lambda c, t: in_network_ms(c, t, overhead, config.batch_size))
     if dominated:
-        say(config, f"{len(dominated)} dominated candidates dropped (slower than the original convs they "
-                    f"replace), {len(candidates)} left")
+        run.say(f"{len(dominated)} dominated candidates dropped (slower than the original convs they "
+                f"replace), {len(candidates)} left")
+    return LatencyRows(candidates, dominated, latency_ms, overhead, store)
 
-    # 3. importance table (SPEC A6) ---------------------------------------------------------------
-    importance = score_candidates(original, analysis, candidates, base_acc, splits, config, importance_cache)
 
-    # 4. search (SPEC A7): one solve gives the whole frontier --------------------------------------
+# -- stage 4: search (SPEC A7) ----------------------------------------------------------------------------
+def search(run: Run, rows: LatencyRows, importance: dict[str, float]):
+    """One DP solve over the table: the whole latency/importance frontier."""
     from .search.layermerge import solve
     from .search.tables import Row
 
-    rows = [Row(c.start, c.end, latency_ms[c.key], importance[c.key], ref=c) for c in candidates]
-    identity_body_ms = sum(latency_ms[c.key] for c in candidates if is_trivial(c))
-    frontier = solve(rows, chain.length, steps=config.dp_steps, max_latency_ms=identity_body_ms)
+    table = [Row(c.start, c.end, rows.latency_ms[c.key], importance[c.key], ref=c) for c in rows.candidates]
+    return solve(table, run.analysis.chain.length, steps=run.config.dp_steps, max_latency_ms=rows.body_ms())
 
-    # 5. pick the plan for the budget; verify it by an end-to-end timing ----------------------------
-    example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
 
-    def measure(solution) -> tuple[Plan, dict]:
-        """Build the solution's merged network and time it against the original, interleaved."""
+# -- stage 5: land on the measured target -----------------------------------------------------------------
+def target_speedup(run: Run, base_ms: float) -> float:
+    c = run.config
+    return c.speedup if not c.latency_ms else base_ms / c.latency_ms
+
+
+@dataclass
+class Chosen:
+    plan: Plan
+    modelled_ms: float                # the plan's modelled body latency
+    target: float                     # the speed-up landed on (a latency target converted at the start)
+    landing: Any                      # depthcut.search.target.Landing: every probe
+
+
+def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
+    """Probe plans end to end until one measures inside [target, target * (1 + tolerance)]
+    (depthcut.search.target)."""
+    from .cnn.build import build_merged, build_unmerged, plan_from_blocks
+    from .latency import time_models
+    from .latency.compare import compare_speed
+    from .search.target import land_on_target
+
+    config, chain = run.config, run.analysis.chain
+    base_ms = time_models({"original": run.original}, run.example, run.backend,
+                          rounds=10, repeats=10)["original"].median_ms
+    target = target_speedup(run, base_ms)
+    full = rows.body_ms()
+
+    def choose(budget: float):
+        solution = frontier.best(budget)
+        return tuple(r.ref.key for r in solution.rows), solution.latency_ms, solution
+
+    def measure(solution, decided):
         plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
-        merged = build_merged(build_unmerged(analysis.gm, chain, plan).eval(), chain, plan).eval()
-        return plan, time_models({"original": original, "compressed": merged}, example, backend,
-                                 rounds=config.timing_rounds, repeats=10)
+        merged = build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
+        return compare_speed(run.original, merged, run.example, run.backend, repeats=5, min_rounds=10,
+                             max_rounds=config.timing_rounds, rel_width=0.02, decided=decided)
 
-    base_ms = time_models({"original": original}, example, backend,
-                          rounds=config.timing_rounds, repeats=10)["original"].median_ms
-    target_ms = config.latency_ms if config.latency_ms else base_ms / config.speedup
-    body_budget = identity_body_ms * min(1.0, target_ms / base_ms)
-    attempts: list[dict[str, Any]] = []
+    run.say(f"landing on x{target:.3f} (band up to x{target * (1 + config.speed_tolerance):.3f}); original "
+            f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
+    try:
+        landing = land_on_target(choose, measure, target=target, full=full, floor=frontier.min_latency_ms,
+                                 other=base_ms - full, max_probes=config.max_resolves,
+                                 tolerance=config.speed_tolerance, say=run.say)
+    except InfeasibleBudgetError as e:
+        raise InfeasibleBudgetError(
+            f"{e} end to end on {config.backend} (batch {config.batch_size}; target {base_ms / target:.3f} ms); "
+            f"ask for a smaller speed-up or a larger latency", minimum=e.minimum) from None
+    if landing.overshoot:
+        run.say(f"no probed plan landed inside the band; taking the slowest one that meets the target "
+                f"({landing.probe.estimate.describe()})")
+    return Chosen(plan_from_blocks(chain, [r.ref for r in landing.plan.rows]), landing.probe.modelled, target,
+                  landing)
 
-    def attempt(solution, budget: float) -> tuple[Plan, bool]:
-        plan, timings = measure(solution)
-        after, before = timings["compressed"].median_ms, timings["original"].median_ms
-        achieved = speedup_of(timings["original"], timings["compressed"])
-        attempts.append({"body_budget_ms": budget, "modelled_body_ms": solution.latency_ms,
-                         "measured_ms": after, "original_ms": before, "speedup": achieved})
-        # Accept with a small margin: the final, independent timing must not fall back under the target.
-        ok = after * PROBE_MARGIN <= goal_ms(before)
-        say(config, f"plan {len(attempts)}: modelled body {solution.latency_ms:.3f} ms, measured {after:.3f} ms "
-                    f"vs original {before:.3f} ms (x{achieved:.2f}) -> {'meets' if ok else 'misses'} the target")
-        return plan, ok
 
-    def goal_ms(original_ms: float) -> float:
-        return config.latency_ms if config.latency_ms else original_ms / config.speedup
+# -- stage 6: recovery (SPEC A10) -------------------------------------------------------------------------
+def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
+    """Fine-tune the unmerged form (exactly the deployed function), merge, and check the merge."""
+    from .cnn.build import build_merged, build_unmerged
+    from .train import train
 
-    plan, ok = None, False
-    for _ in range(config.max_resolves - 1):
-        try:
-            solution = frontier.best(body_budget)
-        except InfeasibleBudgetError:
-            break                                   # even the fastest plan's model misses: try it for real
-        plan, ok = attempt(solution, body_budget)
-        if ok:
-            break
-        # The additive table is a model, not the truth: tighten the budget by the miss and re-solve.
-        last = attempts[-1]
-        body_budget = min(body_budget * 0.97, body_budget * goal_ms(last["original_ms"])
-                          / (last["measured_ms"] * PROBE_MARGIN))
-    if not ok:                                      # last resort: the fastest plan there is
-        plan, ok = attempt(frontier.best(frontier.min_latency_ms), frontier.min_latency_ms)
-        if not ok:
-            last = attempts[-1]
-            raise InfeasibleBudgetError(
-                f"no plan reaches {target_ms:.3f} ms end to end on {config.backend} (batch {config.batch_size}): "
-                f"the fastest plan measures {last['measured_ms']:.3f} ms vs {last['original_ms']:.3f} ms for the "
-                f"original (x{last['speedup']:.2f} at most); ask for a smaller speed-up or a larger latency",
-                minimum=last["measured_ms"])
-
-    # 5b. the chosen plan deploys exactly the intended function (SPEC A4), checked independently of the
-    #     rewrite, in float64: a wrong merge is an error, never a report
-    verified = verify_chosen_plan(original, analysis, plan, input_shape)
-    say(config, f"plan verified against the intended function: relative error {verified['structure']:.1e} "
-                f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(original.parameters()).dtype})")
-
-    # 6. recovery (SPEC A10): fine-tune the unmerged form, which is exactly the deployed function ----
-    say(config, f"recovery fine-tune: {config.recovery_epochs} epochs"
-                + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
-    unmerged = build_unmerged(analysis.gm, chain, plan)
-    train(unmerged, splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
+    config = run.config
+    run.say(f"recovery fine-tune: {config.recovery_epochs} epochs"
+            + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
+    unmerged = build_unmerged(run.analysis.gm, run.analysis.chain, plan)
+    train(unmerged, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
           batch_size=config.recovery_batch_size,
-          teacher=original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
-          seed=config.seed, **fit)
+          teacher=run.original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
+          seed=config.seed, **run.fit)
     unmerged.eval()
-    merged = build_merged(unmerged, chain, plan).eval()
-    merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(input_shape[1:])))
+    merged = build_merged(unmerged, run.analysis.chain, plan).eval()
+    merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(run.input_shape[1:])))
     if not merge_error <= MERGE_TOLERANCE:
         raise VerificationError(f"the merged network differs from its fine-tuned unmerged form (relative error "
                                 f"{merge_error:.2e} in float64); this is a depthcut bug, please report it")
+    return unmerged, merged, merge_error
 
-    # 7. final measurement, one interleaved run ---------------------------------------------------
-    timings = time_models({"original": original, "compressed": merged}, example, backend,
-                          rounds=config.timing_rounds, repeats=10)
-    final_speedup = speedup_of(timings["original"], timings["compressed"])
-    acc_before = evaluate(original, splits.test)
-    acc_after = evaluate(merged, splits.test)
-    stats_before = count_layers(original, input_shape)
-    stats_after = count_layers(merged, input_shape)
-    plan.meta.update({"model": resolved.name, "input_shape": list(input_shape), "backend": config.backend,
-                      "exclude": list(resolved.chain_exclude)})
-    report = {
-        "model": resolved.name, "data": config.data, "backend": config.backend, "device": str(device),
-        "device_name": backend.describe()["device"], "math_mode": math_mode(device),
-        "batch_size": config.batch_size, "input_shape": list(input_shape),
+
+# -- stage 7: the final, independent measurement ----------------------------------------------------------
+def measure_final(run: Run, merged: nn.Module):
+    from .latency.compare import compare_speed
+
+    return compare_speed(run.original, merged, run.example, run.backend, repeats=5, min_rounds=20,
+                         max_rounds=max(20, run.config.timing_rounds), rel_width=0.02)
+
+
+# -- stage 8: report --------------------------------------------------------------------------------------
+def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, merge_error, final
+                ) -> dict[str, Any]:
+    from .cnn.build import count_layers
+    from .latency.backends import math_mode
+    from .train import evaluate
+
+    config, chain, analysis, plan = run.config, run.analysis.chain, run.analysis, chosen.plan
+    acc_before = evaluate(run.original, run.splits.test)
+    acc_after = evaluate(merged, run.splits.test)
+    stats_before = count_layers(run.original, run.input_shape)
+    stats_after = count_layers(merged, run.input_shape)
+    target_ms = config.latency_ms if config.latency_ms else final.original_ms / config.speedup
+    plan.meta.update({"model": run.resolved.name, "input_shape": list(run.input_shape), "backend": config.backend,
+                      "exclude": list(run.resolved.chain_exclude)})
+    upper = chosen.target * (1 + config.speed_tolerance)
+    return {
+        "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
+        "device_name": run.backend.describe()["device"], "math_mode": math_mode(run.device),
+        "batch_size": config.batch_size, "input_shape": list(run.input_shape),
         "target_speedup": config.speedup, "target_latency_ms": target_ms,
-        "latency_ms_before": timings["original"].median_ms, "latency_ms_after": timings["compressed"].median_ms,
-        "latency_stdev_ms_before": timings["original"].stdev_ms,
-        "latency_stdev_ms_after": timings["compressed"].stdev_ms,
-        "speedup": final_speedup,
-        "target_met": (timings["compressed"].median_ms <= target_ms if config.latency_ms else
-                       final_speedup >= config.speedup),
+        "target_speedup_effective": chosen.target, "speed_tolerance": config.speed_tolerance,
+        "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
+        "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
+        "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
+        # met: the final point estimate reaches the target; the probe that chose the plan had its whole 95%
+        # interval at or above it
+        "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
+        "within_band": final.ratio <= upper, "landing_overshoot": chosen.landing.overshoot,
         "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
-        "importance_base_accuracy": base_acc,
+        "importance_base_accuracy": run.base_accuracy,
         "params_before": stats_before["params"], "params_after": stats_after["params"],
         "macs_before": stats_before["macs"], "macs_after": stats_after["macs"],
         "convs_before": stats_before["convs"], "convs_after": stats_after["convs"],
@@ -216,23 +322,17 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         "intended_relative_error": verified["deployed"],
         "intended_structure_error": verified["structure"],
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
-        "candidates_dominated": len(dominated),
-        "dominated_examples": [f"{d.key}: {d.reason}" for d in dominated[:10]],
+        "candidates_dominated": len(rows.dominated),
+        "dominated_examples": [f"{d.key}: {d.reason}" for d in rows.dominated[:10]],
+        "latency_model": config.latency_model,
+        "call_overhead_ms": rows.call_overhead[0], "call_overhead_ms_per_mb": rows.call_overhead[1] * 2**20,
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
-        "resolve_attempts": attempts,
-        "modelled_body_ms_identity": identity_body_ms,
+        "probes": [p.to_dict() for p in chosen.landing.probes],
+        "chosen_modelled_body_ms": chosen.modelled_ms,
+        "modelled_body_ms_identity": rows.body_ms(),
         "config": config.to_dict(),
-        "seconds": time.time() - t_start,
+        "seconds": time.time() - run.t_start,
     }
-    frontier_points = [(s.latency_ms, s.importance) for s in frontier.pareto()]
-    result = CompressResult(merged, unmerged, plan, report, frontier_points)
-    if out is not None:
-        from .report import write_outputs
-
-        write_outputs(result, Path(out), example)
-    say(config, f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} measured on {config.backend}, "
-                f"accuracy {acc_before:.2f} -> {acc_after:.2f}")
-    return result
 
 
 ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %

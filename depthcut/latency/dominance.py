@@ -93,18 +93,24 @@ def _is_original(c: Candidate) -> bool:
 
 def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, float]],
                     *, max_importance: float, steps: int = 2000, batch_size: int | None = None,
-                    safety: float = SAFETY, bandwidth: float | None = None
+                    safety: float = SAFETY, bandwidth: float | None = None,
+                    in_network: Callable[[Candidate, float], float] | None = None,
                     ) -> tuple[list[Candidate], list[Dominated], dict[str, float]]:
     """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: ms}`` measures rows
     (the cached latency table). ``bandwidth`` (bytes/ms, :func:`measure_bandwidth`) adds the memory bound
-    for weights larger than any cache. Returns (kept candidates, dominated ones with their reasons, measured
-    ms of every kept candidate)."""
+    for weights larger than any cache. ``in_network(candidate, timed_ms)`` maps a row's timing to what the DP
+    sees (depthcut.latency.overhead); dominance is decided on those values, and the MAC bound uses their rate
+    (the weight bound holds in a network as in a single call: the weights are read either way). Returns (kept candidates, dominated ones with their reasons, DP ms of every
+    kept candidate)."""
     candidates = list(candidates)
+    seen = in_network or (lambda c, t: t)
     originals = [c for c in candidates if _is_original(c)]
-    measured = dict(time_rows(originals))
+    timed = dict(time_rows(originals))
+    measured = {c.key: seen(c, timed[c.key]) for c in originals}
     single = {c.end: measured[c.key] for c in originals}
     body_ms = sum(single.values())
     grid_ms = body_ms / steps                    # one step of the DP's latency grid (range = the original body)
+    # the MAC rate of the network's own convs as the DP sees them (in-network): the bound below is on that
     peak = max((macs(c, batch_size) / measured[c.key] for c in originals if measured[c.key] > 0), default=0.0)
     min_span = max(2, math.ceil(max_importance - 1e-12))
 
@@ -128,7 +134,8 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
                 dominated.append(Dominated(c.key, c.end - c.start, path, bound, None))
                 continue
         to_time.append(c)
-    measured.update(time_rows(to_time))
+    timed.update(time_rows(to_time))
+    measured.update({c.key: seen(c, timed[c.key]) for c in to_time})
     for c in to_time:
         if eligible(c):
             path = path_ms(c)

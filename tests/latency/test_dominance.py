@@ -9,6 +9,7 @@ import pytest
 from depthcut.cnn.build import is_trivial
 from depthcut.cnn.graph import analyze_zoo
 from depthcut.latency.dominance import macs, max_accuracy_importance, prune_dominated
+from depthcut.latency.overhead import in_network_ms
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
 
@@ -26,19 +27,26 @@ def frontier_values(candidates, latency, importance, length, body_ms, budgets):
     return [round(frontier.best(b).importance, 9) for b in budgets]
 
 
-@pytest.mark.parametrize("name, base_accuracy", [("resnet20", 92.0), ("resnet50", 75.0), ("resnet20", 20.0)])
-def test_frontier_is_unchanged_by_dropping_dominated_candidates(name, base_accuracy):
+@pytest.mark.parametrize("name, base_accuracy, overhead", [
+    ("resnet20", 92.0, None), ("resnet50", 75.0, None), ("resnet20", 20.0, None),
+    ("resnet20", 92.0, (0.015, 2e-9)), ("resnet50", 75.0, (0.018, 1e-8))])
+def test_frontier_is_unchanged_by_dropping_dominated_candidates(name, base_accuracy, overhead):
+    """``overhead``: the DP sees rows minus the per-call cost (depthcut.latency.overhead), as compress does."""
     analysis = analyze_zoo(name, input_shape=(1, 3, 64, 64) if name == "resnet50" else None)
     candidates, length = analysis.candidates, analysis.chain.length
-    latency = synthetic_latency(candidates)
+    timed_ms = synthetic_latency(candidates)
+    in_network = None if overhead is None else (lambda c, t: in_network_ms(c, t, overhead))
+    latency = timed_ms if overhead is None else {c.key: in_network(c, t) for c in candidates
+                                                 for k, t in [(c.key, timed_ms.get(c.key, 0.0))] if c.kept}
     timed: list[str] = []
 
     def time_rows(rows):
         timed.extend(c.key for c in rows)
-        return {c.key: latency[c.key] for c in rows}
+        return {c.key: timed_ms[c.key] for c in rows}
 
     top = max_accuracy_importance(base_accuracy)
-    kept, dominated, measured = prune_dominated(candidates, time_rows, max_importance=top, steps=STEPS)
+    kept, dominated, measured = prune_dominated(candidates, time_rows, max_importance=top, steps=STEPS,
+                                                in_network=in_network)
     assert dominated, "the test must exercise pruning"
     assert not {d.key for d in dominated if d.measured_ms is None} & set(timed)     # bound: never timed
     assert all(measured[c.key] == latency.get(c.key, 0.0) for c in kept)

@@ -1,0 +1,152 @@
+"""Land on a measured speed-up target: probe plans, calibrate the latency model, stop inside the band.
+
+The DP optimises a *modelled* latency (the sum of table rows). What the user asked for is a *measured*
+speed-up S. A probe builds the plan chosen at a modelled budget and times it against the original
+(depthcut.latency.compare: a ratio with a 95% interval). A probe
+
+* meets the target when the interval's low end is >= S (the interval says it is fast enough), and
+* lands when, in addition, the estimate is <= (1 + tolerance) * S (not needlessly fast: a faster plan
+  costs accuracy the user did not need to give).
+
+Between probes the model is calibrated on what was measured. The measured fraction of the original's
+latency, f = 1 / ratio, is taken as affine in the modelled cost m; the line passes through the original
+(m = full, f = 1) and is fitted to the probes nearest the target, so both a fixed cost outside the table
+and a wrong scale of the table are corrected. The next budget solves f(m) = 1 / (S * aim), aim placing the
+probe inside the band, and is kept strictly between the largest budget known to meet and the smallest known
+to miss (bisection when the model proposes a plan already tried). The search ends at the first plan that
+lands, or after ``max_probes``: then the most important plan that met (the largest budget) is chosen, and
+the report says it overshoots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+from ..errors import InfeasibleBudgetError
+from ..latency.compare import SpeedupEstimate
+
+
+@dataclass
+class Probe:
+    budget: float                     # modelled budget the plan was chosen at
+    modelled: float                   # the plan's modelled cost
+    estimate: SpeedupEstimate
+    meets: bool
+    lands: bool
+    plan: Any = field(repr=False, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "modelled": self.modelled, "meets": self.meets, "lands": self.lands,
+                **{f"measured_{k}": v for k, v in self.estimate.to_dict().items()}}
+
+
+@dataclass
+class Landing:
+    plan: Any
+    probe: Probe
+    probes: list[Probe]
+    overshoot: bool                   # the chosen plan met the target but not within the tolerance
+
+
+def predicted_fraction(modelled: float, full: float, other: float) -> float:
+    """The additive model before any probe: (other + m) / (other + full)."""
+    return (other + modelled) / (other + full)
+
+
+def calibrate(probes: list[Probe], full: float, target_fraction: float) -> tuple[float, float] | None:
+    """Slope and intercept of f(m) = a + b m through (full, 1) and the probes nearest the target, by least
+    squares with the original's point fixed. None when no probe has a modelled cost different from full."""
+    pts = sorted(((p.modelled, 1.0 / p.estimate.ratio) for p in probes if abs(p.modelled - full) > 1e-12),
+                 key=lambda mf: abs(mf[1] - target_fraction))[:2]
+    if not pts:
+        return None
+    num = sum((m - full) * (f - 1.0) for m, f in pts)
+    den = sum((m - full) ** 2 for m, _ in pts)
+    b = num / den
+    if not b > 0:                       # measured cost not increasing with modelled cost: no usable model
+        return None
+    return 1.0 - b * full, b
+
+
+def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
+                   measure: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate],
+                   *, target: float, full: float, floor: float, other: float, max_probes: int = 8,
+                   tolerance: float = 0.10, aim: float = 1.04,
+                   say: Callable[[str], None] = lambda s: None) -> Landing:
+    """Probe plans until one meets ``target`` (a speed-up > 1) within ``tolerance``.
+
+    ``choose(budget) -> (plan key, modelled cost, plan)`` picks the plan for a modelled budget (raises
+    InfeasibleBudgetError below ``floor``, the fastest plan's modelled cost); ``measure(plan, decided)``
+    times it (``decided(estimate)`` lets the timing stop early once the interval is clear of the band's
+    edges). ``full`` is the original's modelled cost, ``other`` the measured cost outside the table
+    (same unit), which seeds the model before the first probe.
+    """
+    probes: list[Probe] = []
+    tried: dict[Hashable, Probe] = {}
+    upper = target * (1.0 + tolerance)
+    goal = 1.0 / (target * aim)
+
+    def decided(e: SpeedupEstimate) -> bool:
+        return e.high < target or e.low > upper or (e.low >= target and e.high <= upper)
+
+    def probe(budget: float) -> Probe:
+        key, modelled, plan = choose(budget)
+        if key in tried:                              # same plan as before: the measurement stands
+            return tried[key]
+        est = measure(plan, decided)
+        p = Probe(budget, modelled, est, meets=est.low >= target, lands=est.low >= target and est.ratio <= upper,
+                  plan=plan)
+        tried[key] = p
+        probes.append(p)
+        say(f"plan {len(probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured {est.describe()} "
+            f"-> {'lands in' if p.lands else 'meets' if p.meets else 'misses'} the target x{target:.2f}"
+            + (f" (band up to x{upper:.2f})" if p.meets and not p.lands else ""))
+        return p
+
+    def next_budget() -> float | None:
+        """The calibrated model's budget, kept strictly between the largest budget known to meet and the
+        smallest known to miss; when it picks a plan already tried, bisect. None: nothing untried is left."""
+        lo = max((p.budget for p in probes if p.meets), default=floor)
+        hi = min((p.budget for p in probes if not p.meets), default=full)
+        line = calibrate(probes, full, goal)
+        want = (goal - line[0]) / line[1] if line is not None else (lo + hi) / 2
+        if not lo < want < hi:
+            want = (lo + hi) / 2                      # the model points outside what is known: bisect
+        for _ in range(40):                           # choose() is one DP query: cheap
+            key = choose(want)[0]
+            if key not in tried:
+                return want
+            if tried[key].meets:                      # that plan is fast enough: look slower
+                lo = max(lo, want)
+            else:
+                hi = min(hi, want)
+            if hi - lo <= 1e-9 * max(full, 1e-12):
+                return None
+            want = (lo + hi) / 2
+        return None
+
+    # first budget: the additive model seeded with the measured cost outside the table
+    budget = max(floor, min(full, goal * (other + full) - other))
+    for _ in range(2 * max_probes):                  # a cached probe (same plan) does not count
+        if len(probes) >= max_probes:
+            break
+        try:
+            p = probe(budget)
+        except InfeasibleBudgetError:
+            p = probe(floor)
+        if p.lands:
+            return Landing(p.plan, p, probes, overshoot=False)
+        budget = next_budget()
+        if budget is None:
+            break
+    met = [p for p in probes if p.meets]
+    if not met:                                        # last resort: the fastest plan there is
+        p = probe(floor)
+        if not p.meets:
+            e = p.estimate
+            raise InfeasibleBudgetError(
+                f"no plan reaches x{target:.3f}: the fastest plan measures {e.compressed_ms:.3f} ms vs "
+                f"{e.original_ms:.3f} ms for the original ({e.describe()})", minimum=e.compressed_ms)
+        met = [p]
+    best = max(met, key=lambda q: q.budget)
+    return Landing(best.plan, best, probes, overshoot=not best.lands)
