@@ -38,7 +38,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         fields = dict(model=args.model, remove=args.remove, latency_budget_ms=args.latency_budget,
                       latency_phase=args.phase, unit=args.unit, out=args.out, corpus=args.corpus, seed=args.seed,
-                      threads=args.threads)
+                      threads=args.threads, device=args.device, dtype=args.dtype)
         if args.criterion:
             fields["criterion"] = args.criterion
         if args.heal_steps is not None:
@@ -115,7 +115,8 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     sub = llm.add_subparsers(dest="llm_command", required=True)
 
     p = sub.add_parser("prune", help="remove decoder blocks/sublayers, LoRA-heal, measure PPL and speed-up")
-    p.add_argument("--model", default=None, help="HF checkpoint directory or .gguf (default: embedded SmolLM2-135M)")
+    p.add_argument("--model", default=None, help="HF checkpoint directory, .gguf file, or a Hugging Face id already in the local HF cache "
+                        "(default: embedded SmolLM2-135M)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--remove", type=_positive_int, default=None, help="remove exactly N units")
     target.add_argument("--latency-budget", type=float, default=None, metavar="MS",
@@ -134,13 +135,17 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=None, help="prefill prompt length for timing (default 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads while timing")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="load, score, heal, time and save in this precision")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None, help="a PruneConfig JSON file (overrides the flags except --out)")
     p.add_argument("--out", default=None, help="output directory (checkpoint, report.md, report.json)")
     p.set_defaults(func=cmd_prune)
 
     u = sub.add_parser("upscale", help="SOLAR depth up-scaling; reports PPL before any training")
-    u.add_argument("--model", default=None, help="HF checkpoint directory or .gguf (default: embedded SmolLM2-135M)")
+    u.add_argument("--model", default=None, help="HF checkpoint directory, .gguf file, or a Hugging Face id already in the local HF cache "
+                        "(default: embedded SmolLM2-135M)")
     u.add_argument("--overlap", type=int, default=8, help="m: drop the last m of copy A and first m of copy B")
     u.add_argument("--from-mergekit", default=None, metavar="YAML", help="read the layer plan from a mergekit "
                    "passthrough YAML instead of --overlap")

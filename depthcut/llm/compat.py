@@ -90,6 +90,7 @@ def decode_consistency_error(model: Any, input_ids: torch.Tensor, prefill: int |
     prefill = max(1, n // 2) if prefill is None else prefill
     if not 0 < prefill < n:
         raise ValueError(f"prefill must be in 1..{n - 1}, got {prefill}")
+    input_ids = input_ids.to(next(model.parameters()).device)
     full = model(input_ids=input_ids, use_cache=False).logits
     cache = new_dynamic_cache(model)
     steps = [forward_cached(model, input_ids[:, :prefill], cache).logits]

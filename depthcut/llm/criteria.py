@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
+from .device import to_model
 
 Unit = tuple[int, str]  # (block index, "block" | "attn" | "mlp"), same as depthcut.llm.surgery.Unit
 PLUS_PROTECT = (4, 2)
@@ -149,6 +150,7 @@ def _batches(windows: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
 
 def token_nll(model, batch: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL of a batch (predicting tokens 1..T−1 of every row)."""
+    batch = to_model(model, batch)
     logits = model(input_ids=batch, use_cache=False).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")
 
@@ -237,7 +239,7 @@ def block_states(model, windows: torch.Tensor, batch_size: int = 8) -> Iterator[
             handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(layer.register_forward_hook(post, with_kwargs=True))
         try:
-            model(input_ids=batch, use_cache=False)
+            model(input_ids=to_model(model, batch), use_cache=False)
         finally:
             for h in handles:
                 h.remove()

@@ -13,6 +13,7 @@ import time
 import torch
 
 from ..errors import DepthcutError
+from .device import to_model
 
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lr": 1e-4}
 
@@ -42,7 +43,7 @@ def heal(model, windows: torch.Tensor, steps: int, batch_size: int = 4, lr: floa
     for step in range(1, steps + 1):
         if cursor + batch_size > len(perm):  # new epoch over the heal windows
             perm, cursor = torch.randperm(len(windows), generator=order), 0
-        batch = windows[perm[cursor:cursor + batch_size]]
+        batch = to_model(model, windows[perm[cursor:cursor + batch_size]])
         cursor += batch_size
         loss = peft_model(input_ids=batch, labels=batch, use_cache=False).loss
         loss.backward()

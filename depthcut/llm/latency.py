@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .device import describe, model_device, model_dtype, synchronize
 from .compat import forward_cached, new_dynamic_cache, output_cache
 from .criteria import all_units, num_blocks, skipped
 
@@ -37,15 +38,20 @@ def _prompt(model, prompt_len: int, seed: int = 0) -> torch.Tensor:
 @torch.inference_mode()
 def time_generation(model, prompt: torch.Tensor, decode_tokens: int) -> tuple[float, float]:
     """(prefill ms, decode ms per token) of one greedy generation with a fresh KV cache."""
+    device = model_device(model)
+    prompt = prompt.to(device)
     cache = new_dynamic_cache(model)
+    synchronize(device)
     start = time.perf_counter()
     out = forward_cached(model, prompt, cache)
-    prefill = (time.perf_counter() - start) * 1e3
     token = out.logits[:, -1:].argmax(-1)
+    synchronize(device)
+    prefill = (time.perf_counter() - start) * 1e3
     start = time.perf_counter()
     for _ in range(decode_tokens):
         out = forward_cached(model, token, output_cache(out))
         token = out.logits[:, -1:].argmax(-1)
+    synchronize(device)
     decode = (time.perf_counter() - start) * 1e3 / max(decode_tokens, 1)
     return prefill, decode
 
@@ -85,8 +91,9 @@ def _interleaved(runners: dict[str, callable], rounds: int, warmup: int) -> dict
     return samples
 
 
-def _protocol(prompt_len: int, decode_tokens: int, rounds: int, dtype) -> dict:
-    return {"backend": "torch-eager-cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+def _protocol(prompt_len: int, decode_tokens: int, rounds: int, dtype, device=torch.device("cpu")) -> dict:
+    return {"backend": f"torch-eager-{device.type}", "device": describe(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "batch": 1, "prompt_len": prompt_len, "decode_tokens": decode_tokens, "rounds": rounds,
             "dtype": str(dtype).replace("torch.", ""), "statistic": "median of interleaved rounds"}
 
@@ -114,7 +121,7 @@ def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: st
         runners[kind] = runner([(i, kind) for i in odd])
     with torch_threads(threads):
         samples = _interleaved(runners, rounds, warmup)
-        protocol = _protocol(prompt_len, decode_tokens, rounds, next(model.parameters()).dtype)
+        protocol = _protocol(prompt_len, decode_tokens, rounds, model_dtype(model), model_device(model))
     med = {name: (_summary([s[0] for s in v])[0], _summary([s[1] for s in v])[0]) for name, v in samples.items()}
     per_kind = {kind: (max(med["full"][0] - med[kind][0], 0.0) / len(odd),
                        max(med["full"][1] - med[kind][1], 0.0) / len(odd)) for kind in kinds}
@@ -146,7 +153,7 @@ def measure_throughput(models: dict, tokenizer=None, prompt_len: int = 128, new_
     runners = {name: (lambda m=m: time_generation(m, prompt, new_tokens)) for name, m in models.items()}
     with torch_threads(threads):
         samples = _interleaved(runners, rounds, warmup)
-        protocol = _protocol(prompt_len, new_tokens, rounds, next(first.parameters()).dtype)
+        protocol = _protocol(prompt_len, new_tokens, rounds, model_dtype(first), model_device(first))
     result = {}
     for name, values in samples.items():
         pre, pre_iqr = _summary([v[0] for v in values])

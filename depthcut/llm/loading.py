@@ -53,7 +53,10 @@ def load_model(path: str | os.PathLike | None = None, dtype: torch.dtype = torch
     """(model, tokenizer) in eval mode. ``tokenizer`` is None for a directory without tokenizer files."""
     path = default_model_path() if path is None else Path(path)
     if not path.exists():
-        raise DepthcutError(f"model path {path} does not exist")
+        if _looks_like_hub_id(str(path)):
+            path = hub_cache_path(str(path))
+        else:
+            raise DepthcutError(f"model path {path} does not exist")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise DepthcutError(f"{path} is neither a .gguf file nor a checkpoint directory")
@@ -61,6 +64,29 @@ def load_model(path: str | os.PathLike | None = None, dtype: torch.dtype = torch
     else:
         model, tokenizer = _load_dir(path, dtype)
     return model.to(dtype).eval(), tokenizer
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+def hub_cache_path(repo_id: str) -> Path:
+    """The local snapshot of a Hugging Face model id, found in the HF cache without any network access
+    (depthcut never downloads at run time). A missing model is a one-line error saying where it looked."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        raise DepthcutError(f"{repo_id}: no such file or folder, and huggingface_hub is not installed") from None
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        raise DepthcutError(
+            f"model {repo_id} is neither a local path nor in the Hugging Face cache ({HF_HUB_CACHE}); depthcut "
+            f"never downloads at run time: fetch it first (huggingface-cli download {repo_id}) or pass a "
+            f"folder or .gguf file") from None
+    return Path(folder)
 
 
 def _load_dir(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:

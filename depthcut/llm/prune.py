@@ -33,6 +33,7 @@ from ..configbase import ConfigBase
 from ..errors import DepthcutError, InfeasibleBudgetError
 from . import criteria as C
 from .evaluate import eval_windows, perplexity_of_windows, protocol as ppl_protocol
+from .device import TOLERANCE, describe, model_device, model_dtype, resolve_device, resolve_dtype, tolerance
 from .latency import measure_throughput, predicted_ms, unit_latency
 from .text import calibration_windows, load_corpus, split_text
 from ..search.knapsack import select_units as knapsack_select
@@ -71,6 +72,8 @@ class PruneConfig(ConfigBase):
     decode_tokens: int = 32              # latency: tokens generated per decode timing
     latency_rounds: int = 5
     threads: int | None = None           # torch threads while timing (None = as configured)
+    device: str | None = None            # "cpu", "cuda", "cuda:N"; None = cuda when present, else cpu
+    dtype: str = "float32"               # float32 / bfloat16 / float16: load, score, heal, time and save in it
     budget_retries: int = 2
     seed: int = 0
     out: str | None = None
@@ -181,6 +184,8 @@ def _validate(config: PruneConfig) -> C.Criterion:
         raise DepthcutError(f"latency budget must be > 0 ms, got {config.latency_budget_ms}")
     if config.latency_phase not in ("decode", "prefill"):
         raise DepthcutError(f"latency_phase must be 'decode' or 'prefill', got {config.latency_phase!r}")
+    resolve_dtype(config.dtype)
+    resolve_device(config.device)
     if config.unit not in ("block", "sublayer"):
         raise DepthcutError(f"unit must be 'block' or 'sublayer', got {config.unit!r}")
     criterion = C.get_criterion(AUTO_CRITERION[config.unit] if config.criterion == "auto" else config.criterion)
@@ -191,31 +196,34 @@ def _validate(config: PruneConfig) -> C.Criterion:
 
 
 def _max_logit_error(a, b, windows: torch.Tensor) -> float:
+    windows = windows.to(next(a.parameters()).device)
     with torch.no_grad():
         x = a(input_ids=windows, use_cache=False).logits
         y = b(input_ids=windows, use_cache=False).logits
     return float((x - y).abs().max() / x.abs().max().clamp_min(1e-6))
 
 
-VERIFY_TOLERANCE = 1e-4
+VERIFY_TOLERANCE = TOLERANCE[torch.float32]
 
 
 def verify_checkpoint(pruned, reloaded, windows: torch.Tensor, out: Path) -> dict[str, float]:
     """The saved checkpoint is the pruned function, with and without the KV cache.
 
-    Three relative logit errors, each <= VERIFY_TOLERANCE or RuntimeError: the stock reload against the
-    in-memory model (no cache), and, for both, prefill-then-decode against full-sequence logits: a cache
-    that silently stops counting tokens only shows while decoding."""
+    Three relative logit errors, each within the rounding of the model's dtype (1e-4 in float32,
+    depthcut.llm.device.TOLERANCE) or RuntimeError: the stock reload against the in-memory model (no cache),
+    and, for both, prefill-then-decode against full-sequence logits: a cache that silently stops counting
+    tokens only shows while decoding."""
     from .compat import decode_consistency_error
 
+    limit = tolerance(pruned)
     errors = {"reload_max_rel_logit_error": _max_logit_error(pruned, reloaded, windows),
               "decode_max_rel_logit_error": decode_consistency_error(pruned, windows[:, :32]),
               "reload_decode_max_rel_logit_error": decode_consistency_error(reloaded, windows[:, :32])}
     for name, error in errors.items():
-        if not error <= VERIFY_TOLERANCE:
+        if not error <= limit:
             raise RuntimeError(f"saved checkpoint in {out} failed its check: {name.replace('_', ' ')} "
-                               f"{error:.2e} > {VERIFY_TOLERANCE:.0e}")
-    return errors
+                               f"{error:.2e} > {limit:.0e} ({model_dtype(pruned)})")
+    return errors | {"verify_tolerance": limit}
 
 
 def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> PruneResult:
@@ -229,9 +237,16 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
                    f"loading {config.model or 'embedded SmolLM2-135M-Instruct'}")
     if model is None:
         from .loading import load_model
-        model, tokenizer = load_model(config.model)
+        model, tokenizer = load_model(config.model, dtype=resolve_dtype(config.dtype))
     if tokenizer is None:
         raise DepthcutError("a tokenizer is needed with an in-memory model")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype)
+    if model_device(model) != device or model_dtype(model) != dtype:
+        import copy
+        # an in-memory model is not modified: it is copied before it moves
+        model = (copy.deepcopy(model) if in_memory else model).to(device=device, dtype=dtype)
+        progress.phase("place", f"model on {device} ({describe(device)}) in {config.dtype}")
     model.eval()
     L = C.num_blocks(model)
     units = C.all_units(model, config.unit)
@@ -320,7 +335,8 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
         "config": json.loads(config.to_json()),
         "model": "in-memory" if in_memory else (config.model or
                                                  "embedded:SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"),
-        "model_type": model.config.model_type,
+        "model_type": model.config.model_type, "device": str(device), "device_name": describe(device),
+        "dtype": config.dtype,
         "num_blocks_before": L, "num_blocks_after": C.num_blocks(pruned),
         "criterion": criterion.name, "unit": config.unit, "protect": list(protect),
         "removed_units": [list(u) for u in removed],
@@ -353,7 +369,7 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
         from transformers import AutoModelForCausalLM
         from .surgery import save_pretrained
         save_pretrained(pruned, tokenizer, out)
-        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=next(pruned.parameters()).dtype).eval()
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=model_dtype(pruned)).to(device).eval()
         report.update(verify_checkpoint(pruned, reloaded, held_out[:2], out))
     progress.phase("done")
     report["timings_s"] = progress.timings
