@@ -13,6 +13,8 @@ import sys
 from .errors import DepthcutError
 
 
+from .methods import get_method, method_names
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(","))
@@ -56,7 +58,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
             "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
-            "channels_last": args.channels_last or None,
+            "channels_last": args.channels_last or None, "method": args.method,
+            "latency_model": args.latency_model,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model, config, out=args.out)
@@ -113,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
     target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
+    c.add_argument("--method", default=None, choices=method_names(),
+                   help="layermerge (default); baselines through the same pipeline: " + ", ".join(
+                       f"{m}: {get_method(m).summary}" for m in method_names() if m != "layermerge"))
+    c.add_argument("--latency-model", default=None, choices=["per-call", "additive"],
+                   help="rows minus the runtime's per-call cost (default), or plain sums")
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "
                    "and the backend runs on it, else cpu)")
     c.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed-precision fine-tuning")

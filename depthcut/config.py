@@ -10,7 +10,6 @@ from .errors import DepthcutError
 CONFIG_VERSION = 1
 DEFAULT_SPEEDUP = 1.5
 
-METHODS = ("layermerge",)   # the two-stage DP (ICML 2023) lives in depthcut.search.twostage
 PROXIES = ("finetune", "bn-recalibration", "none")
 LATENCY_MODELS = ("per-call", "additive")
 
@@ -80,8 +79,8 @@ class LayerMergeConfig(ConfigBase):
         at_least("speedup", self.speedup, 1.0)
         if self.latency_ms is not None and not self.latency_ms > 0:
             raise DepthcutError(f"latency budget must be positive, got {self.latency_ms} ms")
-        if self.method not in METHODS:
-            raise DepthcutError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        from .methods import get_method
+        get_method(self.method)              # one line naming the registered methods
         if self.latency_model not in LATENCY_MODELS:
             raise DepthcutError(f"unknown latency model {self.latency_model!r}; choose one of "
                                 f"{', '.join(LATENCY_MODELS)}")

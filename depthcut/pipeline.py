@@ -158,6 +158,7 @@ def latency_rows(run: Run) -> LatencyRows:
     from .latency import latency_store, latency_table
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
     from .latency.overhead import call_overhead_ms, in_network_ms
+    from .methods import get_method
 
     config, analysis = run.config, run.analysis
     store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
@@ -176,8 +177,10 @@ def latency_rows(run: Run) -> LatencyRows:
         return {key: timing.median_ms for key, timing in table.items()}
 
     # the largest importance any candidate can score follows from the original's accuracy
+    usable = get_method(config.method).candidates(analysis.candidates, analysis.chain)
+    run.say(f"method {config.method}: {len(usable)} of {len(analysis.candidates)} candidates usable")
     candidates, dominated, latency_ms = prune_dominated(
-        analysis.candidates, time_rows, max_importance=max_accuracy_importance(run.base_accuracy),
+        usable, time_rows, max_importance=max_accuracy_importance(run.base_accuracy),
         steps=config.dp_steps, batch_size=config.batch_size,
         bandwidth=measure_bandwidth(run.device, megabytes=64),
         in_network=lambda c, t: in_network_ms(c, t, overhead, config.batch_size))
@@ -189,12 +192,13 @@ def latency_rows(run: Run) -> LatencyRows:
 
 # -- stage 4: search (SPEC A7) ----------------------------------------------------------------------------
 def search(run: Run, rows: LatencyRows, importance: dict[str, float]):
-    """One DP solve over the table: the whole latency/importance frontier."""
-    from .search.layermerge import solve
+    """The method's search over the table (the LayerMerge DP: one solve, the whole frontier)."""
+    from .methods import get_method
     from .search.tables import Row
 
     table = [Row(c.start, c.end, rows.latency_ms[c.key], importance[c.key], ref=c) for c in rows.candidates]
-    return solve(table, run.analysis.chain.length, steps=run.config.dp_steps, max_latency_ms=rows.body_ms())
+    return get_method(run.config.method).search(table, run.analysis.chain.length, run.config.dp_steps,
+                                                rows.body_ms(), chain=run.analysis.chain)
 
 
 # -- stage 5: land on the measured target -----------------------------------------------------------------
@@ -324,7 +328,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
         "candidates_dominated": len(rows.dominated),
         "dominated_examples": [f"{d.key}: {d.reason}" for d in rows.dominated[:10]],
-        "latency_model": config.latency_model,
+        "method": config.method, "latency_model": config.latency_model,
         "call_overhead_ms": rows.call_overhead[0], "call_overhead_ms_per_mb": rows.call_overhead[1] * 2**20,
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
         "probes": [p.to_dict() for p in chosen.landing.probes],

@@ -1,0 +1,187 @@
+"""Depth-compression methods, found through a registry; every one runs through the same ``compress`` stages
+(issue 9 §4): the same analysis, latency rows, importance table, landing on the measured target, verification,
+recovery and report. A method decides only two things:
+
+* which candidates it may use (a filter over the analysis's (block, kernel option) rows), and
+* how it searches them for a latency budget (``search(rows, length, steps, full_ms)`` returning an object
+  with ``best(budget)``, ``min_latency_ms`` and ``pareto()``, like :class:`depthcut.search.layermerge.Frontier`).
+
+Registered (SPEC A9; compare them at equal *measured* latency):
+
+  layermerge     remove activations and convs jointly, merge each run: the LayerMerge DP over every row.
+  two-stage      activations only (Kim et al., ICML 2023): every conv is kept; a block's activations are
+                 removed by merging it whole. The DP over the all-kept rows. (The ICML 2023 stage 1 may also
+                 leave a linear run unmerged when merging is slower; a merged run is the only form depthcut
+                 deploys, so that pattern is not offered here.)
+  layer-pruning  layers only: remove whole layers (conv + BN + activation), merge nothing: the DP over the
+                 rows that keep exactly one conv (a 0/1 knapsack over layers). A layer that changes the
+                 channels or the stride cannot go alone; depthcut has no "residual branch removed" rewrite
+                 yet, so whole inverted residuals are not removed.
+  depthshrinker  DepthShrinker-style: merge whole natural blocks (residual / inverted-residual blocks), the
+                 least important first, until the budget is met.
+
+    @register_method
+    class MyMethod(Method): name = "my-method"; ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .cnn.chain import Candidate, Chain
+from .errors import DepthcutError, InfeasibleBudgetError
+
+_METHODS: dict[str, "Method"] = {}
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    _METHODS[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> "Method":
+    if name not in _METHODS:
+        raise DepthcutError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_names() -> list[str]:
+    return list(_METHODS)
+
+
+def _all_kept(c: Candidate) -> bool:
+    return tuple(c.kept) == tuple(range(c.start + 1, c.end + 1))
+
+
+def _single(c: Candidate) -> bool:
+    return c.end == c.start + 1
+
+
+class Method:
+    name = "?"
+    summary = ""
+
+    def uses(self, candidate: Candidate, chain: Chain) -> bool:
+        return True
+
+    def candidates(self, candidates: Sequence[Candidate], chain: Chain) -> list[Candidate]:
+        """The rows this method may use; always contains every original conv as its own block."""
+        return [c for c in candidates if self.uses(c, chain) or (_single(c) and _all_kept(c))]
+
+    def search(self, rows, length: int, steps: int, full_ms: float, chain: Chain | None = None):
+        from .search.layermerge import solve
+
+        return solve(rows, length, steps=steps, max_latency_ms=full_ms)
+
+
+@register_method
+class LayerMerge(Method):
+    name = "layermerge"
+    summary = "remove activations and convs jointly, merge each run (LayerMerge, ICML 2024)"
+
+
+@register_method
+class TwoStage(Method):
+    name = "two-stage"
+    summary = "remove activations only, merging each activation-free run (Kim et al., ICML 2023)"
+
+    def uses(self, candidate, chain):
+        return _all_kept(candidate)
+
+
+@register_method
+class LayerPruning(Method):
+    name = "layer-pruning"
+    summary = "remove whole layers (conv + BN + activation), merge nothing"
+
+    def uses(self, candidate, chain):
+        # one conv kept: the block's other layers (conv + BN + activation) are removed, nothing is merged
+        return len(candidate.kept) == 1
+
+
+def natural_blocks(chain: Chain) -> list[tuple[int, int]]:
+    """The network's own building blocks as chain segments: cut at every residual add's start and end, at
+    every position without an activation (an inverted residual's linear bottleneck) and at barriers. Only
+    segments of two or more convs (something to merge) are returned."""
+    cuts = {0, chain.length} | set(chain.barriers)
+    for s in chain.skips:
+        cuts |= {s.start, s.end}
+    cuts |= {p for p in range(1, chain.length) if chain.acts[p] is None}
+    ordered = sorted(cuts)
+    return [(a, b) for a, b in zip(ordered, ordered[1:]) if b - a >= 2]
+
+
+@dataclass
+class GreedyFrontier:
+    """DepthShrinker's search as a frontier: plans merge the natural blocks in increasing importance; the
+    k-th plan merges the first k useful ones."""
+
+    plans: list[Any]                  # Solutions, latency decreasing
+
+    @property
+    def min_latency_ms(self) -> float:
+        return min(p.latency_ms for p in self.plans)
+
+    def best(self, budget_ms: float):
+        fits = [p for p in self.plans if p.latency_ms <= budget_ms]
+        if not fits:
+            raise InfeasibleBudgetError(
+                f"no DepthShrinker plan meets the latency budget {budget_ms:.6g} ms: the minimum achievable "
+                f"latency is {self.min_latency_ms:.6g} ms", minimum=self.min_latency_ms)
+        return fits[0]                # the first that fits merged the fewest blocks: the most important
+
+    def pareto(self):
+        return sorted(self.plans, key=lambda p: p.latency_ms)
+
+
+@register_method
+class DepthShrinker(Method):
+    name = "depthshrinker"
+    summary = "merge whole residual / inverted-residual blocks, least important first (DepthShrinker-style)"
+
+    def uses(self, candidate, chain):
+        return _all_kept(candidate) and (candidate.start, candidate.end) in set(natural_blocks(chain))
+
+    def search(self, rows, length, steps, full_ms, chain=None):
+        if chain is None:
+            raise ValueError("depthshrinker needs the chain to find its blocks")
+        present = {r.block for r in rows}
+        blocks = [b for b in natural_blocks(chain) if b in present]
+        importance = {r.block: r.importance for r in rows if r.block in set(blocks)}
+        order = sorted(blocks, key=lambda b: (importance[b], b))
+        return GreedyFrontier(_depthshrinker_plans(rows, length, order))
+
+
+def _depthshrinker_plans(rows, length: int, order: list[tuple[int, int]]) -> list[Any]:
+    """Plan k merges the k least important blocks that are faster merged than apart (the others are
+    skipped, as DepthShrinker's budget loop does)."""
+    from .search.layermerge import Solution
+
+    single = {}
+    for r in rows:
+        if r.end == r.start + 1 and _all_kept(r.ref):
+            single[r.end] = r
+    merged = {r.block: r for r in rows if r.block in set(order)}
+    plans, chosen = [], []
+
+    def build(chosen_blocks):
+        out, p = [], 0
+        starts = {s: (s, e) for s, e in chosen_blocks}
+        while p < length:
+            if p in starts:
+                out.append(merged[starts[p]])
+                p = starts[p][1]
+            else:
+                out.append(single[p + 1])
+                p += 1
+        return Solution(rows=out, latency_ms=sum(r.latency_ms for r in out),
+                        importance=sum(r.importance for r in out))
+
+    plans.append(build(chosen))
+    for b in order:
+        apart = sum(single[p].latency_ms for p in range(b[0] + 1, b[1] + 1))
+        if merged[b].latency_ms >= apart:
+            continue                                  # merging it cannot help any budget
+        chosen.append(b)
+        plans.append(build(chosen))
+    return plans
