@@ -3,7 +3,7 @@
 The commands are read from README.md itself, so an example that drifts from the code fails here. Each runs
 as a real subprocess (``python -m depthcut ...``) with its placeholders filled in (``mypkg.models:build`` ->
 a small test model, ``path/to/images`` -> a generated image folder, output folders -> tmp_path, ``--device cuda``
--> ``cpu`` on a machine without a GPU) and with
+-> ``cpu`` on a machine without a GPU, a Hugging Face id -> a local HF cache holding the embedded SmolLM2) and with
 flags appended that shrink its budget (argparse keeps the last value of a repeated flag).
 """
 from __future__ import annotations
@@ -58,6 +58,19 @@ def _image_folder(root: Path) -> Path:
     return root
 
 
+def _hub_cache(root: Path, repo_id: str) -> Path:
+    """A Hugging Face cache holding ``repo_id`` as the embedded SmolLM2 checkpoint (converted once, cached)."""
+    from depthcut.llm.loading import _cache_dir_for, default_model_path, load_model
+
+    load_model(None)                                    # makes sure the converted checkpoint exists
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40)).symlink_to(_cache_dir_for(default_model_path()), target_is_directory=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs(command, tmp_path):
@@ -76,6 +89,9 @@ def test_readme_command_runs(command, tmp_path):
     if kind == "compress":
         args += ["--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    hub_ids = [a for a in args if a.startswith("HuggingFaceTB/")]
+    if hub_ids:                 # a model id: served from a Hugging Face cache made here, offline
+        env.update(HF_HUB_CACHE=str(_hub_cache(tmp_path / "hub", hub_ids[0])), HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "depthcut", *args], capture_output=True, text=True,
                           timeout=900, env=env, cwd=tmp_path)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
