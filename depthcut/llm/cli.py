@@ -124,7 +124,7 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--phase", choices=["decode", "prefill"], default="decode", help="what --latency-budget limits")
     p.add_argument("--criterion", default=None,
                    help="auto, ppl, sleb, taylor, taylor+, magnitude, mag+, block_influence, angular "
-                        "(default auto: angular for blocks, ppl for sublayers)")
+                        "(default auto: each cheap criterion proposes a selection; the lowest calibration NLL wins)")
     p.add_argument("--unit", choices=["block", "sublayer"], default="block")
     p.add_argument("--protect", type=int, nargs=2, metavar=("FIRST", "LAST"), default=None,
                    help="never remove the first/last blocks (default: the criterion's, 4 2 for taylor+/mag+)")

@@ -272,3 +272,18 @@ def test_default_criterion_resolves_per_unit(tiny_model, corpus, unit, expected)
     assert P.PruneConfig().criterion == "auto"
     result = P.prune(small_config(corpus, remove=2, unit=unit), tiny_model("llama", num_layers=4), char_tokenizer())
     assert result.report["criterion"] == expected
+
+
+def test_auto_keeps_the_selection_with_the_lowest_calibration_nll(tiny_model, corpus):
+    """Issue 10: auto measures every cheap criterion's selection on the calibration text, keeps the best and
+    reports them all; a criterion that cannot select (mag+ protects 6 of 6 blocks here) is reported, not fatal."""
+    model = tiny_model("llama", num_layers=6)
+    result = P.prune(small_config(corpus, remove=2), model, char_tokenizer())
+    auto = result.report["auto"]
+    scored = {n: c for n, c in auto["candidates"].items() if "calib_nll" in c}
+    assert set(auto["candidates"]) == set(P.AUTO_CANDIDATES["block"])
+    assert "error" in auto["candidates"]["mag+"] and len(scored) >= 3
+    best = min(scored, key=lambda n: scored[n]["calib_nll"])
+    assert auto["chosen"] == best == result.report["criterion"]
+    assert sorted(map(list, result.removed)) == scored[best]["removed"]
+    assert "Criterion chosen by `auto`" in P.report_markdown(result.report)

@@ -1,0 +1,194 @@
+"""The paper's claim, measured (issue 9 §5): every method at the same measured speed-up targets.
+
+For each model, target speed-up, method (depthcut.methods registry) and seed, ``depthcut.compress`` runs the
+whole pipeline - the same analysis, latency rows, importance table, landing on the measured target (here within
+``--band``, default +3%, so that methods compare at nearly equal latency), verification, recovery budget and
+final timing - and the result is stored. The control the reader asks first is there too: the original network
+fine-tuned with the same recovery budget (speed-up x1).
+
+Resumable: each run's result is written atomically to ``--out``/runs/<model>-<method>-x<target>-s<seed>.json as
+it finishes and skipped when present; the latency rows and importance entries are shared through the cache
+across methods and targets (importance entries depend on the seed). Writes ``--out``.md (tables: accuracy and
+measured speed-up, mean +/- std over seeds, where LayerMerge does not win) and ``--out``.png.
+
+    python bench/cnn_frontier.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.25 1.5 2.0]
+                                 [--seeds 0 1 2] [--recovery-epochs 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
+from depthcut.config import LayerMergeConfig  # noqa: E402
+from depthcut.errors import InfeasibleBudgetError  # noqa: E402
+from depthcut.methods import method_names  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "cnn_frontier"
+KEYS = ("speedup", "speedup_low", "speedup_high", "accuracy_before", "accuracy_after", "convs_after",
+        "activations_after", "within_band", "landing_overshoot", "seconds")
+
+
+def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
+    from depthcut.pipeline import compress
+
+    cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=args.recovery_epochs,
+                           speed_tolerance=args.band, max_resolves=10, progress=False,
+                           cache_dir=args.cache)
+    t0 = time.time()
+    try:
+        r = compress(model, cfg).report
+    except InfeasibleBudgetError as e:
+        return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0}
+    return {k: r[k] for k in KEYS} | {"probes": len(r["probes"])}
+
+
+def control(model: str, seed: int, args) -> dict:
+    """The original, fine-tuned with the same recovery recipe (distillation from itself included)."""
+    import copy
+
+    from depthcut.data import make_splits
+    from depthcut.models import resolve_model
+    from depthcut.train import evaluate, train
+
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=args.recovery_epochs)
+    torch.manual_seed(seed)
+    resolved = resolve_model(model)
+    original = resolved.model.eval()
+    splits = make_splits(cfg.data, cfg.finetune_size, cfg.score_size, seed=seed, train_limit=cfg.train_limit,
+                         image_size=tuple(resolved.input_shape[2:]))
+    tuned = copy.deepcopy(original)
+    t0 = time.time()
+    train(tuned, splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size,
+          teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed)
+    return {"speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "accuracy_before": evaluate(original, splits.test),
+            "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summarise(results: dict, models, targets, methods, seeds, args) -> str:
+    lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
+             f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget: {args.recovery_epochs} epochs "
+             f"(distillation weight 0.3), the same for every method and for the control. Landing band: target to "
+             f"+{100 * args.band:.0f}%. Seeds: {', '.join(map(str, seeds))} (mean ± std where more than one). "
+             f"Accuracy on the 10,000 test images; speed-up = median of paired interleaved rounds.", ""]
+    for model in models:
+        ctrl = [results.get(("control", model, 1.0, s)) for s in seeds]
+        ctrl = [c for c in ctrl if c]
+        lines += [f"## {model}", ""]
+        if ctrl:
+            lines.append(f"Original: {mean_std([c['accuracy_before'] for c in ctrl])}%; control (original + the same "
+                         f"recovery fine-tune): {mean_std([c['accuracy_after'] for c in ctrl])}%.")
+            lines.append("")
+        lines += ["| method | " + " | ".join(f"x{t}: accuracy % | speed-up" for t in targets) + " |",
+                  "|---|" + "---|---|" * len(targets)]
+        best_at: dict[float, float] = {}
+        for method in methods:
+            cells = []
+            for t in targets:
+                runs = [results.get((method, model, t, s)) for s in seeds]
+                done = [r for r in runs if r and "infeasible" not in r]
+                if runs and all(r and "infeasible" in r for r in runs):
+                    cells.append("unreachable | " + runs[0]["infeasible"].split("(")[1].split(" over")[0]
+                                 if "(" in runs[0]["infeasible"] else "unreachable | -")
+                    continue
+                acc = [r["accuracy_after"] for r in done]
+                spd = [r["speedup"] for r in done]
+                if method == "layermerge" and acc:
+                    best_at[t] = statistics.mean(acc)
+                cells.append(f"{mean_std(acc)} | x{mean_std(spd)}" if done else "- | -")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+        losses = []
+        for method in methods:
+            if method == "layermerge":
+                continue
+            for t in targets:
+                done = [r for s in seeds if (r := results.get((method, model, t, s))) and "infeasible" not in r]
+                if done and t in best_at and statistics.mean(r["accuracy_after"] for r in done) > best_at[t]:
+                    losses.append(f"{method} at x{t} (+{statistics.mean(r['accuracy_after'] for r in done) - best_at[t]:.2f} points)")
+        lines.append("Where LayerMerge does not have the best mean accuracy: " + (", ".join(losses) if losses else "nowhere")
+                     + ".")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, models, methods, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), dpi=110, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method in methods + ["control"]:
+            pts = [(r["speedup"], r["accuracy_after"]) for (m, mo, _, _), r in results.items()
+                   if m == method and mo == model and "infeasible" not in r]
+            if pts:
+                xs, ys = zip(*sorted(pts))
+                ax.plot(xs, ys, "o-" if method != "control" else "k*", label=method)
+        ax.set_title(model)
+        ax.set_xlabel("measured speed-up (ONNX Runtime CPU, batch 1)")
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20_fmnist", "mobilenet_v2_fmnist"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.5, 2.0])
+    ap.add_argument("--methods", nargs="+", default=method_names())
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--recovery-epochs", type=float, default=1.0)
+    ap.add_argument("--band", type=float, default=0.03)
+    ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    out = Path(args.out)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    jobs = [("control", m, 1.0, s) for m in args.models for s in args.seeds]
+    jobs += [(meth, m, t, s) for s in args.seeds for m in args.models for t in args.targets for meth in args.methods]
+    started = time.time()
+    for k, (method, model, target, seed) in enumerate(jobs, 1):
+        path = runs / f"{model}-{method}-x{target}-s{seed}.json"
+        if path.exists():
+            results[(method, model, target, seed)] = json.loads(path.read_text())
+            continue
+        print(f"[{k}/{len(jobs)}, {time.time() - started:.0f} s] {model} {method} x{target} seed {seed}", flush=True)
+        r = control(model, seed, args) if method == "control" else run_one(model, method, target, seed, args)
+        atomic_write_json(path, r)
+        results[(method, model, target, seed)] = r
+        text = summarise(results, args.models, args.targets, args.methods, args.seeds, args)
+        atomic_write_text(out.with_suffix(".md"), text)
+    text = summarise(results, args.models, args.targets, args.methods, args.seeds, args)
+    atomic_write_text(out.with_suffix(".md"), text + "\n![accuracy vs speed-up](cnn_frontier.png)\n")
+    plot(results, args.models, args.methods, out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
