@@ -98,18 +98,43 @@ def _protocol(prompt_len: int, decode_tokens: int, rounds: int, dtype, device=to
             "dtype": str(dtype).replace("torch.", ""), "statistic": "median of interleaved rounds"}
 
 
+def layer_type(model, index: int) -> str:
+    """The attention kind of block ``index`` ("sliding_attention", "full_attention", ...), "all" when the
+    config does not mix kinds."""
+    types = getattr(model.config, "layer_types", None)
+    return str(types[index]) if types and len(set(types)) > 1 else "all"
+
+
 def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: str = "block",
                  rounds: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
     """Per-unit latency (ms) for prefill and decode, by timing the model with every other unit skipped.
 
-    Returns {"unit", "units": [Unit], "prefill_ms": [per unit], "decode_ms": [per unit],
-    "full_prefill_ms", "full_decode_ms", "overhead_prefill_ms", "overhead_decode_ms", "protocol"}, where
-    overhead = full − Σ units (embeddings, final norm, LM head: what no removal can save).
+    Units are grouped by kind and, for blocks and attention, by layer type: models that mix sliding-window
+    and full attention (Gemma 2/3, Qwen with max_window_layers) pay differently per type at long context, so
+    each group is timed on its own (every other member skipped; block 0 always stays, so the KV cache length
+    stays right) and a unit costs its group's per-member saving.
+
+    Returns {"unit", "units": [Unit], "prefill_ms": [per unit], "decode_ms": [per unit], "groups": {group:
+    {"members", "skipped", "prefill_ms", "decode_ms"}}, "full_prefill_ms", "full_decode_ms",
+    "overhead_prefill_ms", "overhead_decode_ms", "protocol"}, where overhead = full − Σ units (embeddings,
+    final norm, LM head: what no removal can save).
     """
     L = num_blocks(model)
-    odd = [i for i in range(L) if i % 2 == 1] or [0]  # block 0 stays, so the KV cache length stays right
     kinds = {"block": ["block"], "sublayer": ["attn", "mlp"]}[unit]
     prompt = _prompt(model, prompt_len)
+
+    def group_of(i: int, kind: str) -> str:
+        return f"{kind}:{layer_type(model, i) if kind in ('block', 'attn') else 'all'}"
+
+    members: dict[str, list[int]] = {}
+    for kind in kinds:
+        for i in range(L):
+            members.setdefault(group_of(i, kind), []).append(i)
+    skips = {}
+    for group, idx in members.items():
+        chosen = [i for i in idx[1::2] if i != 0] or [i for i in idx if i != 0][:1]
+        if chosen:
+            skips[group] = chosen
 
     def runner(skip: list[Unit]):
         def run():
@@ -117,19 +142,28 @@ def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: st
                 return time_generation(model, prompt, decode_tokens)
         return run
     runners = {"full": runner([])}
-    for kind in kinds:
-        runners[kind] = runner([(i, kind) for i in odd])
+    for group, chosen in skips.items():
+        kind = group.split(":")[0]
+        runners[group] = runner([(i, kind) for i in chosen])
     with torch_threads(threads):
         samples = _interleaved(runners, rounds, warmup)
         protocol = _protocol(prompt_len, decode_tokens, rounds, model_dtype(model), model_device(model))
     med = {name: (_summary([s[0] for s in v])[0], _summary([s[1] for s in v])[0]) for name, v in samples.items()}
-    per_kind = {kind: (max(med["full"][0] - med[kind][0], 0.0) / len(odd),
-                       max(med["full"][1] - med[kind][1], 0.0) / len(odd)) for kind in kinds}
+    per_group = {g: (max(med["full"][0] - med[g][0], 0.0) / len(c), max(med["full"][1] - med[g][1], 0.0) / len(c))
+                 for g, c in skips.items()}
+    for kind in kinds:                     # a group that could not be timed (only block 0): its kind's mean
+        timed = [v for g, v in per_group.items() if g.startswith(kind + ":")]
+        mean = tuple(sum(v[k] for v in timed) / len(timed) for k in (0, 1)) if timed else (0.0, 0.0)
+        for g in members:
+            if g.startswith(kind + ":") and g not in per_group:
+                per_group[g] = mean
     units = all_units(model, unit)
-    prefill = [per_kind[u[1]][0] for u in units]
-    decode = [per_kind[u[1]][1] for u in units]
+    prefill = [per_group[group_of(u[0], u[1])][0] for u in units]
+    decode = [per_group[group_of(u[0], u[1])][1] for u in units]
     return {
         "unit": unit, "units": units, "prefill_ms": prefill, "decode_ms": decode,
+        "groups": {g: {"members": members[g], "skipped": skips.get(g, []), "prefill_ms": per_group[g][0],
+                       "decode_ms": per_group[g][1]} for g in members},
         "full_prefill_ms": med["full"][0], "full_decode_ms": med["full"][1],
         "overhead_prefill_ms": max(med["full"][0] - sum(prefill), 0.0),
         "overhead_decode_ms": max(med["full"][1] - sum(decode), 0.0),

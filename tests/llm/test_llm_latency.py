@@ -29,12 +29,33 @@ def test_unit_latency_has_one_nonnegative_entry_per_unit(tiny_model, unit, kinds
     assert all(v >= 0 for v in table["prefill_ms"] + table["decode_ms"])
     assert table["full_prefill_ms"] > 0 and table["full_decode_ms"] > 0
     assert table["protocol"]["prompt_len"] == 8 and table["protocol"]["threads"] == 1
-    # every unit of a kind gets the same (stack-average) latency
+    # every unit of a kind gets the same latency (llama does not mix attention types)
     for kind in kinds:
         assert len({v for u, v in zip(table["units"], table["decode_ms"]) if u[1] == kind}) == 1
     removed = table["units"][:2]
     assert lat.predicted_ms(table, removed, "decode") == pytest.approx(
         table["full_decode_ms"] - table["decode_ms"][0] - table["decode_ms"][1])
+
+
+def test_mixed_attention_models_get_one_latency_per_layer_type(tiny_model, monkeypatch):
+    """Issue 10: sliding-window and full-attention blocks are timed as separate groups, each unit costs its
+    group's saving (scripted timings: a skipped full-attention block saves 3 ms, a sliding one 1 ms)."""
+    model = tiny_model("gemma3_text", num_layers=6)           # sliding, full, sliding, sliding, full, sliding
+    types = model.config.layer_types
+
+    def fake_time(m, prompt, n):
+        skipped_now = [i for i, layer in enumerate(m.model.layers) if "forward" in layer.__dict__]
+        saved = sum(3.0 if types[i] == "full_attention" else 1.0 for i in skipped_now)
+        return 20.0 - saved, 10.0 - saved / 2
+    monkeypatch.setattr(lat, "time_generation", fake_time)
+    table = lat.unit_latency(model, prompt_len=8, decode_tokens=2, unit="block", rounds=1, warmup=0)
+    assert set(table["groups"]) == {"block:sliding_attention", "block:full_attention"}
+    assert 0 not in sum((g["skipped"] for g in table["groups"].values()), [])     # block 0 always stays
+    for (i, _), pre, dec in zip(table["units"], table["prefill_ms"], table["decode_ms"]):
+        want = 3.0 if types[i] == "full_attention" else 1.0
+        assert (pre, dec) == (pytest.approx(want), pytest.approx(want / 2))
+    llama = lat.unit_latency(tiny_model("llama", num_layers=4), prompt_len=8, decode_tokens=2, rounds=1, warmup=0)
+    assert set(llama["groups"]) == {"block:all"}
 
 
 def test_unit_latency_leaves_the_model_intact(tiny_model, tiny_input):
