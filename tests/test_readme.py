@@ -27,6 +27,7 @@ SMALL = {
                  "64", "--train-limit", "512", "--timing-rounds", "20", "--quiet"],
     "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16"],
     "llm upscale": ["--eval", "2x64"],
+    "llm select": ["--calib", "2x64"],
 }
 
 
@@ -85,6 +86,10 @@ def test_readme_command_runs(command, tmp_path):
         if flag in args:
             i = args.index(flag) + 1
             args[i] = str(tmp_path / args[i].strip("/"))
+    if kind == "llm select":    # the README selects on smol-24/ made by the prune example: use the embedded model
+        from depthcut.llm.loading import _cache_dir_for, default_model_path, load_model
+        load_model(None)
+        args[args.index("--model") + 1] = str(_cache_dir_for(default_model_path()))
     args += SMALL.get(kind, [])
     if kind == "compress":
         args += ["--cache-dir", str(tmp_path / "cache")]

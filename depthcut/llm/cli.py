@@ -109,6 +109,33 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    """Which units a criterion removes, without pruning: in memory, or streamed one block at a time."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from ..errors import DepthcutError
+    from .device import resolve_dtype
+    from .loading import hub_cache_path
+    from .stream import stream_select
+    from .text import calibration_windows, load_corpus, split_text
+
+    path = Path(args.model)
+    if not path.exists():
+        path = hub_cache_path(args.model)
+    if not path.is_dir():
+        raise DepthcutError(f"llm select --stream reads a checkpoint folder of safetensors, got {args.model}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    calib_text = split_text(load_corpus(args.corpus), (0.1, 0.5, 0.4))[0]
+    windows = calibration_windows(tokenizer, calib_text, args.calib[0], args.calib[1], args.seed, True)
+    units, sm = stream_select(path, windows, args.criterion, args.remove, unit="block",
+                              dtype=resolve_dtype(args.dtype), device=args.device or "cpu")
+    print(json.dumps({"criterion": args.criterion, "remove": [list(u) for u in sorted(units)],
+                      "peak_parameter_bytes": sm.peak_bytes, "model_parameter_bytes": sm.parameter_bytes()}))
+    return 0
+
+
 def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``llm prune`` and ``llm upscale`` under ``subparsers`` (an argparse subparsers action)."""
     llm = subparsers.add_parser("llm", help="depth pruning and depth up-scaling of Hugging Face causal LMs")
@@ -154,6 +181,18 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     u.add_argument("--corpus", default="lee")
     u.add_argument("--out", default=None, help="output directory for the up-scaled checkpoint")
     u.set_defaults(func=cmd_upscale)
+
+    s = sub.add_parser("select", help="which blocks a criterion removes, scored with one block in memory at a "
+                                      "time (for models that do not fit)")
+    s.add_argument("--model", required=True, help="checkpoint folder (safetensors) or a Hugging Face id in the cache")
+    s.add_argument("--criterion", default="angular", help="angular, block_influence, ppl, magnitude, mag+")
+    s.add_argument("--remove", type=_positive_int, required=True)
+    s.add_argument("--calib", type=_windows, default=(16, 128), help="calibration windows, e.g. 16x128")
+    s.add_argument("--corpus", default="lee")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--device", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_select)
     return llm
 
 

@@ -65,3 +65,19 @@ def test_criteria_that_cannot_stream_say_so(saved):
     _, path = saved("llama")
     with pytest.raises(DepthcutError, match="does not stream"):
         stream_select(path, windows(), "taylor", 1)
+
+
+def test_cli_select_streams_a_checkpoint(tiny_model, tmp_path, capsys):
+    import json
+
+    from depthcut.llm.cli import main
+    from test_prune import char_tokenizer, corpus  # noqa: F401
+
+    path = tmp_path / "ckpt"
+    save_pretrained(tiny_model("llama", num_layers=6), char_tokenizer(), path)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["the cat sat on a mat and ran far away"] * 400))
+    assert main(["select", "--model", str(path), "--criterion", "block_influence", "--remove", "2",
+                 "--calib", "2x24", "--corpus", str(text)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["remove"]) == 2 and out["peak_parameter_bytes"] < out["model_parameter_bytes"]
