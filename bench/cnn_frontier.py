@@ -125,6 +125,16 @@ def summarise(results: dict, models, targets, methods, seeds, args) -> str:
                     losses.append(f"{method} at x{t} (+{statistics.mean(r['accuracy_after'] for r in done) - best_at[t]:.2f} points)")
         lines.append("Where LayerMerge does not have the best mean accuracy: " + (", ".join(losses) if losses else "nowhere")
                      + ".")
+        spreads = []
+        for t in targets:
+            spd = [statistics.mean(r["speedup"] for r in done) for method in methods
+                   if (done := [r for s in seeds if (r := results.get((method, model, t, s))) and "infeasible" not in r])]
+            if len(spd) > 1:
+                spreads.append(f"x{t}: {100 * (max(spd) / min(spd) - 1):.0f}%")
+        if spreads:
+            lines.append("Not all at equal latency: the measured speed-ups of the methods that reached a target "
+                         "differ by " + ", ".join(spreads) + " (fastest / slowest); a method whose frontier has no "
+                         "plan inside the band lands above it.")
         lines.append("")
     return "\n".join(lines)
 

@@ -145,7 +145,8 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
         if not p.meets:
             e = p.estimate
             raise InfeasibleBudgetError(
-                f"no plan reaches x{target:.3f}: the fastest plan measures {e.compressed_ms:.3f} ms vs "
+                f"no plan reaches x{target:.3f} (its 95% interval at or above the target): the fastest plan "
+                f"measures {e.compressed_ms:.3f} ms vs "
                 f"{e.original_ms:.3f} ms for the original ({e.describe()})", minimum=e.compressed_ms)
         met = [p]
     best = max(met, key=lambda q: q.budget)
