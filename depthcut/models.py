@@ -29,7 +29,9 @@ def resolve_model(spec: str | nn.Module, pretrained: bool = True) -> ResolvedMod
 
     - a registered zoo name (``resnet20_fmnist``): built and loaded from its committed checkpoint;
     - ``package.module:factory``: imported and called with no arguments;
-    - a path to a ``torch.export`` program (``.pt2``): loaded and turned back into a module.
+    - a path to a ``torch.export`` program (``.pt2``): loaded and turned back into a module;
+    - ``torchvision:NAME`` / ``timm:NAME``, optionally ``@FILE`` (a state dict) or ``@random``: the library's
+      model with its pretrained weights from the local cache only (nothing downloads), at its input size.
     """
     if isinstance(spec, nn.Module):
         return ResolvedModel(spec.eval(), type(spec).__name__, None)
@@ -37,6 +39,9 @@ def resolve_model(spec: str | nn.Module, pretrained: bool = True) -> ResolvedMod
         entry = zoo.get(spec)
         return ResolvedModel(zoo.load(spec, pretrained=pretrained), spec, entry.input_shape,
                              entry.chain_exclude, entry.dataset)
+    library = spec.partition(":")[0]
+    if library in LIBRARIES and not Path(spec).exists():
+        return _from_library(spec)
     if ":" in spec and not Path(spec).exists():
         return _from_factory(spec)
     path = Path(spec)
@@ -44,6 +49,102 @@ def resolve_model(spec: str | nn.Module, pretrained: bool = True) -> ResolvedMod
         return _from_export(path)
     raise DepthcutError(f"unknown model {spec!r}: not a registered name ({', '.join(sorted(zoo.MODELS))}), "
                         "not package.module:factory, and no such file")
+
+
+LIBRARIES = ("torchvision", "timm")
+
+
+def _from_library(spec: str) -> ResolvedModel:
+    """``torchvision:resnet34``, ``timm:mobilenetv2_100@weights.pth``, ``torchvision:resnet50@random``."""
+    library, _, rest = spec.partition(":")
+    name, _, weights = rest.partition("@")
+    try:
+        lib = importlib.import_module("torchvision.models" if library == "torchvision" else "timm")
+    except Exception as e:  # noqa: BLE001 - ImportError, or a torch build the library does not match
+        raise DepthcutError(f"model {spec!r} needs {library}, which does not import here ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}); install it for this torch build") from None
+    if library == "torchvision":
+        model, shape, cached = _torchvision_model(lib, name, spec)
+    else:
+        model, shape, cached = _timm_model(lib, name, spec)
+    if weights == "random":
+        pass
+    elif weights:
+        path = Path(weights)
+        if not path.exists():
+            raise DepthcutError(f"weights file {path} for model {spec!r} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise DepthcutError(f"weights {path} do not fit {library}:{name}: {str(e).splitlines()[0]}") from None
+    else:
+        model.load_state_dict(cached())
+    return ResolvedModel(model.eval(), f"{library}:{name}", shape)
+
+
+def _torchvision_model(models, name: str, spec: str):
+    try:
+        model = models.get_model(name, weights=None)
+    except ValueError:
+        raise DepthcutError(f"torchvision has no model {name!r} (model {spec!r})") from None
+    shape = (1, 3, 224, 224)
+    enum = None
+    try:
+        enum = models.get_model_weights(name).DEFAULT
+        crop = getattr(enum.transforms(), "crop_size", None)
+        if crop:
+            size = crop[0] if isinstance(crop, (list, tuple)) else crop
+            shape = (1, 3, int(size), int(size))
+    except Exception:  # noqa: BLE001 - a model without published weights: random only
+        enum = None
+
+    def cached():
+        if enum is None:
+            raise DepthcutError(f"torchvision publishes no weights for {name}; pass {spec}@FILE or {spec}@random")
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        if not file.exists():
+            raise DepthcutError(f"the weights of {spec} ({enum}) are not in the local cache ({file}); depthcut "
+                                f"never downloads at run time: fetch them once, or pass {spec}@FILE, or "
+                                f"{spec}@random for random weights (enough for latency)")
+        return torch.load(file, map_location="cpu", weights_only=True)
+    return model, shape, cached
+
+
+def _timm_model(timm, name: str, spec: str):
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except Exception as e:  # noqa: BLE001 - unknown name or bad config
+        raise DepthcutError(f"timm cannot create {name!r} (model {spec!r}): {str(e).splitlines()[0]}") from None
+    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    shape = (1,) + size
+
+    def cached():
+        """The pretrained file from the local Hugging Face cache (or torch hub's, for URL weights); no
+        request is ever made."""
+        cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+        path = None
+        if cfg.get("hf_hub_id"):
+            from huggingface_hub import try_to_load_from_cache
+
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                found = try_to_load_from_cache(cfg["hf_hub_id"], filename)
+                if isinstance(found, str):
+                    path = Path(found)
+                    break
+        elif cfg.get("url"):
+            candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg["url"]).name
+            path = candidate if candidate.exists() else None
+        if path is None:
+            raise DepthcutError(f"the weights of {spec} ({cfg.get('hf_hub_id') or cfg.get('url') or 'none published'}) "
+                                f"are not in the local cache; depthcut never downloads at run time: fetch them "
+                                f"once, or pass {spec}@FILE, or {spec}@random for random weights (enough for latency)")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return model, shape, cached
 
 
 def _from_factory(spec: str) -> ResolvedModel:
