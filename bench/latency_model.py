@@ -94,7 +94,7 @@ def study(name: str, size: int, cache: str, max_rounds: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Latency model on ONNX Runtime CPU: `python bench/latency_model.py`", "",
+    lines = ["# Latency model on ONNX Runtime CPU: `python bench/latency_model.py`", "",
              f"{report['cpu']}, {report['threads']} threads, onnxruntime {report['onnxruntime']}, batch 1, "
              f"{report['size']}x{report['size']}, random weights, data-free importance proxy. Measured = median of "
              f"paired per-round ratios, 95% interval from order statistics (depthcut.latency.compare). Prediction "

@@ -14,7 +14,6 @@ Writes bench/results/llm_auto.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -137,5 +137,5 @@ def test_every_method_runs_through_compress(trained, tmp_path, name):  # noqa: F
         assert 0 < r["pruning_ratio"] < 0.9
         return
     assert r["intended_structure_error"] < 1e-9
-    chain = result.plan                                   # the plan's blocks obey the method's rule
+    # the plan's blocks obey the method's rule
     assert all(RULES[name](c, _chain_of(model)) for c in result.plan.blocks if not is_trivial(c))

@@ -71,7 +71,7 @@ def test_cli_select_streams_a_checkpoint(tiny_model, tmp_path, capsys):
     import json
 
     from depthcut.llm.cli import main
-    from test_prune import char_tokenizer, corpus  # noqa: F401
+    from test_prune import char_tokenizer
 
     path = tmp_path / "ckpt"
     save_pretrained(tiny_model("llama", num_layers=6), char_tokenizer(), path)
