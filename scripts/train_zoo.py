@@ -32,7 +32,7 @@ model. Load with `depthcut.zoo.load(name)`. Files hold `{"state_dict": ..., "met
 Reproduce (the wall-clock budget caps the epochs on a loaded machine; more epochs give higher accuracy):
 
     python scripts/train_zoo.py resnet20_fmnist --epochs 8 --budget-min 16 --threads 1
-    python scripts/train_zoo.py mobilenet_v2_fmnist --epochs 3 --budget-min 17 --threads 1
+    python scripts/train_zoo.py mobilenet_v2_fmnist --epochs 8 --budget-min 45 --threads 2
 """
 
 
