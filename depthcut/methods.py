@@ -147,48 +147,14 @@ class DepthShrinker(Method):
         return _all_kept(candidate) and (candidate.start, candidate.end) in set(natural_blocks(chain))
 
     def search(self, rows, length, steps, full_ms, chain=None):
+        from .search.knapsack import depthshrinker_plans
+
         if chain is None:
             raise ValueError("depthshrinker needs the chain to find its blocks")
         present = {r.block for r in rows}
         blocks = [b for b in natural_blocks(chain) if b in present]
         importance = {r.block: r.importance for r in rows if r.block in set(blocks)}
-        order = sorted(blocks, key=lambda b: (importance[b], b))
-        return GreedyFrontier(_depthshrinker_plans(rows, length, order))
-
-
-def _depthshrinker_plans(rows, length: int, order: list[tuple[int, int]]) -> list[Any]:
-    """Plan k merges the k least important blocks that are faster merged than apart (the others are
-    skipped, as DepthShrinker's budget loop does)."""
-    from .search.layermerge import Solution
-
-    single = {}
-    for r in rows:
-        if r.end == r.start + 1 and _all_kept(r.ref):
-            single[r.end] = r
-    merged = {r.block: r for r in rows if r.block in set(order)}
-    plans, chosen = [], []
-
-    def build(chosen_blocks):
-        out, p = [], 0
-        starts = {s: (s, e) for s, e in chosen_blocks}
-        while p < length:
-            if p in starts:
-                out.append(merged[starts[p]])
-                p = starts[p][1]
-            else:
-                out.append(single[p + 1])
-                p += 1
-        return Solution(rows=out, latency_ms=sum(r.latency_ms for r in out),
-                        importance=sum(r.importance for r in out))
-
-    plans.append(build(chosen))
-    for b in order:
-        apart = sum(single[p].latency_ms for p in range(b[0] + 1, b[1] + 1))
-        if merged[b].latency_ms >= apart:
-            continue                                  # merging it cannot help any budget
-        chosen.append(b)
-        plans.append(build(chosen))
-    return plans
+        return GreedyFrontier(depthshrinker_plans(rows, length, blocks, importance))
 
 
 @register_method

@@ -150,18 +150,16 @@ def layer_pruning(rows: Sequence[Row], length: int, budget_ms: float | None = No
     return solve(singles, length, budget_ms=budget_ms, steps=steps, max_latency_ms=max_latency_ms)
 
 
-def depthshrinker(rows: Sequence[Row], length: int, blocks: Sequence[tuple[int, int]],
-                  block_importance: Sequence[float] | Mapping[tuple[int, int], float], budget_ms: float,
-                  skip_slower: bool = True) -> Solution:
-    """DepthShrinker-style baseline: merge whole inverted-residual blocks, least important first.
+def depthshrinker_plans(rows: Sequence[Row], length: int, blocks: Sequence[tuple[int, int]],
+                        block_importance: Sequence[float] | Mapping[tuple[int, int], float],
+                        skip_slower: bool = True) -> list[Solution]:
+    """DepthShrinker's sequence of plans: plan k merges the k least important useful blocks whole.
 
     ``blocks`` are disjoint (start, end) segments (one per inverted-residual block); ``block_importance``
     scores each (higher = keep its activations). Unmerged positions run their single-conv row, a merged
     block runs its (start, end) row; where several rows share a block, ``option == 0`` (all convs kept) is
-    used. Blocks are merged in increasing importance until the summed latency is <= ``budget_ms``; with
-    ``skip_slower`` a block whose merged conv is not faster than its convs run apart is never merged (it
-    could not help the budget). Raises :class:`InfeasibleBudgetError` if merging every useful block is
-    still too slow.
+    used. With ``skip_slower`` a block whose merged conv is not faster than its convs run apart is never
+    merged (it could not help any budget). Latency decreases along the list.
     """
     def pick(block: tuple[int, int]) -> Row:
         cands = [r for r in rows if r.block == block]
@@ -199,18 +197,27 @@ def depthshrinker(rows: Sequence[Row], length: int, blocks: Sequence[tuple[int, 
         return Solution(rows=out, latency_ms=lat, importance=imp)
 
     chosen: set[tuple[int, int]] = set()
-    current = plan(chosen)
+    plans = [plan(chosen)]
     for k in sorted(range(len(blocks)), key=lambda k: (scores[k], k)):
-        if current.latency_ms <= budget_ms:
-            return current
         b = blocks[k]
         apart = math.fsum(single[p].latency_ms for p in range(b[0] + 1, b[1] + 1))
         if skip_slower and merged[b].latency_ms >= apart:
             continue
         chosen.add(b)
-        current = plan(chosen)
-    if current.latency_ms <= budget_ms:
-        return current
+        plans.append(plan(chosen))
+    return plans
+
+
+def depthshrinker(rows: Sequence[Row], length: int, blocks: Sequence[tuple[int, int]],
+                  block_importance: Sequence[float] | Mapping[tuple[int, int], float], budget_ms: float,
+                  skip_slower: bool = True) -> Solution:
+    """DepthShrinker-style baseline: merge whole inverted-residual blocks, least important first, until the
+    summed latency is <= ``budget_ms`` (:func:`depthshrinker_plans`). Raises :class:`InfeasibleBudgetError` if
+    merging every useful block is still too slow."""
+    plans = depthshrinker_plans(rows, length, blocks, block_importance, skip_slower)
+    for p in plans:
+        if p.latency_ms <= budget_ms:
+            return p
     raise InfeasibleBudgetError(f"no DepthShrinker plan meets the latency budget {budget_ms:.6g} ms: the minimum "
-                                f"achievable latency (all useful blocks merged) is {current.latency_ms:.6g} ms",
-                                minimum=current.latency_ms)
+                                f"achievable latency (all useful blocks merged) is {plans[-1].latency_ms:.6g} ms",
+                                minimum=plans[-1].latency_ms)
