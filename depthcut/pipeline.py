@@ -206,6 +206,22 @@ def search(run: Run, rows: LatencyRows, importance: dict[str, float]):
 
 
 # -- stage 5: land on the measured target -----------------------------------------------------------------
+def original_ms(run: Run) -> float:
+    """The original's end-to-end latency (converts a latency target into a speed-up; seeds the model)."""
+    from .latency import time_models
+
+    return time_models({"original": run.original}, run.example, run.backend,
+                       rounds=10, repeats=10)["original"].median_ms
+
+
+def probe_speed(run: Run, candidate: nn.Module, decided):
+    """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear."""
+    from .latency.compare import compare_speed
+
+    return compare_speed(run.original, candidate, run.example, run.backend, repeats=5, min_rounds=10,
+                         max_rounds=run.config.timing_rounds, rel_width=0.02, decided=decided)
+
+
 def target_speedup(run: Run, base_ms: float) -> float:
     c = run.config
     return c.speedup if not c.latency_ms else base_ms / c.latency_ms
@@ -223,13 +239,10 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
     """Probe plans end to end until one measures inside [target, target * (1 + tolerance)]
     (depthcut.search.target)."""
     from .cnn.build import build_merged, build_unmerged, plan_from_blocks
-    from .latency import time_models
-    from .latency.compare import compare_speed
     from .search.target import land_on_target
 
     config, chain = run.config, run.analysis.chain
-    base_ms = time_models({"original": run.original}, run.example, run.backend,
-                          rounds=10, repeats=10)["original"].median_ms
+    base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
     full = rows.body_ms()
 
@@ -240,8 +253,7 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
     def measure(solution, decided):
         plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
         merged = build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
-        return compare_speed(run.original, merged, run.example, run.backend, repeats=5, min_rounds=10,
-                             max_rounds=config.timing_rounds, rel_width=0.02, decided=decided)
+        return probe_speed(run, merged, decided)
 
     run.say(f"landing on x{target:.3f} (band up to x{target * (1 + config.speed_tolerance):.3f}); original "
             f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
@@ -348,16 +360,13 @@ def compress_width(run: Run, out) -> CompressResult:
     final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
     from .cnn.build import count_layers
     from .cnn.channels import ChannelFrontier
-    from .latency import time_models
-    from .latency.compare import compare_speed
     from .search.target import land_on_target
     from .train import evaluate, train
 
     config = run.config
     run.say(f"channel pruning (Torch-Pruning, L1) of {run.resolved.name}")
     frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
-    base_ms = time_models({"original": run.original}, run.example, run.backend,
-                          rounds=10, repeats=10)["original"].median_ms
+    base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
 
     def choose(budget_macs: float):
@@ -365,8 +374,7 @@ def compress_width(run: Run, out) -> CompressResult:
         return plan.ratio, plan.macs, plan
 
     def measure(plan, decided):
-        return compare_speed(run.original, plan.model.to(run.device), run.example, run.backend, repeats=5,
-                             min_rounds=10, max_rounds=config.timing_rounds, rel_width=0.02, decided=decided)
+        return probe_speed(run, plan.model.to(run.device), decided)
 
     try:
         landing = land_on_target(choose, measure, target=target, full=frontier.full, floor=frontier.min_latency_ms,
