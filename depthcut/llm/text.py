@@ -1,13 +1,20 @@
-"""Real text for calibration, healing and evaluation, available offline.
+"""Real text for calibration, healing and evaluation, available offline, from a place the report names.
 
-The gensim wheel on PyPI ships two small corpora in ``gensim/test/test_data``:
+The named corpora are the two small text files that the gensim package ships as test data
+(``gensim/test/test_data``, LGPL-2.1, like gensim):
 
 * ``lee``  - ``lee_background.cor``: ~300 Australian news articles (Lee et al. 2005), plain English, ~60k words.
 * ``wiki-stemmed`` - ``head500.noblanks.cor``: 500 Wikipedia articles, *stemmed and stop-word free*
   (not natural text: useful only as a different distribution).
 
-We read them straight out of the wheel with :mod:`zipfile` (gensim itself is never installed). The wheel is
-downloaded once with ``pip download --no-deps gensim`` into ``~/.cache/depthcut/wheels``.
+Where they are read from, in this order (:func:`corpus_source` says which one a run used):
+
+1. the installed ``gensim`` distribution's files (``make install`` installs ``gensim==4.4.0`` with
+   ``--no-deps``: its package data is all we use, and gensim is never imported);
+2. a gensim wheel in ``~/.cache/depthcut/wheels`` (read with :mod:`zipfile`; older depthcut put it there).
+
+Nothing is downloaded at run time: without either, the error says what to install. Any UTF-8 text file can be
+passed instead of a corpus name.
 
 Every experiment splits one text into DISJOINT parts (calibration / heal / held-out eval) with
 :func:`split_text`, so the model is never scored on text it was calibrated or healed on.
@@ -17,8 +24,6 @@ from __future__ import annotations
 import glob
 import os
 import random
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -35,35 +40,50 @@ CORPORA = {
 DEFAULT_CORPUS = "lee"
 # Pinned: the corpora (and so every perplexity in bench/results) must not change under a new release.
 GENSIM = "gensim==4.4.0"
+INSTALL_HINT = f"pip install --no-deps {GENSIM}"
 
 
-def gensim_wheel(download: bool = True) -> Path:
-    """Path of a cached gensim wheel; downloads it (no dependencies, no install) if missing."""
-    pattern = str(WHEEL_DIR / f"gensim-{GENSIM.split('==')[1]}-*.whl")
-    found = sorted(glob.glob(pattern))
-    if found:
-        return Path(found[-1])
-    if download:
-        WHEEL_DIR.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", GENSIM,
-               "-d", str(WHEEL_DIR)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(glob.glob(pattern))
-        if found:
-            return Path(found[-1])
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-        raise DataError(
-            f"the text corpora come from the gensim wheel, which is not in {WHEEL_DIR} and could not be "
-            f"downloaded ({tail[0]}); run: pip download --no-deps {GENSIM} -d {WHEEL_DIR}  "
-            "or pass a plain-text file path instead of a corpus name"
-        )
-    raise DataError(f"no gensim wheel in {WHEEL_DIR}; run: pip download --no-deps {GENSIM} -d {WHEEL_DIR}")
+def _installed(member: str) -> Path | None:
+    """``member`` inside the installed gensim distribution, if there is one (gensim is not imported)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("gensim")
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(dist.locate_file(member))
+    return path if path.is_file() else None
+
+
+def _wheel() -> Path | None:
+    found = sorted(glob.glob(str(WHEEL_DIR / f"gensim-{GENSIM.split('==')[1]}-*.whl")))
+    return Path(found[-1]) if found else None
+
+
+def corpus_source(name: str) -> str:
+    """Where the text of corpus ``name`` (or text file ``name``) is read from, for the report."""
+    if name not in CORPORA:
+        return str(Path(os.path.expanduser(name)).resolve())
+    installed = _installed(CORPORA[name])
+    if installed is not None:
+        from importlib import metadata
+        return f"{installed} (gensim {metadata.version('gensim')} package data)"
+    wheel = _wheel()
+    if wheel is not None:
+        return f"{wheel}!{CORPORA[name]}"
+    raise DataError(f"corpus {name!r} is gensim's test data, and no gensim is installed here (nor a gensim wheel in "
+                    f"{WHEEL_DIR}); nothing is downloaded at run time: {INSTALL_HINT} (make install does), or "
+                    f"pass the path of a UTF-8 text file")
 
 
 def load_corpus(name: str = DEFAULT_CORPUS) -> str:
-    """The text of a named corpus (see :data:`CORPORA`) or of a user's UTF-8 text file."""
+    """The text of a named corpus (see :data:`CORPORA` and the module doc) or of a user's UTF-8 text file."""
     if name in CORPORA:
-        with zipfile.ZipFile(gensim_wheel()) as wheel:
+        corpus_source(name)          # one clear error when neither source is there
+        installed = _installed(CORPORA[name])
+        if installed is not None:
+            return installed.read_text(encoding="utf-8")
+        with zipfile.ZipFile(_wheel()) as wheel:
             try:
                 return wheel.read(CORPORA[name]).decode("utf-8")
             except KeyError:

@@ -37,8 +37,9 @@ def test_prune_in_bfloat16_saves_a_bfloat16_checkpoint_that_decodes_right(tiny_m
 
     model = tiny_model("gemma3_text", num_layers=6)
     out = tmp_path / "bf16"
-    result = P.prune(small_config(corpus, remove=2, unit="sublayer", criterion="ppl", heal_steps=2,
-                                  dtype="bfloat16", device="cpu", out=str(out)), model, char_tokenizer())
+    result = P.prune(model, char_tokenizer(), small_config(corpus, remove=2, unit="sublayer", criterion="ppl",
+                                                            heal_steps=2, dtype="bfloat16", device="cpu",
+                                                            out=str(out)))
     assert next(model.parameters()).dtype == torch.float32            # the caller's model is not touched
     assert next(result.model.parameters()).dtype == torch.bfloat16
     report = json.loads((out / "report.json").read_text())

@@ -74,6 +74,23 @@ def test_load_corpus_reads_user_files_and_names_unknown_ones(corpus):
         load_corpus("no-such")
 
 
+def test_named_corpora_are_located_never_downloaded(monkeypatch, tmp_path):
+    """Issue 10: the corpus comes from the installed gensim package data or a wheel already on disk; without
+    either, one line says what to install, and nothing runs pip."""
+    import subprocess
+
+    import depthcut.llm.text as T
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a subprocess ran"))
+    if T._installed(T.CORPORA["lee"]) is not None:
+        assert "gensim" in T.corpus_source("lee") and len(load_corpus("lee")) > 100_000
+    monkeypatch.setattr(T, "_installed", lambda member: None)
+    monkeypatch.setattr(T, "WHEEL_DIR", tmp_path / "no-wheels")
+    with pytest.raises(DepthcutError, match=r"nothing is downloaded at run time: pip install --no-deps gensim==4\.4\.0"):
+        load_corpus("lee")
+    assert T.corpus_source(__file__) == str(Path(__file__).resolve())      # a text file names itself
+
+
 # ------------------------------------------------------------------------------------------- selection
 def fake_latency(units, per_unit, full=10.0):
     return {"unit": "block", "units": units, "prefill_ms": list(per_unit), "decode_ms": list(per_unit),
@@ -101,7 +118,7 @@ def test_prune_end_to_end_saves_a_checkpoint_that_reloads_with_identical_logits(
     model, tok = tiny_model("llama", num_layers=6), char_tokenizer()
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "pruned"
-    result = P.prune(small_config(corpus, remove=2, criterion="ppl", heal_steps=2, out=str(out)), model, tok)
+    result = P.prune(model, tok, small_config(corpus, remove=2, criterion="ppl", heal_steps=2, out=str(out)))
     assert len(result.removed) == 2 and result.model.config.num_hidden_layers == 4
     for name in ("config.json", "model.safetensors", "report.json", "report.md", "prune_config.json"):
         assert (out / name).exists()
@@ -120,10 +137,44 @@ def test_prune_end_to_end_saves_a_checkpoint_that_reloads_with_identical_logits(
     assert P.PruneConfig.from_json((out / "prune_config.json").read_text()).remove == 2
 
 
+def test_the_result_saves_itself_and_every_stage_speaks_on_one_logger(tiny_model, corpus, tmp_path):
+    """Issue 10's API shape: prune(model, tokenizer, config) -> result.save_pretrained(dir) (verified), and the
+    stage lines go to the "depthcut" logger, which a program can take over (and progress=False silences)."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("depthcut")
+    logger.addHandler(handler)
+    try:
+        result = P.prune(tiny_model("llama", num_layers=4), char_tokenizer(),
+                         small_config(corpus, remove=1, criterion="magnitude", heal_steps=2))
+        assert result.out is None and not (tmp_path / "saved").exists()
+        stages = [line for line in lines if line.startswith("[depthcut llm prune")]
+        for stage in ("reading corpus", "dense held-out PPL", "removing 1 units", "LoRA heal", "interleaved"):
+            assert any(stage in line for line in stages), (stage, lines)
+        assert any("heal step 2/2" in line for line in lines)           # healing reports on the same channel
+        lines.clear()
+        P.prune(tiny_model("llama", num_layers=4), char_tokenizer(),
+                small_config(corpus, remove=1, criterion="magnitude", progress=False))
+        assert lines == []
+    finally:
+        logger.removeHandler(handler)
+    out = result.save_pretrained(tmp_path / "saved")
+    assert result.out == out and result.report["reload_max_rel_logit_error"] <= 1e-4
+    assert json.loads((out / "report.json").read_text())["timings_s"]["save"] >= 0
+    assert P.PruneConfig.from_json((out / "prune_config.json").read_text()).out == str(out)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 3
+
+
 def test_prune_sublayers_with_an_iterative_criterion_heals_and_reloads(tiny_model, corpus, tmp_path):
     model = tiny_model("qwen2", num_layers=4)
     config = small_config(corpus, remove=3, criterion="sleb", unit="sublayer", heal_steps=2, out=str(tmp_path / "o"))
-    result = P.prune(config, model, char_tokenizer())
+    result = P.prune(model, char_tokenizer(), config)
     assert len(result.removed) == 3 and all(p in ("attn", "mlp") for _, p in result.removed)
     assert result.report["selection"]["order"]  # the greedy removal order is reported
     assert result.report["reload_max_rel_logit_error"] <= 1e-4  # healing kept removed branches at zero
@@ -141,7 +192,7 @@ def test_prune_refuses_a_checkpoint_whose_cached_decoding_is_wrong(tiny_model, c
                           out=str(tmp_path / "o"))
     monkeypatch.setattr(P, "select_units", lambda *a, **k: ([(0, "attn")], {}))
     with pytest.raises(RuntimeError, match="decode max rel logit error"):
-        P.prune(config, tiny_model("llama", num_layers=4), char_tokenizer())
+        P.prune(tiny_model("llama", num_layers=4), char_tokenizer(), config)
 
 
 def test_prune_under_a_latency_budget_meets_the_additive_model(tiny_model, corpus, monkeypatch):
@@ -153,7 +204,7 @@ def test_prune_under_a_latency_budget_meets_the_additive_model(tiny_model, corpu
         return {"models": {n: {"prefill_ms": v, "decode_ms_per_token": v, "prefill_min_ms": v,
                                "decode_min_ms_per_token": v} for n, v in ms.items()}, "protocol": {}}
     monkeypatch.setattr(P, "measure_throughput", fake_throughput)
-    result = P.prune(small_config(corpus, latency_budget_ms=7.5, criterion="magnitude"), model, char_tokenizer())
+    result = P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=7.5, criterion="magnitude"))
     assert len(result.removed) == 3  # 10 − 3·1 = 7 <= 7.5, two would give 8
     assert result.report["predicted_ms"] == pytest.approx(7.0)
     assert result.report["measured_pruned_ms_at_selection"] == pytest.approx(7.0)
@@ -164,7 +215,7 @@ def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
     units = P.C.all_units(model, "block")
     monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 8, full=10.0))
     with pytest.raises(InfeasibleBudgetError, match=r"at best 8\.00 ms \(minimum achievable\)") as info:
-        P.prune(small_config(corpus, latency_budget_ms=5.0, criterion="mag+"), model, char_tokenizer())
+        P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=5.0, criterion="mag+"))
     assert info.value.minimum == pytest.approx(8.0)  # mag+ keeps blocks 0-3 and 6-7: only 2 ms to save
 
 
@@ -178,12 +229,12 @@ def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
 ])
 def test_prune_rejects_bad_input_with_a_clear_message(tiny_model, corpus, overrides, message):
     with pytest.raises(DepthcutError, match=message):
-        P.prune(small_config(corpus, **overrides), tiny_model("llama", num_layers=6), char_tokenizer())
+        P.prune(tiny_model("llama", num_layers=6), char_tokenizer(), small_config(corpus, **overrides))
 
 
 def test_no_target_removes_a_fifth_of_the_blocks(tiny_model, corpus):
-    result = P.prune(small_config(corpus, criterion="mag+", protect=(0, 0)), tiny_model("llama", num_layers=10),
-                     char_tokenizer())
+    result = P.prune(tiny_model("llama", num_layers=10), char_tokenizer(),
+                     small_config(corpus, criterion="mag+", protect=(0, 0)))
     assert len(result.removed) == 2          # 20% of 10 blocks, the Shortened LLaMA / ShortGPT setting
 
 
@@ -244,7 +295,7 @@ def test_smollm2_prune_integration(tmp_path):
     config = P.PruneConfig(remove=2, criterion="mag+", heal_steps=1, heal_batch=1, calib_windows=1,
                            calib_length=16, eval_windows=2, eval_length=32, prompt_len=8, decode_tokens=2,
                            latency_rounds=1, out=str(tmp_path / "smol"))
-    result = P.prune(config)
+    result = P.prune(None, None, config)
     assert result.model.config.num_hidden_layers == 28
     assert all(4 <= i < 28 for i, _ in result.removed)  # mag+ protection
     assert result.report["ppl_before"] < 200 and result.report["reload_max_rel_logit_error"] <= 1e-4
@@ -270,7 +321,7 @@ def test_cli_upscale_reports_ppl_and_round_trips_mergekit_yaml(tiny_model, corpu
 @pytest.mark.parametrize("unit, expected", [("block", "angular"), ("sublayer", "ppl")])
 def test_default_criterion_resolves_per_unit(tiny_model, corpus, unit, expected):
     assert P.PruneConfig().criterion == "auto"
-    result = P.prune(small_config(corpus, remove=2, unit=unit), tiny_model("llama", num_layers=4), char_tokenizer())
+    result = P.prune(tiny_model("llama", num_layers=4), char_tokenizer(), small_config(corpus, remove=2, unit=unit))
     assert result.report["criterion"] == expected
 
 
@@ -278,7 +329,7 @@ def test_auto_keeps_the_selection_with_the_lowest_calibration_nll(tiny_model, co
     """Issue 10: auto measures every cheap criterion's selection on the calibration text, keeps the best and
     reports them all; a criterion that cannot select (mag+ protects 6 of 6 blocks here) is reported, not fatal."""
     model = tiny_model("llama", num_layers=6)
-    result = P.prune(small_config(corpus, remove=2), model, char_tokenizer())
+    result = P.prune(model, char_tokenizer(), small_config(corpus, remove=2))
     auto = result.report["auto"]
     scored = {n: c for n, c in auto["candidates"].items() if "calib_nll" in c}
     assert set(auto["candidates"]) == set(P.AUTO_CANDIDATES["block"])

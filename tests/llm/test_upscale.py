@@ -15,7 +15,7 @@ from depthcut.errors import DepthcutError
 from depthcut.llm.mergekit import (parse_passthrough_yaml, read_passthrough_yaml, sequence_to_ranges,
                                    write_passthrough_yaml)
 from depthcut.llm.surgery import save_pretrained
-from depthcut.llm.upscale import upscale, upscale_plan
+from depthcut.llm.upscale import UpscaleConfig, depth_upscale, upscale, upscale_plan
 
 SOLAR_YAML = """
 slices:
@@ -38,7 +38,7 @@ def test_solar_plan():
 
 def test_upscale_tiny_llama(tiny_model, tiny_input, tmp_path):
     model = tiny_model("llama", num_layers=6)
-    grown = upscale(model, overlap=2)
+    grown = depth_upscale(model, overlap=2)
     assert grown.config.num_hidden_layers == 8 and len(grown.model.layers) == 8
     assert [layer.self_attn.layer_idx for layer in grown.model.layers] == list(range(8))
     # A[0..4) + B[2..6): new block 4 is a deep copy of old block 2, like new block 2
@@ -65,11 +65,11 @@ def test_upscale_tiny_llama(tiny_model, tiny_input, tmp_path):
 
 def test_upscale_base_layers_and_sliding_types(tiny_model):
     model = tiny_model("gemma2", num_layers=6)
-    grown = upscale(model, overlap=1, base_layers=[0, 2, 4])  # base stack of 3 -> 4 layers
+    grown = depth_upscale(model, overlap=1, base_layers=[0, 2, 4])  # base stack of 3 -> 4 layers
     sources = [0, 2, 2, 4]
     assert grown.config.layer_types == [model.config.layer_types[s] for s in sources]
     with pytest.raises(DepthcutError, match="out of range"):
-        upscale(model, overlap=1, base_layers=[0, 9])
+        depth_upscale(model, overlap=1, base_layers=[0, 9])
 
 
 def test_mergekit_solar_round_trip():
@@ -119,3 +119,34 @@ def test_mergekit_write_errors():
         write_passthrough_yaml([(4, 2)], "BASE")
     with pytest.raises(DepthcutError, match="negative"):
         write_passthrough_yaml([0, -1], "BASE")
+
+
+def test_upscale_verb_saves_a_checkpoint_a_report_and_the_mergekit_plan(tiny_model, tmp_path):
+    """Issue 10's API shape: upscale(model, tokenizer, UpscaleConfig) -> result.save_pretrained(dir); the caller's
+    model is not modified; the saved YAML gives back the same plan."""
+    from test_prune import char_tokenizer
+
+    model = tiny_model("llama", num_layers=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = upscale(model, char_tokenizer(), UpscaleConfig(overlap=1, eval_windows=0, base_name="tiny"))
+    assert result.layer_sequence == [0, 1, 2, 1, 2, 3] and result.model.config.num_hidden_layers == 6
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    out = result.save_pretrained(tmp_path / "up")
+    assert parse_passthrough_yaml((out / "mergekit.yaml").read_text()) == ([0, 1, 2, 1, 2, 3], "tiny")
+    assert UpscaleConfig.from_json((out / "upscale_config.json").read_text()).overlap == 1
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    x = torch.randint(3, 50, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x).logits, result.model(x).logits, atol=1e-5)
+    again = upscale(model, None, UpscaleConfig(from_mergekit=str(out / "mergekit.yaml"), eval_windows=0))
+    assert again.layer_sequence == result.layer_sequence
+
+
+def test_upscale_refuses_a_bad_plan_before_loading(monkeypatch, tmp_path):
+    import depthcut.llm.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded before the plan was checked"))
+    with pytest.raises(DepthcutError, match="does not exist"):
+        upscale(None, None, UpscaleConfig(from_mergekit=str(tmp_path / "missing.yaml")))
+    with pytest.raises(DepthcutError, match="only one of"):
+        UpscaleConfig(layers=(0, 1), from_mergekit="x.yaml")
