@@ -61,6 +61,22 @@ def test_streamed_choice_equals_in_memory_under_a_memory_cap(saved, family, crit
     assert sm.peak_bytes <= cap < total
 
 
+def test_a_sharded_checkpoint_streams_shard_by_shard(tiny_model, tmp_path):
+    """Large checkpoints come as several safetensors files and an index: each block is read from its shard."""
+    model = tiny_model("llama", num_layers=8)
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    sm = StreamedModel(tmp_path / "sharded")
+    x = windows()
+    with torch.no_grad():
+        assert torch.allclose(sm.model(input_ids=x, use_cache=False).logits,
+                              model(input_ids=x, use_cache=False).logits, atol=1e-5)
+    crit = C.get_criterion("angular")
+    got, _ = stream_select(tmp_path / "sharded", x, "angular", 2)
+    assert sorted(got) == sorted(crit.select(model, x, 2, crit.protect, "block"))
+
+
 def test_criteria_that_cannot_stream_say_so(saved):
     _, path = saved("llama")
     with pytest.raises(DepthcutError, match="does not stream"):
