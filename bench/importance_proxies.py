@@ -59,7 +59,8 @@ def main() -> None:
             t0 = time.time()
             store = importance_store(importance_manifest(resolved.model, analysis, cfg), Path(cache))
             base_acc = evaluate(resolved.model, splits.score)
-            scores = score_candidates(resolved.model, analysis, analysis.candidates, base_acc, splits, cfg, store)
+            scores = score_candidates(resolved.model, analysis, analysis.candidates, base_acc, splits, cfg, store,
+                                      resolved.chain_exclude)
             label = f"{proxy} ({steps} steps)" if proxy == "finetune" else proxy
             tables[label] = scores
             rows.append({"proxy": label, "seconds": time.time() - t0})

@@ -41,6 +41,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 0 <= I < N, got {text}")
+    return i, n
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from .config import LayerMergeConfig
     from .pipeline import compress
@@ -59,11 +69,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "finetune_size": args.finetune_size, "score_size": args.score_size,
             "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
             "channels_last": args.channels_last or None, "method": args.method,
-            "latency_model": args.latency_model,
+            "latency_model": args.latency_model, "executor": args.executor, "workers": args.workers,
+            "ray_address": args.address, "shard": args.shard,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model, config, out=args.out)
     r = result.report
+    if "shard" in r:
+        print(f"importance shard {r['shard'][0]}/{r['shard'][1]}: {r['computed']} entries computed here; "
+              f"{r['entries_present']} of {r['entries_needed']} present in {r['store']} (a run without --shard "
+              f"assembles the table and goes on)")
+        return 0
     print(f"speed-up x{r['speedup']:.2f} [95% CI {r['speedup_low']:.2f}-{r['speedup_high']:.2f}] on {r['backend']} (batch {r['batch_size']}): "
           f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms; accuracy "
           f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}; report in {args.out}/report.md")
@@ -136,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-distill", action="store_true")
     c.add_argument("--timing-rounds", type=int, default=None,
                    help="interleaved rounds of each end-to-end timing (default 100)")
+    c.add_argument("--executor", default=None, choices=["local", "process", "ray"],
+                   help="where the importance entries run: in this process (default), a pool of --workers "
+                        "processes, or Ray tasks (a GPU each where the cluster has GPUs)")
+    c.add_argument("--workers", type=int, default=None, help="processes for --executor process (default 2)")
+    c.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: local "
+                   "Ray, or RAY_ADDRESS)")
+    c.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="compute only shard I of N of the importance table into --cache-dir (shared by the "
+                        "machines), then stop; a run without --shard assembles the table and goes on")
     c.add_argument("--config", default=None, help="a LayerMergeConfig JSON file (overrides the flags)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--threads", type=int, default=None)

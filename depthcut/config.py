@@ -44,6 +44,10 @@ class LayerMergeConfig(ConfigBase):
     importance_batch_size: int = 64
     finetune_size: int = 5000                 # held-out training images for the short fine-tunes
     score_size: int = 2000                    # second, disjoint held-out split for scoring
+    executor: str = "local"                   # where importance entries run: local, process (workers), ray
+    workers: int = 2                          # processes for executor="process"
+    ray_address: str | None = None            # executor="ray": a cluster's address; None = local / RAY_ADDRESS
+    shard: tuple[int, int] | None = None      # (i, n): compute only shard i of n of the importance table, then stop
     # search (SPEC A7)
     dp_steps: int = 2000
     max_resolves: int = 8                     # plans probed end to end while landing on the target
@@ -105,6 +109,12 @@ class LayerMergeConfig(ConfigBase):
             raise DepthcutError(f"amp must be 'bf16', 'fp16' or null, got {self.amp!r}")
         if self.kd_weight > 1:
             raise DepthcutError(f"config field 'kd_weight' must be <= 1, got {self.kd_weight}")
+        from .importance.executor import EXECUTORS
+        if self.executor not in EXECUTORS:
+            raise DepthcutError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
+        at_least("workers", self.workers, 1)
+        if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
+            raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
 

@@ -28,9 +28,9 @@ from .models import ResolvedModel, resolve_model
 
 @dataclass
 class CompressResult:
-    model: nn.Module                  # merged, deployable network
-    unmerged: nn.Module               # the same function in its trainable, padding-shifted form
-    plan: Plan
+    model: nn.Module | None           # merged, deployable network (None: a --shard run, importance only)
+    unmerged: nn.Module | None        # the same function in its trainable, padding-shifted form
+    plan: Plan | None
     report: dict[str, Any]
     frontier: list[tuple[float, float]] = field(default_factory=list)  # (modelled body ms, importance)
     example: torch.Tensor | None = field(default=None, repr=False)      # the input the ONNX export traces
@@ -94,9 +94,11 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
         return compress_width(run, out)
     run.analysis = analyse(run)
     run.base_accuracy = evaluate(run.original, run.splits.score)
+    if run.config.shard:                               # one machine's share of the importance table, then stop
+        return score_shard(run, out)
     rows = latency_rows(run)
     importance = score_candidates(run.original, run.analysis, rows.candidates, run.base_accuracy, run.splits,
-                                  run.config, rows.importance_store)
+                                  run.config, rows.importance_store, run.resolved.chain_exclude)
     frontier = search(run, rows, importance)
     chosen = land(run, rows, frontier)
     verified = verify_chosen_plan(run.original, run.analysis, chosen.plan, run.input_shape)
@@ -148,6 +150,34 @@ def analyse(run: Run):
     run.say(f"chain: L={analysis.chain.length} positions, {len(analysis.blocks)} blocks, "
             f"{len(analysis.candidates)} candidates")
     return analysis
+
+
+# -- stage 1b: a shard of the importance table (machines sharing a cache folder) ------------------------
+def score_shard(run: Run, out=None) -> CompressResult:
+    """Compute shard i of n of the importance entries into the shared cache and stop. Every candidate the
+    method can use is scored (the latency rows that drop dominated ones belong to the deployment machine, not
+    to this one), so the shards together cover whatever the final run needs."""
+    from .importance import importance_store
+    from .methods import get_method
+
+    config, analysis = run.config, run.analysis
+    store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
+    usable = [c for c in get_method(config.method).candidates(analysis.candidates, analysis.chain)
+              if not is_trivial(c)]
+    before = sum(c.key in store for c in usable)
+    score_candidates(run.original, analysis, usable, run.base_accuracy, run.splits, config, store,
+                     run.resolved.chain_exclude)
+    present = sum(c.key in store for c in usable)
+    report = {"shard": list(config.shard), "computed": present - before, "entries_present": present,
+              "entries_needed": len(usable), "store": str(store.dir), "model": run.resolved.name,
+              "config": config.to_dict(), "seconds": time.time() - run.t_start}
+    run.say(f"shard {config.shard[0]}/{config.shard[1]} done: {present} of {len(usable)} entries in {store.dir}")
+    if out is not None:
+        from .cache import atomic_write_json
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out) / "shard_report.json", report)
+    return CompressResult(None, None, None, report)
 
 
 # -- stage 2: latency rows (SPEC A5) ----------------------------------------------------------------------
@@ -440,33 +470,69 @@ def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig)
             "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs]}
 
 
-def score_candidates(original: nn.Module, analysis, candidates: list[Candidate], base_acc: float, splits,
-                     config: LayerMergeConfig, store) -> dict[str, float]:
-    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill)."""
-    from .cnn.build import build_unmerged, single_block_plan
-    from .importance import importance_table, score
-    from .train import evaluate, recalibrate_bn, train
+@dataclass
+class CandidateAccuracy:
+    """The importance proxy of one candidate, as a picklable callable (so that process pools and Ray tasks can
+    run it): build the network with only this block applied, adapt it (short fine-tune, BN re-calibration or
+    nothing) on the fine-tune split, return its accuracy on the disjoint scoring split. Seeded per candidate,
+    so a worker computes the same entry as the driver would.
 
-    chain = analysis.chain
-    todo = [c for c in candidates if not is_trivial(c)]
+    It carries the original module, not the traced graph (torch.fx GraphModules of real models do not
+    pickle): a worker re-runs the deterministic analysis once and keeps it."""
 
-    def accuracy_of(candidate: Candidate) -> float:
+    original: nn.Module
+    input_shape: tuple[int, ...]
+    exclude: tuple[str, ...]
+    finetune: Any
+    score: Any
+    config: LayerMergeConfig
+    device: str = "cpu"
+    analysis: Any = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "analysis": None}
+
+    def __call__(self, candidate: Candidate) -> float:
+        from .cnn.build import build_unmerged, single_block_plan
+        from .cnn.graph import analyze
+        from .train import evaluate, recalibrate_bn, train
+
+        if self.analysis is None:
+            self.analysis = analyze(self.original, self.input_shape, exclude=self.exclude)
+        config, chain = self.config, self.analysis.chain
         torch.manual_seed(config.seed)
-        model = build_unmerged(analysis.gm, chain, single_block_plan(chain, candidate))
+        model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
         if config.importance == "finetune":
-            train(model, splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
+            train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
                   batch_size=config.importance_batch_size, progress=False, seed=config.seed,
                   amp=config.amp, channels_last=config.channels_last)
         elif config.importance == "bn-recalibration":
-            recalibrate_bn(model, splits.finetune)
-        return evaluate(model.eval(), splits.score)
+            recalibrate_bn(model, self.finetune)
+        return evaluate(model.eval(), self.score)
 
+
+def score_candidates(original: nn.Module, analysis, candidates: list[Candidate], base_acc: float, splits,
+                     config: LayerMergeConfig, store, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill), on
+    the configured executor (local, process pool, Ray). With ``config.shard`` only that shard's entries are
+    computed and the table returned holds whatever the shared store has."""
+    from .importance import get_executor, importance_table, score
+
+    todo = [c for c in candidates if not is_trivial(c)]
+    device = str(next(original.parameters()).device)
+    scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune,
+                               splits.score, config, device, analysis)
+    executor = get_executor(config.executor, config.workers, config.ray_address)
     say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
-                f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached")
-    accs = importance_table(todo, accuracy_of, store=store, progress=config.progress, metric_range=ACCURACY_RANGE)
+                f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached"
+                + (f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "")
+                + (f", on {executor!r}" if config.executor != "local" else ""))
+    accs = importance_table(todo, scorer, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
+                            executor=executor, shard=tuple(config.shard) if config.shard else None)
     scores = {c.key: 1.0 for c in candidates}        # exp(0): the original network itself
     for c in todo:
-        scores[c.key] = score(accs[c.key], base_acc)
+        if c.key in accs:
+            scores[c.key] = score(accs[c.key], base_acc)
     return scores
 
 

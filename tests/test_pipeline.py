@@ -97,6 +97,32 @@ def test_importance_entries_are_reused_after_a_rerun(trained, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in entries} == stamps     # nothing recomputed
 
 
+def _entries(cache) -> dict[str, float]:
+    return {json.loads(p.read_text())["key"]: json.loads(p.read_text())["value"]["metric"]
+            for p in (cache / "importance").rglob("*.json") if p.name != "manifest.json"}
+
+
+def test_shards_on_other_executors_build_the_same_importance_table(trained, tmp_path):
+    """Issue 8: --shard i/n on machines sharing a cache, each on its own executor (here a process pool for
+    one shard), gives the same entries as one local run; the final run then computes nothing."""
+    model, splits = trained
+    local = config(tmp_path / "local", recovery_epochs=0.1)
+    compress(model, local, splits=splits)
+    shared = dict(cache_dir=str(tmp_path / "shared" / "c"), recovery_epochs=0.1)
+    first = compress(model, config(tmp_path, shard=(0, 2), **shared), splits=splits)
+    assert first.model is None and first.report["shard"] == [0, 2]
+    assert 0 < first.report["entries_present"] < first.report["entries_needed"]
+    second = compress(model, config(tmp_path, shard=(1, 2), executor="process", workers=2, **shared), splits=splits)
+    assert second.report["entries_present"] == second.report["entries_needed"]
+    want = _entries(tmp_path / "local" / "c")
+    got = _entries(tmp_path / "shared" / "c")
+    assert set(want) <= set(got) and all(got[k] == want[k] for k in want)   # same seed, same scores
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "shared" / "c" / "importance").rglob("*.json")}
+    final = compress(model, config(tmp_path, **shared), splits=splits)
+    assert final.model is not None
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps               # nothing recomputed
+
+
 def test_infeasible_speedup_states_the_minimum(trained, tmp_path):
     model, splits = trained
     with pytest.raises(InfeasibleBudgetError, match="ms") as err:

@@ -2,34 +2,28 @@
 ``(item, result)`` pairs as they finish (possibly out of order).
 
 The importance table (``depthcut.importance.table``) writes each result to its store the moment it arrives,
-so any executor gets resumability for free. Two are provided:
+so any executor gets resumability for free, and it wraps the function so that an item that raises comes back
+as a :class:`~depthcut.importance.table.Failed` result (candidate, error, traceback) while the others go on.
+Three are provided (``get_executor(name)``, ``--executor``):
 
-- :class:`LocalExecutor`: sequential, in-process (debuggable; the default).
-- :class:`ProcessExecutor`: a ``concurrent.futures`` process pool with the *spawn* start method (safe with
-  torch and threads). ``fn`` and the items must be picklable: a module-level function, or an instance of a
-  module-level class such as :class:`depthcut.importance.table.ProxyScore`.
+- :class:`LocalExecutor` ("local"): sequential, in-process (debuggable; the default).
+- :class:`ProcessExecutor` ("process"): a ``concurrent.futures`` process pool with the *spawn* start method
+  (safe with torch and threads). ``fn`` and the items must be picklable: a module-level function, or an
+  instance of a module-level class such as :class:`depthcut.pipeline.CandidateAccuracy`.
+- :class:`RayExecutor` ("ray"): one Ray task per item on a local or remote cluster (``address``), each with
+  its resources (a GPU each where the cluster has GPUs). The function is put in the object store once. A
+  worker that dies mid-task is retried by Ray (``max_retries``); a driver that restarts finds every finished
+  entry in the cache and submits only the rest.
 
-A distributed engine plugs in as any object with the same ``map``. For example, with Ray::
-
-    class RayExecutor:
-        def __init__(self, **remote_options):          # e.g. num_gpus=1
-            self.options = remote_options
-
-        def map(self, fn, items):
-            import ray
-            task = ray.remote(**self.options)(fn) if self.options else ray.remote(fn)
-            pending = {task.remote(item): item for item in items}
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                yield pending.pop(done[0]), ray.get(done[0])
-
-Across machines *without* a scheduler, run the same command on each machine with
-``importance_table(..., shard=(i, n))`` against a shared cache directory: each computes its 1/n of the
+Across machines *without* a scheduler, run the same command on each machine with ``--shard i/n``
+(``importance_table(..., shard=(i, n))``) against a shared cache directory: each computes its 1/n of the
 entries and any of them (or a final run) assembles the complete table.
 """
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import pickle
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Callable, Iterable, Iterator, Protocol, TypeVar, runtime_checkable
 
@@ -95,3 +89,84 @@ class ProcessExecutor:
 
     def __repr__(self) -> str:
         return f"ProcessExecutor(workers={self.workers})"
+
+
+class RayExecutor:
+    """One Ray task per item, at most ``max_in_flight`` submitted at a time (default: the cluster's share
+    of the resources each task asks for). ``address=None`` starts a local Ray instance (or joins the one
+    ``RAY_ADDRESS`` names); ``num_gpus=None`` asks one GPU per task when the cluster has GPUs, else none."""
+
+    def __init__(self, address: str | None = None, *, num_cpus: float = 1, num_gpus: float | None = None,
+                 max_retries: int = 3, max_in_flight: int | None = None):
+        self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus
+        self.max_retries, self.max_in_flight = max_retries, max_in_flight
+
+    def _start(self):
+        try:
+            import ray
+        except ImportError:
+            from ..errors import DepthcutError
+            raise DepthcutError("--executor ray needs Ray: pip install 'depthcut[ray]' (or ray)") from None
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, ignore_reinit_error=True)
+        return ray
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[tuple[T, R]]:
+        ray = self._start()
+        gpus = self.num_gpus
+        if gpus is None:
+            gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_retries=self.max_retries)(_call_pickled)
+        # shipped once, not once per task; pickled with the standard pickle, which (unlike Ray's cloudpickle)
+        # handles torch.fx GraphModules
+        fn_ref = ray.put(pickle.dumps(fn))
+        limit = self.max_in_flight or max(1, int(ray.cluster_resources().get("CPU", 1) // max(self.num_cpus, 1e-9)))
+        items = iter(items)
+        pending: dict = {}
+        try:
+            while True:
+                while len(pending) < limit:
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        break
+                    pending[task.remote(fn_ref, item)] = item
+                if not pending:
+                    return
+                done, _ = ray.wait(list(pending), num_returns=1)
+                item = pending.pop(done[0])
+                yield item, ray.get(done[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r}, num_gpus={self.num_gpus})"
+
+
+_UNPICKLED: dict[bytes, Callable] = {}
+
+
+def _call_pickled(blob: bytes, item):
+    """Runs in a Ray worker: unpickle the function once per worker process, then call it."""
+    digest = hashlib.sha1(blob).digest()
+    if digest not in _UNPICKLED:
+        _UNPICKLED.clear()
+        _UNPICKLED[digest] = pickle.loads(blob)
+    return _UNPICKLED[digest](item)
+
+
+EXECUTORS = ("local", "process", "ray")
+
+
+def get_executor(name: str, workers: int = 2, address: str | None = None) -> Executor:
+    """The executor registered as ``name`` (:data:`EXECUTORS`)."""
+    if name == "local":
+        return LocalExecutor()
+    if name == "process":
+        return ProcessExecutor(workers)
+    if name == "ray":
+        return RayExecutor(address)
+    from ..errors import DepthcutError
+    raise DepthcutError(f"unknown executor {name!r}: choose one of {', '.join(EXECUTORS)}")

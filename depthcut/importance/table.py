@@ -164,16 +164,35 @@ def in_shard(key: str, shard: tuple[int, int]) -> bool:
     return int(hashlib.sha1(key.encode()).hexdigest(), 16) % n == i
 
 
+@dataclass
+class Failed:
+    """What a scoring task that raised sends back instead of a metric (so one bad candidate, a CUDA OOM on
+    one worker say, does not throw away the others)."""
+
+    error: str
+    traceback: str
+
+
 class _Timed:
-    """Wraps score_fn to also report wall time (stored with the entry for cost accounting)."""
+    """Wraps score_fn to also report wall time (stored with the entry for cost accounting), and to turn an
+    exception into a :class:`Failed` result: it crosses process and Ray boundaries as a plain value."""
 
     def __init__(self, score_fn: Callable[[Candidate], float]):
         self.score_fn = score_fn
 
-    def __call__(self, candidate: Candidate) -> tuple[float, float]:
+    def __call__(self, candidate: Candidate) -> tuple[float, float] | Failed:
+        import traceback
+
         t0 = time.perf_counter()
-        value = float(self.score_fn(candidate))
+        try:
+            value = float(self.score_fn(candidate))
+        except Exception as e:   # noqa: BLE001 - reported with its candidate, the table goes on
+            return Failed(f"{type(e).__name__}: {e}", traceback.format_exc())
         return value, time.perf_counter() - t0
+
+
+class ImportanceTaskError(DepthcutError):
+    """Some entries raised; every other entry is stored, and a rerun computes only the failed ones."""
 
 
 def _read_entry(store: EntryStore, key: str, metric_range: tuple[float, float] = (-math.inf, math.inf)) -> float:
@@ -221,13 +240,33 @@ def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candid
     check_entries(store, metric_range)        # a damaged cached entry fails now, before any compute
 
     bar = _progress(total=len(todo), desc="importance", enabled=progress, unit="entry")
+    failures: list[tuple[Candidate, Failed]] = []
     try:
-        for cand, (value, seconds) in executor.map(_Timed(score_fn), todo):
-            store[cand.key] = {"metric": value, "seconds": seconds, "candidate": cand.to_dict()}
+        for cand, outcome in executor.map(_Timed(score_fn), todo):
             bar.update(1)
+            if isinstance(outcome, Failed):
+                failures.append((cand, outcome))
+                continue
+            value, seconds = outcome
+            store[cand.key] = {"metric": value, "seconds": seconds, "candidate": cand.to_dict()}
             bar.set_postfix_str(f"{cand.key}={value:.4g}")
     finally:
         bar.close()
+    if failures:
+        _report_failures(store, failures, len(todo))
 
     keys = list(unique) if shard is None else [k for k in unique if k in store]
     return {key: _read_entry(store, key, metric_range) for key in keys}
+
+
+def _report_failures(store: EntryStore, failures: list, attempted: int) -> None:
+    """Write every failed candidate with its traceback next to the entries, then one line naming the file."""
+    log = store.dir / "failures.log"
+    text = "".join(f"=== {cand.key}\n{failed.error}\n{failed.traceback}\n" for cand, failed in failures)
+    from ..cache import atomic_write_text
+
+    atomic_write_text(log, text)
+    first_cand, first = failures[0]
+    raise ImportanceTaskError(f"{len(failures)} of {attempted} importance entries failed (first: {first_cand.key}: "
+                              f"{first.error}); the others are cached, a rerun computes only these; tracebacks "
+                              f"in {log}")

@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from depthcut.cache import EntryStore
 from depthcut.cnn.chain import Candidate
 from depthcut.errors import CacheError, DepthcutError
-from depthcut.importance import (LocalExecutor, ProcessExecutor, Proxy, importance_scores, importance_store,
-                                 importance_table, in_shard, make_score_fn, recalibrate_bn, score, score_loss)
+from depthcut.importance import (ImportanceTaskError, LocalExecutor, ProcessExecutor, Proxy, RayExecutor,
+                                 get_executor, importance_scores, importance_store, importance_table, in_shard, make_score_fn, recalibrate_bn, score, score_loss)
 
 MANIFEST = {"model": "toy", "proxy": "none"}
 
@@ -124,11 +125,45 @@ def test_process_executor_matches_local(helper, tmp_path):
     assert pooled == local == {c.key: metric_fn(c) for c in cands}
 
 
-def test_worker_error_propagates_and_keeps_finished_entries(helper, tmp_path):
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_a_failing_entry_is_reported_and_the_others_go_on(helper, tmp_path, executor):
+    """Issue 8: a task that raises is reported with its candidate and traceback; every other entry is
+    computed and stored, and a rerun computes only the failed ones."""
     store = EntryStore(tmp_path / "s", MANIFEST)
-    with pytest.raises(RuntimeError, match="diverged"):
-        importance_table(helper.candidates(), failing_fn, store=store, progress=False)
-    assert len(store) == 3     # candidates 0, 1, 2 finished before the failure and stay stored
+    cands = helper.candidates()
+    failing = [c for c in cands if c.start == 3]
+    assert failing and len(failing) < len(cands)
+    with pytest.raises(ImportanceTaskError, match=rf"{len(failing)} of {len(cands)} importance entries failed "
+                                                  rf"\(first: .*diverged\).*failures.log"):
+        importance_table(cands, failing_fn, store=store, progress=False, executor=get_executor(executor, 2))
+    assert len(store) == len(cands) - len(failing)
+    log = (store.dir / "failures.log").read_text()
+    assert all(c.key in log for c in failing) and "Traceback" in log and "failing_fn" in log
+    assert importance_table(cands, metric_fn, store=store, progress=False) == {
+        c.key: (1.0 if c.start != 3 else metric_fn(c)) for c in cands}
+
+
+def test_ray_executor_gives_the_local_table_and_survives_a_failure(helper, tmp_path):
+    """The same entries, values and on-disk cache through Ray tasks (a local Ray instance here), with a
+    failing task reported while the others finish."""
+    pytest.importorskip("ray")
+    import ray
+
+    cands = helper.candidates()
+    local = importance_table(cands, metric_fn, store=EntryStore(tmp_path / "a", MANIFEST), progress=False)
+    here = str(Path(__file__).parent)       # Ray workers import this module's functions by name
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}})
+    try:
+        ray_store = EntryStore(tmp_path / "b", MANIFEST)
+        assert importance_table(cands, metric_fn, store=ray_store, executor=RayExecutor(), progress=False) == local
+        assert sorted(ray_store.keys()) == sorted(local)
+        flaky = EntryStore(tmp_path / "c", MANIFEST)
+        with pytest.raises(ImportanceTaskError, match="diverged"):
+            importance_table(cands, failing_fn, store=flaky, executor=RayExecutor(), progress=False)
+        assert len(flaky) == sum(c.start != 3 for c in cands)
+    finally:
+        ray.shutdown()
 
 
 def test_shards_partition_the_work(helper, tmp_path):
