@@ -37,6 +37,7 @@ class LayerMergeConfig(ConfigBase):
     batch_size: int = 1                       # batch the latency is measured (and reported) at
     input_shape: tuple[int, ...] | None = None  # (1, C, H, W); None = the model entry's / data set's
     data: str = "fashion-mnist"
+    data_workers: int | None = None           # image folders: DataLoader processes (None: the cores; 0 = inline)
     # importance table (SPEC A6)
     importance: str = "finetune"              # one of PROXIES
     importance_steps: int = 20

@@ -7,6 +7,7 @@ import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ class ResolvedModel:
     input_shape: tuple[int, ...] | None     # (1, C, H, W) when known
     chain_exclude: tuple[str, ...] = ()
     dataset: str | None = None
+    preprocess: Any = None                  # depthcut.data.folder.Preprocess when the library states it
 
 
 def resolve_model(spec: str | nn.Module, pretrained: bool = True) -> ResolvedModel:
@@ -64,9 +66,9 @@ def _from_library(spec: str) -> ResolvedModel:
         raise DepthcutError(f"model {spec!r} needs {library}, which does not import here ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}); install it for this torch build") from None
     if library == "torchvision":
-        model, shape, cached = _torchvision_model(lib, name, spec)
+        model, shape, cached, preprocess = _torchvision_model(lib, name, spec)
     else:
-        model, shape, cached = _timm_model(lib, name, spec)
+        model, shape, cached, preprocess = _timm_model(lib, name, spec)
     if weights == "random":
         pass
     elif weights:
@@ -81,7 +83,7 @@ def _from_library(spec: str) -> ResolvedModel:
             raise DepthcutError(f"weights {path} do not fit {library}:{name}: {str(e).splitlines()[0]}") from None
     else:
         model.load_state_dict(cached())
-    return ResolvedModel(model.eval(), f"{library}:{name}", shape)
+    return ResolvedModel(model.eval(), f"{library}:{name}", shape, preprocess=preprocess)
 
 
 def _torchvision_model(models, name: str, spec: str):
@@ -89,16 +91,24 @@ def _torchvision_model(models, name: str, spec: str):
         model = models.get_model(name, weights=None)
     except ValueError:
         raise DepthcutError(f"torchvision has no model {name!r} (model {spec!r})") from None
-    shape = (1, 3, 224, 224)
+    from .data.folder import Preprocess
+
+    shape, preprocess = (1, 3, 224, 224), None
     enum = None
     try:
         enum = models.get_model_weights(name).DEFAULT
-        crop = getattr(enum.transforms(), "crop_size", None)
+        transforms = enum.transforms()
+        crop = getattr(transforms, "crop_size", None)
         if crop:
             size = crop[0] if isinstance(crop, (list, tuple)) else crop
             shape = (1, 3, int(size), int(size))
     except Exception:  # noqa: BLE001 - a model without published weights: random only
         enum = None
+    if enum is not None and hasattr(transforms, "mean") and hasattr(transforms, "std"):
+        size, resize = shape[-1], getattr(transforms, "resize_size", None) or [shape[-1]]
+        resize = resize[0] if isinstance(resize, (list, tuple)) else resize
+        preprocess = Preprocess(tuple(transforms.mean), tuple(transforms.std), float(size) / float(resize),
+                                f"torchvision {enum}")
 
     def cached():
         if enum is None:
@@ -109,7 +119,7 @@ def _torchvision_model(models, name: str, spec: str):
                                 f"never downloads at run time: fetch them once, or pass {spec}@FILE, or "
                                 f"{spec}@random for random weights (enough for latency)")
         return torch.load(file, map_location="cpu", weights_only=True)
-    return model, shape, cached
+    return model, shape, cached, preprocess
 
 
 def _timm_model(timm, name: str, spec: str):
@@ -117,8 +127,15 @@ def _timm_model(timm, name: str, spec: str):
         model = timm.create_model(name, pretrained=False)
     except Exception as e:  # noqa: BLE001 - unknown name or bad config
         raise DepthcutError(f"timm cannot create {name!r} (model {spec!r}): {str(e).splitlines()[0]}") from None
-    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    from .data.folder import Preprocess
+
+    pcfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    size = tuple(pcfg.get("input_size", (3, 224, 224)))
     shape = (1,) + size
+    preprocess = None
+    if pcfg.get("mean") and pcfg.get("std"):
+        preprocess = Preprocess(tuple(pcfg["mean"]), tuple(pcfg["std"]), float(pcfg.get("crop_pct", 0.875)),
+                                f"timm pretrained_cfg of {name}")
 
     def cached():
         """The pretrained file from the local Hugging Face cache (or torch hub's, for URL weights); no
@@ -144,7 +161,7 @@ def _timm_model(timm, name: str, spec: str):
             from safetensors.torch import load_file
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    return model, shape, cached
+    return model, shape, cached, preprocess
 
 
 def _from_factory(spec: str) -> ResolvedModel:

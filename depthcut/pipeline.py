@@ -134,7 +134,8 @@ def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
                           memory_format="channels_last" if config.channels_last else "contiguous")
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
-                             train_limit=config.train_limit, image_size=tuple(input_shape[2:]))
+                             train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
+                             preprocess=resolved.preprocess, workers=config.data_workers)
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
     example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
     return Run(config, resolved, original, input_shape, device, backend, splits, cache_dir, example, t_start,
@@ -362,6 +363,8 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "device_name": run.backend.describe()["device"], "math_mode": math_mode(run.device),
         "batch_size": config.batch_size, "input_shape": list(run.input_shape),
+        "data_preprocess": (run.splits.train.preprocess.to_dict() if hasattr(run.splits.train, "preprocess")
+                            else "built-in data set: its own normalisation, in memory"),
         "target_speedup": config.speedup, "target_latency_ms": target_ms,
         "target_speedup_effective": chosen.target, "speed_tolerance": config.speed_tolerance,
         "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
@@ -598,7 +601,8 @@ def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | 
 
 def _splits_info(splits) -> dict:
     x, _ = splits.test[0]
-    labels = torch.cat([ds.tensors[1] for ds in (splits.train, splits.test)])
+    labels = torch.cat([ds.tensors[1] if hasattr(ds, "tensors") else torch.as_tensor(ds.labels)
+                        for ds in (splits.train, splits.test)])
     return {"num_classes": int(labels.max()) + 1, "in_chans": int(x.shape[0]), "image_size": int(x.shape[-1]),
             "folder": False}
 

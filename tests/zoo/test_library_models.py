@@ -27,7 +27,8 @@ class Net(nn.Module):
 @pytest.fixture
 def fake_torchvision(monkeypatch, tmp_path):
     weights = types.SimpleNamespace(url="https://example.invalid/tinynet-1234.pth",
-                                    transforms=lambda: types.SimpleNamespace(crop_size=[160]))
+                                    transforms=lambda: types.SimpleNamespace(crop_size=[160], resize_size=[200],
+                                                                            mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.25]))
     models = types.ModuleType("torchvision.models")
 
     def get_model(name, weights=None):
@@ -55,6 +56,9 @@ def test_weights_come_from_the_local_cache_or_a_file(fake_torchvision, tmp_path)
     torch.save(trained.state_dict(), fake_torchvision)
     resolved = resolve_model("torchvision:tinynet")
     assert resolved.input_shape == (1, 3, 160, 160) and resolved.name == "torchvision:tinynet"
+    # the library's own preprocessing travels with the model to the data pipeline (issue 8)
+    assert resolved.preprocess.mean == (0.5, 0.4, 0.3) and resolved.preprocess.std == (0.2, 0.2, 0.25)
+    assert resolved.preprocess.crop_pct == pytest.approx(160 / 200)
     assert torch.equal(resolved.model.fc.bias, trained.fc.bias)
     torch.save(trained.state_dict(), tmp_path / "mine.pth")
     assert torch.equal(resolve_model(f"torchvision:tinynet@{tmp_path / 'mine.pth'}").model.fc.bias, trained.fc.bias)
