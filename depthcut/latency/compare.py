@@ -108,14 +108,16 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example_input: tor
             per_round[name].append(statistics.median(s))
         ratios.append(per_round["original"][-1] / max(per_round["compressed"][-1], 1e-12))
         if len(ratios) >= min_rounds or len(ratios) == max_rounds:
-            estimate = _estimate(ratios, pooled, per_round)
+            estimate = estimate_from_rounds(ratios, pooled, per_round)
             if estimate.rel_width <= rel_width or (decided is not None and decided(estimate)):
                 break
     return estimate
 
 
-def _estimate(ratios: list[float], pooled: dict[str, list[float]], per_round: dict[str, list[float]]
+def estimate_from_rounds(ratios: list[float], pooled: dict[str, list[float]], per_round: dict[str, list[float]]
               ) -> SpeedupEstimate:
+    """The paired estimate from per-round ratios, all samples (``pooled``) and per-round medians (shared by
+    the CNN comparison above and the LLM one, depthcut.llm.latency.compare_generation)."""
     low, high = median_interval(ratios)
     _, comp_high = median_interval(per_round["compressed"])
     return SpeedupEstimate(ratio=statistics.median(ratios), low=low, high=high, rounds=len(ratios),

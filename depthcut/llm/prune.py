@@ -8,8 +8,10 @@ Selection under a latency budget is an exact 0/1 knapsack over discretised laten
 analogue of the LayerMerge DP; the shared solver ``depthcut.search.knapsack.select_units``): remove the set
 of units with the least total importance such that the additive latency model (full − Σ removed units) fits
 the budget. The discretisation is conservative (kept costs rounded UP), so the chosen set meets the budget
-under the model; the pruned model is then timed end-to-end, and if it still misses the budget the
-requirement is tightened by the overshoot and the choice re-solved (at most ``budget_retries`` times).
+under the model. The model proposes and the measurement decides, as in ``compress``
+(``depthcut.search.target.land_on_target``): each probed selection is timed against the dense model in paired
+interleaved rounds (a speed-up with a 95% interval); it is accepted when the interval's low end reaches
+dense / budget and the estimate is within ``speed_tolerance``, and the model is calibrated on the probes.
 Iterative criteria (sleb, angular) choose their own order; under a budget the shortest prefix of that order
 that meets it is taken. Units whose removal *lowers* calibration NLL (negative importance) are removed
 whenever the budget allows.
@@ -37,7 +39,7 @@ from .text import calibration_windows, load_corpus, split_text
 from ..search.knapsack import select_units as knapsack_select
 
 Unit = tuple[int, str]
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2   # 2: budget_retries became max_probes / speed_tolerance (paired landing)
 # Default criterion "auto": each cheap criterion (no gradients, at most one pass per unit) proposes its
 # selection, every proposal is scored by calibration NLL with its units skipped, and the best one is kept; all
 # are reported. One criterion chosen on one model does not transfer: on Gemma-3-270M (3 of 18 blocks) angular
@@ -75,7 +77,11 @@ class PruneConfig(ConfigBase):
     threads: int | None = None           # torch threads while timing (None = as configured)
     device: str | None = None            # "cpu", "cuda", "cuda:N"; None = cuda when present, else cpu
     dtype: str = "float32"               # float32 / bfloat16 / float16: load, score, heal, time and save in it
-    budget_retries: int = 2
+    # landing on a latency budget: probe plans timed against the dense model in paired interleaved rounds
+    # (a ratio with a 95% interval, as compress does); accept one whose interval meets the budget and whose
+    # estimate is within speed_tolerance of it
+    max_probes: int = 6
+    speed_tolerance: float = 0.10
     # standard evaluation (lm-eval, zero-shot): task names; "depthcut_heldout" (rolling log-likelihood) and
     # "depthcut_next_sentence" (multiple choice) are written from the held-out split; others come from
     # lm-eval's registry or lm_eval_include and must find their data locally (nothing downloads)
@@ -94,6 +100,13 @@ class PruneConfig(ConfigBase):
         self.check_types()
         if self.version > CONFIG_VERSION:
             raise DepthcutError(f"prune config version {self.version} is newer than this depthcut ({CONFIG_VERSION})")
+
+    @classmethod
+    def from_dict(cls, d):
+        if isinstance(d, dict) and d.get("version", 1) < 2 and "budget_retries" in d:   # version 1 files
+            d = {k: v for k, v in d.items() if k != "budget_retries"} | {
+                "max_probes": int(d["budget_retries"]) + 1, "version": CONFIG_VERSION}
+        return super().from_dict(d)
 
 
 @dataclass
@@ -421,24 +434,71 @@ def select(run: PruneRun) -> Selection:
                                                     run.stages.say)
     run.stages.start("score", f"criterion {criterion.name} on {len(calib)} x {config.calib_length} tokens "
                               f"(protect first/last {protect})")
-    need_ms, measured, retries = run.need_ms, None, 0
-    while True:
-        removed, info = select_units(run.model, calib, criterion, config.unit, protect, config.remove,
-                                     max(need_ms, 0.0) if need_ms is not None else None, run.latency, phase)
-        if run.latency is None or retries >= config.budget_retries:
-            break
-        # the additive latency model is a model: check the real pruned network against the budget
-        timing = measure_throughput({"pruned": _remove(run.model, removed)}, run.tokenizer, config.prompt_len,
-                                    config.decode_tokens, rounds=max(3, config.latency_rounds // 2),
-                                    threads=config.threads)
-        measured = timing["models"]["pruned"]["decode_ms_per_token" if phase == "decode" else "prefill_ms"]
-        if measured <= config.latency_budget_ms:
-            break
-        retries += 1
-        need_ms += measured - config.latency_budget_ms
-        run.stages.say(f"measured {measured:.2f} ms > budget {config.latency_budget_ms:.2f} ms: tightening and "
-                       f"re-solving ({retries}/{config.budget_retries})")
-    return Selection(removed, info, criterion, protect, auto, measured)
+    if run.latency is None:
+        removed, info = select_units(run.model, calib, criterion, config.unit, protect, config.remove)
+        return Selection(removed, info, criterion, protect, auto, None)
+    return land_budget(run, criterion, protect, auto)
+
+
+def land_budget(run: PruneRun, criterion: C.Criterion, protect: tuple[int, int], auto: dict | None) -> Selection:
+    """Under a latency budget: the additive model proposes, the measurement decides (depthcut.search.target,
+    the same landing as compress). A plan is the selection at a modelled budget; each probe times it against
+    the dense model in paired rounds. It meets the budget when the whole 95% interval of the speed-up is at
+    or above dense / budget, and lands when the estimate is also within ``speed_tolerance``; the model is
+    calibrated on the probes in between."""
+    from ..search.target import land_on_target
+    from .latency import compare_generation
+
+    config, phase, calib = run.config, run.config.latency_phase, run.texts.calib
+    full = run.latency[f"full_{phase}_ms"]
+    infos: dict = {}
+    criterion = _Memo(criterion)              # the landing asks for many budgets: score the units once
+
+    def choose(budget_ms: float):
+        removed, info = select_units(run.model, calib, criterion, config.unit, protect, None,
+                                     max(full - budget_ms, 0.0), run.latency, phase)
+        key = tuple(sorted(removed))
+        infos[key] = info
+        return key, predicted_ms(run.latency, removed, phase), removed
+
+    def measure(removed, decided):
+        return compare_generation(run.model, _remove(run.model, removed), config.prompt_len, config.decode_tokens,
+                                  phase, threads=config.threads, decided=decided,
+                                  min_rounds=max(3, config.latency_rounds), max_rounds=max(6, 6 * config.latency_rounds))
+
+    choose(config.latency_budget_ms)          # infeasible under the model: one line with the minimum, now
+    try:
+        floor = choose(0.0)[1]
+    except InfeasibleBudgetError as e:
+        floor = e.minimum                       # the fastest selection the model knows
+    target = full / config.latency_budget_ms
+    landing = land_on_target(choose, measure, target=target, full=full, floor=floor, other=0.0,
+                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=run.stages.say)
+    removed = landing.plan
+    info = infos[tuple(sorted(removed))] | {"probes": [p.to_dict() for p in landing.probes],
+                                             "target_speedup": target, "overshoot": landing.overshoot}
+    return Selection(removed, info, criterion.criterion, protect, auto, landing.probe.estimate.compressed_ms)
+
+
+class _Memo:
+    """A criterion whose scores and selections are computed once per argument set (same model, same text)."""
+
+    def __init__(self, criterion: C.Criterion):
+        self.criterion, self._memo = criterion, {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.criterion, name)
+
+    def score(self, model, windows, unit):
+        if ("score", unit) not in self._memo:
+            self._memo["score", unit] = self.criterion.score(model, windows, unit)
+        return self._memo["score", unit]
+
+    def select(self, model, windows, n, protect, unit):
+        key = ("select", n, tuple(protect), unit)
+        if key not in self._memo:
+            self._memo[key] = self.criterion.select(model, windows, n, protect, unit)
+        return self._memo[key]
 
 
 def choose_criterion(model, calib: torch.Tensor, config: PruneConfig, need_ms, latency, phase, say=None

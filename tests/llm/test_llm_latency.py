@@ -79,6 +79,20 @@ def test_measure_throughput_is_interleaved_and_rotated(tiny_model, monkeypatch):
     assert result["protocol"]["rounds"] == 4
 
 
+@pytest.mark.parametrize("phase, want", [("prefill", 2.0), ("decode", 4.0)])
+def test_compare_generation_pairs_rounds_in_alternating_order(tiny_model, monkeypatch, phase, want):
+    """The LLM landing's comparison: dense and pruned alternate who goes first, and the ratio of the
+    requested phase comes with its interval (scripted timings: dense 2 ms / 2 ms, pruned 1 ms / 0.5 ms)."""
+    calls = []
+    times = {"dense": (2.0, 2.0), "pruned": (1.0, 0.5)}
+    monkeypatch.setattr(lat, "time_generation", lambda m, prompt, n: (calls.append(m.tag), times[m.tag])[1])
+    dense, pruned = tiny_model("llama", num_layers=3), tiny_model("llama", num_layers=2)
+    dense.tag, pruned.tag = "dense", "pruned"
+    estimate = lat.compare_generation(dense, pruned, 4, 2, phase, min_rounds=4, max_rounds=10, warmup=0)
+    assert calls[:4] == ["dense", "pruned", "pruned", "dense"]
+    assert estimate.ratio == estimate.low == estimate.high == want and estimate.rounds == 4
+
+
 def test_time_generation_decodes_with_the_cache(tiny_model):
     model = tiny_model("qwen2", num_layers=2)
     prefill, decode = lat.time_generation(model, torch.tensor([[3, 4, 5, 6]]), 3)

@@ -195,19 +195,45 @@ def test_prune_refuses_a_checkpoint_whose_cached_decoding_is_wrong(tiny_model, c
         P.prune(tiny_model("llama", num_layers=4), char_tokenizer(), config)
 
 
-def test_prune_under_a_latency_budget_meets_the_additive_model(tiny_model, corpus, monkeypatch):
+def fake_pairs(monkeypatch, saving_per_block: float, full: float = 10.0):
+    """Paired timings of a world where each removed block saves ``saving_per_block`` ms of ``full``."""
+    import depthcut.llm.latency as lat
+    from depthcut.latency.compare import SpeedupEstimate
+
+    calls = []
+
+    def compare(dense, pruned, *args, **kwargs):
+        removed = dense.config.num_hidden_layers - pruned.config.num_hidden_layers
+        ms = full - saving_per_block * removed
+        calls.append(removed)
+        return SpeedupEstimate(full / ms, full / ms * 0.99, full / ms * 1.01, 6, 0, full, ms, ms * 1.01)
+    monkeypatch.setattr(lat, "compare_generation", compare)
+    return calls
+
+
+@pytest.mark.parametrize("saving, removed", [(1.0, 3), (0.5, 5)])
+def test_prune_lands_on_a_latency_budget_by_measurement(tiny_model, corpus, monkeypatch, saving, removed):
+    """The additive model says 1 ms per block; the paired measurement decides. When blocks really save 1 ms,
+    the model's first plan (3 blocks: 7 ms <= 7.6) lands at once; when they save only 0.5 ms, the landing
+    calibrates and removes 5 (7.5 ms), never stopping at a plan whose interval misses the budget."""
     model = tiny_model("llama", num_layers=6)
     units = P.C.all_units(model, "block")
     monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 6, full=10.0))
-    def fake_throughput(models, *args, **kwargs):
-        ms = {n: 10.0 - (6 - m.config.num_hidden_layers) for n, m in models.items()}
-        return {"models": {n: {"prefill_ms": v, "decode_ms_per_token": v, "prefill_min_ms": v,
-                               "decode_min_ms_per_token": v} for n, v in ms.items()}, "protocol": {}}
-    monkeypatch.setattr(P, "measure_throughput", fake_throughput)
-    result = P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=7.5, criterion="magnitude"))
-    assert len(result.removed) == 3  # 10 − 3·1 = 7 <= 7.5, two would give 8
-    assert result.report["predicted_ms"] == pytest.approx(7.0)
-    assert result.report["measured_pruned_ms_at_selection"] == pytest.approx(7.0)
+    calls = fake_pairs(monkeypatch, saving)
+    result = P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=7.6, criterion="magnitude",
+                                                           protect=(0, 0)))
+    assert len(result.removed) == removed and calls[-1] == removed
+    probes = result.report["selection"]["probes"]
+    assert probes[-1]["lands"] and probes[-1]["measured_low"] >= 10.0 / 7.6
+    assert all(not p["meets"] for p in probes[:-1])        # every earlier probe missed the budget
+    assert result.report["measured_pruned_ms_at_selection"] == pytest.approx(10.0 - saving * removed)
+    assert result.report["selection"]["target_speedup"] == pytest.approx(10.0 / 7.6)
+
+
+def test_version_1_prune_configs_still_load():
+    old = json.dumps({"remove": 2, "budget_retries": 2, "version": 1})
+    config = P.PruneConfig.from_json(old)
+    assert config.max_probes == 3 and config.version == P.CONFIG_VERSION
 
 
 def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
