@@ -324,8 +324,10 @@ def prune(model=None, tokenizer=None, config: PruneConfig | None = None) -> Prun
     run.stages.start("ppl_pruned", "held-out PPL after removal (no healing)")
     pruned_eval = perplexity_of_windows(pruned, run.texts.held_out)
     pruned = heal_pruned(run, pruned)
-    run.stages.start("ppl_healed", "held-out PPL after healing")
-    healed_eval = perplexity_of_windows(pruned, run.texts.held_out) if config.heal_steps > 0 else pruned_eval
+    healed_eval = pruned_eval
+    if config.heal_steps > 0:
+        run.stages.start("ppl_healed", "held-out PPL after healing")
+        healed_eval = perplexity_of_windows(pruned, run.texts.held_out)
     standard = lm_eval_stage(run, pruned)
     speed = measure_speed(run, pruned)
     run.stages.end()
