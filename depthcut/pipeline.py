@@ -362,6 +362,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
     return {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "device_name": run.backend.describe()["device"], "math_mode": math_mode(run.device),
+        "compile": run.backend.compile_summary() if hasattr(run.backend, "compile_summary") else None,
         "batch_size": config.batch_size, "input_shape": list(run.input_shape),
         "data_preprocess": (run.splits.train.preprocess.to_dict() if hasattr(run.splits.train, "preprocess")
                             else "built-in data set: its own normalisation, in memory"),

@@ -268,6 +268,10 @@ class CompileBackend(Backend):
             return "torch.compile on CPU needs a C++ compiler (g++/c++) on PATH"
         return ""
 
+    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous"):
+        super().__init__(device, memory_format)
+        self.compile_seconds: list[float] = []     # cold compile time of every prepared module, in order
+
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         module, x = self._place(module, example_input)
         # Every nn.Sequential shares one forward code object, and dynamo keeps only a few compiled variants
@@ -275,9 +279,26 @@ class CompileBackend(Backend):
         # each module from a clean slate. (Earlier runners recompile on their next call: warm them again.)
         torch._dynamo.reset()
         run = _inference_runner(torch.compile(module), x, self.device)
+        start = time.perf_counter()
         for _ in range(2):  # first call compiles; the second checks no recompilation is pending
             run()
+        self.compile_seconds.append(time.perf_counter() - start)
         return run
+
+    def compile_summary(self) -> dict[str, Any]:
+        """What compiling cost this run, and where inductor keeps its cache (a warm cache makes reruns fast)."""
+        from torch._inductor import config as inductor_config
+        try:
+            from torch._inductor.runtime.cache_dir_utils import cache_dir
+            where = cache_dir()
+        except (ImportError, AttributeError):   # a private helper: its absence only loses the path
+            where = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "inductor default")
+
+        s = self.compile_seconds
+        return {"modules_compiled": len(s), "compile_s_total": round(sum(s), 3),
+                "compile_s_max": round(max(s), 3) if s else 0.0,
+                "compile_s_last_two": [round(v, 3) for v in s[-2:]],   # the final comparison: original, compressed
+                "fx_graph_cache": bool(inductor_config.fx_graph_cache), "cache_dir": where}
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset: int = 17,

@@ -239,3 +239,20 @@ def test_onnxruntime_latency_rows_built_directly_compute_the_row(act):
     y = get_backend("onnxruntime").prepare(row, x)()[0]
     torch.testing.assert_close(torch.from_numpy(y), row(x).detach(), atol=1e-4, rtol=1e-4)
     assert conv_row_onnx(nn.Sequential(nn.Conv2d(3, 3, 3), nn.GELU()), (1, 3, 8, 8)) is None   # exporter path
+
+
+def test_compile_backend_reports_its_cold_compile_time_and_cache():
+    """Issue 8: torch.compile keeps working, and what compiling cost (and where the cache is) is reported."""
+    from depthcut.latency import get_backend
+
+    backend = get_backend("compile")
+    if backend.missing():
+        pytest.skip(backend.missing())
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    run = backend.prepare(conv, x)
+    out = run()
+    with torch.no_grad():
+        assert torch.allclose(out, conv(x), atol=1e-5)
+    summary = backend.compile_summary()
+    assert summary["modules_compiled"] == 1 and summary["compile_s_total"] > 0 and summary["cache_dir"]
