@@ -1,0 +1,113 @@
+"""A diffusers ResNet block with its inner nonlinearity removed: merged, and the function it must equal.
+
+The intended function of a ResNet-block row that removes the nonlinearity (``Row.span == "conv1+conv2"``) is the
+original block with
+
+* GroupNorm + SiLU + dropout between conv1 and conv2 replaced by identity,
+* every pruned conv replaced by identity,
+* the kept convs' padding moved to the block input (zero padding of sum(p_i)) and the kept convs unpadded,
+  the time embedding added where it was (after conv1, or after conv1's identity: on the padded map),
+* a new GroupNorm ``postnorm`` after conv2 (before the residual add) that the fine-tune learns,
+
+and everything else unchanged (norm1, SiLU, the shortcut, ``output_scale_factor``). Because the embedding is
+added on the padded map and conv2 is then unpadded, conv2 sees a spatially constant map there: its contribution
+is conv2's kernel summed over space times the embedding, so the merged block is ONE conv plus a projected
+embedding: ``MergedResnetBlock`` (kernel composition as depthcut.cnn.merge, in float64). :func:`intended_block`
+computes the intended function from the original block's own modules, without any composed kernel, so that a
+wrong merge cannot agree with it.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DepthcutError
+from .unet import Row
+
+
+def postnorm_for(channels: int) -> nn.GroupNorm:
+    """LayerMerge's new GroupNorm after a merged conv: 32 groups, or one per channel when 32 does not divide C."""
+    return nn.GroupNorm(32 if channels % 32 == 0 else channels, channels)
+
+
+def compose(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = conv2(conv1(x)) (both unpadded, stride 1) as one conv: K = k1 + k2 - 1 (SPEC A4), float64."""
+    w1, b1, w2, b2 = (t.double() for t in (w1, b1, w2, b2))
+    k2 = w2.shape[-1]
+    w = F.conv2d(w1.transpose(0, 1), w2.flip(-1, -2), padding=k2 - 1).transpose(0, 1)
+    b = b2 + w2.sum((2, 3)) @ b1
+    return w, b
+
+
+class MergedResnetBlock(nn.Module):
+    """Drop-in replacement of a diffusers ``ResnetBlock2D`` (same ``forward(input_tensor, temb)``) for a row that
+    removes its inner nonlinearity: norm1 -> SiLU -> one conv (``kernel``, 'same' padding) + projected time
+    embedding -> postnorm, plus the original shortcut."""
+
+    def __init__(self, block: nn.Module, row: Row):
+        super().__init__()
+        if row.span != "conv1+conv2" or not row.kept:
+            raise DepthcutError(f"{row.key}: only rows that remove the block's inner nonlinearity are merged here")
+        self.norm1 = copy.deepcopy(block.norm1)
+        self.nonlinearity = copy.deepcopy(block.nonlinearity)
+        self.conv_shortcut = copy.deepcopy(block.conv_shortcut)
+        self.output_scale_factor = block.output_scale_factor
+        self.skip_time_act = block.skip_time_act
+        c1, c2, proj = block.conv1, block.conv2, block.time_emb_proj
+        zero = lambda c: c.bias if c.bias is not None else torch.zeros(c.out_channels)  # noqa: E731
+        with torch.no_grad():
+            if row.kept == ("conv1", "conv2"):
+                w, b = compose(c1.weight, zero(c1), c2.weight, zero(c2))
+                through = c2.weight.double().sum((2, 3))            # what conv2 does to a constant map
+            elif row.kept == ("conv1",):
+                w, b = c1.weight.double(), zero(c1).double()
+                through = torch.eye(c1.out_channels, dtype=torch.float64)
+            elif row.kept == ("conv2",):
+                w, b = c2.weight.double(), zero(c2).double()
+                through = c2.weight.double().sum((2, 3))
+            else:
+                raise DepthcutError(f"{row.key}: unknown option {row.kept}")
+            k = w.shape[-1]
+            like = {"dtype": c1.weight.dtype, "device": c1.weight.device}   # never round through float32
+            self.conv = nn.Conv2d(w.shape[1], w.shape[0], k, padding=k // 2, **like)
+            self.conv.weight.copy_(w.to(c1.weight.dtype))
+            self.conv.bias.copy_(b.to(c1.weight.dtype))
+            self.time_emb_proj = None
+            if proj is not None:
+                self.time_emb_proj = nn.Linear(proj.in_features, w.shape[0], **like)
+                self.time_emb_proj.weight.copy_((through @ proj.weight.double()).to(proj.weight.dtype))
+                self.time_emb_proj.bias.copy_((through @ proj.bias.double()).to(proj.bias.dtype))
+        self.postnorm = postnorm_for(w.shape[0]).to(**like)
+        self.kept = row.kept
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        h = self.conv(self.nonlinearity(self.norm1(input_tensor)))
+        if self.time_emb_proj is not None and temb is not None:
+            t = temb if self.skip_time_act else self.nonlinearity(temb)
+            h = h + self.time_emb_proj(t)[:, :, None, None]
+        h = self.postnorm(h)
+        shortcut = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
+        return (shortcut + h) / self.output_scale_factor
+
+
+def intended_block(block: nn.Module, row: Row, postnorm: nn.GroupNorm, x: torch.Tensor,
+                   temb: torch.Tensor | None) -> torch.Tensor:
+    """The intended function of ``row`` (module doc) on ``x``, from ``block``'s own modules and weights."""
+    kept = set(row.kept)
+    pad = sum(getattr(block, c).padding[0] for c in ("conv1", "conv2") if c in kept)
+    h = block.nonlinearity(block.norm1(x))
+    h = F.pad(h, (pad,) * 4)                                     # the block's padding, at its input
+    if "conv1" in kept:
+        h = F.conv2d(h, block.conv1.weight, block.conv1.bias)
+    if block.time_emb_proj is not None and temb is not None:
+        t = temb if block.skip_time_act else block.nonlinearity(temb)
+        h = h + block.time_emb_proj(t)[:, :, None, None]         # where it was: after conv1 (or its identity)
+    # norm2, SiLU and dropout: removed by the row
+    if "conv2" in kept:
+        h = F.conv2d(h, block.conv2.weight, block.conv2.bias)
+    h = postnorm(h)
+    shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
+    return (shortcut + h) / block.output_scale_factor

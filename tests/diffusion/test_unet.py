@@ -1,0 +1,101 @@
+"""Diffusion U-Nets (issue 11): the (block, option) rows of diffusers' UNet2DModel, and merged ResNet blocks that
+equal the intended function (nonlinearity removed, padding moved, time embedding pushed, postnorm added)."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import UNet2DModel  # noqa: E402
+
+from depthcut.diffusion.merge import MergedResnetBlock, intended_block, postnorm_for  # noqa: E402
+from depthcut.diffusion.unet import enumerate_rows, resnet_blocks  # noqa: E402
+from depthcut.errors import DepthcutError  # noqa: E402
+
+# google/ddpm-cifar10-32's UNet2DModel configuration (weights are not needed to count rows)
+DDPM_CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+                    layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_eps=1e-6,
+                    norm_num_groups=32, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, act_fn="silu",
+                    attention_head_dim=None)
+SMALL = dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(64, 96), layers_per_block=1,
+             down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+             norm_num_groups=8, attention_head_dim=8)
+
+
+def test_ddpm_cifar10_has_layermerges_98_rows():
+    torch.manual_seed(0)
+    rows = enumerate_rows(UNet2DModel(**DDPM_CIFAR10))
+    assert len(rows) == 98                               # LayerMerge's enumeration of the same U-Net
+    kinds = collections.Counter((r.kind, r.span, r.kernel) for r in rows)
+    assert kinds == {("resnet", "conv1", 3): 22, ("resnet", "conv2", 3): 22, ("resnet", "conv1+conv2", 5): 22,
+                     ("resnet", "conv1+conv2", 3): 22, ("conv_in", "conv", 3): 1, ("downsample", "conv", 3): 3,
+                     ("upsample", "conv", 3): 3, ("upsample", "conv", 0): 3}
+    assert len({r.key for r in rows}) == 98
+    # a width-changing conv1 cannot be pruned: the one-conv option keeps it
+    for r in rows:
+        if r.kind == "resnet" and r.kernel == 3 and r.span == "conv1+conv2" and r.in_channels != r.out_channels:
+            assert r.kept == ("conv1",)
+    assert [r.module for r in rows][:2] == ["conv_in", "down_blocks.0.resnets.0"]   # execution order
+    assert rows[-1].module.startswith("up_blocks.3")
+
+
+def _randomise_norms(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.5 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_merged_block_equals_the_intended_function(seed):
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**SMALL).double().eval()
+    _randomise_norms(unet, seed)
+    rows = [r for r in enumerate_rows(unet) if r.span == "conv1+conv2"]
+    blocks = dict(resnet_blocks(unet))
+    assert {r.kept for r in rows} >= {("conv1", "conv2"), ("conv1",)}
+    for row in rows:
+        block = blocks[row.module]
+        merged = MergedResnetBlock(block, row).double().eval()
+        _randomise_norms(merged.postnorm, seed + 7)          # a trained postnorm, not the identity-like init
+        x = torch.randn(row.input_shape[:1] + (block.conv1.in_channels,) + row.input_shape[2:], dtype=torch.float64)
+        x = torch.randn((2,) + x.shape[1:], dtype=torch.float64)
+        temb = torch.randn(2, block.time_emb_proj.in_features, dtype=torch.float64)
+        with torch.no_grad():
+            want = intended_block(block, row, merged.postnorm, x, temb)
+            got = merged(x, temb)
+            original = block(x, temb)
+        err = float((got - want).norm() / want.norm())
+        assert err < 1e-10, (row.key, err)
+        assert float((original - want).norm() / want.norm()) > 1e-3      # the row does change the function
+        assert merged.conv.kernel_size == (row.kernel, row.kernel)
+
+
+def test_the_check_sees_a_time_embedding_not_pushed_through_conv2():
+    """The comparison has teeth: a merge that adds the raw projection (not conv2's spatial sum of it) fails.
+    (With 32 channels the postnorm has one channel per group, an instance norm, and erases any per-channel
+    constant, the time embedding included: the small U-Nets here have 64 and 96 channels.)"""
+    torch.manual_seed(3)
+    unet = UNet2DModel(**SMALL).double().eval()
+    row = next(r for r in enumerate_rows(unet) if r.kept == ("conv1", "conv2"))
+    block = dict(resnet_blocks(unet))[row.module]
+    merged = MergedResnetBlock(block, row).double().eval()
+    with torch.no_grad():
+        merged.time_emb_proj.weight.copy_(block.time_emb_proj.weight)
+        merged.time_emb_proj.bias.copy_(block.time_emb_proj.bias)
+        x = torch.randn(2, block.conv1.in_channels, 8, 8, dtype=torch.float64)
+        temb = torch.randn(2, block.time_emb_proj.in_features, dtype=torch.float64)
+        want = intended_block(block, row, merged.postnorm, x, temb)
+        assert float((merged(x, temb) - want).norm() / want.norm()) > 1e-3
+
+
+def test_postnorm_groups_and_unsupported_blocks():
+    assert postnorm_for(256).num_groups == 32 and postnorm_for(48).num_groups == 48
+    unet = UNet2DModel(**{**SMALL, "resnet_time_scale_shift": "scale_shift"})
+    with pytest.raises(DepthcutError, match="scale-shift"):
+        enumerate_rows(unet)
