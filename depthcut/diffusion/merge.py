@@ -111,3 +111,68 @@ def intended_block(block: nn.Module, row: Row, postnorm: nn.GroupNorm, x: torch.
     h = postnorm(h)
     shortcut = block.conv_shortcut(x) if block.conv_shortcut is not None else x
     return (shortcut + h) / block.output_scale_factor
+
+
+class IntendedResnetBlock(nn.Module):
+    """:func:`intended_block` as a module (the original block's modules, a given postnorm): the reference a
+    whole merged U-Net is compared with."""
+
+    def __init__(self, block: nn.Module, row: Row, postnorm: nn.GroupNorm):
+        super().__init__()
+        self.block, self.row, self.postnorm = block, row, postnorm
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        return intended_block(self.block, self.row, self.postnorm, input_tensor, temb)
+
+
+def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    if isinstance(parent, (nn.ModuleList, nn.Sequential)) and attr.isdigit():
+        parent[int(attr)] = new
+    else:
+        setattr(parent, attr, new)
+
+
+def check_plan(unet: nn.Module, rows: list[Row]) -> None:
+    """A plan decides every ResNet block once (both single-conv rows, or one row that removes the nonlinearity)
+    and every resampling conv once; one line naming the first module that is not decided exactly once."""
+    from .unet import resnet_blocks
+
+    by_module: dict[str, list[Row]] = {}
+    for r in rows:
+        by_module.setdefault(r.module, []).append(r)
+    for name, _ in resnet_blocks(unet):
+        spans = sorted(r.span for r in by_module.get(name, []))
+        if spans not in (["conv1", "conv2"], ["conv1+conv2"]):
+            raise DepthcutError(f"plan decides ResNet block {name} as {spans or 'nothing'}: it needs either its "
+                                f"conv1 and conv2 rows, or one conv1+conv2 row")
+    for name, found in by_module.items():
+        if found[0].kind != "resnet" and len(found) != 1:
+            raise DepthcutError(f"plan decides {name} {len(found)} times")
+
+
+def apply_plan(unet: nn.Module, rows: list[Row]) -> nn.Module:
+    """A copy of ``unet`` with the plan's rows applied: merged ResNet blocks, identity up-sampling convs; the
+    caller's model is not changed."""
+    check_plan(unet, rows)
+    out = copy.deepcopy(unet)
+    for row in rows:
+        if row.kind == "resnet" and row.span == "conv1+conv2":
+            _set_module(out, row.module, MergedResnetBlock(unet.get_submodule(row.module), row))
+        elif row.kind == "upsample" and not row.kept:
+            out.get_submodule(row.module).conv = nn.Identity()
+    return out
+
+
+def intended_unet(unet: nn.Module, rows: list[Row], merged: nn.Module) -> nn.Module:
+    """The intended function of the plan as a U-Net: the original modules with the plan's changes, each merged
+    block's postnorm shared with ``merged`` (the learned part has no original to come from)."""
+    out = copy.deepcopy(unet)
+    for row in rows:
+        if row.kind == "resnet" and row.span == "conv1+conv2":
+            block = out.get_submodule(row.module)
+            _set_module(out, row.module, IntendedResnetBlock(block, row, merged.get_submodule(row.module).postnorm))
+        elif row.kind == "upsample" and not row.kept:
+            out.get_submodule(row.module).conv = nn.Identity()
+    return out

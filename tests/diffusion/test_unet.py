@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import UNet2DModel  # noqa: E402
 
-from depthcut.diffusion.merge import MergedResnetBlock, intended_block, postnorm_for  # noqa: E402
+from depthcut.diffusion.merge import (MergedResnetBlock, apply_plan, intended_block, intended_unet,  # noqa: E402
+                                      postnorm_for)
 from depthcut.diffusion.unet import enumerate_rows, resnet_blocks  # noqa: E402
 from depthcut.errors import DepthcutError  # noqa: E402
 
@@ -99,3 +100,54 @@ def test_postnorm_groups_and_unsupported_blocks():
     unet = UNet2DModel(**{**SMALL, "resnet_time_scale_shift": "scale_shift"})
     with pytest.raises(DepthcutError, match="scale-shift"):
         enumerate_rows(unet)
+
+
+def _random_plan(rows, rng):
+    """Per ResNet block: the original pair or one of its merged rows; per up-sampling conv: keep or identity."""
+    plan, by_module = [], collections.defaultdict(list)
+    for r in rows:
+        by_module[r.module].append(r)
+    for module, options in by_module.items():
+        if options[0].kind == "resnet":
+            singles = [r for r in options if r.span != "conv1+conv2"]
+            merged = [r for r in options if r.span == "conv1+conv2"]
+            plan += singles if rng.random() < 0.3 else [rng.choice(merged)]
+        else:
+            plan.append(rng.choice(options))
+    return plan
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_merged_unet_is_the_plans_function_end_to_end(seed):
+    """Whole network, any plan: the merged U-Net equals the intended one (original modules, the plan's
+    changes) in float64, for every timestep; the caller's U-Net is untouched."""
+    import random
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**SMALL).double().eval()
+    _randomise_norms(unet, seed)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    rows = enumerate_rows(unet)
+    plan = _random_plan(rows, random.Random(seed))
+    merged = apply_plan(unet, plan).eval()
+    for name, m in merged.named_modules():
+        if isinstance(m, MergedResnetBlock):
+            _randomise_norms(m.postnorm, seed + len(name))
+    reference = intended_unet(unet, plan, merged).eval()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    for t in (0, 500, 999):
+        with torch.no_grad():
+            want = reference(x, torch.tensor([t, t])).sample
+            got = merged(x, torch.tensor([t, t])).sample
+        assert float((got - want).norm() / want.norm()) < 1e-10
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_plan_must_decide_every_block_once():
+    from depthcut.diffusion.merge import check_plan
+
+    unet = UNet2DModel(**SMALL)
+    rows = enumerate_rows(unet)
+    first = next(r for r in rows if r.kind == "resnet")
+    with pytest.raises(DepthcutError, match=f"ResNet block {first.module}"):
+        check_plan(unet, [r for r in rows if r.module != first.module])
