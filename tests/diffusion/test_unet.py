@@ -151,3 +151,40 @@ def test_a_plan_must_decide_every_block_once():
     first = next(r for r in rows if r.kind == "resnet")
     with pytest.raises(DepthcutError, match=f"ResNet block {first.module}"):
         check_plan(unet, [r for r in rows if r.module != first.module])
+
+
+def test_the_layermerge_dp_over_unet_rows_equals_brute_force():
+    """Integer latencies on an exact grid: at every budget the DP's plan is the best of all U-Net plans (each
+    ResNet block: original pair or a merged row; each up-sampling conv: keep or identity), and it is a plan
+    apply_plan accepts."""
+    import itertools
+    import random
+
+    from depthcut.diffusion.merge import check_plan
+    from depthcut.diffusion.search import frontier
+
+    unet = UNet2DModel(**SMALL)
+    rows = enumerate_rows(unet)
+    rng = random.Random(0)
+    latency = {r.key: (0 if not r.kept else rng.randint(1, 9)) for r in rows}
+    importance = {r.key: (1.0 if r.span in ("conv1", "conv2", "conv") and r.kept else rng.uniform(0.2, 1.6))
+                  for r in rows}
+    groups = collections.defaultdict(list)
+    for r in rows:
+        groups[r.module].append(r)
+    choices = []
+    for options in groups.values():
+        if options[0].kind == "resnet":
+            choices.append([tuple(r for r in options if r.span != "conv1+conv2")]
+                           + [(r,) for r in options if r.span == "conv1+conv2"])
+        else:
+            choices.append([(r,) for r in options])
+    plans = [sum(combo, ()) for combo in itertools.product(*choices)]
+    assert len(plans) == 3 ** 8 * 2
+    slowest = max(sum(latency[r.key] for r in p) for p in plans)
+    front = frontier(rows, latency, importance, steps=slowest, max_latency_ms=slowest)
+    for budget in range(min(sum(latency[r.key] for r in p) for p in plans), slowest + 1, 3):
+        best = max(sum(importance[r.key] for r in p) for p in plans if sum(latency[r.key] for r in p) <= budget)
+        got = front.best(budget)
+        assert got.importance == pytest.approx(best) and got.latency_ms <= budget
+        check_plan(unet, [row.ref for row in got.rows])
