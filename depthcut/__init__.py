@@ -22,6 +22,8 @@ _LAZY = {
     "PruneConfig": ("depthcut.llm.prune", "PruneConfig"),
     "upscale": ("depthcut.llm.upscale", "upscale"),
     "UpscaleConfig": ("depthcut.llm.upscale", "UpscaleConfig"),
+    # a compressed diffusion U-Net (a diffusers UNet2DModel subclass)
+    "DepthcutUNet2DModel": ("depthcut.diffusion.model", "DepthcutUNet2DModel"),
 }
 
 

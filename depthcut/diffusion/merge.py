@@ -57,6 +57,17 @@ class MergedResnetBlock(nn.Module):
         self.output_scale_factor = block.output_scale_factor
         self.skip_time_act = block.skip_time_act
         c1, c2, proj = block.conv1, block.conv2, block.time_emb_proj
+        if row.kept not in (("conv1", "conv2"), ("conv1",), ("conv2",)):
+            raise DepthcutError(f"{row.key}: unknown option {row.kept}")
+        first, last = (c1 if "conv1" in row.kept else c2), (c2 if "conv2" in row.kept else c1)
+        k = sum(getattr(block, c).kernel_size[0] for c in row.kept) - len(row.kept) + 1
+        like = {"dtype": c1.weight.dtype, "device": c1.weight.device}   # never round through float32
+        self.conv = nn.Conv2d(first.in_channels, last.out_channels, k, padding=k // 2, **like)
+        self.time_emb_proj = nn.Linear(proj.in_features, last.out_channels, **like) if proj is not None else None
+        self.postnorm = postnorm_for(last.out_channels).to(**like)
+        self.kept = row.kept
+        if c1.weight.is_meta:       # built on the meta device by from_pretrained: the weights come from the file
+            return
         zero = lambda c: c.bias if c.bias is not None else torch.zeros(c.out_channels)  # noqa: E731
         with torch.no_grad():
             if row.kept == ("conv1", "conv2"):
@@ -64,24 +75,15 @@ class MergedResnetBlock(nn.Module):
                 through = c2.weight.double().sum((2, 3))            # what conv2 does to a constant map
             elif row.kept == ("conv1",):
                 w, b = c1.weight.double(), zero(c1).double()
-                through = torch.eye(c1.out_channels, dtype=torch.float64)
-            elif row.kept == ("conv2",):
+                through = torch.eye(c1.out_channels, dtype=torch.float64, device=c1.weight.device)
+            else:
                 w, b = c2.weight.double(), zero(c2).double()
                 through = c2.weight.double().sum((2, 3))
-            else:
-                raise DepthcutError(f"{row.key}: unknown option {row.kept}")
-            k = w.shape[-1]
-            like = {"dtype": c1.weight.dtype, "device": c1.weight.device}   # never round through float32
-            self.conv = nn.Conv2d(w.shape[1], w.shape[0], k, padding=k // 2, **like)
             self.conv.weight.copy_(w.to(c1.weight.dtype))
             self.conv.bias.copy_(b.to(c1.weight.dtype))
-            self.time_emb_proj = None
             if proj is not None:
-                self.time_emb_proj = nn.Linear(proj.in_features, w.shape[0], **like)
                 self.time_emb_proj.weight.copy_((through @ proj.weight.double()).to(proj.weight.dtype))
                 self.time_emb_proj.bias.copy_((through @ proj.bias.double()).to(proj.bias.dtype))
-        self.postnorm = postnorm_for(w.shape[0]).to(**like)
-        self.kept = row.kept
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
         h = self.conv(self.nonlinearity(self.norm1(input_tensor)))
@@ -156,13 +158,17 @@ def apply_plan(unet: nn.Module, rows: list[Row]) -> nn.Module:
     """A copy of ``unet`` with the plan's rows applied: merged ResNet blocks, identity up-sampling convs; the
     caller's model is not changed."""
     check_plan(unet, rows)
-    out = copy.deepcopy(unet)
+    return apply_plan_in_place(copy.deepcopy(unet), rows)
+
+
+def apply_plan_in_place(unet: nn.Module, rows: list[Row]) -> nn.Module:
+    """The rows that change the network (merges, identities), applied to ``unet`` itself."""
     for row in rows:
         if row.kind == "resnet" and row.span == "conv1+conv2":
-            _set_module(out, row.module, MergedResnetBlock(unet.get_submodule(row.module), row))
+            _set_module(unet, row.module, MergedResnetBlock(unet.get_submodule(row.module), row))
         elif row.kind == "upsample" and not row.kept:
-            out.get_submodule(row.module).conv = nn.Identity()
-    return out
+            unet.get_submodule(row.module).conv = nn.Identity()
+    return unet
 
 
 def intended_unet(unet: nn.Module, rows: list[Row], merged: nn.Module) -> nn.Module:

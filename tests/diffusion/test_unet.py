@@ -188,3 +188,36 @@ def test_the_layermerge_dp_over_unet_rows_equals_brute_force():
         got = front.best(budget)
         assert got.importance == pytest.approx(best) and got.latency_ms <= budget
         check_plan(unet, [row.ref for row in got.rows])
+
+
+def test_a_compressed_unet_saves_loads_and_samples_with_stock_diffusers(tmp_path):
+    """Issue 11: the output is a diffusers model directory: from_pretrained gives the same function, and a
+    DDPM/DDIM pipeline saved with it reloads through model_index.json and samples."""
+    import json
+    import random
+
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from depthcut.diffusion.model import DepthcutUNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**SMALL).eval()
+    _randomise_norms(unet, 0)
+    plan = _random_plan(enumerate_rows(unet), random.Random(1))
+    model = DepthcutUNet2DModel.from_unet(unet, plan)
+    model.save_pretrained(tmp_path / "unet")
+    assert json.loads((tmp_path / "unet" / "config.json").read_text())["depthcut_plan"]
+    again = DepthcutUNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 700])
+    with torch.no_grad():
+        assert torch.allclose(again(x, t).sample, model(x, t).sample, atol=1e-6)
+        assert torch.allclose(model(x, t).sample, apply_plan(unet, plan)(x, t).sample, atol=1e-6)
+    pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler(num_train_timesteps=50))
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "model_index.json").read_text())["unet"] == [
+        "depthcut.diffusion.model", "DepthcutUNet2DModel"]
+    loaded = DDIMPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    images = loaded(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
+                    output_type="np").images
+    assert images.shape == (2, 16, 16, 1) and float(abs(images).sum()) > 0
