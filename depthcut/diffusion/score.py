@@ -1,0 +1,171 @@
+"""What a diffusion U-Net's rows are worth, what they cost, and how good its samples are.
+
+* **Importance** (LayerMerge's DDPM protocol): apply one row, fine-tune briefly on the noise-prediction loss, and
+  score ``I = exp(-(L - L0) / L0)`` from the loss L on held-out images against the original's L0. The held-out
+  loss uses fixed noise and timesteps (seeded), so two models are compared on the same draws.
+* **Latency rows**: the conv a row becomes (its postnorm included for merged rows) timed on its real input
+  shape by a depthcut.latency backend; an identity row costs 0.
+* **Sampling speed**: the whole DDIM loop (``steps`` U-Net calls at a batch), original and compressed in
+  paired interleaved rounds: a speed-up with a 95% interval (depthcut.latency.compare).
+* **Fréchet distance** between generated and real images in the feature space of a classifier (for
+  Fashion-MNIST, the embedded one): ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)``. It is the FID formula, but
+  not Inception FID (whose network cannot be loaded offline here), so its numbers compare only with each other.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .unet import Row
+
+
+def _noise_and_steps(n: int, shape: tuple[int, ...], num_steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((n, *shape), generator=g), torch.randint(0, num_steps, (n,), generator=g)
+
+
+@torch.no_grad()
+def denoising_loss(unet: nn.Module, images: torch.Tensor, scheduler, seed: int = 0, batch: int = 64) -> float:
+    """Mean noise-prediction MSE on ``images`` (in [-1, 1]) with noise and timesteps drawn from ``seed``."""
+    unet.eval()
+    device = next(unet.parameters()).device
+    noise, steps = _noise_and_steps(len(images), tuple(images.shape[1:]), scheduler.config.num_train_timesteps, seed)
+    total = 0.0
+    for i in range(0, len(images), batch):
+        x0, eps, t = images[i:i + batch], noise[i:i + batch], steps[i:i + batch]
+        xt = scheduler.add_noise(x0, eps, t)
+        pred = unet(xt.to(device), t.to(device)).sample
+        total += float(F.mse_loss(pred.float(), eps.to(device), reduction="sum"))
+    return total / images.numel()
+
+
+def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: float = 2e-4, batch: int = 32,
+             seed: int = 0) -> nn.Module:
+    """``steps`` Adam steps of the DDPM noise-prediction loss on ``images`` (fresh noise and timesteps)."""
+    if steps <= 0:
+        return unet
+    g = torch.Generator().manual_seed(seed)
+    device = next(unet.parameters()).device
+    opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    unet.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=g)
+        x0 = images[idx]
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, eps, t).to(device), t.to(device)).sample, eps.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return unet.eval()
+
+
+def importance(loss: float, base_loss: float) -> float:
+    """LayerMerge's DDPM importance: exp(-(L - L0) / L0)."""
+    return math.exp(-(loss - base_loss) / base_loss)
+
+
+def row_importance(unet: nn.Module, row: Row, train_images: torch.Tensor, score_images: torch.Tensor, scheduler,
+                   base_loss: float, steps: int = 100, lr: float = 2e-4, seed: int = 0) -> float:
+    """Importance of one row: only that row applied (the rest of the U-Net as it is), fine-tuned ``steps``
+    steps, scored on ``score_images``. An original single conv changes nothing and scores exp(0) = 1."""
+    from .merge import apply_plan_in_place
+
+    if row.span != "conv1+conv2" and row.kept:
+        return 1.0
+    torch.manual_seed(seed)
+    model = apply_plan_in_place(copy.deepcopy(unet), [row])
+    finetune(model, train_images, scheduler, steps, lr, seed=seed)
+    return importance(denoising_loss(model, score_images, scheduler, seed=seed + 1), base_loss)
+
+
+def row_module(unet: nn.Module, row: Row) -> nn.Module | None:
+    """What a row costs at run time: its conv (and the postnorm of a merged row); None for an identity."""
+    from .merge import postnorm_for
+
+    if not row.kept:
+        return None
+    conv = nn.Conv2d(row.in_channels, row.out_channels, row.kernel, stride=row.stride, padding=row.kernel // 2)
+    return nn.Sequential(conv, postnorm_for(row.out_channels)) if row.span == "conv1+conv2" else conv
+
+
+def latency_rows(unet: nn.Module, rows: list[Row], backend="eager", batch: int = 1, repeats: int = 20
+                 ) -> dict[str, float]:
+    """Median ms of every row's run-time module on its input shape (batch ``batch``); identity rows 0 ms."""
+    from ..latency import get_backend
+    from ..latency.table import measure
+
+    backend = get_backend(backend)
+    out: dict[str, float] = {}
+    for row in rows:
+        module = row_module(unet, row)
+        if module is None:
+            out[row.key] = 0.0
+            continue
+        x = torch.randn((batch, *row.input_shape[1:]))
+        with torch.no_grad():
+            out[row.key] = measure(backend.prepare(module.eval(), x), warmup=3, repeats=repeats).median_ms
+    return out
+
+
+@torch.no_grad()
+def ddim_sample(unet: nn.Module, scheduler, batch: int, steps: int, seed: int = 0) -> torch.Tensor:
+    """``batch`` images in [-1, 1] from a DDIM loop of ``steps`` U-Net calls (eta 0, seeded start noise)."""
+    from diffusers import DDIMScheduler
+
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    device = next(unet.parameters()).device
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.randn((batch, unet.config.in_channels, *size), generator=torch.Generator().manual_seed(seed)).to(device)
+    for t in ddim.timesteps:
+        x = ddim.step(unet(x, t).sample, t, x).prev_sample
+    return x.clamp(-1, 1)
+
+
+def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batch: int = 8, steps: int = 20,
+                     min_rounds: int = 5, max_rounds: int = 20, rel_width: float = 0.03,
+                     clock: Callable[[], float] = time.perf_counter):
+    """The sampling loop's speed-up (original / compressed) from paired interleaved rounds, with its 95%
+    interval: one whole DDIM run of each per round, the order alternating."""
+    from ..latency.compare import estimate_from_rounds
+
+    models = {"original": original.eval(), "compressed": compressed.eval()}
+    pooled: dict[str, list[float]] = {"original": [], "compressed": []}
+    ratios, estimate = [], None
+    for m in models.values():
+        ddim_sample(m, scheduler, batch, 1)                       # warm-up
+    for k in range(max_rounds):
+        for name in (("original", "compressed") if k % 2 == 0 else ("compressed", "original")):
+            start = clock()
+            ddim_sample(models[name], scheduler, batch, steps, seed=k)
+            pooled[name].append((clock() - start) * 1e3)
+        ratios.append(pooled["original"][-1] / max(pooled["compressed"][-1], 1e-12))
+        if len(ratios) >= min_rounds:
+            estimate = estimate_from_rounds(ratios, pooled, pooled)
+            if estimate.rel_width <= rel_width:
+                break
+    return estimate
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` ([n, d] each)."""
+    import numpy as np
+    from scipy import linalg
+
+    a, b = a.double().cpu().numpy(), b.double().cpu().numpy()
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():               # near-singular product: regularise, as the FID code does
+        eps = np.eye(s1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
