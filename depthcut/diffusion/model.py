@@ -14,6 +14,7 @@ from typing import Any
 
 from diffusers import ModelMixin, UNet2DModel  # noqa: F401 - a pipeline's loader looks ModelMixin up here
 from diffusers.configuration_utils import register_to_config
+from torch import nn
 
 from .unet import Row
 
@@ -35,10 +36,10 @@ class DepthcutUNet2DModel(UNet2DModel):
         config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
         changed = [r for r in rows if r.span == "conv1+conv2" or (r.kind == "upsample" and not r.kept)]
         model = cls(depthcut_plan=[row_to_dict(r) for r in changed], **config)
+        # the dtype first, then the weights: loading float64 merged weights into float32 would round them
+        nn.Module.to(model, device=unet.device, dtype=unet.dtype)
         model.load_state_dict(apply_plan(unet, rows).state_dict())
-        if model.dtype != unet.dtype:
-            model = model.to(dtype=unet.dtype)
-        return model.to(unet.device).eval()
+        return model.eval()
 
 
 # diffusers reads a model's config keys from its __init__ signature: the parent's keys and the plan

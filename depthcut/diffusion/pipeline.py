@@ -1,0 +1,260 @@
+"""``compress_unet``: LayerMerge on a diffusion U-Net, as a sequence of named stages (the classifier pipeline's
+shape, with the generation importance and metric).
+
+rows (depthcut.diffusion.unet) -> latency rows (per U-Net call at the sampling batch) -> importance
+(denoising loss after a short fine-tune, per row) -> the LayerMerge DP -> land on the measured *sampling*
+speed-up (whole DDIM loops, paired rounds; depthcut.search.target) -> the compressed U-Net, checked against the
+intended function -> recovery fine-tune -> Fréchet distance of samples (original and compressed) -> report.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..configbase import ConfigBase, at_least
+from ..errors import DepthcutError
+from ..log import Stages
+from .unet import Row
+
+CONFIG_VERSION = 1
+
+
+@dataclass
+class GenerationConfig(ConfigBase):
+    """What decides a U-Net compression (JSON round-trips)."""
+
+    speedup: float = 1.25                # measured speed-up of the DDIM sampling loop
+    backend: str = "eager"               # latency rows and the sampling loop run in PyTorch on ``device``
+    batch: int = 8                       # sampling batch (rows are timed at it)
+    sampling_steps: int = 20             # DDIM steps per timed sampling run
+    importance_steps: int = 100          # LayerMerge: 100 Adam steps on 500 images, scored on 500 others
+    importance_lr: float = 2e-4
+    finetune_size: int = 500
+    score_size: int = 500
+    recovery_steps: int = 500
+    recovery_lr: float = 1e-4
+    dp_steps: int = 2000
+    max_probes: int = 6
+    speed_tolerance: float = 0.10
+    fd_samples: int = 256                # generated images per Fréchet distance
+    seed: int = 0
+    progress: bool = True
+    version: int = CONFIG_VERSION
+
+    KIND: ClassVar[str] = "generation config"
+
+    def __post_init__(self) -> None:
+        self.check_types()
+        at_least("speedup", self.speedup, 1.0, inclusive=False)
+        for name in ("batch", "sampling_steps", "finetune_size", "score_size", "dp_steps", "max_probes",
+                     "fd_samples"):
+            at_least(name, getattr(self, name), 1)
+        for name in ("importance_steps", "recovery_steps"):
+            at_least(name, getattr(self, name), 0)
+
+
+@dataclass
+class GenerationResult:
+    model: nn.Module                     # DepthcutUNet2DModel (a diffusers UNet2DModel)
+    plan: list[Row]
+    report: dict[str, Any]
+    scheduler: Any = None
+    samples: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        """``unet/`` (from_pretrained), ``pipeline/`` (a DDIMPipeline that samples), report.json/.md, and
+        ``samples.png`` (original vs compressed) when samples were drawn."""
+        from diffusers import DDIMPipeline, DDIMScheduler
+
+        from ..cache import atomic_write_json, atomic_write_text
+
+        out = Path(out)
+        self.model.save_pretrained(out / "unet")
+        if self.scheduler is not None:
+            DDIMPipeline(unet=self.model, scheduler=DDIMScheduler.from_config(self.scheduler.config)).save_pretrained(
+                out / "pipeline")
+        atomic_write_json(out / "report.json", self.report)
+        atomic_write_text(out / "report.md", report_markdown(self.report))
+        if self.samples:
+            save_grid(self.samples, out / "samples.png")
+        return out
+
+
+def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: GenerationConfig | None = None,
+                  features: nn.Module | None = None) -> GenerationResult:
+    """Compress ``unet`` (a diffusers UNet2DModel; not modified) to ``config.speedup`` measured sampling speed-up.
+
+    ``images`` ([N, C, H, W] in [-1, 1]) give the fine-tune, scoring and recovery data (disjoint, in that order);
+    ``features`` (a module mapping images to feature vectors, e.g. a classifier's penultimate layer) enables
+    the Fréchet distance of samples against the images not used for anything else."""
+    from . import score as S
+    from .model import DepthcutUNet2DModel
+    from .unet import enumerate_rows
+
+    config = config or GenerationConfig()
+    stages = Stages("compress generation", enabled=config.progress)
+    t0 = time.time()
+    n_ft, n_sc = config.finetune_size, config.score_size
+    if len(images) < n_ft + n_sc + 1:
+        raise DepthcutError(f"{len(images)} images: need more than finetune_size + score_size = {n_ft + n_sc}")
+    finetune, held, rest = images[:n_ft], images[n_ft:n_ft + n_sc], images[n_ft + n_sc:]
+    unet = unet.eval()
+
+    stages.start("rows", "reading the U-Net's (block, option) rows")
+    rows = enumerate_rows(unet, batch=config.batch)
+    stages.say(f"{len(rows)} rows over {sum(r.kind == 'resnet' for r in rows) // 4} ResNet blocks")
+
+    stages.start("latency", f"latency rows on {config.backend} (batch {config.batch})")
+    latency = S.latency_rows(unet, rows, config.backend, batch=config.batch)
+
+    stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
+                               f"{n_sc} held-out images")
+    base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
+    importance = {r.key: S.row_importance(unet, r, finetune, held, scheduler, base_loss, config.importance_steps,
+                                          config.importance_lr, config.seed) for r in rows}
+
+    stages.start("search", "LayerMerge DP over the rows, then landing on the measured sampling speed-up")
+    landing, full = _land(unet, scheduler, rows, latency, importance, config, stages)
+    plan = [r.ref for r in landing.plan.rows]
+    model = DepthcutUNet2DModel.from_unet(unet, plan)
+    error = _check_intended(unet, plan, model)
+    stages.say(f"compressed U-Net equals the plan's intended function: relative error {error['structure']:.1e} "
+               f"(float64 rewrite), {error['deployed']:.1e} (deployed, {model.dtype})")
+
+    stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps")
+    S.finetune(model, rest if len(rest) else finetune, scheduler, config.recovery_steps, config.recovery_lr,
+               seed=config.seed)
+    loss_after = S.denoising_loss(model, held, scheduler, seed=config.seed + 1)
+
+    stages.start("measure", "final sampling speed-up")
+    final = S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
+    samples, quality = {}, None
+    if features is not None:
+        stages.start("quality", f"Fréchet distance of {config.fd_samples} samples each")
+        samples, quality = _quality(unet, model, scheduler, rest, features, config)
+    stages.end()
+    report = {
+        "version": CONFIG_VERSION, "config": config.to_dict(), "rows": len(rows),
+        "plan": [r.key for r in plan], "merged_blocks": sum(r.span == "conv1+conv2" for r in plan),
+        "identity_upsamplers": sum(r.kind == "upsample" and not r.kept for r in plan),
+        "intended_structure_error": error["structure"], "intended_relative_error": error["deployed"],
+        "modelled_ms_per_call": landing.plan.latency_ms, "original_modelled_ms_per_call": full,
+        "probes": [p.to_dict() for p in landing.probes], "landing_overshoot": landing.overshoot,
+        "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
+        "sampling_ms_before": final.original_ms, "sampling_ms_after": final.compressed_ms,
+        "sampling_protocol": f"DDIM, {config.sampling_steps} steps, batch {config.batch}, {config.backend}, paired "
+                             f"interleaved rounds (median ratio, 95% interval)",
+        "loss_before": base_loss, "loss_after_recovery": loss_after, "quality": quality,
+        "timings_s": dict(stages.timings), "seconds": time.time() - t0,
+    }
+    return GenerationResult(model, plan, report, scheduler, samples)
+
+
+def _land(unet, scheduler, rows, latency, importance, config: GenerationConfig, stages: Stages):
+    from ..search.target import land_on_target
+    from . import score as S
+    from .model import DepthcutUNet2DModel
+    from .search import frontier
+
+    front = frontier(rows, latency, importance, steps=config.dp_steps)
+    full = sum(latency[r.key] for r in rows if r.span in ("conv1", "conv2", "conv") and r.kept)
+    fastest = min((s.latency_ms for s in front.pareto()), default=full)
+
+    def choose(budget: float):
+        solution = front.best(budget)
+        return tuple(sorted(r.ref.key for r in solution.rows)), solution.latency_ms, solution
+
+    def measure(solution, decided):
+        model = DepthcutUNet2DModel.from_unet(unet, [r.ref for r in solution.rows])
+        return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
+
+    landing = land_on_target(choose, measure, target=config.speedup, full=full, floor=fastest, other=0.0,
+                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=stages.say)
+    return landing, full
+
+
+def _check_intended(unet, plan, model) -> dict[str, float]:
+    """The compressed U-Net against the plan's intended function (original modules, the plan's changes), in
+    float64 on a random batch at three timesteps: the rewrite done in float64 (``structure``, must be ~1e-15)
+    and the deployed model (``deployed``: its merged weights rounded to their dtype). A wrong merge is an
+    error, never a report."""
+    import copy
+
+    from .merge import intended_unet
+    from .model import DepthcutUNet2DModel
+
+    original = copy.deepcopy(unet).double().eval()
+    rewrite = DepthcutUNet2DModel.from_unet(original, plan)
+    deployed = copy.deepcopy(model).double().eval()
+    # the postnorms are new (nothing in the original to check them against): share the deployed ones
+    for name, m in deployed.named_modules():
+        if hasattr(m, "postnorm"):
+            rewrite.get_submodule(name).postnorm.load_state_dict(m.postnorm.state_dict())
+    reference = intended_unet(original, plan, rewrite).eval()
+    size = unet.config.sample_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = torch.randn(2, unet.config.in_channels, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    errors = {"structure": 0.0, "deployed": 0.0}
+    with torch.no_grad():
+        for t in (0, 500, 999):
+            steps = torch.tensor([t, t])
+            want = reference(x, steps).sample
+            for name, candidate in (("structure", rewrite), ("deployed", deployed)):
+                err = float((candidate(x, steps).sample - want).norm() / want.norm())
+                errors[name] = max(errors[name], err)
+    if not (errors["structure"] < 1e-9 and errors["deployed"] < 1e-5):
+        raise DepthcutError(f"the compressed U-Net differs from the plan's intended function: relative error "
+                            f"{errors['structure']:.1e} (float64 rewrite), {errors['deployed']:.1e} (deployed) "
+                            f"(a depthcut bug: please report it)")
+    return errors
+
+
+def _quality(unet, model, scheduler, real, features, config: GenerationConfig):
+    from . import score as S
+
+    n = min(config.fd_samples, len(real))
+    samples, fds = {}, {}
+    with torch.no_grad():
+        real_features = features(real[:n])
+        for name, m in (("original", unet), ("compressed", model)):
+            images = torch.cat([S.ddim_sample(m, scheduler, config.batch, config.sampling_steps, seed=1000 + k)
+                                for k in range(-(-n // config.batch))])[:n]
+            samples[name] = images[:16]
+            fds[name] = S.frechet_distance(features(images), real_features)
+    return samples, {"fd_original": fds["original"], "fd_compressed": fds["compressed"],
+                     "fd_ratio": fds["compressed"] / fds["original"], "samples": n,
+                     "metric": "Fréchet distance in the given feature space (not Inception FID)"}
+
+
+def save_grid(samples: dict[str, torch.Tensor], path: Path) -> None:
+    """One row of images per model (16 each), [-1, 1] -> 8-bit grey/RGB PNG."""
+    from PIL import Image
+
+    rows = []
+    for images in samples.values():
+        x = ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
+        rows.append(torch.cat(list(x), dim=2))                   # C, H, W*n
+    grid = torch.cat(rows, dim=1)                                 # C, H*models, W*n
+    array = grid.permute(1, 2, 0).squeeze(-1).numpy()
+    Image.fromarray(array).save(path)
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    q = r.get("quality")
+    lines = ["# depthcut report: diffusion U-Net (LayerMerge)", "",
+             f"**Sampling speed-up x{r['speedup']:.2f}** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] "
+             f"({r['sampling_protocol']}): {r['sampling_ms_before']:.1f} -> {r['sampling_ms_after']:.1f} ms.", "",
+             f"Plan: {r['merged_blocks']} ResNet blocks merged, {r['identity_upsamplers']} up-sampling convs removed "
+             f"({r['rows']} rows); intended-function error {r['intended_relative_error']:.1e}.",
+             f"Denoising loss {r['loss_before']:.4f} (original) -> {r['loss_after_recovery']:.4f} (after recovery)."]
+    if q:
+        lines.append(f"Fréchet distance ({q['metric']}, {q['samples']} samples): {q['fd_original']:.3f} (original) "
+                     f"-> {q['fd_compressed']:.3f} (compressed), ratio {q['fd_ratio']:.3f}.")
+    lines += ["", "Probes: " + json.dumps(r["probes"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""compress_unet end to end on a small random U-Net (issue 11): the stages run, the plan lands on the measured
+sampling speed-up (scripted here: timing is a bench's job), the result saves as a diffusers model and pipeline."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import DDIMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
+
+from depthcut.diffusion import pipeline as P  # noqa: E402
+from depthcut.diffusion import score as S  # noqa: E402
+from depthcut.diffusion.merge import MergedResnetBlock  # noqa: E402
+from depthcut.latency.compare import SpeedupEstimate  # noqa: E402
+
+from test_unet import SMALL  # noqa: E402
+
+
+def scripted_speed(monkeypatch, per_merge: float = 0.06):
+    """Each merged ResNet block makes sampling per_merge faster (relative), measured exactly."""
+    def compare(original, compressed, *args, **kwargs):
+        merged = sum(isinstance(m, MergedResnetBlock) for m in compressed.modules())
+        ratio = 1 + per_merge * merged
+        return SpeedupEstimate(ratio, ratio * 0.995, ratio * 1.005, 5, 0, 10.0, 10.0 / ratio, 10.0 / ratio)
+    monkeypatch.setattr(S, "compare_sampling", compare)
+
+
+def test_compress_unet_lands_checks_and_saves(monkeypatch, tmp_path):
+    scripted_speed(monkeypatch)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**SMALL).eval()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = P.GenerationConfig(speedup=1.15, batch=2, sampling_steps=2, importance_steps=1, finetune_size=8,
+                                score_size=8, recovery_steps=1, fd_samples=8, progress=False)
+    features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 6))
+    result = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config, features=features)
+    r = result.report
+    assert r["speedup_low"] >= 1.15 and r["speedup"] <= 1.15 * 1.10 and not r["landing_overshoot"]
+    # 3 merges (x1.18) or 4 (x1.24) land in [1.15, 1.265]; which blocks depends on the measured rows
+    assert r["merged_blocks"] in (3, 4) and r["speedup"] == pytest.approx(1 + 0.06 * r["merged_blocks"])
+    assert r["intended_structure_error"] < 1e-12 and r["intended_relative_error"] < 1e-5
+    assert r["quality"]["fd_original"] > 0 and r["quality"]["samples"] == 8
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())   # the caller's U-Net
+    out = result.save_pretrained(tmp_path / "out")
+    assert json.loads((out / "report.json").read_text())["merged_blocks"] == r["merged_blocks"]
+    assert (out / "samples.png").exists() and "Sampling speed-up" in (out / "report.md").read_text()
+    pipe = DDIMPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(batch_size=1, num_inference_steps=2, output_type="np").images.shape == (1, 16, 16, 1)
+
+
+def test_bad_generation_config_is_one_line():
+    from depthcut.errors import DepthcutError
+
+    with pytest.raises(DepthcutError, match="speedup"):
+        P.GenerationConfig(speedup=1.0)
+    with pytest.raises(DepthcutError, match="images: need more than"):
+        P.compress_unet(UNet2DModel(**SMALL), DDPMScheduler(), torch.zeros(3, 1, 16, 16),
+                        P.GenerationConfig(finetune_size=2, score_size=2, progress=False))
