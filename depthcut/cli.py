@@ -55,6 +55,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .config import LayerMergeConfig
     from .pipeline import compress
 
+    if args.task == "generation":                 # a diffusion U-Net (depthcut.diffusion)
+        from .diffusion.cli import compress_generation
+        return compress_generation(args)
+
     if args.config:
         config = LayerMergeConfig.load(args.config)
     else:
@@ -73,7 +77,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "ray_address": args.address, "shard": args.shard,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
-    result = compress(args.model, config, out=args.out)
+    result = compress(args.model or "resnet20_fmnist", config, out=args.out)
     r = result.report
     if "shard" in r:
         print(f"importance shard {r['shard'][0]}/{r['shard'][1]}: {r['computed']} entries computed here; "
@@ -126,7 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("compress", help="LayerMerge: remove activations and convs, merge, recover, export")
-    c.add_argument("--model", default="resnet20_fmnist")
+    c.add_argument("--task", default="classification", choices=["classification", "generation"],
+                   help="generation: a diffusion U-Net (diffusers UNet2DModel folder, or the embedded ddpm_fmnist), "
+                        "speed-up of its DDIM sampling loop, Fréchet distance of samples")
+    c.add_argument("--model", default=None, help="default: resnet20_fmnist (classification), ddpm_fmnist "
+                                                 "(generation)")
+    c.add_argument("--sampling-steps", type=int, default=None, help="generation: DDIM steps per timed run (20)")
+    c.add_argument("--recovery-steps", type=int, default=None, help="generation: recovery fine-tune steps (500)")
+    c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     target = c.add_mutually_exclusive_group()
     target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
