@@ -43,15 +43,15 @@ def load_unet(spec: str):
     return unet.eval(), scheduler
 
 
-def images_for(data: str, unet) -> torch.Tensor:
-    """The data set's training images in [-1, 1] at the U-Net's size and channels (checked, one line)."""
+def images_for(data: str, unet, split: str = "train") -> torch.Tensor:
+    """The data set's ``split`` images in [-1, 1] at the U-Net's size and channels (checked, one line)."""
     from ..data import load_dataset
     from ..data.datasets import BUILTIN, _canonical
 
     size = unet.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     name = _canonical(str(data))
-    ds = load_dataset(data, "train", image_size=size)
+    ds = load_dataset(data, split, image_size=size)
     x = ds.tensors[0]
     if name in BUILTIN:                              # undo the classifier normalisation: pixels back to [-1, 1]
         info = BUILTIN[name]
@@ -104,7 +104,8 @@ def compress_generation(args: argparse.Namespace) -> int:
     unet, scheduler = load_unet(model)
     images = images_for(args.data, unet)
     features = ClassifierFeatures() if str(args.data).replace("_", "-") in ("fashion-mnist", "fmnist") else None
-    result = compress_unet(unet, scheduler, images, config, features=features)
+    real = images_for(args.data, unet, "test") if features is not None else None
+    result = compress_unet(unet, scheduler, images, config, features=features, real=real)
     result.save_pretrained(args.out)
     r = result.report
     fd = (f"; Fréchet distance {r['quality']['fd_original']:.3f} -> {r['quality']['fd_compressed']:.3f}"

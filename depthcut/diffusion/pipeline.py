@@ -87,12 +87,13 @@ class GenerationResult:
 
 
 def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: GenerationConfig | None = None,
-                  features: nn.Module | None = None) -> GenerationResult:
+                  features: nn.Module | None = None, real: torch.Tensor | None = None) -> GenerationResult:
     """Compress ``unet`` (a diffusers UNet2DModel; not modified) to ``config.speedup`` measured sampling speed-up.
 
     ``images`` ([N, C, H, W] in [-1, 1]) give the fine-tune, scoring and recovery data (disjoint, in that order);
     ``features`` (a module mapping images to feature vectors, e.g. a classifier's penultimate layer) enables
-    the Fréchet distance of samples against the images not used for anything else."""
+    the Fréchet distance of samples against ``real`` (default: the images after the fine-tune and scoring ones;
+    pass a test split)."""
     from . import score as S
     from .model import DepthcutUNet2DModel
     from .unet import enumerate_rows
@@ -137,7 +138,7 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     samples, quality = {}, None
     if features is not None:
         stages.start("quality", f"Fréchet distance of {config.fd_samples} samples each")
-        samples, quality = _quality(unet, model, scheduler, rest, features, config)
+        samples, quality = _quality(unet, model, scheduler, real if real is not None else rest, features, config)
     stages.end()
     report = {
         "version": CONFIG_VERSION, "config": config.to_dict(), "rows": len(rows),

@@ -1,0 +1,83 @@
+"""LayerMerge on the embedded Fashion-MNIST DDPM (issue 11): measured sampling speed-up and Fréchet distance.
+
+For each target speed-up, ``depthcut.diffusion.pipeline.compress_unet`` runs the whole pipeline on the embedded
+``ddpm_fmnist`` U-Net (scripts/train_ddpm.py): rows, latency rows, denoising-loss importance, the DP, landing on
+the measured DDIM-loop speed-up (CPU eager, paired rounds), the intended-function check, the recovery
+fine-tune, and the Fréchet distance of samples to held-out Fashion-MNIST images in the embedded classifier's
+feature space (not Inception FID), against the test split. Each result is written atomically to ``--out``/runs/x<target>.json as it
+finishes and skipped when present (resumable); ``--out``.md gets the table and the issue's bar (speed-up >= 1.25
+with the Fréchet distance within 10% of the original's).
+
+    python bench/ddpm_compress.py [--targets 1.25 1.4] [--recovery-steps 2000] [--fd-samples 512]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
+
+OUT = ROOT / "bench" / "results" / "ddpm_compress"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.4])
+    ap.add_argument("--importance-steps", type=int, default=100)
+    ap.add_argument("--recovery-steps", type=int, default=2000)
+    ap.add_argument("--sampling-steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--fd-samples", type=int, default=512)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+
+    from depthcut.diffusion.cli import ClassifierFeatures, images_for, load_unet
+    from depthcut.diffusion.pipeline import GenerationConfig, compress_unet
+    from depthcut.errors import InfeasibleBudgetError
+
+    out = Path(args.out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    unet, scheduler = load_unet("ddpm_fmnist")
+    images = images_for("fashion-mnist", unet)
+    features = ClassifierFeatures()
+    for target in args.targets:
+        path = out / "runs" / f"x{target}.json"
+        if path.exists():
+            continue
+        config = GenerationConfig(speedup=target, batch=args.batch, sampling_steps=args.sampling_steps,
+                                  importance_steps=args.importance_steps, recovery_steps=args.recovery_steps,
+                                  fd_samples=args.fd_samples)
+        try:
+            result = compress_unet(unet, scheduler, images, config, features=features,
+                                   real=images_for("fashion-mnist", unet, "test"))
+            result.save_pretrained(out / f"x{target}")
+            atomic_write_json(path, result.report)
+        except InfeasibleBudgetError as e:
+            atomic_write_json(path, {"infeasible": str(e), "config": config.to_dict()})
+    lines = ["# LayerMerge on the embedded Fashion-MNIST DDPM (`python bench/ddpm_compress.py`)", "",
+             "Sampling: DDIM, CPU eager, paired interleaved rounds (median ratio, 95% interval). Quality: Fréchet "
+             "distance to held-out Fashion-MNIST images in the embedded classifier's feature space (not Inception "
+             "FID).", "",
+             "| target | measured speed-up (95% CI) | merged blocks | FD original | FD compressed | ratio | bar met |",
+             "|---|---|---|---|---|---|---|"]
+    for target in args.targets:
+        r = json.loads((out / "runs" / f"x{target}.json").read_text())
+        if "infeasible" in r:
+            lines.append(f"| x{target} | infeasible: {r['infeasible']} | | | | | no |")
+            continue
+        q = r["quality"]
+        met = r["speedup"] >= 1.25 and q["fd_ratio"] <= 1.10
+        lines.append(f"| x{target} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] | "
+                     f"{r['merged_blocks']} | {q['fd_original']:.3f} | {q['fd_compressed']:.3f} | "
+                     f"{q['fd_ratio']:.3f} | {'yes' if met else 'no'} |")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
