@@ -133,26 +133,19 @@ def ddim_sample(unet: nn.Module, scheduler, batch: int, steps: int, seed: int = 
 def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batch: int = 8, steps: int = 20,
                      min_rounds: int = 5, max_rounds: int = 20, rel_width: float = 0.03,
                      clock: Callable[[], float] = time.perf_counter):
-    """The sampling loop's speed-up (original / compressed) from paired interleaved rounds, with its 95%
-    interval: one whole DDIM run of each per round, the order alternating."""
-    from ..latency.compare import estimate_from_rounds
+    """The sampling loop's speed-up (original / compressed): one whole DDIM run of each per round, in
+    alternating order (depthcut.latency.compare.paired_rounds), a median ratio with its 95% interval."""
+    from ..latency.compare import paired_rounds
 
     models = {"original": original.eval(), "compressed": compressed.eval()}
-    pooled: dict[str, list[float]] = {"original": [], "compressed": []}
-    ratios, estimate = [], None
     for m in models.values():
         ddim_sample(m, scheduler, batch, 1)                       # warm-up
-    for k in range(max_rounds):
-        for name in (("original", "compressed") if k % 2 == 0 else ("compressed", "original")):
-            start = clock()
-            ddim_sample(models[name], scheduler, batch, steps, seed=k)
-            pooled[name].append((clock() - start) * 1e3)
-        ratios.append(pooled["original"][-1] / max(pooled["compressed"][-1], 1e-12))
-        if len(ratios) >= min_rounds:
-            estimate = estimate_from_rounds(ratios, pooled, pooled)
-            if estimate.rel_width <= rel_width:
-                break
-    return estimate
+
+    def one_run(name: str) -> list[float]:
+        start = clock()
+        ddim_sample(models[name], scheduler, batch, steps)
+        return [(clock() - start) * 1e3]
+    return paired_rounds(one_run, min_rounds=min_rounds, max_rounds=max_rounds, rel_width=rel_width)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

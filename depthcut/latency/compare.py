@@ -96,14 +96,25 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example_input: tor
                    "compressed": backend.prepare(compressed, example_input)}
     for run in runners.values():
         measure(run, warmup=warmup, repeats=1)
+    return paired_rounds(lambda name: sample_ms(runners[name], repeats), min_rounds=min_rounds,
+                         max_rounds=max_rounds, rel_width=rel_width, decided=decided)
+
+
+def paired_rounds(sample: Callable[[str], list[float]], *, min_rounds: int = 10, max_rounds: int = 40,
+                  rel_width: float = 0.03, decided: Callable[[SpeedupEstimate], bool] | None = None
+                  ) -> SpeedupEstimate:
+    """The one paired-timing loop every comparison uses (CNNs, LLM generation, diffusion sampling):
+    ``sample(name)`` times one round of ``"original"`` or ``"compressed"`` (ms, one or more samples); the order
+    alternates each round so drift and a warm cache favour neither; each round gives one ratio of the round
+    medians. Stops once the 95% interval of the median ratio is narrower than ``rel_width`` (relative) or
+    ``decided(estimate)``, with at least ``min_rounds`` and at most ``max_rounds`` rounds."""
     pooled: dict[str, list[float]] = {"original": [], "compressed": []}
     per_round: dict[str, list[float]] = {"original": [], "compressed": []}
     ratios: list[float] = []
     estimate = None
     for k in range(max(1, max_rounds)):
-        order = ("original", "compressed") if k % 2 == 0 else ("compressed", "original")
-        for name in order:
-            s = sample_ms(runners[name], repeats)
+        for name in (("original", "compressed") if k % 2 == 0 else ("compressed", "original")):
+            s = list(sample(name))
             pooled[name] += s
             per_round[name].append(statistics.median(s))
         ratios.append(per_round["original"][-1] / max(per_round["compressed"][-1], 1e-12))

@@ -208,28 +208,17 @@ def predicted_ms(latency: dict, removed: Iterable[Unit], phase: str) -> float:
 def compare_generation(dense, pruned, prompt_len: int, new_tokens: int, phase: str, *, min_rounds: int = 6,
                        max_rounds: int = 30, rel_width: float = 0.03, warmup: int = 1, threads: int | None = None,
                        decided=None):
-    """``dense`` against ``pruned`` in interleaved rounds (order alternating), one generation each per round:
-    the ``phase`` ("prefill" ms or "decode" ms per token) speed-up with its 95% interval
-    (depthcut.latency.compare.SpeedupEstimate), the same statistics as the CNN landing uses. Stops once the
-    interval is narrower than ``rel_width`` or ``decided(estimate)``, after ``min_rounds`` to ``max_rounds``."""
-    from ..latency.compare import estimate_from_rounds
+    """``dense`` against ``pruned``, one generation each per round in alternating order
+    (depthcut.latency.compare.paired_rounds): the ``phase`` ("prefill" ms or "decode" ms per token) speed-up
+    with its 95% interval, the same statistics as the CNN landing uses."""
+    from ..latency.compare import paired_rounds
 
     prompt = _prompt(dense, prompt_len)
     pick = 0 if phase == "prefill" else 1
     models = {"original": dense, "compressed": pruned}
-    pooled = {"original": [], "compressed": []}
-    ratios, estimate = [], None
     with torch_threads(threads):
         for _ in range(warmup):
             for m in models.values():
                 time_generation(m, prompt, new_tokens)
-        for k in range(max(1, max_rounds)):
-            order = ("original", "compressed") if k % 2 == 0 else ("compressed", "original")
-            for name in order:
-                pooled[name].append(time_generation(models[name], prompt, new_tokens)[pick])
-            ratios.append(pooled["original"][-1] / max(pooled["compressed"][-1], 1e-12))
-            if len(ratios) >= min_rounds or len(ratios) == max_rounds:
-                estimate = estimate_from_rounds(ratios, pooled, pooled)
-                if estimate.rel_width <= rel_width or (decided is not None and decided(estimate)):
-                    break
-    return estimate
+        return paired_rounds(lambda name: [time_generation(models[name], prompt, new_tokens)[pick]],
+                             min_rounds=min_rounds, max_rounds=max_rounds, rel_width=rel_width, decided=decided)
