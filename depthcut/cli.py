@@ -74,7 +74,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
             "channels_last": args.channels_last or None, "method": args.method,
             "latency_model": args.latency_model, "executor": args.executor, "workers": args.workers,
-            "ray_address": args.address, "shard": args.shard,
+            "ray_address": args.address, "shard": args.shard, "recovery_procs": args.recovery_procs,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model or "resnet20_fmnist", config, out=args.out)
@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the importance entries run: in this process (default), a pool of --workers "
                         "processes, or Ray tasks (a GPU each where the cluster has GPUs)")
     c.add_argument("--workers", type=int, default=None, help="processes for --executor process (default 2)")
+    c.add_argument("--recovery-procs", type=int, default=None,
+                   help="data-parallel processes for the recovery fine-tune (torch.distributed: gloo on CPU, "
+                        "one GPU each on CUDA; default 1)")
     c.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: local "
                    "Ray, or RAY_ADDRESS)")
     c.add_argument("--shard", type=_shard, default=None, metavar="I/N",

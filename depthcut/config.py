@@ -61,6 +61,7 @@ class LayerMergeConfig(ConfigBase):
     distill: bool = True
     kd_weight: float = 0.3
     train_limit: int | None = None            # recovery sees only this many training images (None = all)
+    recovery_procs: int = 1                   # data-parallel recovery processes (gloo on CPU, one GPU each on CUDA)
     # timing
     timing_rounds: int = 100                # most interleaved rounds per comparison (x5 runs per model each;
                                             # fewer once the 95% interval is narrow enough)
@@ -114,6 +115,7 @@ class LayerMergeConfig(ConfigBase):
         if self.executor not in EXECUTORS:
             raise DepthcutError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}")
         at_least("workers", self.workers, 1)
+        at_least("recovery_procs", self.recovery_procs, 1)
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):

@@ -316,16 +316,17 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
 def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
     """Fine-tune the unmerged form (exactly the deployed function), merge, and check the merge."""
     from .cnn.build import build_merged, build_unmerged
-    from .train import train
+    from .train.distributed import distributed_train
 
     config = run.config
     run.say(f"recovery fine-tune: {config.recovery_epochs} epochs"
-            + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else ""))
+            + (f", distilling from the original (kd weight {config.kd_weight})" if config.distill else "")
+            + (f", data-parallel over {config.recovery_procs} processes" if config.recovery_procs > 1 else ""))
     unmerged = build_unmerged(run.analysis.gm, run.analysis.chain, plan)
-    train(unmerged, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
-          batch_size=config.recovery_batch_size,
-          teacher=run.original if config.distill else None, kd_weight=config.kd_weight, progress=config.progress,
-          seed=config.seed, **run.fit)
+    distributed_train(unmerged, run.splits.train, config.recovery_procs, epochs=config.recovery_epochs,
+                      lr=config.recovery_lr, batch_size=config.recovery_batch_size,
+                      teacher=run.original if config.distill else None, kd_weight=config.kd_weight,
+                      progress=config.progress, seed=config.seed, **run.fit)
     unmerged.eval()
     merged = build_merged(unmerged, run.analysis.chain, plan).eval()
     merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(run.input_shape[1:])))

@@ -123,6 +123,14 @@ def test_shards_on_other_executors_build_the_same_importance_table(trained, tmp_
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps               # nothing recomputed
 
 
+def test_recovery_over_two_processes_deploys_a_checked_network(trained, tmp_path):
+    """Issue 8: the recovery fine-tune data-parallel over 2 gloo processes; the merge check still holds."""
+    model, splits = trained
+    result = compress(model, config(tmp_path, recovery_epochs=0.2, recovery_procs=2), splits=splits)
+    assert result.report["merge_relative_error"] <= 1e-4 and result.report["accuracy_after"] > 30
+    assert result.report["config"]["recovery_procs"] == 2
+
+
 def test_infeasible_speedup_states_the_minimum(trained, tmp_path):
     model, splits = trained
     with pytest.raises(InfeasibleBudgetError, match="ms") as err:

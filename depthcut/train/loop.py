@@ -27,6 +27,14 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
     """Top-1 accuracy in percent, in eval mode; the model's train/eval mode is restored afterwards."""
@@ -109,10 +117,16 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
         torch.manual_seed(seed)
         step, epoch_losses = 0, []
 
+        rank, world = _rank_and_world()
+
         def position() -> float:  # how far through the schedule we are, in [0, 1]
             fraction = step / steps
             if max_seconds is not None:
                 fraction = max(fraction, (time.perf_counter() - start) / max_seconds)
+                if world > 1:     # every rank takes the same number of steps, or the all-reduce waits forever
+                    agreed = torch.tensor([fraction], dtype=torch.float64)
+                    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+                    fraction = float(agreed)
             return fraction
 
         while position() < 1.0:
@@ -127,6 +141,8 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
                     group["lr"] = step_lr
                 if augment is not None:
                     x = augment(x, aug_gen)
+                if world > 1:     # data parallel: this rank's share of the same global batch
+                    x, y = x[rank::world], y[rank::world]
                 x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = model(x)
