@@ -46,3 +46,21 @@ def test_cli_generation_errors_are_one_line(monkeypatch, tmp_path, capsys):
         code = main(["compress", "--task", "generation", "--data", "digits", "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and words in err[0], err
+
+
+def test_the_embedded_ddpm_loads_enumerates_and_samples():
+    """The embedded default (scripts/train_ddpm.py, committed fp16 weights) is a working diffusers U-Net."""
+    import json
+
+    from depthcut.diffusion.cli import EMBEDDED_DIR, load_unet
+    from depthcut.diffusion.score import ddim_sample
+    from depthcut.diffusion.unet import enumerate_rows
+
+    unet, scheduler = load_unet("ddpm_fmnist")
+    assert next(unet.parameters()).dtype == torch.float32 and scheduler.config.num_train_timesteps == 1000
+    rows = enumerate_rows(unet)
+    assert len(rows) == 11 * 4 + 1 + 2 + 2 * 2          # 11 ResNet blocks, conv_in, 2 down, 2 up x 2
+    x = ddim_sample(unet, scheduler, batch=2, steps=2)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
+    training = json.loads((EMBEDDED_DIR / "training.json").read_text())
+    assert training["steps"] > 0 and training["config"]["block_out_channels"] == [64, 64, 96]
