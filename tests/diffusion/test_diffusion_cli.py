@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 
 from depthcut.cli import main  # noqa: E402
 
-from test_pipeline import scripted_speed  # noqa: E402
+from test_diffusion_pipeline import scripted_speed  # noqa: E402
 
 DIGITS_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(64, 64), layers_per_block=1,
                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
