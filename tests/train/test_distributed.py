@@ -24,7 +24,20 @@ class Seen(nn.Module):
         return x
 
 
-def test_two_gloo_processes_train_like_one():
+def test_two_gloo_processes_train_like_one_in_a_fresh_process():
+    """Forked workers inherit whatever threads the parent runs; after the suite's Ray and lm-eval tests that can
+    deadlock a child, so the check runs in a fresh interpreter, as a user's job would."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    code = f"import sys; sys.path.insert(0, {str(here.parent)!r}); import test_distributed as t; t.check_two_gloo_processes()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def check_two_gloo_processes():
     """Same weights as one process on the same global batches, and each rank saw only its half of them."""
     torch.manual_seed(0)
     model = nn.Sequential(Seen(), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 3))
