@@ -106,6 +106,11 @@ class ConfigBase:
         for f in dataclasses.fields(self):
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
 
+    def check_version(self, current: int) -> None:
+        """A file written by a newer depthcut is refused in one line (older versions migrate in ``from_dict``)."""
+        if self.version > current:
+            raise DepthcutError(f"{self.KIND} version {self.version} is newer than this depthcut ({current})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

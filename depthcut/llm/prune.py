@@ -98,8 +98,7 @@ class PruneConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.check_types()
-        if self.version > CONFIG_VERSION:
-            raise DepthcutError(f"prune config version {self.version} is newer than this depthcut ({CONFIG_VERSION})")
+        self.check_version(CONFIG_VERSION)
 
     @classmethod
     def from_dict(cls, d):

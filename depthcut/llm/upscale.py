@@ -75,9 +75,7 @@ class UpscaleConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         self.check_types()
-        if self.version > CONFIG_VERSION:
-            raise DepthcutError(f"upscale config version {self.version} is newer than this depthcut "
-                                f"({CONFIG_VERSION})")
+        self.check_version(CONFIG_VERSION)
         if self.layers is not None and self.from_mergekit is not None:
             raise DepthcutError("give only one of layers or from_mergekit (or neither, for the overlap rule)")
 
