@@ -78,13 +78,14 @@ def float32_error(a, b, x) -> float:
     return float((ya - yb).norm() / yb.norm())
 
 
-def check_model(name: str, device: str, batch: int, size: int, rounds: int, cache: str) -> dict:
+def check_model(name: str, device: str, batch: int, size: int, rounds: int, cache: str,
+                memory_format: str = "contiguous", compile_ratio: float | None = None) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = randomize_bn(entry.create()).to(device)
     t0 = time.time()
     analysis = analyze(model, (1, 3, size, size), exclude=entry.chain_exclude, batch_size=batch)
-    backend = get_backend("eager", device=device)
+    backend = get_backend("eager", device=device, memory_format=memory_format)
     lat = latency_table(analysis.candidates, backend, batch_size=batch, cache_dir=cache, progress=False,
                         repeats=20)
     table_s = time.time() - t0
@@ -94,8 +95,8 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
     frontier = solve(rows, analysis.chain.length, steps=2000, max_latency_ms=body_ms)
     x = torch.randn(batch, 3, size, size, device=device)
     bn_folded = folded(model)
-    out = {"model": name, "positions": analysis.chain.length, "candidates": len(analysis.candidates),
-           "table_seconds": table_s, "table_body_ms": body_ms, "plans": []}
+    out = {"model": name, "memory_format": memory_format, "positions": analysis.chain.length,
+           "candidates": len(analysis.candidates), "table_seconds": table_s, "table_body_ms": body_ms, "plans": []}
     for ratio, paper in zip(BUDGETS[name], PAPER_PYTORCH[name]):
         solution = frontier.best(ratio * body_ms)
         plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
@@ -117,10 +118,24 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
             "merged_vs_unmerged_float32": float32_error(merged, unmerged, x[:8]),
         })
         p = out["plans"][-1]
+        if compile_ratio is not None and abs(ratio - compile_ratio) < 1e-9:
+            p["compile"] = compiled_speedup(model, merged, x, device, memory_format, rounds)
         print(f"{name} {ratio:.0%}: x{measured:.2f} (predicted x{predicted:.2f}, paper x{paper}), "
               f"vs BN-folded x{p['speedup_vs_bn_folded']:.2f}; intended error {p['intended_error_float64']:.1e} "
               f"(float64), merged vs unmerged {p['merged_vs_unmerged_float32']:.1e} (float32)", flush=True)
     return out
+
+
+def compiled_speedup(model, merged, x, device: str, memory_format: str, rounds: int) -> dict:
+    """The same plan under torch.compile (inductor) on the device: speed-up and cold-compile seconds."""
+    backend = get_backend("compile", device=device, memory_format=memory_format)
+    t = time_models({"original": model, "merged": merged}, x, backend, rounds=rounds, repeats=5)
+    summary = backend.compile_summary()
+    result = {"original_ms": t["original"].median_ms, "merged_ms": t["merged"].median_ms,
+              "speedup": t["original"].median_ms / t["merged"].median_ms,
+              "compile_seconds": summary["compile_s_last_two"], "fx_graph_cache": summary["fx_graph_cache"]}
+    print(f"  torch.compile: x{result['speedup']:.2f}, cold compile {result['compile_seconds']} s", flush=True)
+    return result
 
 
 def compress_on_device(device: str, quick: bool) -> dict:
@@ -154,6 +169,7 @@ def compress_on_device(device: str, quick: bool) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['device_name']}): `python bench/gpu_check.py`", "",
              f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, CUDA eager, "
+             f"memory format {report.get('memory_format', 'contiguous')}, "
              f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
              f"(bench/gpu_check.py docstring). Speed-ups are ratios of medians from one interleaved run per plan.",
              "", "| model | budget | measured speed-up | predicted | error | vs BN-folded | paper (PyTorch, 2080 Ti) "
@@ -163,6 +179,16 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{p['predicted_speedup']:.2f} "
                          f"| {p['prediction_error']:+.1%} | x{p['speedup_vs_bn_folded']:.2f} | x{p['paper_pytorch_speedup']} "
                          f"| {p['intended_error_float64']:.1e} | {p['merged_vs_unmerged_float32']:.1e} |")
+    compiled = [(m, p) for m in report["models"] for p in m["plans"] if "compile" in p]
+    if compiled:
+        lines += ["", "The same plans under `torch.compile` (inductor, default mode) on the device:", "",
+                  "| model | budget | eager speed-up | compiled speed-up | original compiled ms | merged compiled ms "
+                  "| cold compile s (original, merged) |", "|---|---|---|---|---|---|---|"]
+        for m, p in compiled:
+            c = p["compile"]
+            lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{c['speedup']:.2f} | "
+                         f"{c['original_ms']:.2f} | {c['merged_ms']:.2f} | "
+                         f"{', '.join(f'{v:.0f}' for v in c['compile_seconds'])} |")
     lines += ["", "| model | positions | candidates | table time s | table body ms |", "|---|---|---|---|---|"]
     for m in report["models"]:
         lines.append(f"| {m['model']} | {m['positions']} | {m['candidates']} | {m['table_seconds']:.0f} | "
@@ -183,6 +209,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--models", default="resnet34,mobilenet_v2")
+    ap.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last"))
+    ap.add_argument("--compile-budget", type=float, default=None,
+                    help="also time the plan at this budget ratio under torch.compile (e.g. 0.5)")
+    ap.add_argument("--skip-compress", action="store_true", help="leave out the end-to-end compress run")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a CPU dry run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
     args = ap.parse_args()
@@ -190,7 +220,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     report = {"device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
               "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
-              "size": args.size, "math_mode": math_mode(args.device), "models": []}
+              "size": args.size, "memory_format": args.memory_format, "math_mode": math_mode(args.device), "models": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -200,10 +230,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         for name in args.models.split(","):
-            report["models"].append(check_model(name, args.device, args.batch, args.size, args.rounds, cache))
+            report["models"].append(check_model(name, args.device, args.batch, args.size, args.rounds, cache,
+                                                args.memory_format, args.compile_budget))
             save()
-    report["compress"] = compress_on_device(args.device, args.quick)
-    save()
+    if not args.skip_compress:
+        report["compress"] = compress_on_device(args.device, args.quick)
+        save()
     print(markdown(report))
 
 

@@ -260,14 +260,14 @@ def score_block_influence(model, windows: torch.Tensor, unit: str = "block") -> 
 def angular_distances(model, windows: torch.Tensor, n: int) -> list[float]:
     """d(ℓ, n) = arccos(cos(x_ℓ, x_{ℓ+n}))/π at the last token, averaged over windows, ℓ = 0..L−n."""
     L = num_blocks(model)
-    sums, count = torch.zeros(L - n + 1), 0
+    sums, count = [0.0] * (L - n + 1), 0      # Python floats: the states may live on any device
     for states in block_states(model, windows):
-        last = [s[:, -1] for s in states]
+        last = [s[:, -1].float() for s in states]
         for start in range(L - n + 1):
             cos = F.cosine_similarity(last[start], last[start + n], dim=-1).clamp(-1, 1)
-            sums[start] += (torch.arccos(cos) / math.pi).sum()
+            sums[start] += float((torch.arccos(cos) / math.pi).sum())
         count += last[0].shape[0]
-    return (sums / count).tolist()
+    return [s / count for s in sums]
 
 
 # ------------------------------------------------------------------------------------------- selectors
