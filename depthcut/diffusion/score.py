@@ -141,9 +141,14 @@ def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batc
     for m in models.values():
         ddim_sample(m, scheduler, batch, 1)                       # warm-up
 
+    device = next(original.parameters()).device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
     def one_run(name: str) -> list[float]:
+        sync()                                   # CUDA runs asynchronously: time the kernels, not their launch
         start = clock()
         ddim_sample(models[name], scheduler, batch, steps)
+        sync()
         return [(clock() - start) * 1e3]
     return paired_rounds(one_run, min_rounds=min_rounds, max_rounds=max_rounds, rel_width=rel_width)
 
