@@ -44,6 +44,7 @@ class GenerationConfig(ConfigBase):
     speed_tolerance: float = 0.10
     fd_samples: int = 256                # generated images per Fréchet distance
     seed: int = 0
+    cache_dir: str | None = None         # importance entries (None: $DEPTHCUT_CACHE or ~/.cache/depthcut)
     progress: bool = True
     version: int = CONFIG_VERSION
 
@@ -117,8 +118,7 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
                                f"{n_sc} held-out images")
     base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
-    importance = {r.key: S.row_importance(unet, r, finetune, held, scheduler, base_loss, config.importance_steps,
-                                          config.importance_lr, config.seed) for r in rows}
+    importance = importance_table(unet, rows, finetune, held, scheduler, base_loss, config)
 
     stages.start("search", "LayerMerge DP over the rows, then landing on the measured sampling speed-up")
     landing, full = _land(unet, scheduler, rows, latency, importance, config, stages)
@@ -155,6 +155,28 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
         "timings_s": dict(stages.timings), "seconds": time.time() - t0,
     }
     return GenerationResult(model, plan, report, scheduler, samples)
+
+
+def importance_table(unet, rows, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
+                     config: GenerationConfig) -> dict[str, float]:
+    """Every row's importance, each entry written atomically to the cache as it finishes: the table is the
+    expensive stage (one short fine-tune per merged row), so a killed run resumes where it stopped. The
+    manifest pins everything the scores depend on (weights, data, scheduler, recipe, seed)."""
+    from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, state_fingerprint
+    from ..progress import progress
+    from . import score as S
+
+    manifest = {"table": "diffusion-importance", "format": 1, "unet": state_fingerprint(unet),
+                "images": state_fingerprint({"finetune": finetune, "held": held}),
+                "scheduler": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+                "steps": config.importance_steps, "lr": config.importance_lr, "seed": config.seed}
+    root = Path(config.cache_dir) if config.cache_dir is not None else DEFAULT_CACHE_DIR
+    store = EntryStore(root / "importance" / fingerprint(manifest), manifest)
+    todo = [r for r in rows if r.key not in store]
+    for row in progress(todo, desc="importance", enabled=config.progress, unit="row"):
+        store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, base_loss, config.importance_steps,
+                                          config.importance_lr, config.seed)
+    return {r.key: float(store[r.key]) for r in rows}
 
 
 def _land(unet, scheduler, rows, latency, importance, config: GenerationConfig, stages: Stages):

@@ -34,7 +34,8 @@ def test_compress_unet_lands_checks_and_saves(monkeypatch, tmp_path):
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     config = P.GenerationConfig(speedup=1.15, batch=2, sampling_steps=2, importance_steps=1, finetune_size=8,
-                                score_size=8, recovery_steps=1, fd_samples=8, progress=False)
+                                score_size=8, recovery_steps=1, fd_samples=8, progress=False,
+                                cache_dir=str(tmp_path / "cache"))
     features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 6))
     result = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config, features=features)
     r = result.report
@@ -60,3 +61,43 @@ def test_bad_generation_config_is_one_line():
     with pytest.raises(DepthcutError, match="images: need more than"):
         P.compress_unet(UNet2DModel(**SMALL), DDPMScheduler(), torch.zeros(3, 1, 16, 16),
                         P.GenerationConfig(finetune_size=2, score_size=2, progress=False))
+
+
+class Killed(BaseException):
+    """A kill mid-table (BaseException, like KeyboardInterrupt, so nothing catches it on the way)."""
+
+
+def test_importance_table_resumes_after_a_kill(monkeypatch, tmp_path):
+    """Each entry is written as it finishes: a run killed mid-table loses nothing finished, and the rerun
+    computes only the rest, with the same values; other weights get a fresh table."""
+    from depthcut.diffusion import score as S
+    from depthcut.diffusion.unet import enumerate_rows
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**SMALL).eval()
+    rows = enumerate_rows(unet)
+    images = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = P.GenerationConfig(importance_steps=1, progress=False, cache_dir=str(tmp_path))
+    calls, kill_after = [], [3]
+
+    def scored(unet, row, *args):
+        if len(calls) == kill_after[0]:
+            kill_after[0] = None
+            raise Killed                                 # the kill, after three finished entries
+        calls.append(row.key)
+        return 0.5 + len(row.key) / 1000
+
+    monkeypatch.setattr(S, "row_importance", scored)
+    with pytest.raises(Killed):
+        P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config)
+    first = list(calls)
+    table = P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config)
+    assert len(first) == 3 and len(calls) == len(rows) and not set(first) & set(calls[3:])
+    assert table == {r.key: 0.5 + len(r.key) / 1000 for r in rows}
+    calls.clear()
+    assert P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config) == table
+    assert calls == []                                   # a finished table is read back, nothing recomputed
+    with torch.no_grad():
+        unet.conv_in.weight.add_(1.0)
+    P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config)
+    assert len(calls) == len(rows)                       # other weights: other manifest, all recomputed
