@@ -393,8 +393,26 @@ class OnnxRuntimeBackend(Backend):
     gave per-round ratios from x0.46 to x2.9 with spinning, and within 4% without (issue 9).
     """
 
+    # ONNX Runtime's NchwcTransformer reorders a conv's weights into its blocked layout when the session is
+    # created and holds about 5x the weights while it does (measured 4.9x on rows of 30 MB to 410 MB); for
+    # the giant merged convs of deep networks (ResNet-152: rows of 1-2 GB) that transient alone would need
+    # 5-10 GB. A row whose transient exceeds ``max_transient_bytes`` is timed with the transformer off (1.1x
+    # its weights; the conv runs ~10-25% slower) and its time scaled by the gain the transformer gives on a
+    # channel-scaled proxy of the same conv (same kernel, stride, input size): an estimate, counted in
+    # ``nchwc_estimated_rows``.
+    NCHWC_TRANSIENT = 5.0
+
+    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
+                 max_transient_gb: float | None = None):
+        super().__init__(device, memory_format)
+        if max_transient_gb is None:
+            max_transient_gb = float(os.environ.get("DEPTHCUT_ORT_MAX_TRANSIENT_GB", "2"))
+        self.max_transient_bytes = int(max_transient_gb * 2**30)
+        self.nchwc_estimated_rows: list[dict[str, float]] = []
+
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "intra_op_spinning": False}
+        return {**super().describe(), "intra_op_spinning": False,
+                "nchwc_transient_cap_gb": round(self.max_transient_bytes / 2**30, 3)}
 
     def missing(self) -> str:
         if self.device.type != "cpu":
@@ -405,7 +423,7 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return importlib.import_module("onnxruntime").__version__
 
-    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+    def _options(self, nchwc: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -413,19 +431,22 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # see the class docstring
-        direct = conv_row_onnx(module, tuple(example_input.shape))
-        keep: list = []
-        if direct is not None:     # a latency row: its weights handed over in place, never copied into a proto
-            graph, weights = direct
-            keep = [ort.OrtValue.ortvalue_from_numpy(w) for w in weights.values()] + list(weights.values())
-            opts.add_external_initializers(list(weights), keep[:len(weights)])
-            session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        else:
-            with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
-                path = os.path.join(tmp, "model.onnx")
-                export_onnx(module, example_input, path)
-                # The session reads the whole model in its constructor, so the temp dir may go afterwards.
-                session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        if not nchwc:
+            opts.add_session_config_entry("optimization.disable_specified_optimizers", "NchwcTransformer")
+        return opts
+
+    def _row_runner(self, graph: bytes, weights: dict, example_input: torch.Tensor, nchwc: bool = True) -> Runner:
+        """A latency row's session, its weights handed over in place (never copied into a protobuf)."""
+        import onnxruntime as ort
+
+        opts = self._options(nchwc)
+        keep = [ort.OrtValue.ortvalue_from_numpy(w) for w in weights.values()] + list(weights.values())
+        opts.add_external_initializers(list(weights), keep[:len(weights)])
+        return self._runner(ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"]), example_input,
+                            keep)
+
+    @staticmethod
+    def _runner(session, example_input: torch.Tensor, keep: list) -> Runner:
         name = session.get_inputs()[0].name
         feed = {name: example_input.detach().cpu().float().numpy()}
 
@@ -433,6 +454,48 @@ class OnnxRuntimeBackend(Backend):
             return session.run(None, feed)
         run.keepalive = keep   # type: ignore[attr-defined]  # the session reads the weights from these buffers
         return run
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        import onnxruntime as ort
+
+        direct = conv_row_onnx(module, tuple(example_input.shape))
+        if direct is not None:
+            graph, weights = direct
+            nbytes = sum(w.nbytes for w in weights.values())
+            if self.NCHWC_TRANSIENT * nbytes <= self.max_transient_bytes:
+                return self._row_runner(graph, weights, example_input)
+            run = self._row_runner(graph, weights, example_input, nchwc=False)
+            run.time_scale = self._nchwc_gain(module, example_input, nbytes)   # type: ignore[attr-defined]
+            self.nchwc_estimated_rows.append({"weights_mb": nbytes / 1e6, "gain": run.time_scale})
+            return run
+        with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(module, example_input, path)
+            # The session reads the whole model in its constructor, so the temp dir may go afterwards.
+            session = ort.InferenceSession(path, self._options(), providers=["CPUExecutionProvider"])
+        return self._runner(session, example_input, [])
+
+    def _nchwc_gain(self, module: nn.Sequential, example_input: torch.Tensor, nbytes: int) -> float:
+        """time(NCHWc on) / time(NCHWc off) on a proxy of the row's conv with in and out channels divided by
+        ``s`` (s^2 times fewer weights, under the cap); 1.0 (no gain assumed: the row's time stays an
+        over-estimate) when the channels or groups do not divide."""
+        conv = module[0]
+        s = math.ceil(math.sqrt(self.NCHWC_TRANSIENT * nbytes / self.max_transient_bytes))
+        while s <= min(conv.in_channels, conv.out_channels) and (
+                conv.in_channels % s or conv.out_channels % s or conv.groups > 1):
+            s += 1
+        if conv.groups > 1 or s > min(conv.in_channels, conv.out_channels):
+            return 1.0
+        proxy = nn.Sequential(nn.Conv2d(conv.in_channels // s, conv.out_channels // s, conv.kernel_size,
+                                        stride=conv.stride, padding=conv.padding, bias=conv.bias is not None),
+                              copy.deepcopy(module[1])).eval()
+        x = torch.randn(example_input.shape[0], conv.in_channels // s, *example_input.shape[2:])
+        graph, weights = conv_row_onnx(proxy, tuple(x.shape))
+        times = {}
+        for nchwc in (True, False):
+            run = self._row_runner(graph, weights, x, nchwc=nchwc)
+            times[nchwc] = measure(run, warmup=2, repeats=7).median_ms
+        return min(1.0, times[True] / times[False])
 
 
 @register_backend("tensorrt")
