@@ -399,6 +399,69 @@ def repvgg_branches_with_identity_bn() -> Case:
     return Case(randomize(Stack(RepVGGBlock(8), RepVGGBlock(8), cbr(8, 8))), (1, 3, 12, 12), min_candidates=1)
 
 
+class MobileOneLike(nn.Module):
+    """timm's MobileOneBlock (train-time form), written out: ``branches`` parallel kxk conv+BN, a 1x1 scale
+    branch when k > 1, a BN identity when shapes allow, summed starting from the constant 0, then ReLU; and
+    its own ``reparameterize()`` (independent of depthcut) fusing them into ``reparam_conv``."""
+
+    def __init__(self, cin, cout, k=3, stride=1, groups=1, branches=3):
+        super().__init__()
+        self.k, self.stride, self.groups = k, stride, groups
+        self.reparam_conv = None
+        self.conv_kxk = nn.ModuleList([cbr(cin, cout, k, stride, groups=groups, act=False) for _ in range(branches)])
+        self.conv_scale = cbr(cin, cout, 1, stride, groups=groups, act=False) if k > 1 else None
+        self.identity = nn.BatchNorm2d(cout) if cin == cout and stride == 1 else None
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        if self.reparam_conv is not None:
+            return self.act(self.reparam_conv(x))
+        out = 0
+        if self.conv_scale is not None:
+            out = self.conv_scale(x)
+        for branch in self.conv_kxk:
+            out = out + branch(x)
+        if self.identity is not None:
+            out = out + self.identity(x)
+        return self.act(out)
+
+    @staticmethod
+    def _fused(weight, bn):
+        t = bn.weight / (bn.running_var + bn.eps).sqrt()
+        return weight * t.reshape(-1, 1, 1, 1), bn.bias - bn.running_mean * t
+
+    def reparameterize(self):
+        conv0 = self.conv_kxk[0][0]
+        w = torch.zeros_like(conv0.weight)
+        b = torch.zeros(conv0.out_channels)
+        parts = [(branch[0].weight, branch[1]) for branch in self.conv_kxk]
+        if self.conv_scale is not None:
+            parts.append((F.pad(self.conv_scale[0].weight, [self.k // 2] * 4), self.conv_scale[1]))
+        if self.identity is not None:
+            eye = torch.zeros_like(conv0.weight)
+            per_group = conv0.in_channels // self.groups
+            for o in range(conv0.out_channels):
+                eye[o, o % per_group, self.k // 2, self.k // 2] = 1.0
+            parts.append((eye, self.identity))
+        for weight, bn in parts:
+            dw, db = self._fused(weight, bn)
+            w, b = w + dw, b + db
+        self.reparam_conv = nn.Conv2d(conv0.in_channels, conv0.out_channels, self.k, self.stride, self.k // 2,
+                                      groups=self.groups, bias=True)
+        self.reparam_conv.weight.data.copy_(w)
+        self.reparam_conv.bias.data.copy_(b)
+        del self.conv_kxk, self.conv_scale, self.identity
+
+
+@register
+def mobileone_branches() -> Case:
+    """MobileOne: several parallel kxk branches per block (depthwise 3x3 then pointwise 1x1), fused by the
+    block's own reparameterize() before the analysis; the merges then cross the fused blocks."""
+    blocks = [MobileOneLike(8, 8, 3, groups=8), MobileOneLike(8, 8, 1), MobileOneLike(8, 8, 3, groups=8),
+              MobileOneLike(8, 12, 1)]
+    return Case(randomize(Stack(*blocks, head=12)), (1, 3, 12, 12), min_candidates=4)
+
+
 class ProjectionFirst(nn.Module):
     """A 1x1+BN projection branch next to a 3x3 reducible conv: pruning the 3x3 leaves the projection before
     the first kept conv of a block (the border case of issue 7)."""

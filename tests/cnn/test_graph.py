@@ -344,3 +344,34 @@ def test_summary_is_json_ready():
         assert key in s
     assert set(s["candidate_list"][0]) >= {"start", "end", "kernel", "stride", "depthwise", "kept"}
     json.dumps(s)
+
+
+def test_multibranch_blocks_are_fused_on_a_copy_and_checked():
+    """MobileOne-style blocks are fused by their own reparameterize() for the analysis; the caller's model keeps
+    its branches, and a reparameterize() that computes something else is not used (the checked replacement)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from corpus import CORPUS, MobileOneLike
+
+    from depthcut.cnn.build import is_trivial
+
+    case = CORPUS["mobileone_branches"]()
+    analysis = analyze(case.model, case.input_shape)
+    assert all(m.reparam_conv is None for m in case.model.modules() if isinstance(m, MobileOneLike))
+    targets = {n.target for n in analysis.gm.graph.nodes if n.op == "call_module"}
+    assert {f"blocks.{i}.reparam_conv" for i in range(4)} <= targets            # every block traced fused
+    assert not any(".conv_kxk." in t for t in targets)
+    assert sum(not is_trivial(c) for c in analysis.candidates) >= 4
+
+    class WrongFusion(MobileOneLike):
+        def reparameterize(self):
+            super().reparameterize()
+            self.reparam_conv.bias.data += 1.0             # a fusion that is not exact
+
+    wrong = CORPUS["mobileone_branches"]().model
+    wrong.blocks[0].__class__ = WrongFusion
+    targets = {n.target for n in analyze(wrong, case.input_shape).gm.graph.nodes if n.op == "call_module"}
+    assert "blocks.0.reparam_conv" not in targets and "blocks.0.conv_kxk.2.0" in targets   # kept its branches
+    assert "blocks.1.reparam_conv" in targets
