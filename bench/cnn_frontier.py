@@ -92,6 +92,12 @@ def summarise(results: dict, models, targets, methods, seeds, args) -> str:
         ctrl = [results.get(("control", model, 1.0, s)) for s in seeds]
         ctrl = [c for c in ctrl if c]
         lines += [f"## {model}", ""]
+        have = sorted({s for (m, mo, _, s), r in results.items() if mo == model and m != "control"})
+        total = len(methods) * len(targets) * len(seeds)
+        done_n = sum(1 for (m, mo, _, _) in results if mo == model and m != "control")
+        if done_n < total:
+            lines += [f"Partial: {done_n} of {total} runs so far (seeds {', '.join(map(str, have)) or 'none'}); "
+                      f"cells average the runs done.", ""]
         if ctrl:
             lines.append(f"Original: {mean_std([c['accuracy_before'] for c in ctrl])}%; control (original + the same "
                          f"recovery fine-tune): {mean_std([c['accuracy_after'] for c in ctrl])}%.")
@@ -175,6 +181,8 @@ def main() -> None:
     ap.add_argument("--band", type=float, default=0.03)
     ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the table and plot from the stored runs; run nothing")
     args = ap.parse_args()
     out = Path(args.out)
     runs = out / "runs"
@@ -187,6 +195,8 @@ def main() -> None:
         path = runs / f"{model}-{method}-x{target}-s{seed}.json"
         if path.exists():
             results[(method, model, target, seed)] = json.loads(path.read_text())
+            continue
+        if args.report_only:
             continue
         print(f"[{k}/{len(jobs)}, {time.time() - started:.0f} s] {model} {method} x{target} seed {seed}", flush=True)
         r = control(model, seed, args) if method == "control" else run_one(model, method, target, seed, args)
