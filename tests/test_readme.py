@@ -73,6 +73,18 @@ def _hub_cache(root: Path, repo_id: str) -> Path:
     return root
 
 
+def _original_ms(args: list[str]) -> float:
+    """The eager latency of the command's model at its input shape, measured now (median of 50 runs)."""
+    import cli_models
+
+    from depthcut.latency import get_backend, time_models
+
+    model = getattr(cli_models, args[args.index("--model") + 1].split(":")[1])().eval()
+    shape = tuple(int(d) for d in args[args.index("--input-shape") + 1].split(","))
+    timing = time_models({"original": model}, torch.randn(shape), get_backend("eager"), rounds=10, repeats=5)
+    return timing["original"].median_ms
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs(command, tmp_path):
@@ -91,6 +103,10 @@ def test_readme_command_runs(command, tmp_path):
         from depthcut.llm.loading import _cache_dir_for, default_model_path, load_model
         load_model(None)
         args[args.index("--model") + 1] = str(_cache_dir_for(default_model_path()))
+    if "--latency-ms" in args:
+        # An absolute budget depends on the machine and its load (on a busy CI machine the example's 2 ms was
+        # out of reach): keep the flag, with the value this machine needs for x1.3 right now.
+        args[args.index("--latency-ms") + 1] = f"{_original_ms(args) / 1.3:.3f}"
     args += SMALL.get(kind, [])
     if kind == "compress":
         args += ["--cache-dir", str(tmp_path / "cache")]
