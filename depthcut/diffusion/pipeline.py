@@ -143,6 +143,8 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     report = {
         "version": CONFIG_VERSION, "config": config.to_dict(), "rows": len(rows),
         "plan": [r.key for r in plan], "merged_blocks": sum(r.span == "conv1+conv2" for r in plan),
+        # of those, the blocks left with one 3x3 conv (the other pruned) rather than one 5x5 merge
+        "one_conv_blocks": sum(r.span == "conv1+conv2" and len(r.kept) == 1 for r in plan),
         "identity_upsamplers": sum(r.kind == "upsample" and not r.kept for r in plan),
         "intended_structure_error": error["structure"], "intended_relative_error": error["deployed"],
         "modelled_ms_per_call": landing.plan.latency_ms, "original_modelled_ms_per_call": full,
@@ -273,7 +275,9 @@ def report_markdown(r: dict[str, Any]) -> str:
     lines = ["# depthcut report: diffusion U-Net (LayerMerge)", "",
              f"**Sampling speed-up x{r['speedup']:.2f}** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] "
              f"({r['sampling_protocol']}): {r['sampling_ms_before']:.1f} -> {r['sampling_ms_after']:.1f} ms.", "",
-             f"Plan: {r['merged_blocks']} ResNet blocks merged, {r['identity_upsamplers']} up-sampling convs removed "
+             f"Plan: {r['merged_blocks']} ResNet blocks merged (GroupNorm + SiLU between their convs removed; "
+             f"{r.get('one_conv_blocks', 0)} of them left with one 3x3 conv, the other pruned), "
+             f"{r['identity_upsamplers']} up-sampling convs removed "
              f"({r['rows']} rows); intended-function error {r['intended_relative_error']:.1e}.",
              f"Denoising loss {r['loss_before']:.4f} (original) -> {r['loss_after_recovery']:.4f} (after recovery)."]
     if q:
