@@ -41,7 +41,7 @@ KEYS = ("speedup", "speedup_low", "speedup_high", "accuracy_before", "accuracy_a
 def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     from depthcut.pipeline import compress
 
-    cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=args.recovery_epochs,
+    cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
                            speed_tolerance=args.band, max_resolves=10, progress=False,
                            cache_dir=args.cache)
     t0 = time.time()
@@ -49,7 +49,8 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
         r = compress(model, cfg).report
     except InfeasibleBudgetError as e:
         return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0}
-    return {k: r[k] for k in KEYS} | {"probes": len(r["probes"])}
+    return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "recovery_epochs": cfg.recovery_epochs,
+                                      "timings_s": r.get("timings_s")}
 
 
 def control(model: str, seed: int, args) -> dict:
@@ -60,7 +61,7 @@ def control(model: str, seed: int, args) -> dict:
     from depthcut.models import resolve_model
     from depthcut.train import evaluate, train
 
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=args.recovery_epochs)
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model))
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     original = resolved.model.eval()
@@ -71,7 +72,16 @@ def control(model: str, seed: int, args) -> dict:
     train(tuned, splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size,
           teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed)
     return {"speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "accuracy_before": evaluate(original, splits.test),
-            "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0}
+            "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0,
+            "recovery_epochs": cfg.recovery_epochs}
+
+
+def recovery(args, model: str) -> float:
+    """The recovery budget for ``model``: ``--recovery-epochs 1.0`` for every model, or per model
+    (``resnet20_fmnist=1.0 mobilenet_v2_fmnist=0.25``) so that the whole benchmark fits its time."""
+    per_model = dict(v.split("=") for v in args.recovery_epochs if "=" in v)
+    plain = [v for v in args.recovery_epochs if "=" not in v]
+    return float(per_model.get(model, plain[0] if plain else 1.0))
 
 
 def mean_std(values: list[float]) -> str:
@@ -84,7 +94,8 @@ def mean_std(values: list[float]) -> str:
 
 def summarise(results: dict, models, targets, methods, seeds, args) -> str:
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
-             f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget: {args.recovery_epochs} epochs "
+             f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget (epochs): "
+             f"{', '.join(f'{m} {recovery(args, m):g}' for m in models)} "
              f"(distillation weight 0.3), the same for every method and for the control. Landing band: target to "
              f"+{100 * args.band:.0f}%. Seeds: {', '.join(map(str, seeds))} (mean ± std where more than one). "
              f"Accuracy on the 10,000 test images; speed-up = median of paired interleaved rounds.", ""]
@@ -177,7 +188,8 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.5, 2.0])
     ap.add_argument("--methods", nargs="+", default=method_names())
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--recovery-epochs", type=float, default=1.0)
+    ap.add_argument("--recovery-epochs", nargs="+", default=["1.0"],
+                    help="epochs for every model, or MODEL=EPOCHS pairs")
     ap.add_argument("--band", type=float, default=0.03)
     ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
     ap.add_argument("--out", default=str(OUT))
@@ -194,8 +206,13 @@ def main() -> None:
     for k, (method, model, target, seed) in enumerate(jobs, 1):
         path = runs / f"{model}-{method}-x{target}-s{seed}.json"
         if path.exists():
-            results[(method, model, target, seed)] = json.loads(path.read_text())
-            continue
+            stored = json.loads(path.read_text())
+            if stored.get("recovery_epochs", 1.0) == recovery(args, model):
+                results[(method, model, target, seed)] = stored
+                continue
+            if args.report_only:
+                continue
+            # a run with another recovery budget does not compare: it is redone with this one
         if args.report_only:
             continue
         print(f"[{k}/{len(jobs)}, {time.time() - started:.0f} s] {model} {method} x{target} seed {seed}", flush=True)
