@@ -43,7 +43,7 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
 
     cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
                            speed_tolerance=args.band, max_resolves=10, progress=False,
-                           cache_dir=args.cache)
+                           cache_dir=args.cache, executor=args.executor, workers=args.workers)
     t0 = time.time()
     try:
         r = compress(model, cfg).report
@@ -192,6 +192,8 @@ def main() -> None:
                     help="epochs for every model, or MODEL=EPOCHS pairs")
     ap.add_argument("--band", type=float, default=0.03)
     ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
+    ap.add_argument("--executor", default="local", help="importance entries: local, process or ray (same scores)")
+    ap.add_argument("--workers", type=int, default=2, help="processes for --executor process")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and plot from the stored runs; run nothing")
