@@ -126,9 +126,8 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
             entry = timing.to_dict()
             scale = getattr(runner, "time_scale", None)   # a row the backend could only time another way
             if scale is not None:
-                entry = {**Timing(*(v * scale for v in (timing.median_ms, timing.stdev_ms, timing.p10_ms,
-                                                         timing.p90_ms)), timing.n).to_dict(),
-                         "measured_median_ms": timing.median_ms, "time_scale": scale}
+                entry = {**timing.scaled(scale).to_dict(), "measured_median_ms": timing.median_ms,
+                         "time_scale": scale}
             del runner, module                     # a giant row's session goes before the next one is built
         store[key] = entry
 
