@@ -299,9 +299,9 @@ def canonicalize(model: nn.Module) -> nn.Module:
 
 
 def _input_channels(m: nn.Module) -> int:
-    if getattr(m, "num_features", None) or getattr(m, "in_channels", None):
-        return getattr(m, "num_features", None) or m.in_channels
-    return next(c.in_channels for c in m.modules() if isinstance(c, nn.Conv2d))
+    """Channels a replaced module reads: a BN's or conv's own, else its first conv's (a fused block)."""
+    own = getattr(m, "num_features", None) or getattr(m, "in_channels", None)
+    return own or next(c.in_channels for c in m.modules() if isinstance(c, nn.Conv2d))
 
 
 def _replace_checked(model: nn.Module, rules) -> nn.Module:

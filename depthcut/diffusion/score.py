@@ -141,8 +141,9 @@ def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batc
     for m in models.values():
         ddim_sample(m, scheduler, batch, 1)                       # warm-up
 
-    device = next(original.parameters()).device
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    from ..latency.backends import _cuda_sync
+
+    sync = _cuda_sync(next(original.parameters()).device)
 
     def one_run(name: str) -> list[float]:
         sync()                                   # CUDA runs asynchronously: time the kernels, not their launch
