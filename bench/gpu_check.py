@@ -39,6 +39,7 @@ from depthcut.cnn.graph import analyze, symbolic_trace  # noqa: E402
 from depthcut.cnn.intended import verify_plan  # noqa: E402
 from depthcut.latency import get_backend, latency_table, time_models  # noqa: E402
 from depthcut.latency.backends import math_mode  # noqa: E402
+from depthcut.latency.overhead import call_overhead_ms, in_network_ms  # noqa: E402
 from depthcut.search.layermerge import solve  # noqa: E402
 from depthcut.search.tables import Row  # noqa: E402
 
@@ -79,24 +80,33 @@ def float32_error(a, b, x) -> float:
 
 
 def check_model(name: str, device: str, batch: int, size: int, rounds: int, cache: str,
-                memory_format: str = "contiguous", compile_ratio: float | None = None) -> dict:
+                memory_format: str = "contiguous", compile_ratio: float | None = None,
+                row_calls: int | None = None) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = randomize_bn(entry.create()).to(device)
     t0 = time.time()
     analysis = analyze(model, (1, 3, size, size), exclude=entry.chain_exclude, batch_size=batch)
     backend = get_backend("eager", device=device, memory_format=memory_format)
+    if row_calls is not None:       # 1: the pre-issue-8 timing, one synchronised call per sample
+        backend.row_calls = row_calls
     lat = latency_table(analysis.candidates, backend, batch_size=batch, cache_dir=cache, progress=False,
                         repeats=20)
+    # the pipeline's default latency model: each row minus the runtime's per-call cost
+    overhead = call_overhead_ms(backend, analysis.candidates, batch)
     table_s = time.time() - t0
-    rows = [Row(c.start, c.end, 0.0 if not c.kept else lat[c.key].median_ms, proxy_importance(c), ref=c)
+    timed = {c.key: lat[c.key].median_ms for c in analysis.candidates}
+    rows = [Row(c.start, c.end, in_network_ms(c, timed[c.key], overhead, batch), proxy_importance(c), ref=c)
             for c in analysis.candidates]
     body_ms = sum(r.latency_ms for r in rows if is_trivial(r.ref))
+    additive_body_ms = sum(timed[c.key] for c in analysis.candidates if is_trivial(c))
     frontier = solve(rows, analysis.chain.length, steps=2000, max_latency_ms=body_ms)
     x = torch.randn(batch, 3, size, size, device=device)
     bn_folded = folded(model)
     out = {"model": name, "memory_format": memory_format, "positions": analysis.chain.length,
-           "candidates": len(analysis.candidates), "table_seconds": table_s, "table_body_ms": body_ms, "plans": []}
+           "candidates": len(analysis.candidates), "table_seconds": table_s, "table_body_ms": body_ms,
+           "additive_body_ms": additive_body_ms, "row_calls": backend.row_calls,
+           "call_overhead_us": 1e3 * overhead[0], "call_overhead_us_per_mb": 1e9 * overhead[1], "plans": []}
     for ratio, paper in zip(BUDGETS[name], PAPER_PYTORCH[name]):
         solution = frontier.best(ratio * body_ms)
         plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
@@ -106,6 +116,8 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
                         rounds=rounds, repeats=5)
         e2e = t["original"].median_ms
         predicted = e2e / (e2e - body_ms + solution.latency_ms)
+        plan_additive_ms = sum(timed[r.ref.key] for r in solution.rows)
+        predicted_additive = e2e / (e2e - additive_body_ms + plan_additive_ms)
         measured = e2e / t["merged"].median_ms
         out["plans"].append({
             "budget_ratio": ratio, "paper_pytorch_speedup": paper,
@@ -113,6 +125,8 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
             "merged_ms": t["merged"].median_ms, "speedup": measured,
             "speedup_vs_bn_folded": t["bn_folded"].median_ms / t["merged"].median_ms,
             "predicted_speedup": predicted, "prediction_error": predicted / measured - 1,
+            "predicted_speedup_additive": predicted_additive,
+            "prediction_error_additive": predicted_additive / measured - 1,
             "blocks": sum(not is_trivial(b) for b in plan.blocks),
             "intended_error_float64": verify_plan(merged, model, analysis.chain, plan, (1, 3, size, size)),
             "merged_vs_unmerged_float32": float32_error(merged, unmerged, x[:8]),
@@ -172,12 +186,19 @@ def markdown(report: dict) -> str:
              f"memory format {report.get('memory_format', 'contiguous')}, "
              f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
              f"(bench/gpu_check.py docstring). Speed-ups are ratios of medians from one interleaved run per plan.",
-             "", "| model | budget | measured speed-up | predicted | error | vs BN-folded | paper (PyTorch, 2080 Ti) "
-             "| intended error (float64) | merged vs unmerged (float32, TF32) |", "|---|---|---|---|---|---|---|---|---|"]
+             "Plans are solved on the pipeline's default latency model (each row minus the runtime's per-call cost); "
+             "'predicted' is that model, 'additive' the raw sum of row timings. Rows are timed as `row calls` "
+             "calls queued back to back per sample (1 = one synchronised call per sample).",
+             "", "| model | row calls | budget | measured speed-up | predicted | error | additive | error | vs BN-folded "
+             "| paper (PyTorch, 2080 Ti) | intended error (float64) | merged vs unmerged (float32, TF32) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         for p in m["plans"]:
-            lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{p['predicted_speedup']:.2f} "
-                         f"| {p['prediction_error']:+.1%} | x{p['speedup_vs_bn_folded']:.2f} | x{p['paper_pytorch_speedup']} "
+            additive = (f"x{p['predicted_speedup_additive']:.2f} | {p['prediction_error_additive']:+.1%}"
+                        if "predicted_speedup_additive" in p else "- | -")
+            lines.append(f"| {m['model']} | {m.get('row_calls', 1)} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} "
+                         f"| x{p['predicted_speedup']:.2f} | {p['prediction_error']:+.1%} | {additive} "
+                         f"| x{p['speedup_vs_bn_folded']:.2f} | x{p['paper_pytorch_speedup']} "
                          f"| {p['intended_error_float64']:.1e} | {p['merged_vs_unmerged_float32']:.1e} |")
     compiled = [(m, p) for m in report["models"] for p in m["plans"] if "compile" in p]
     if compiled:
@@ -189,10 +210,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{c['speedup']:.2f} | "
                          f"{c['original_ms']:.2f} | {c['merged_ms']:.2f} | "
                          f"{', '.join(f'{v:.0f}' for v in c['compile_seconds'])} |")
-    lines += ["", "| model | positions | candidates | table time s | table body ms |", "|---|---|---|---|---|"]
+    lines += ["", "| model | row calls | positions | candidates | table time s | table body ms | additive body ms "
+              "| per-call cost |", "|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
-        lines.append(f"| {m['model']} | {m['positions']} | {m['candidates']} | {m['table_seconds']:.0f} | "
-                     f"{m['table_body_ms']:.2f} |")
+        cost = (f"{m['call_overhead_us']:.1f} us + {m['call_overhead_us_per_mb']:.2f} us/MB"
+                if "call_overhead_us" in m else "-")
+        lines.append(f"| {m['model']} | {m.get('row_calls', 1)} | {m['positions']} | {m['candidates']} | "
+                     f"{m['table_seconds']:.0f} | {m['table_body_ms']:.2f} | {m.get('additive_body_ms', m['table_body_ms']):.2f} "
+                     f"| {cost} |")
     c = report.get("compress")
     if c:
         lines += ["", f"`depthcut.compress` on {c['device']} ({c['device_name']}): x{c['speedup']:.2f} "
@@ -212,6 +237,9 @@ def main() -> None:
     ap.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last"))
     ap.add_argument("--compile-budget", type=float, default=None,
                     help="also time the plan at this budget ratio under torch.compile (e.g. 0.5)")
+    ap.add_argument("--row-calls", type=int, default=None,
+                    help="calls queued per latency-row sample (default: the backend's; 1 = one synchronised "
+                         "call per sample, the timing before issue 8's fix)")
     ap.add_argument("--skip-compress", action="store_true", help="leave out the end-to-end compress run")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a CPU dry run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
@@ -231,7 +259,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         for name in args.models.split(","):
             report["models"].append(check_model(name, args.device, args.batch, args.size, args.rounds, cache,
-                                                args.memory_format, args.compile_budget))
+                                                args.memory_format, args.compile_budget, args.row_calls))
             save()
     if not args.skip_compress:
         report["compress"] = compress_on_device(args.device, args.quick)

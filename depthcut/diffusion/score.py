@@ -110,7 +110,8 @@ def latency_rows(unet: nn.Module, rows: list[Row], backend="eager", batch: int =
             continue
         x = torch.randn((batch, *row.input_shape[1:]))
         with torch.no_grad():
-            out[row.key] = measure(backend.prepare(module.eval(), x), warmup=3, repeats=repeats).median_ms
+            out[row.key] = measure(backend.prepare(module.eval(), x), warmup=3, repeats=repeats,
+                                 queued=backend.row_calls).median_ms
     return out
 
 

@@ -56,8 +56,8 @@ def _call_cost(backend: Backend, shape: tuple[int, ...], repeats: int) -> float:
         # interleave, so drift hits both
         t1, tk = [], []
         for _ in range(3):
-            t1.append(measure(short, warmup=3, repeats=repeats).median_ms)
-            tk.append(measure(long, warmup=3, repeats=repeats).median_ms)
+            t1.append(measure(short, warmup=3, repeats=repeats, queued=backend.row_calls).median_ms)
+            tk.append(measure(long, warmup=3, repeats=repeats, queued=backend.row_calls).median_ms)
     one, many = statistics.median(t1), statistics.median(tk)
     per_op = max(0.0, (many - one) / (CHAIN - 1))
     return max(0.0, one - per_op)

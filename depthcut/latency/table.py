@@ -122,7 +122,8 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
         x = torch.randn(row_shape(c, batch_size), generator=gen)
         with torch.no_grad():
             runner = backend.prepare(module, x)
-            timing = measure(runner, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
+            timing = measure(runner, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
+                             queued=backend.row_calls)
             entry = timing.to_dict()
             scale = getattr(runner, "time_scale", None)   # a row the backend could only time another way
             if scale is not None:

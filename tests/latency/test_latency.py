@@ -186,6 +186,31 @@ def test_measure_and_timing_stats():
         speedup(s, Timing.zero())
 
 
+def test_measure_queues_calls_where_the_runner_can():
+    """A GPU row sample is k calls queued back to back with one synchronisation, divided by k: the
+    synchronisation is paid once per sample, not once per call, as inside a network."""
+    import time as _time
+    syncs, calls = [], []
+
+    def run():                      # one call, then a synchronisation costing 5 ms
+        calls.append(1)
+        _time.sleep(0.005)
+        syncs.append(1)
+
+    def queued(k):
+        calls.extend([1] * k)
+        _time.sleep(0.005)
+        syncs.append(1)
+    run.queued = queued
+    one = measure(run, warmup=0, repeats=3)
+    many = measure(run, warmup=0, repeats=3, queued=10)
+    assert len(calls) == 3 + 30 and len(syncs) == 6
+    assert one.median_ms >= 5.0 and many.median_ms < one.median_ms / 5
+    plain = measure(lambda: calls.append(1), warmup=0, repeats=3, queued=10)   # nothing to queue: one call each
+    assert plain.n == 3 and len(calls) == 36
+    assert get_backend("eager").row_calls == 1 and "row_calls" not in get_backend("eager").describe()
+
+
 def test_onnx_export_failure_names_module(monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("unsupported op")
