@@ -181,7 +181,7 @@ def compress_on_device(device: str, quick: bool) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU check ({report['device_name']}): `python bench/gpu_check.py`", "",
+    lines = [f"# GPU check ({report['device_name']}): `{report.get('command', 'python bench/gpu_check.py')}`", "",
              f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, CUDA eager, "
              f"memory format {report.get('memory_format', 'contiguous')}, "
              f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
@@ -246,7 +246,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    report = {"device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
+    report = {"command": " ".join(["python bench/gpu_check.py"] + sys.argv[1:]), "device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
               "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
               "size": args.size, "memory_format": args.memory_format, "math_mode": math_mode(args.device), "models": []}
     out = Path(args.out)

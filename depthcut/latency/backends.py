@@ -180,7 +180,6 @@ def device_name(device: str | torch.device = "cpu") -> str:
 
 
 MEMORY_FORMATS = ("contiguous", "channels_last")
-ROW_CALLS_GPU = 10      # calls queued back to back per sample when timing a latency row on a GPU
 
 
 def math_mode(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -204,14 +203,14 @@ class Backend:
 
     name: str = "?"
     dtype: torch.dtype = torch.float32
+    # Calls per latency-row sample (see measure). 1, one synchronised call, is the default everywhere: on an
+    # H200 at batch 128, rows timed as 10 calls queued back to back ran from a warm L2 cache and made
+    # ResNet-34 plans look 4-8% slower than they measured, MobileNetV2 plans 22-30%; one call per sample
+    # predicted ResNet-34 within 2% (bench/results/gpu_check_row_calls_1.md and _10.md).
     row_calls: int = 1
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous"):
         self.device = torch.device(device)
-        # Latency rows on a GPU are timed as ROW_CALLS_GPU calls queued back to back (see measure): timed one
-        # call at a time, each row also paid a host synchronisation (tens of microseconds) that a network
-        # pays once, which made a ResNet-34 plan with fewer, merged convs look 7% faster than it measured.
-        self.row_calls = ROW_CALLS_GPU if self.device.type == "cuda" else 1
         if memory_format not in MEMORY_FORMATS:
             raise DepthcutError(f"unknown memory format {memory_format!r}; use one of {', '.join(MEMORY_FORMATS)}")
         self.memory_format = memory_format
