@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 from depthcut.config import LayerMergeConfig  # noqa: E402
 from depthcut.errors import InfeasibleBudgetError  # noqa: E402
+from depthcut.cnn.channels import DEFAULT_SCOPE as CHANNEL_SCOPE  # noqa: E402
 from depthcut.methods import method_names  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "cnn_frontier"
@@ -42,7 +43,7 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     from depthcut.pipeline import compress
 
     cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
-                           speed_tolerance=args.band, max_resolves=10, progress=False,
+                           importance_seed=importance_seed(args, model), speed_tolerance=args.band, max_resolves=10, progress=False,
                            cache_dir=args.cache, executor=args.executor, workers=args.workers)
     t0 = time.time()
     try:
@@ -50,7 +51,7 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     except InfeasibleBudgetError as e:
         return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0}
     return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "recovery_epochs": cfg.recovery_epochs,
-                                      "timings_s": r.get("timings_s")}
+                                      "timings_s": r.get("timings_s"), **version(method, cfg)}
 
 
 def control(model: str, seed: int, args) -> dict:
@@ -61,11 +62,12 @@ def control(model: str, seed: int, args) -> dict:
     from depthcut.models import resolve_model
     from depthcut.train import evaluate, train
 
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model))
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model), importance_seed=importance_seed(args, model))
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     original = resolved.model.eval()
-    splits = make_splits(cfg.data, cfg.finetune_size, cfg.score_size, seed=seed, train_limit=cfg.train_limit,
+    # the same splits as the compress runs of this seed (they follow the importance seed)
+    splits = make_splits(cfg.data, cfg.finetune_size, cfg.score_size, seed=cfg.scoring_seed, train_limit=cfg.train_limit,
                          image_size=tuple(resolved.input_shape[2:]))
     tuned = copy.deepcopy(original)
     t0 = time.time()
@@ -73,7 +75,32 @@ def control(model: str, seed: int, args) -> dict:
           teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed)
     return {"speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "accuracy_before": evaluate(original, splits.test),
             "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0,
-            "recovery_epochs": cfg.recovery_epochs}
+            "recovery_epochs": cfg.recovery_epochs, **version("control", cfg)}
+
+
+def version(method: str, cfg: LayerMergeConfig) -> dict:
+    """What a stored run must share with this one to be reused (besides the recovery budget)."""
+    out = {"importance_seed": cfg.scoring_seed}
+    if method == "channel":
+        out["channel_scope"] = CHANNEL_SCOPE
+    return out
+
+
+def reusable(stored: dict, method: str, model: str, seed: int, args) -> bool:
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model), importance_seed=importance_seed(args, model))
+    want = {"recovery_epochs": cfg.recovery_epochs, **version(method, cfg)}
+    # runs stored before a field existed had its old value: 1 epoch, the run's own seed, uniform channels
+    have = {"recovery_epochs": 1.0, "importance_seed": seed, "channel_scope": "uniform", **stored}
+    return all(have[k] == v for k, v in want.items())
+
+
+def importance_seed(args, model: str) -> int | None:
+    """``--importance-seed mobilenet_v2_fmnist=0``: every seed of that model shares the seed-0 importance table
+    (its seeds then vary the recovery only); None (the default): each seed scores its own table."""
+    per_model = dict(v.split("=") for v in args.importance_seed if "=" in v)
+    plain = [v for v in args.importance_seed if "=" not in v]
+    value = per_model.get(model, plain[0] if plain else None)
+    return None if value is None else int(value)
 
 
 def recovery(args, model: str) -> float:
@@ -190,6 +217,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--recovery-epochs", nargs="+", default=["1.0"],
                     help="epochs for every model, or MODEL=EPOCHS pairs")
+    ap.add_argument("--importance-seed", nargs="+", default=[],
+                    help="MODEL=SEED (or SEED for all): share that seed's importance table across the seeds")
     ap.add_argument("--band", type=float, default=0.03)
     ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
     ap.add_argument("--executor", default="local", help="importance entries: local, process or ray (same scores)")
@@ -209,12 +238,12 @@ def main() -> None:
         path = runs / f"{model}-{method}-x{target}-s{seed}.json"
         if path.exists():
             stored = json.loads(path.read_text())
-            if stored.get("recovery_epochs", 1.0) == recovery(args, model):
+            if reusable(stored, method, model, seed, args):
                 results[(method, model, target, seed)] = stored
                 continue
             if args.report_only:
                 continue
-            # a run with another recovery budget does not compare: it is redone with this one
+            # a run with another recovery budget, importance seed or channel scope does not compare: redo it
         if args.report_only:
             continue
         print(f"[{k}/{len(jobs)}, {time.time() - started:.0f} s] {model} {method} x{target} seed {seed}", flush=True)

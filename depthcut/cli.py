@@ -69,6 +69,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "importance": args.importance, "importance_steps": args.importance_steps,
             "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
             "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
+            "importance_seed": args.importance_seed,
             "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
             "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--threads", type=int, default=None)
     c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--importance-seed", type=int, default=None,
+                   help="seed of the importance table (default: --seed); fix it to share one table across seeds")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compress)

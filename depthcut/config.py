@@ -67,10 +67,18 @@ class LayerMergeConfig(ConfigBase):
                                             # fewer once the 95% interval is narrow enough)
     threads: int | None = None
     seed: int = 0
+    # The importance table's seed (its fine-tune/score splits and short fine-tunes); None: ``seed``. Fixing it
+    # lets runs that differ only in ``seed`` share one table (a benchmark's seeds then vary the recovery).
+    importance_seed: int | None = None
     cache_dir: str | None = None
     progress: bool = True
     version: int = CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scoring_seed(self) -> int:
+        """The seed of the importance table: ``importance_seed``, else ``seed``."""
+        return self.seed if self.importance_seed is None else self.importance_seed
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -101,7 +109,7 @@ class LayerMergeConfig(ConfigBase):
         for name in ("importance_batch_size", "recovery_batch_size", "dp_steps", "max_resolves", "timing_rounds",
                      "score_size", "threads", "train_limit"):
             at_least(name, getattr(self, name), 1)
-        for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed"):
+        for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed", "importance_seed"):
             at_least(name, getattr(self, name), 0)
         for name in ("importance_lr", "recovery_lr"):
             at_least(name, getattr(self, name), 0, inclusive=False)

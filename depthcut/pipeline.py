@@ -133,7 +133,7 @@ def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
     backend = get_backend(config.backend, device=device,
                           memory_format="channels_last" if config.channels_last else "contiguous")
     if splits is None:
-        splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.seed,
+        splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
                              train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
                              preprocess=resolved.preprocess, workers=config.data_workers)
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
@@ -408,7 +408,7 @@ def compress_width(run: Run, out) -> CompressResult:
     from .train import evaluate, train
 
     config = run.config
-    run.say(f"channel pruning (Torch-Pruning, L1) of {run.resolved.name}")
+    run.say(f"channel pruning (Torch-Pruning, L1, global ranking) of {run.resolved.name}")
     frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
     base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
@@ -471,7 +471,7 @@ def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig)
     return {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
             "finetune_size": config.finetune_size, "score_size": config.score_size,
             "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
-            "batch_size": config.importance_batch_size, "seed": config.seed,
+            "batch_size": config.importance_batch_size, "seed": config.scoring_seed,
             "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs]}
 
 
@@ -505,11 +505,11 @@ class CandidateAccuracy:
         if self.analysis is None:
             self.analysis = analyze(self.original, self.input_shape, exclude=self.exclude)
         config, chain = self.config, self.analysis.chain
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.scoring_seed)
         model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
         if config.importance == "finetune":
             train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
-                  batch_size=config.importance_batch_size, progress=False, seed=config.seed,
+                  batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
                   amp=config.amp, channels_last=config.channels_last)
         elif config.importance == "bn-recalibration":
             recalibrate_bn(model, self.finetune)
