@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(generation)")
     c.add_argument("--sampling-steps", type=int, default=None, help="generation: DDIM steps per timed run (20)")
     c.add_argument("--recovery-steps", type=int, default=None, help="generation: recovery fine-tune steps (500)")
+    c.add_argument("--recovery-kd-weight", type=float, default=None,
+                   help="generation: weight of the original U-Net's prediction in the recovery target (0)")
     c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     target = c.add_mutually_exclusive_group()

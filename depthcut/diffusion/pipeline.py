@@ -39,6 +39,7 @@ class GenerationConfig(ConfigBase):
     score_size: int = 500
     recovery_steps: int = 500
     recovery_lr: float = 1e-4
+    recovery_kd_weight: float = 0.0      # recovery target: (1 - w) true noise + w the original U-Net's prediction
     dp_steps: int = 2000
     max_probes: int = 6
     speed_tolerance: float = 0.10
@@ -58,6 +59,9 @@ class GenerationConfig(ConfigBase):
             at_least(name, getattr(self, name), 1)
         for name in ("importance_steps", "recovery_steps"):
             at_least(name, getattr(self, name), 0)
+        at_least("recovery_kd_weight", self.recovery_kd_weight, 0.0)
+        if self.recovery_kd_weight > 1:
+            raise DepthcutError(f"config field 'recovery_kd_weight' must be <= 1, got {self.recovery_kd_weight}")
 
 
 @dataclass
@@ -128,9 +132,11 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     stages.say(f"compressed U-Net equals the plan's intended function: relative error {error['structure']:.1e} "
                f"(float64 rewrite), {error['deployed']:.1e} (deployed, {model.dtype})")
 
-    stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps")
+    stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps"
+                             + (f", distilling from the original (weight {config.recovery_kd_weight})"
+                                if config.recovery_kd_weight else ""))
     S.finetune(model, rest if len(rest) else finetune, scheduler, config.recovery_steps, config.recovery_lr,
-               seed=config.seed)
+               seed=config.seed, teacher=unet, kd_weight=config.recovery_kd_weight)
     loss_after = S.denoising_loss(model, held, scheduler, seed=config.seed + 1)
 
     stages.start("measure", "final sampling speed-up")

@@ -46,20 +46,34 @@ def denoising_loss(unet: nn.Module, images: torch.Tensor, scheduler, seed: int =
 
 
 def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: float = 2e-4, batch: int = 32,
-             seed: int = 0) -> nn.Module:
-    """``steps`` Adam steps of the DDPM noise-prediction loss on ``images`` (fresh noise and timesteps)."""
+             seed: int = 0, teacher: nn.Module | None = None, kd_weight: float = 0.0) -> nn.Module:
+    """``steps`` Adam steps of the DDPM noise-prediction loss on ``images`` (fresh noise and timesteps).
+
+    With a ``teacher`` (the original U-Net) and ``kd_weight`` w > 0 the target mixes the true noise with the
+    teacher's prediction on the same noisy input: (1 - w) |e_s - e|^2 + w |e_s - e_t|^2. The teacher's
+    prediction is a lower-variance target than the sampled noise (it is the original's estimate of the
+    conditional mean), and it pulls the compressed U-Net toward the function the sampler was tuned on."""
     if steps <= 0:
         return unet
     g = torch.Generator().manual_seed(seed)
     device = next(unet.parameters()).device
     opt = torch.optim.Adam(unet.parameters(), lr=lr)
+    distil = teacher is not None and kd_weight > 0
+    if distil:
+        teacher = teacher.eval()
     unet.train()
     for _ in range(steps):
         idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=g)
         x0 = images[idx]
         eps = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g)
-        loss = F.mse_loss(unet(scheduler.add_noise(x0, eps, t).to(device), t.to(device)).sample, eps.to(device))
+        noisy, t, eps = scheduler.add_noise(x0, eps, t).to(device), t.to(device), eps.to(device)
+        pred = unet(noisy, t).sample
+        loss = F.mse_loss(pred, eps)
+        if distil:
+            with torch.no_grad():
+                target = teacher(noisy, t).sample
+            loss = (1 - kd_weight) * loss + kd_weight * F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -63,6 +63,35 @@ def test_bad_generation_config_is_one_line():
                         P.GenerationConfig(finetune_size=2, score_size=2, progress=False))
 
 
+def test_recovery_distils_from_the_original():
+    """kd_weight w mixes the target. With a teacher that predicts zero noise everywhere, w = 1 trains the
+    U-Net toward silence and w = 0 toward the sampled noise: after the same steps from the same start, the
+    w = 1 predictions are far smaller."""
+    import copy
+    from types import SimpleNamespace
+
+    from depthcut.errors import DepthcutError
+
+    class Silent(torch.nn.Module):
+        def forward(self, x, t):
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    torch.manual_seed(0)
+    start = UNet2DModel(**SMALL).eval()
+    images = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    scheduler = DDPMScheduler(num_train_timesteps=50)
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    power = {}
+    for w in (1.0, 0.0):
+        student = copy.deepcopy(start)
+        S.finetune(student, images, scheduler, steps=20, lr=1e-3, batch=8, teacher=Silent(), kd_weight=w)
+        with torch.no_grad():
+            power[w] = float(student(x, torch.tensor([25] * 4)).sample.pow(2).mean())
+    assert power[1.0] < 0.25 * power[0.0], power
+    with pytest.raises(DepthcutError, match="recovery_kd_weight"):
+        P.GenerationConfig(recovery_kd_weight=1.5)
+
+
 class Killed(BaseException):
     """A kill mid-table (BaseException, like KeyboardInterrupt, so nothing catches it on the way)."""
 
