@@ -160,5 +160,5 @@ class DepthShrinker(Method):
 @register_method
 class Channel(Method):
     name = "channel"
-    summary = "prune channels (Torch-Pruning, L1, global ranking) until the measured latency meets the target"
+    summary = "prune channels (Torch-Pruning, L1; global and uniform plans) until the measured latency meets the target"
     kind = "model"

@@ -408,14 +408,14 @@ def compress_width(run: Run, out) -> CompressResult:
     from .train import evaluate, train
 
     config = run.config
-    run.say(f"channel pruning (Torch-Pruning, L1, global ranking) of {run.resolved.name}")
+    run.say(f"channel pruning (Torch-Pruning, L1; global and uniform plans) of {run.resolved.name}")
     frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
     base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
 
     def choose(budget_macs: float):
         plan = frontier.best(budget_macs)
-        return plan.ratio, plan.macs, plan
+        return (plan.scope, plan.ratio), plan.macs, plan
 
     def measure(plan, decided):
         return probe_speed(run, plan.model.to(run.device), decided)
@@ -428,7 +428,8 @@ def compress_width(run: Run, out) -> CompressResult:
         raise InfeasibleBudgetError(f"{e} end to end on {config.backend} (batch {config.batch_size}; channel "
                                     f"pruning up to 90%)", minimum=e.minimum) from None
     pruned = landing.plan.model.to(run.device)
-    run.say(f"recovery fine-tune: {config.recovery_epochs} epochs at pruning ratio {landing.plan.ratio:.3f}")
+    run.say(f"recovery fine-tune: {config.recovery_epochs} epochs at pruning ratio {landing.plan.ratio:.3f} "
+            f"({landing.plan.scope})")
     train(pruned, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
           batch_size=config.recovery_batch_size, teacher=run.original if config.distill else None,
           kd_weight=config.kd_weight, progress=config.progress, seed=config.seed, **run.fit)
@@ -447,7 +448,8 @@ def compress_width(run: Run, out) -> CompressResult:
         "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
         "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
         "within_band": final.ratio <= upper, "landing_overshoot": landing.overshoot,
-        "pruning_ratio": landing.plan.ratio, "accuracy_before": acc_before, "accuracy_after": acc_after,
+        "pruning_ratio": landing.plan.ratio, "channel_scope": landing.plan.scope,
+        "accuracy_before": acc_before, "accuracy_after": acc_after,
         "accuracy_drop": acc_before - acc_after,
         **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
         **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")},
