@@ -38,7 +38,8 @@ def denoising_loss(unet: nn.Module, images: torch.Tensor, scheduler, seed: int =
     noise, steps = _noise_and_steps(len(images), tuple(images.shape[1:]), scheduler.config.num_train_timesteps, seed)
     total = 0.0
     for i in range(0, len(images), batch):
-        x0, eps, t = images[i:i + batch], noise[i:i + batch], steps[i:i + batch]
+        # noise is drawn on the CPU (seeded the same on every device); mix it there, wherever images live
+        x0, eps, t = images[i:i + batch].cpu(), noise[i:i + batch], steps[i:i + batch]
         xt = scheduler.add_noise(x0, eps, t)
         pred = unet(xt.to(device), t.to(device)).sample
         total += float(F.mse_loss(pred.float(), eps.to(device), reduction="sum"))
@@ -64,7 +65,7 @@ def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: f
     unet.train()
     for _ in range(steps):
         idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=g)
-        x0 = images[idx]
+        x0 = images[idx].cpu()
         eps = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=g)
         noisy, t, eps = scheduler.add_noise(x0, eps, t).to(device), t.to(device), eps.to(device)
