@@ -50,7 +50,10 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
         r = compress(model, cfg).report
     except InfeasibleBudgetError as e:
         return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0}
-    return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "recovery_epochs": cfg.recovery_epochs,
+    landing = [{k: p.get(k) for k in ("budget", "modelled", "meets", "lands", "measured_ratio", "measured_low",
+                                      "measured_high")} for p in r["probes"]]
+    return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "landing": landing,
+                                      "recovery_epochs": cfg.recovery_epochs,
                                       "timings_s": r.get("timings_s"), **version(method, cfg)}
 
 
