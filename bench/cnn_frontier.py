@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -152,8 +153,8 @@ def summarise(results: dict, models, targets, methods, seeds, args) -> str:
                 runs = [results.get((method, model, t, s)) for s in seeds]
                 done = [r for r in runs if r and "infeasible" not in r]
                 if runs and all(r and "infeasible" in r for r in runs):
-                    cells.append("unreachable | " + runs[0]["infeasible"].split("(")[1].split(" over")[0]
-                                 if "(" in runs[0]["infeasible"] else "unreachable | -")
+                    fastest = re.search(r"\((x[0-9.]+ \[[0-9.]+, [0-9.]+\]) over", runs[0]["infeasible"])
+                    cells.append("unreachable | " + (fastest.group(1) if fastest else "-"))
                     continue
                 acc = [r["accuracy_after"] for r in done]
                 spd = [r["speedup"] for r in done]
