@@ -44,18 +44,17 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     from depthcut.pipeline import compress
 
     cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model), speed_tolerance=args.band, max_resolves=10, progress=False,
-                           cache_dir=args.cache, executor=args.executor, workers=args.workers)
+                           importance_seed=importance_seed(args, model), speed_tolerance=args.band,
+                           max_resolves=10, progress=False, cache_dir=args.cache, executor=args.executor,
+                           workers=args.workers)
     t0 = time.time()
     try:
         r = compress(model, cfg).report
     except InfeasibleBudgetError as e:
-        return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0,
-                "recovery_epochs": cfg.recovery_epochs, **version(method, cfg)}
+        return {"infeasible": str(e), "fastest_ms": e.minimum, "seconds": time.time() - t0, **version(method, cfg)}
     landing = [{k: p.get(k) for k in ("budget", "modelled", "meets", "lands", "measured_ratio", "measured_low",
                                       "measured_high")} for p in r["probes"]]
     return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "landing": landing,
-                                      "recovery_epochs": cfg.recovery_epochs,
                                       "timings_s": r.get("timings_s"), **version(method, cfg)}
 
 
@@ -67,53 +66,58 @@ def control(model: str, seed: int, args) -> dict:
     from depthcut.models import resolve_model
     from depthcut.train import evaluate, train
 
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model), importance_seed=importance_seed(args, model))
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
+                           importance_seed=importance_seed(args, model))
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     original = resolved.model.eval()
     # the same splits as the compress runs of this seed (they follow the importance seed)
-    splits = make_splits(cfg.data, cfg.finetune_size, cfg.score_size, seed=cfg.scoring_seed, train_limit=cfg.train_limit,
-                         image_size=tuple(resolved.input_shape[2:]))
+    splits = make_splits(cfg.data, cfg.finetune_size, cfg.score_size, seed=cfg.scoring_seed,
+                         train_limit=cfg.train_limit, image_size=tuple(resolved.input_shape[2:]))
     tuned = copy.deepcopy(original)
     t0 = time.time()
     train(tuned, splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size,
           teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed)
     return {"speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "accuracy_before": evaluate(original, splits.test),
             "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0,
-            "recovery_epochs": cfg.recovery_epochs, **version("control", cfg)}
+            **version("control", cfg)}
 
 
 def version(method: str, cfg: LayerMergeConfig) -> dict:
-    """What a stored run must share with this one to be reused (besides the recovery budget)."""
-    out = {"importance_seed": cfg.scoring_seed}
+    """What a stored run must share with this one to be reused."""
+    out = {"recovery_epochs": cfg.recovery_epochs, "importance_seed": cfg.scoring_seed}
     if method == "channel":
         out["channel_scope"] = CHANNEL_SCOPE
     return out
 
 
 def reusable(stored: dict, method: str, model: str, seed: int, args) -> bool:
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model), importance_seed=importance_seed(args, model))
-    want = {"recovery_epochs": cfg.recovery_epochs, **version(method, cfg)}
+    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
+                           importance_seed=importance_seed(args, model))
     # runs stored before a field existed had its old value: 1 epoch, the run's own seed, uniform channels
     have = {"recovery_epochs": 1.0, "importance_seed": seed, "channel_scope": "uniform", **stored}
-    return all(have[k] == v for k, v in want.items())
+    return all(have[k] == v for k, v in version(method, cfg).items())
+
+
+def per_model(values: list[str], model: str) -> str | None:
+    """``MODEL=VALUE`` pairs and at most one plain ``VALUE`` (for every other model): ``model``'s value."""
+    pairs = dict(v.split("=") for v in values if "=" in v)
+    plain = [v for v in values if "=" not in v]
+    return pairs.get(model, plain[0] if plain else None)
 
 
 def importance_seed(args, model: str) -> int | None:
     """``--importance-seed mobilenet_v2_fmnist=0``: every seed of that model shares the seed-0 importance table
     (its seeds then vary the recovery only); None (the default): each seed scores its own table."""
-    per_model = dict(v.split("=") for v in args.importance_seed if "=" in v)
-    plain = [v for v in args.importance_seed if "=" not in v]
-    value = per_model.get(model, plain[0] if plain else None)
+    value = per_model(args.importance_seed, model)
     return None if value is None else int(value)
 
 
 def recovery(args, model: str) -> float:
     """The recovery budget for ``model``: ``--recovery-epochs 1.0`` for every model, or per model
     (``resnet20_fmnist=1.0 mobilenet_v2_fmnist=0.25``) so that the whole benchmark fits its time."""
-    per_model = dict(v.split("=") for v in args.recovery_epochs if "=" in v)
-    plain = [v for v in args.recovery_epochs if "=" not in v]
-    return float(per_model.get(model, plain[0] if plain else 1.0))
+    value = per_model(args.recovery_epochs, model)
+    return 1.0 if value is None else float(value)
 
 
 def missed(run: dict, target: float) -> bool:

@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from depthcut.diffusion import score as S  # noqa: E402
+
 RUN = ROOT / "bench" / "results" / "ddpm_compress" / "runs" / "x1.25.json"
 FINETUNE, SCORE = 500, 500           # the run's finetune_size and score_size: recovery images come after them
 
@@ -51,21 +53,7 @@ def make_data(path: Path, train_n: int, test_n: int) -> None:
     print(f"wrote {path}: {path.stat().st_size / 2**20:.1f} MiB")
 
 
-def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance of Gaussians fitted to [n, d] features, in float64 torch (no scipy on the GPU image):
-    tr sqrt(S1 S2) = sum of sqrt(eigenvalues of sqrt(S1) S2 sqrt(S1)), a symmetric PSD matrix."""
-    a, b = a.double().cpu(), b.double().cpu()
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = torch.cov(a.T), torch.cov(b.T)
-    w, v = torch.linalg.eigh(s1)
-    root1 = v @ torch.diag(w.clamp(min=0).sqrt()) @ v.T
-    inner = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp(min=0).sqrt().sum()
-    return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * inner)
-
-
 def sample_features(unet, scheduler, features, n: int, batch: int, seed: int) -> torch.Tensor:
-    from depthcut.diffusion import score as S
-
     out = []
     with torch.no_grad():
         for k in range(-(-n // batch)):
@@ -91,7 +79,6 @@ def main() -> None:
         make_data(Path(args.make_data), args.train_images, args.samples)
         return
 
-    from depthcut.diffusion import score as S
     from depthcut.diffusion.cli import ClassifierFeatures, load_unet
     from depthcut.diffusion.model import DepthcutUNet2DModel
     from depthcut.diffusion.unet import enumerate_rows
@@ -120,7 +107,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(markdown(report))
 
     for name, seed in (("seed_a", 1000), ("seed_b", 500_000)):
-        report["original"][name] = frechet(sample_features(unet, scheduler, features, n, args.batch, seed), real)
+        report["original"][name] = S.frechet_distance(sample_features(unet, scheduler, features, n, args.batch, seed), real)
     report["original"]["loss"] = S.denoising_loss(unet, held.to(args.device), scheduler, seed=1)
     save()
     print(f"original FD {report['original']['seed_a']:.3f} / {report['original']['seed_b']:.3f} (two noise seeds)",
@@ -134,7 +121,7 @@ def main() -> None:
         t1 = time.time()
         S.finetune(model, rest, scheduler, steps, args.lr, seed=0, teacher=unet, kd_weight=kd)
         seconds = time.time() - t1
-        fd = frechet(sample_features(model, scheduler, features, n, args.batch, 1000), real)
+        fd = S.frechet_distance(sample_features(model, scheduler, features, n, args.batch, 1000), real)
         loss = S.denoising_loss(model, held.to(args.device), scheduler, seed=1)
         report["variants"].append({"steps": steps, "kd_weight": kd, "fd": fd,
                                    "fd_ratio": fd / report["original"]["seed_a"], "loss": loss,

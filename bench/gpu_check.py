@@ -246,7 +246,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
-    report = {"command": " ".join(["python bench/gpu_check.py"] + sys.argv[1:]), "device": args.device, "device_name": get_backend("eager", device=args.device).describe()["device"],
+    report = {"command": " ".join(["python bench/gpu_check.py"] + sys.argv[1:]), "device": args.device,
+              "device_name": get_backend("eager", device=args.device).describe()["device"],
               "torch": torch.__version__, "python": platform.python_version(), "batch": args.batch,
               "size": args.size, "memory_format": args.memory_format, "math_mode": math_mode(args.device), "models": []}
     out = Path(args.out)

@@ -77,8 +77,8 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> float:
 class ChannelPlan:
     ratio: float
     macs: float
+    scope: str                          # the family it came from: "global" or "uniform"
     model: nn.Module = field(repr=False)
-    scope: str = DEFAULT_SCOPE
 
 
 class _ScopeFrontier:
@@ -97,7 +97,7 @@ class _ScopeFrontier:
         ratio = round(float(ratio), 4)
         if ratio not in self._cache:
             pruned = prune_channels(self.model, self.example, ratio, self.scope)
-            self._cache[ratio] = ChannelPlan(ratio, count_macs(pruned, self.example), pruned, self.scope)
+            self._cache[ratio] = ChannelPlan(ratio, count_macs(pruned, self.example), self.scope, pruned)
         return self._cache[ratio]
 
     def best(self, budget_macs: float) -> ChannelPlan:
@@ -123,7 +123,6 @@ class ChannelFrontier:
     def __init__(self, model: nn.Module, example: torch.Tensor, tolerance: float = 1e-3, scope: str = DEFAULT_SCOPE):
         if scope not in SCOPES + ("both",):
             raise DepthcutError(f"unknown channel-pruning scope {scope!r}; use one of {', '.join(SCOPES)} or both")
-        self.scope = scope
         self.families = {s: _ScopeFrontier(model, example[:1], tolerance, s)
                          for s in (SCOPES if scope == "both" else (scope,))}
         first = next(iter(self.families.values()))
@@ -139,4 +138,5 @@ class ChannelFrontier:
             raise InfeasibleBudgetError(f"no channel pruning up to {MAX_RATIO:.0%} reaches {budget_macs:.4g} MACs: "
                                         f"the minimum is {self.floor_plan.macs:.4g}", minimum=self.floor_plan.macs)
         fits = [f.best(budget_macs) for f in self.families.values() if budget_macs >= f.floor_plan.macs]
-        return max((p for p in fits if p.macs <= budget_macs), key=lambda p: (p.macs, -p.ratio), default=self.floor_plan)
+        return max((p for p in fits if p.macs <= budget_macs), key=lambda p: (p.macs, -p.ratio),
+                   default=self.floor_plan)

@@ -255,24 +255,18 @@ class Backend:
 
 
 def _inference_runner(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device) -> Runner:
-    """A zero-argument runner: one inference call, synchronised so GPU timings include the kernels. On a
-    GPU it also has ``queued(k)``: k calls back to back, one synchronisation (see :func:`measure`)."""
+    """A runner: ``run()`` is one inference call, synchronised so GPU timings include the kernels; ``run(k)``
+    queues k calls and synchronises once, offered to :func:`measure` as ``run.queued`` on a GPU."""
     sync = _cuda_sync(device)
 
-    def run() -> Any:
-        with torch.inference_mode():
-            y = fn(x)
-        sync()
-        return y
-
-    def queued(k: int) -> Any:
+    def run(k: int = 1) -> Any:
         with torch.inference_mode():
             for _ in range(k):
                 y = fn(x)
         sync()
         return y
     if device.type == "cuda":
-        run.queued = queued  # type: ignore[attr-defined]
+        run.queued = run  # type: ignore[attr-defined]
     return run
 
 
@@ -575,16 +569,11 @@ class TensorRTBackend(Backend):
         context.set_tensor_address(out_name, y.data_ptr())
         stream = torch.cuda.Stream(self.device)
 
-        def run() -> Any:
-            context.execute_async_v3(stream.cuda_stream)
-            stream.synchronize()
-            return y
-
-        def queued(k: int) -> Any:
+        def run(k: int = 1) -> Any:
             for _ in range(k):
                 context.execute_async_v3(stream.cuda_stream)
             stream.synchronize()
             return y
-        run.queued = queued  # type: ignore[attr-defined]
+        run.queued = run  # type: ignore[attr-defined]
         run.keepalive = (engine, context, x, y)  # type: ignore[attr-defined]  # buffers must outlive the runner
         return run
