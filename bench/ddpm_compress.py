@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.4])
     ap.add_argument("--importance-steps", type=int, default=100)
     ap.add_argument("--recovery-steps", type=int, default=2000)
+    ap.add_argument("--recovery-ema", type=float, default=0.0)
+    ap.add_argument("--recovery-kd-weight", type=float, default=0.0)
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--fd-samples", type=int, default=512)
@@ -48,11 +50,12 @@ def main() -> None:
     features = ClassifierFeatures()
     for target in args.targets:
         path = out / "runs" / f"x{target}.json"
-        if path.exists():
-            continue
         config = GenerationConfig(speedup=target, batch=args.batch, sampling_steps=args.sampling_steps,
                                   importance_steps=args.importance_steps, recovery_steps=args.recovery_steps,
+                                  recovery_ema=args.recovery_ema, recovery_kd_weight=args.recovery_kd_weight,
                                   fd_samples=args.fd_samples)
+        if path.exists() and same_recipe(json.loads(path.read_text()).get("config", {}), config.to_dict()):
+            continue                                    # done with this recipe; another recipe is redone
         try:
             result = compress_unet(unet, scheduler, images, config, features=features,
                                    real=images_for("fashion-mnist", unet, "test"))
@@ -70,20 +73,40 @@ def main() -> None:
              "FID).", "",
              "Per run: `runs/x<target>-report.md` (stages, probes, plan) and `runs/x<target>-samples.png` "
              "(original vs compressed).", "",
-             "| target | measured speed-up (95% CI) | merged blocks | FD original | FD compressed | ratio | bar met |",
-             "|---|---|---|---|---|---|---|"]
+             "| target | recovery | measured speed-up (95% CI) | merged blocks | identity up-samplers | FD original | "
+             "FD compressed | ratio | bar met |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for target in args.targets:
         r = json.loads((out / "runs" / f"x{target}.json").read_text())
         if "infeasible" in r:
-            lines.append(f"| x{target} | infeasible: {r['infeasible']} | | | | | no |")
+            lines.append(f"| x{target} | {recipe(r['config'])} | infeasible: {r['infeasible']} | | | | | | no |")
             continue
         q = r["quality"]
         met = r["speedup"] >= 1.25 and q["fd_ratio"] <= 1.10
-        lines.append(f"| x{target} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] | "
-                     f"{r['merged_blocks']} | {q['fd_original']:.3f} | {q['fd_compressed']:.3f} | "
+        lines.append(f"| x{target} | {recipe(r['config'])} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
+                     f"{r['speedup_high']:.2f}] | {r['merged_blocks']} | {r.get('identity_upsamplers', '')} | "
+                     f"{q['fd_original']:.3f} | {q['fd_compressed']:.3f} | "
                      f"{q['fd_ratio']:.3f} | {'yes' if met else 'no'} |")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def same_recipe(stored: dict, wanted: dict) -> bool:
+    """A stored run answers for ``wanted`` when every field but the progress display agrees (runs stored
+    before a field existed had its default)."""
+    from depthcut.diffusion.pipeline import GenerationConfig
+
+    defaults = GenerationConfig().to_dict()
+    return all({**defaults, **stored}.get(k) == v for k, v in wanted.items() if k != "progress")
+
+
+def recipe(config: dict) -> str:
+    out = f"{config.get('recovery_steps')} steps"
+    if config.get("recovery_ema"):
+        out += f", EMA {config['recovery_ema']:g}"
+    if config.get("recovery_kd_weight"):
+        out += f", KD {config['recovery_kd_weight']:g}"
+    return out
 
 
 if __name__ == "__main__":

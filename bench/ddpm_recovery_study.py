@@ -7,6 +7,9 @@ This study keeps that run's plan (read from its stored report) and varies only t
 * steps (2,000 as in the run, and more), and
 * distillation from the original U-Net (``recovery_kd_weight`` w: target (1 - w) noise + w original's
   prediction),
+* an exponential moving average of the weights (``recovery_ema``; the original was trained with EMA 0.999),
+* and, as the control, the *original* U-Net put through the same recipe (``control:...``): what the recipe
+  alone does to a network nothing was removed from,
 
 and measures, for each, the held-out denoising loss and the Fréchet distance of ``--samples`` DDIM samples in
 the embedded classifier's feature space, next to the original's FD on two disjoint noise seeds (how much FD
@@ -70,7 +73,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=256, help="sampling batch")
     ap.add_argument("--variants", nargs="+", default=["0:0", "2000:0", "2000:0.5", "2000:1", "8000:0.5", "8000:1"],
-                    help="STEPS:KD_WEIGHT recovery recipes")
+                    help="[control:]STEPS:KD_WEIGHT[:EMA] recovery recipes (control: the original, not the plan)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--budget-s", type=float, default=420, help="start no variant after this many seconds")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ddpm_recovery_study"))
@@ -116,18 +119,21 @@ def main() -> None:
         if time.time() - t0 > args.budget_s:
             print(f"budget spent: {spec} and later variants not run", flush=True)
             break
-        steps, kd = int(spec.split(":")[0]), float(spec.split(":")[1])
-        model = copy.deepcopy(compressed).to(args.device)
+        is_control = spec.startswith("control:")
+        fields = spec.removeprefix("control:").split(":")
+        steps, kd, ema = int(fields[0]), float(fields[1]), float(fields[2]) if len(fields) > 2 else 0.0
+        model = copy.deepcopy(unet if is_control else compressed).to(args.device)
         t1 = time.time()
-        S.finetune(model, rest, scheduler, steps, args.lr, seed=0, teacher=unet, kd_weight=kd)
+        S.finetune(model, rest, scheduler, steps, args.lr, seed=0, teacher=unet, kd_weight=kd, ema=ema)
         seconds = time.time() - t1
         fd = S.frechet_distance(sample_features(model, scheduler, features, n, args.batch, 1000), real)
         loss = S.denoising_loss(model, held.to(args.device), scheduler, seed=1)
-        report["variants"].append({"steps": steps, "kd_weight": kd, "fd": fd,
+        report["variants"].append({"model": "original (control)" if is_control else "plan", "steps": steps,
+                                   "kd_weight": kd, "ema": ema, "fd": fd,
                                    "fd_ratio": fd / report["original"]["seed_a"], "loss": loss,
                                    "recovery_seconds": seconds})
         save()
-        print(f"{steps} steps, kd {kd}: FD {fd:.3f} (x{fd / report['original']['seed_a']:.3f}), loss {loss:.5f}, "
+        print(f"{spec}: FD {fd:.3f} (x{fd / report['original']['seed_a']:.3f}), loss {loss:.5f}, "
               f"{seconds:.0f} s", flush=True)
     report["seconds"] = time.time() - t0
     save()
@@ -146,10 +152,11 @@ def markdown(r: dict) -> str:
     if "seed_a" in o:
         lines += [f"Original: FD {o['seed_a']:.3f} (noise seed A), {o.get('seed_b', float('nan')):.3f} (seed B: the "
                   f"spread from sampling noise alone), loss {o.get('loss', float('nan')):.5f}.", ""]
-    lines += ["| recovery steps | distillation weight | FD | FD ratio | bar (<= 1.10) | loss | recovery s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["| model | recovery steps | distillation weight | EMA | FD | FD ratio | bar (<= 1.10) | loss | recovery s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for v in r["variants"]:
-        lines.append(f"| {v['steps']} | {v['kd_weight']:g} | {v['fd']:.3f} | x{v['fd_ratio']:.3f} | "
+        lines.append(f"| {v.get('model', 'plan')} | {v['steps']} | {v['kd_weight']:g} | {v.get('ema', 0):g} | "
+                     f"{v['fd']:.3f} | x{v['fd_ratio']:.3f} | "
                      f"{'met' if v['fd_ratio'] <= 1.10 else 'no'} | {v['loss']:.5f} | {v['recovery_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -42,6 +42,9 @@ class GenerationConfig(ConfigBase):
     # recovery target: (1 - w) true noise + w the original U-Net's prediction. 0 by default: on the embedded
     # DDPM's x1.33 plan, w = 0.5 / 1 gave FD x1.39 / x1.61 vs x1.34 at w = 0 (bench/results/ddpm_recovery_study.md)
     recovery_kd_weight: float = 0.0
+    # the recovered U-Net is the exponential moving average of its weights over the recovery (0: the last
+    # step's weights); see score.finetune
+    recovery_ema: float = 0.0
     dp_steps: int = 2000
     max_probes: int = 6
     speed_tolerance: float = 0.10
@@ -64,6 +67,8 @@ class GenerationConfig(ConfigBase):
         at_least("recovery_kd_weight", self.recovery_kd_weight, 0.0)
         if self.recovery_kd_weight > 1:
             raise DepthcutError(f"config field 'recovery_kd_weight' must be <= 1, got {self.recovery_kd_weight}")
+        if not 0 <= self.recovery_ema < 1:
+            raise DepthcutError(f"config field 'recovery_ema' must be in [0, 1), got {self.recovery_ema}")
 
 
 @dataclass
@@ -136,9 +141,10 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
 
     stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps"
                              + (f", distilling from the original (weight {config.recovery_kd_weight})"
-                                if config.recovery_kd_weight else ""))
+                                if config.recovery_kd_weight else "")
+                             + (f", EMA {config.recovery_ema} of the weights" if config.recovery_ema else ""))
     S.finetune(model, rest if len(rest) else finetune, scheduler, config.recovery_steps, config.recovery_lr,
-               seed=config.seed, teacher=unet, kd_weight=config.recovery_kd_weight)
+               seed=config.seed, teacher=unet, kd_weight=config.recovery_kd_weight, ema=config.recovery_ema)
     loss_after = S.denoising_loss(model, held, scheduler, seed=config.seed + 1)
 
     stages.start("measure", "final sampling speed-up")

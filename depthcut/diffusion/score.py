@@ -47,8 +47,14 @@ def denoising_loss(unet: nn.Module, images: torch.Tensor, scheduler, seed: int =
 
 
 def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: float = 2e-4, batch: int = 32,
-             seed: int = 0, teacher: nn.Module | None = None, kd_weight: float = 0.0) -> nn.Module:
+             seed: int = 0, teacher: nn.Module | None = None, kd_weight: float = 0.0, ema: float = 0.0
+             ) -> nn.Module:
     """``steps`` Adam steps of the DDPM noise-prediction loss on ``images`` (fresh noise and timesteps).
+
+    With ``ema`` > 0 the U-Net ends with an exponential moving average of its weights over the steps (decay
+    ``min(ema, (1 + k) / (10 + k))`` at step k, diffusers' warm-up, so the starting weights fade out early)
+    instead of the last step's. DDPMs are sampled from such an average (the embedded one was trained with EMA
+    0.999): the raw weights of a short Adam run are noisy, and a sampler's 20-1000 calls compound that noise.
 
     With a ``teacher`` (the original U-Net) and ``kd_weight`` w > 0 the target mixes the true noise with the
     teacher's prediction on the same noisy input: (1 - w) |e_s - e|^2 + w |e_s - e_t|^2. The teacher's
@@ -62,8 +68,10 @@ def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: f
     distil = teacher is not None and kd_weight > 0
     if distil:
         teacher = teacher.eval()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    shadow = [p.detach().clone() for p in params] if ema > 0 else None
     unet.train()
-    for _ in range(steps):
+    for k in range(steps):
         idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=g)
         x0 = images[idx].cpu()
         eps = torch.randn(x0.shape, generator=g)
@@ -78,6 +86,15 @@ def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if shadow is not None:
+            decay = min(ema, (1 + k) / (10 + k))
+            with torch.no_grad():
+                for s_, p in zip(shadow, params):
+                    s_.lerp_(p.detach(), 1 - decay)
+    if shadow is not None:
+        with torch.no_grad():
+            for s_, p in zip(shadow, params):
+                p.copy_(s_)
     return unet.eval()
 
 

@@ -27,7 +27,7 @@ def test_cli_compresses_a_unet_folder(monkeypatch, tmp_path, capsys):
     code = main(["compress", "--task", "generation", "--model", str(tmp_path / "unet"), "--data", "digits",
                  "--speedup", "1.1", "--importance-steps", "1", "--finetune-size", "20", "--score-size", "20",
                  "--recovery-steps", "1", "--sampling-steps", "2", "--batch-size", "2", "--quiet",
-                 "--out", str(tmp_path / "out")])
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
     assert code == 0, capsys.readouterr().err
     assert "sampling speed-up x1." in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -92,6 +92,33 @@ def test_recovery_distils_from_the_original():
         P.GenerationConfig(recovery_kd_weight=1.5)
 
 
+def test_recovery_ema_averages_the_steps_weights():
+    """EMA 0.9 over two steps, with diffusers' warm-up (decay min(0.9, (1 + k) / (10 + k))): the result is
+    0.1818 (0.1 w0 + 0.9 w1) + 0.8182 w2, where w1, w2 are the raw weights after one and two steps of the same
+    run (the average draws no random numbers, so the raw runs follow the same trajectory)."""
+    import copy
+
+    from depthcut.errors import DepthcutError
+
+    torch.manual_seed(0)
+    start = UNet2DModel(**SMALL).eval()
+    images = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    scheduler = DDPMScheduler(num_train_timesteps=50)
+
+    def run(steps, ema=0.0):
+        model = S.finetune(copy.deepcopy(start), images, scheduler, steps=steps, lr=1e-2, batch=4, ema=ema)
+        return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+
+    w0 = torch.nn.utils.parameters_to_vector(start.parameters()).detach()
+    w1, w2, averaged = run(1), run(2), run(2, ema=0.9)
+    d1 = 2 / 11
+    expected = d1 * (0.1 * w0 + 0.9 * w1) + (1 - d1) * w2
+    assert (w2 - w1).abs().max() > 1e-3                     # the steps moved the weights: the check has teeth
+    torch.testing.assert_close(averaged, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DepthcutError, match="recovery_ema"):
+        P.GenerationConfig(recovery_ema=1.0)
+
+
 class Killed(BaseException):
     """A kill mid-table (BaseException, like KeyboardInterrupt, so nothing catches it on the way)."""
 
