@@ -133,13 +133,22 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def command(args, models, seeds) -> str:
+    """The command line that continues this benchmark with the same shared settings (without --report-only)."""
+    out = f"python bench/cnn_frontier.py --models {' '.join(models)} --seeds {' '.join(map(str, seeds))}"
+    out += " --recovery-epochs " + " ".join(f"{m}={recovery(args, m):g}" for m in models)
+    pinned = [f"{m}={importance_seed(args, m)}" for m in models if importance_seed(args, m) is not None]
+    return out + (" --importance-seed " + " ".join(pinned) if pinned else "")
+
+
 def summarise(results: dict, models, targets, methods, seeds, args) -> str:
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
              f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget (epochs): "
              f"{', '.join(f'{m} {recovery(args, m):g}' for m in models)} "
              f"(distillation weight 0.3), the same for every method and for the control. Landing band: target to "
              f"+{100 * args.band:.0f}%. Seeds: {', '.join(map(str, seeds))} (mean ± std where more than one). "
-             f"Accuracy on the 10,000 test images; speed-up = median of paired interleaved rounds.", ""]
+             f"Accuracy on the 10,000 test images; speed-up = median of paired interleaved rounds.", "",
+             f"To reproduce or complete (stored runs are kept): `{command(args, models, seeds)}`", ""]
     for model in models:
         ctrl = [results.get(("control", model, 1.0, s)) for s in seeds]
         ctrl = [c for c in ctrl if c]
