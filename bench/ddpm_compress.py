@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.4])
     ap.add_argument("--importance-steps", type=int, default=100)
     ap.add_argument("--recovery-steps", type=int, default=2000)
-    ap.add_argument("--recovery-ema", type=float, default=0.0)
+    ap.add_argument("--recovery-ema", type=float, default=0.999)
     ap.add_argument("--recovery-kd-weight", type=float, default=0.0)
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
@@ -92,12 +92,12 @@ def main() -> None:
 
 
 def same_recipe(stored: dict, wanted: dict) -> bool:
-    """A stored run answers for ``wanted`` when every field but the progress display agrees (runs stored
-    before a field existed had its default)."""
+    """A stored run answers for ``wanted`` when every field but the progress display agrees. Runs stored before
+    a field existed ran without it: recovery without EMA or distillation."""
     from depthcut.diffusion.pipeline import GenerationConfig
 
-    defaults = GenerationConfig().to_dict()
-    return all({**defaults, **stored}.get(k) == v for k, v in wanted.items() if k != "progress")
+    before = GenerationConfig().to_dict() | {"recovery_ema": 0.0, "recovery_kd_weight": 0.0}
+    return all({**before, **stored}.get(k) == v for k, v in wanted.items() if k != "progress")
 
 
 def recipe(config: dict) -> str:

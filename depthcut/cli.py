@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recovery-kd-weight", type=float, default=None,
                    help="generation: weight of the original U-Net's prediction in the recovery target (0)")
     c.add_argument("--recovery-ema", type=float, default=None,
-                   help="generation: keep an exponential moving average of the weights over the recovery, e.g. "
-                        "0.999 (0: the last step's weights)")
+                   help="generation: the recovered U-Net is an exponential moving average of its weights over "
+                        "the recovery with this decay (0.999; 0: the last step's weights)")
     c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     target = c.add_mutually_exclusive_group()

@@ -43,8 +43,9 @@ class GenerationConfig(ConfigBase):
     # DDPM's x1.33 plan, w = 0.5 / 1 gave FD x1.39 / x1.61 vs x1.34 at w = 0 (bench/results/ddpm_recovery_study.md)
     recovery_kd_weight: float = 0.0
     # the recovered U-Net is the exponential moving average of its weights over the recovery (0: the last
-    # step's weights); see score.finetune
-    recovery_ema: float = 0.0
+    # step's weights; see score.finetune). 0.999, as the embedded DDPM was trained: on its x1.33 plan, FD x1.11 of
+    # the original's vs x1.32 with the last step's weights (bench/results/ddpm_recovery_study_cpu.md)
+    recovery_ema: float = 0.999
     dp_steps: int = 2000
     max_probes: int = 6
     speed_tolerance: float = 0.10
