@@ -53,6 +53,8 @@ def lr_at(step: int, total: int, base: float, warmup: int = 500) -> float:
 
 
 def main() -> None:
+    from depthcut.diffusion.score import ema_step
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--minutes", type=float, default=45.0)
@@ -105,9 +107,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.mul_(0.999).add_(p.detach(), alpha=0.001)
+        ema_step(list(ema.parameters()), model.parameters(), 0.999)     # depthcut.diffusion.score
         step += 1
         running = 0.98 * running + 0.02 * float(loss) if step > 1 else float(loss)
         if step % 50 == 0:

@@ -87,15 +87,18 @@ def finetune(unet: nn.Module, images: torch.Tensor, scheduler, steps: int, lr: f
         loss.backward()
         opt.step()
         if shadow is not None:
-            decay = min(ema, (1 + k) / (10 + k))
-            with torch.no_grad():
-                for s_, p in zip(shadow, params):
-                    s_.lerp_(p.detach(), 1 - decay)
+            ema_step(shadow, params, min(ema, (1 + k) / (10 + k)))
     if shadow is not None:
-        with torch.no_grad():
-            for s_, p in zip(shadow, params):
-                p.copy_(s_)
+        ema_step(params, shadow, 0.0)                   # decay 0: the weights become the average
     return unet.eval()
+
+
+@torch.no_grad()
+def ema_step(average: list[torch.Tensor], current, decay: float) -> None:
+    """average <- decay * average + (1 - decay) * current, tensor by tensor (the recovery above and
+    scripts/train_ddpm.py keep their weight averages with it)."""
+    for a, c in zip(average, current):
+        a.lerp_(c.detach(), 1 - decay)
 
 
 def importance(loss: float, base_loss: float) -> float:
