@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--recovery-steps", type=int, default=2000)
     ap.add_argument("--recovery-ema", type=float, default=0.999)
     ap.add_argument("--recovery-kd-weight", type=float, default=0.0)
+    ap.add_argument("--importance-reference", default="finetuned", choices=["finetuned", "original"])
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--fd-samples", type=int, default=512)
@@ -53,9 +54,11 @@ def main() -> None:
         config = GenerationConfig(speedup=target, batch=args.batch, sampling_steps=args.sampling_steps,
                                   importance_steps=args.importance_steps, recovery_steps=args.recovery_steps,
                                   recovery_ema=args.recovery_ema, recovery_kd_weight=args.recovery_kd_weight,
-                                  fd_samples=args.fd_samples)
-        if path.exists() and same_recipe(json.loads(path.read_text()).get("config", {}), config.to_dict()):
-            continue                                    # done with this recipe; another recipe is redone
+                                  importance_reference=args.importance_reference, fd_samples=args.fd_samples)
+        if path.exists():
+            if same_recipe(json.loads(path.read_text()).get("config", {}), config.to_dict()):
+                continue                                # done with this recipe
+            supersede(out / "runs", target)             # another recipe: kept for the table, and redone
         try:
             result = compress_unet(unet, scheduler, images, config, features=features,
                                    real=images_for("fashion-mnist", unet, "test"))
@@ -73,17 +76,21 @@ def main() -> None:
              "FID).", "",
              "Per run: `runs/x<target>-report.md` (stages, probes, plan) and `runs/x<target>-samples.png` "
              "(original vs compressed).", "",
-             "| target | recovery | measured speed-up (95% CI) | merged blocks | identity up-samplers | FD original | "
+             "| target | recipe (importance reference; recovery) | measured speed-up (95% CI) | merged blocks | "
+             "identity up-samplers | FD original | "
              "FD compressed | ratio | bar met |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for target in args.targets:
-        r = json.loads((out / "runs" / f"x{target}.json").read_text())
+    runs = [(f"x{t}", out / "runs" / f"x{t}.json") for t in args.targets]
+    runs += [(f"x{p.stem.split('-')[0][1:]} (superseded)", p)
+             for p in sorted((out / "runs" / "superseded").glob("*.json"))]
+    for label, run in runs:
+        r = json.loads(run.read_text())
         if "infeasible" in r:
-            lines.append(f"| x{target} | {recipe(r['config'])} | infeasible: {r['infeasible']} | | | | | | no |")
+            lines.append(f"| {label} | {recipe(r['config'])} | infeasible: {r['infeasible']} | | | | | | no |")
             continue
         q = r["quality"]
         met = r["speedup"] >= 1.25 and q["fd_ratio"] <= 1.10
-        lines.append(f"| x{target} | {recipe(r['config'])} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
+        lines.append(f"| {label} | {recipe(r['config'])} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
                      f"{r['speedup_high']:.2f}] | {r['merged_blocks']} | {r.get('identity_upsamplers', '')} | "
                      f"{q['fd_original']:.3f} | {q['fd_compressed']:.3f} | "
                      f"{q['fd_ratio']:.3f} | {'yes' if met else 'no'} |")
@@ -96,12 +103,24 @@ def same_recipe(stored: dict, wanted: dict) -> bool:
     a field existed ran without it: recovery without EMA or distillation."""
     from depthcut.diffusion.pipeline import GenerationConfig
 
-    before = GenerationConfig().to_dict() | {"recovery_ema": 0.0, "recovery_kd_weight": 0.0}
+    before = GenerationConfig().to_dict() | {"recovery_ema": 0.0, "recovery_kd_weight": 0.0,
+                                             "importance_reference": "original"}
     return all({**before, **stored}.get(k) == v for k, v in wanted.items() if k != "progress")
 
 
+def supersede(runs: Path, target: float) -> None:
+    """Move a stored run of another recipe (its json, report and samples) to runs/superseded/, numbered."""
+    old = runs / "superseded"
+    old.mkdir(exist_ok=True)
+    n = len(list(old.glob(f"x{target}-*.json"))) + 1
+    for name in ("report.md", "samples.png"):
+        if (runs / f"x{target}-{name}").exists():
+            (runs / f"x{target}-{name}").replace(old / f"x{target}-{n}-{name}")
+    (runs / f"x{target}.json").replace(old / f"x{target}-{n}.json")
+
+
 def recipe(config: dict) -> str:
-    out = f"{config.get('recovery_steps')} steps"
+    out = f"importance vs {config.get('importance_reference', 'original')}; {config.get('recovery_steps')} steps"
     if config.get("recovery_ema"):
         out += f", EMA {config['recovery_ema']:g}"
     if config.get("recovery_kd_weight"):

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recovery-ema", type=float, default=None,
                    help="generation: the recovered U-Net is an exponential moving average of its weights over "
                         "the recovery with this decay (0.999; 0: the last step's weights)")
+    c.add_argument("--importance-reference", default=None, choices=["finetuned", "original"],
+                   help="generation: score a row's fine-tuned loss against the original after the same fine-tune "
+                        "(finetuned, default) or untouched (original)")
     c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     target = c.add_mutually_exclusive_group()

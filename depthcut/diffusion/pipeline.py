@@ -23,6 +23,7 @@ from ..log import Stages
 from .unet import Row
 
 CONFIG_VERSION = 1
+REFERENCES = ("finetuned", "original")
 
 
 @dataclass
@@ -35,6 +36,9 @@ class GenerationConfig(ConfigBase):
     sampling_steps: int = 20             # DDIM steps per timed sampling run
     importance_steps: int = 100          # LayerMerge: 100 Adam steps on 500 images, scored on 500 others
     importance_lr: float = 2e-4
+    # what a row's fine-tuned loss is scored against: "finetuned", the original through the same fine-tune
+    # (score.finetuned_loss: the score measures the row, not the fine-tune), or "original", its loss untouched
+    importance_reference: str = "finetuned"
     finetune_size: int = 500
     score_size: int = 500
     recovery_steps: int = 500
@@ -68,6 +72,9 @@ class GenerationConfig(ConfigBase):
         at_least("recovery_kd_weight", self.recovery_kd_weight, 0.0)
         if self.recovery_kd_weight > 1:
             raise DepthcutError(f"config field 'recovery_kd_weight' must be <= 1, got {self.recovery_kd_weight}")
+        if self.importance_reference not in REFERENCES:
+            raise DepthcutError(f"config field 'importance_reference' must be one of {', '.join(REFERENCES)}, got "
+                                f"{self.importance_reference!r}")
         if not 0 <= self.recovery_ema < 1:
             raise DepthcutError(f"config field 'recovery_ema' must be in [0, 1), got {self.recovery_ema}")
 
@@ -130,6 +137,8 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
                                f"{n_sc} held-out images")
     base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
+    stages.say(f"reference loss {reference:.5f} ({config.importance_reference}; the original's {base_loss:.5f})")
     importance = importance_table(unet, rows, finetune, held, scheduler, base_loss, config)
 
     stages.start("search", "LayerMerge DP over the rows, then landing on the measured sampling speed-up")
@@ -168,30 +177,57 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
         "sampling_ms_before": final.original_ms, "sampling_ms_after": final.compressed_ms,
         "sampling_protocol": f"DDIM, {config.sampling_steps} steps, batch {config.batch}, {config.backend}, paired "
                              f"interleaved rounds (median ratio, 95% interval)",
-        "loss_before": base_loss, "loss_after_recovery": loss_after, "quality": quality,
+        "loss_before": base_loss, "importance_reference_loss": reference, "loss_after_recovery": loss_after,
+        "quality": quality,
         "timings_s": dict(stages.timings), "seconds": time.time() - t0,
     }
     return GenerationResult(model, plan, report, scheduler, samples)
 
 
+def _importance_store(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, config: GenerationConfig):
+    """The cache of one importance table: the manifest pins everything the scores depend on (weights, data,
+    scheduler, recipe, reference, seed)."""
+    from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, state_fingerprint
+
+    manifest = {"table": "diffusion-importance", "format": 2, "unet": state_fingerprint(unet),
+                "images": state_fingerprint({"finetune": finetune, "held": held}),
+                "scheduler": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
+                "steps": config.importance_steps, "lr": config.importance_lr,
+                "reference": config.importance_reference, "seed": config.seed}
+    root = Path(config.cache_dir) if config.cache_dir is not None else DEFAULT_CACHE_DIR
+    return EntryStore(root / "importance" / fingerprint(manifest), manifest)
+
+
+REFERENCE_KEY = "__reference__"                  # not a row key (those are module paths with a span)
+
+
+def importance_reference(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
+                         config: GenerationConfig) -> float:
+    """The loss the rows are scored against: ``base_loss`` (the original's), or, for the "finetuned" reference,
+    the original after the rows' own fine-tune (one fine-tune, cached with the table's entries)."""
+    from . import score as S
+
+    if config.importance_reference == "original":
+        return base_loss
+    store = _importance_store(unet, finetune, held, scheduler, config)
+    if REFERENCE_KEY not in store:
+        store[REFERENCE_KEY] = S.finetuned_loss(unet, [], finetune, held, scheduler, config.importance_steps,
+                                                config.importance_lr, config.seed)
+    return float(store[REFERENCE_KEY])
+
+
 def importance_table(unet, rows, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
                      config: GenerationConfig) -> dict[str, float]:
     """Every row's importance, each entry written atomically to the cache as it finishes: the table is the
-    expensive stage (one short fine-tune per merged row), so a killed run resumes where it stopped. The
-    manifest pins everything the scores depend on (weights, data, scheduler, recipe, seed)."""
-    from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, state_fingerprint
+    expensive stage (one short fine-tune per merged row), so a killed run resumes where it stopped."""
     from ..progress import progress
     from . import score as S
 
-    manifest = {"table": "diffusion-importance", "format": 1, "unet": state_fingerprint(unet),
-                "images": state_fingerprint({"finetune": finetune, "held": held}),
-                "scheduler": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
-                "steps": config.importance_steps, "lr": config.importance_lr, "seed": config.seed}
-    root = Path(config.cache_dir) if config.cache_dir is not None else DEFAULT_CACHE_DIR
-    store = EntryStore(root / "importance" / fingerprint(manifest), manifest)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
+    store = _importance_store(unet, finetune, held, scheduler, config)
     todo = [r for r in rows if r.key not in store]
     for row in progress(todo, desc="importance", enabled=config.progress, unit="row"):
-        store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, base_loss, config.importance_steps,
+        store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference, config.importance_steps,
                                           config.importance_lr, config.seed)
     return {r.key: float(store[r.key]) for r in rows}
 
@@ -294,7 +330,9 @@ def report_markdown(r: dict[str, Any]) -> str:
              f"{r.get('one_conv_blocks', 0)} of them left with one 3x3 conv, the other pruned), "
              f"{r['identity_upsamplers']} up-sampling convs removed "
              f"({r['rows']} rows); intended-function error {r['intended_relative_error']:.1e}.",
-             f"Denoising loss {r['loss_before']:.4f} (original) -> {r['loss_after_recovery']:.4f} (after recovery)."]
+             f"Denoising loss {r['loss_before']:.4f} (original) -> {r['loss_after_recovery']:.4f} (after recovery)"
+             + (f"; rows scored against {r['importance_reference_loss']:.4f}, the original after the importance "
+                f"fine-tune." if r.get("importance_reference_loss", r["loss_before"]) != r["loss_before"] else ".")]
     if q:
         lines.append(f"Fréchet distance ({q['metric']}, {q['samples']} samples): {q['fd_original']:.3f} (original) "
                      f"-> {q['fd_compressed']:.3f} (compressed), ratio {q['fd_ratio']:.3f}.")

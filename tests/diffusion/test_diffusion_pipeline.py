@@ -58,6 +58,8 @@ def test_bad_generation_config_is_one_line():
 
     with pytest.raises(DepthcutError, match="speedup"):
         P.GenerationConfig(speedup=1.0)
+    with pytest.raises(DepthcutError, match="importance_reference.*finetuned, original.*'trained'"):
+        P.GenerationConfig(importance_reference="trained")
     with pytest.raises(DepthcutError, match="images: need more than"):
         P.compress_unet(UNet2DModel(**SMALL), DDPMScheduler(), torch.zeros(3, 1, 16, 16),
                         P.GenerationConfig(finetune_size=2, score_size=2, progress=False))
@@ -157,3 +159,35 @@ def test_importance_table_resumes_after_a_kill(monkeypatch, tmp_path):
         unet.conv_in.weight.add_(1.0)
     P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config)
     assert len(calls) == len(rows)                       # other weights: other manifest, all recomputed
+
+
+@pytest.mark.parametrize("reference", ["finetuned", "original"])
+def test_rows_are_scored_against_the_configured_reference(monkeypatch, tmp_path, reference):
+    """"finetuned": every row is scored against the original after the same fine-tune, computed once and cached
+    with the table (a rerun fine-tunes nothing); "original": against the untouched original's loss."""
+    from depthcut.diffusion.unet import enumerate_rows
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(**SMALL).eval()
+    rows = enumerate_rows(unet)
+    images = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = P.GenerationConfig(importance_steps=1, importance_reference=reference, progress=False,
+                                cache_dir=str(tmp_path))
+    references, finetunes = [], []
+
+    def finetuned(unet, rows, *args):
+        finetunes.append(list(rows))
+        return 0.25
+
+    def scored(unet, row, finetune, held, scheduler, base_loss, *args):
+        references.append(base_loss)
+        return 0.5
+
+    monkeypatch.setattr(S, "finetuned_loss", finetuned)
+    monkeypatch.setattr(S, "row_importance", scored)
+    for _ in range(2):
+        P.importance_table(unet, rows, images[:8], images[8:], DDPMScheduler(), 1.0, config)
+    assert len(references) == len(rows)                  # the second table was read back
+    assert set(references) == {0.25 if reference == "finetuned" else 1.0}
+    assert finetunes == ([[]] if reference == "finetuned" else [])   # the original, no row applied, once
+    assert P.importance_reference(unet, images[:8], images[8:], DDPMScheduler(), 1.0, config) == references[0]

@@ -34,6 +34,19 @@ def test_held_out_loss_is_deterministic_and_tells_models_apart(unet, images):
     other = UNet2DModel(**SMALL).eval()
     assert S.denoising_loss(other, images, sched, seed=3) != a
     assert S.importance(a, a) == 1.0 and S.importance(2 * a, a) == pytest.approx(torch.e ** -1)
+    assert S.importance(a / 2, a) == 1.0                 # never above the original's own row
+
+
+def test_the_finetuned_reference_is_the_original_through_the_rows_fine_tune(unet, images):
+    """No row applied and no steps: the original's loss; with steps, the same fine-tune a row gets (seeded:
+    the same value twice), and the caller's U-Net is untouched."""
+    sched = DDPMScheduler(num_train_timesteps=100)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    base = S.denoising_loss(unet, images[8:], sched, seed=1)
+    assert S.finetuned_loss(unet, [], images[:8], images[8:], sched, steps=0) == base
+    tuned = S.finetuned_loss(unet, [], images[:8], images[8:], sched, steps=2)
+    assert tuned != base and tuned == S.finetuned_loss(unet, [], images[:8], images[8:], sched, steps=2)
+    assert all(torch.equal(v, unet.state_dict()[k]) for k, v in before.items())
 
 
 def test_row_importance_is_one_for_an_original_conv_and_seeded_for_a_merge(unet, images):
