@@ -202,14 +202,15 @@ REFERENCE_KEY = "__reference__"                  # not a row key (those are modu
 
 
 def importance_reference(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
-                         config: GenerationConfig) -> float:
+                         config: GenerationConfig, store=None) -> float:
     """The loss the rows are scored against: ``base_loss`` (the original's), or, for the "finetuned" reference,
-    the original after the rows' own fine-tune (one fine-tune, cached with the table's entries)."""
+    the original after the rows' own fine-tune (one fine-tune, cached with the table's entries in ``store``,
+    opened here when not given)."""
     from . import score as S
 
     if config.importance_reference == "original":
         return base_loss
-    store = _importance_store(unet, finetune, held, scheduler, config)
+    store = store if store is not None else _importance_store(unet, finetune, held, scheduler, config)
     if REFERENCE_KEY not in store:
         store[REFERENCE_KEY] = S.finetuned_loss(unet, [], finetune, held, scheduler, config.importance_steps,
                                                 config.importance_lr, config.seed)
@@ -223,8 +224,8 @@ def importance_table(unet, rows, finetune: torch.Tensor, held: torch.Tensor, sch
     from ..progress import progress
     from . import score as S
 
-    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
     store = _importance_store(unet, finetune, held, scheduler, config)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config, store)
     todo = [r for r in rows if r.key not in store]
     for row in progress(todo, desc="importance", enabled=config.progress, unit="row"):
         store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference, config.importance_steps,
