@@ -11,7 +11,15 @@ Pairs: the embedded ResNet-20 (~0.6 ms a call) against two channel-pruned copies
 baseline's plans, whose landing on the frontier was erratic). The spread is a property of the timing on this
 machine, not of the rewrite.
 
-    python bench/timing_stability.py [--repeats 8] [--backend onnxruntime]
+Timing schemes compared, each measuring every pair ``--repeats`` times (interleaved repeat by repeat, so that
+machine drift hits every scheme alike):
+* ``one session``: ``compare_speed``'s defaults with one session pair (10-40 rounds, stop at a 3 % interval);
+* ``one session, 100 rounds``: the same session pair timed longer;
+* ``pipeline final``: what ``depthcut compress`` now does for its final timing - ``timing_sessions`` (4) session
+  pairs, each timed for blocks of 5 rounds in turn, 20-100 rounds, the interval widened to the sessions' spread;
+* ``8 sessions, 400 rounds``: a long timing (blocks of 10 rounds).
+
+    python bench/timing_stability.py [--repeats 10] [--backend onnxruntime]
 """
 from __future__ import annotations
 
@@ -31,13 +39,31 @@ from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "timing_stability"
 PAIRS = (("global", 0.3), ("uniform", 0.5))
+SCHEMES = {
+    "one session": {},
+    "one session, 100 rounds": {"min_rounds": 100, "max_rounds": 100},
+    "pipeline final": "final",
+    "8 sessions, 400 rounds": {"min_rounds": 400, "max_rounds": 400, "sessions": 8, "block_rounds": 10},
+}
+
+
+def scheme_kwargs(name: str) -> dict:
+    spec = SCHEMES[name]
+    if spec != "final":
+        return spec
+    from depthcut.config import LayerMergeConfig
+
+    c = LayerMergeConfig()          # the same parameters as depthcut.pipeline.measure_final
+    return {"repeats": 5, "min_rounds": max(20, 5 * c.timing_sessions),
+            "max_rounds": max(20, 5 * c.timing_sessions, c.timing_rounds), "rel_width": 0.02,
+            "sessions": c.timing_sessions}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20_fmnist")
     ap.add_argument("--backend", default="onnxruntime")
-    ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
 
@@ -52,15 +78,18 @@ def main() -> None:
               "torch": torch.__version__, "repeats": args.repeats, "pairs": []}
     for scope, ratio in PAIRS:
         pruned = prune_channels(original, x[:1], ratio, scope)
-        entry = {"pair": f"channel {scope} {ratio:g}",
-                 "macs_ratio": count_macs(original, x[:1]) / count_macs(pruned, x[:1]), "measurements": []}
+        macs = count_macs(original, x[:1]) / count_macs(pruned, x[:1])
+        entries = {name: {"pair": f"channel {scope} {ratio:g}", "scheme": name, "kwargs": scheme_kwargs(name),
+                          "macs_ratio": macs, "measurements": []} for name in SCHEMES}
         for k in range(args.repeats):
-            t0 = time.time()
-            e = compare_speed(original, pruned, x, args.backend)
-            entry["measurements"].append(e.to_dict() | {"seconds": time.time() - t0})
-            print(f"{entry['pair']} #{k}: {e.describe()}", flush=True)
-        entry |= summary(entry["measurements"])
-        report["pairs"].append(entry)
+            for name, entry in entries.items():
+                t0 = time.time()
+                e = compare_speed(original, pruned, x, args.backend, **entry["kwargs"])
+                entry["measurements"].append(e.to_dict() | {"seconds": time.time() - t0})
+                print(f"{entry['pair']} / {name} #{k}: {e.describe()}", flush=True)
+        for entry in entries.values():
+            entry |= summary(entry["measurements"])
+            report["pairs"].append(entry)
         out = Path(args.out)
         atomic_write_json(out.with_suffix(".json"), report)
         atomic_write_text(out.with_suffix(".md"), markdown(report))
@@ -74,20 +103,29 @@ def summary(ms: list[dict]) -> dict:
     width = statistics.median((m["high"] - m["low"]) / m["ratio"] for m in ms)
     return {"min": min(ratios), "max": max(ratios), "median": statistics.median(ratios),
             "spread": max(ratios) / min(ratios) - 1, "median_interval_width": width,
-            "coverage": sum(inside) / max(len(inside), 1)}
+            "coverage": sum(inside) / max(len(inside), 1),
+            "seconds_each": statistics.median(m["seconds"] for m in ms)}
 
 
 def markdown(r: dict) -> str:
     lines = ["# Run-to-run spread of a measured speed-up: `python bench/timing_stability.py`", "",
              f"{r['model']} on {r['backend']} (batch 1, this 2-core shared CPU), {r['repeats']} measurements of "
-             f"the same pair, each with fresh sessions and `compare_speed`'s defaults (10-40 paired rounds of 5 "
-             f"calls, stop at a 3 % interval). Coverage: the fraction of (i, j) with repeat i's median inside "
-             f"repeat j's 95 % interval; an interval honest about run-to-run noise would give about 0.9 or more.",
-             "", "| pair | MACs ratio | medians (min / median / max) | spread | median interval width | coverage |",
-             "|---|---|---|---|---|---|"]
+             f"the same pair per scheme, each with fresh sessions, the schemes interleaved repeat by repeat. "
+             f"Coverage: the fraction of (i, j) with repeat i's median inside repeat j's 95 % interval; an "
+             f"interval honest about run-to-run noise gives about 0.9 or more (exactly 0.95 is not expected: "
+             f"both ends are noisy).", "",
+             "Schemes: *one session*: `compare_speed`'s defaults, one session pair, 10-40 paired rounds of 5 calls, "
+             "stop at a 3 % interval (what every timing did before); *one session, 100 rounds*: the same, longer; "
+             "*pipeline final*: what `depthcut compress` now does for its final timing (4 session pairs, each in turn "
+             "for blocks of 5 rounds, 20-100 rounds, the interval widened to a t interval over the sessions' ratios); "
+             "*8 sessions, 400 rounds*: a long timing (blocks of 10).", "",
+             "| pair | scheme | MACs ratio | medians (min / median / max) | spread | median interval width "
+             "| coverage | s per measurement |",
+             "|---|---|---|---|---|---|---|---|"]
     for p in r["pairs"]:
-        lines.append(f"| {p['pair']} | x{p['macs_ratio']:.2f} | x{p['min']:.3f} / x{p['median']:.3f} / x{p['max']:.3f} "
-                     f"| {p['spread']:.1%} | {p['median_interval_width']:.1%} | {p['coverage']:.2f} |")
+        lines.append(f"| {p['pair']} | {p.get('scheme', 'one session')} | x{p['macs_ratio']:.2f} | x{p['min']:.3f} "
+                     f"/ x{p['median']:.3f} / x{p['max']:.3f} | {p['spread']:.1%} | {p['median_interval_width']:.1%} "
+                     f"| {p['coverage']:.2f} | {p.get('seconds_each', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -72,7 +72,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "importance_seed": args.importance_seed,
             "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
-            "timing_rounds": args.timing_rounds, "device": args.device, "amp": args.amp,
+            "timing_rounds": args.timing_rounds,
+            "timing_sessions": args.timing_sessions, "device": args.device, "amp": args.amp,
             "channels_last": args.channels_last or None, "method": args.method,
             "latency_model": args.latency_model, "executor": args.executor, "workers": args.workers,
             "ray_address": args.address, "shard": args.shard, "recovery_procs": args.recovery_procs,
@@ -172,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-distill", action="store_true")
     c.add_argument("--timing-rounds", type=int, default=None,
                    help="interleaved rounds of each end-to-end timing (default 100)")
+    c.add_argument("--timing-sessions", type=int, default=None,
+                   help="runtime sessions per model in each timing, rotated round by round, so that the "
+                        "interval covers the spread between sessions (default 4)")
     c.add_argument("--executor", default=None, choices=["local", "process", "ray"],
                    help="where the importance entries run: in this process (default), a pool of --workers "
                         "processes, or Ray tasks (a GPU each where the cluster has GPUs)")

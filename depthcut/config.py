@@ -65,6 +65,9 @@ class LayerMergeConfig(ConfigBase):
     # timing
     timing_rounds: int = 100                # most interleaved rounds per comparison (x5 runs per model each;
                                             # fewer once the 95% interval is narrow enough)
+    timing_sessions: int = 4                # runtime sessions per model in each timing, rotated round by round:
+                                            # the interval then covers the spread between sessions (which one
+                                            # session's rounds cannot see; bench/results/timing_stability.md)
     threads: int | None = None
     seed: int = 0
     # The importance table's seed (its fine-tune/score splits and short fine-tunes); None: ``seed``. Fixing it
@@ -107,7 +110,7 @@ class LayerMergeConfig(ConfigBase):
         if self.version != CONFIG_VERSION:
             raise DepthcutError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
         for name in ("importance_batch_size", "recovery_batch_size", "dp_steps", "max_resolves", "timing_rounds",
-                     "score_size", "threads", "train_limit"):
+                     "timing_sessions", "score_size", "threads", "train_limit"):
             at_least(name, getattr(self, name), 1)
         for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed", "importance_seed"):
             at_least(name, getattr(self, name), 0)

@@ -258,8 +258,10 @@ def probe_speed(run: Run, candidate: nn.Module, decided):
     """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear."""
     from .latency.compare import compare_speed
 
-    return compare_speed(run.original, candidate, run.example, run.backend, repeats=5, min_rounds=10,
-                         max_rounds=run.config.timing_rounds, rel_width=0.02, decided=decided)
+    sessions = run.config.timing_sessions
+    return compare_speed(run.original, candidate, run.example, run.backend, repeats=5,
+                         min_rounds=max(10, 3 * sessions), max_rounds=max(run.config.timing_rounds, 3 * sessions),
+                         rel_width=0.02, decided=decided, sessions=sessions)
 
 
 def target_speedup(run: Run, base_ms: float) -> float:
@@ -340,8 +342,10 @@ def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
 def measure_final(run: Run, merged: nn.Module):
     from .latency.compare import compare_speed
 
-    return compare_speed(run.original, merged, run.example, run.backend, repeats=5, min_rounds=20,
-                         max_rounds=max(20, run.config.timing_rounds), rel_width=0.02)
+    sessions = run.config.timing_sessions
+    return compare_speed(run.original, merged, run.example, run.backend, repeats=5,
+                         min_rounds=max(20, 5 * sessions), max_rounds=max(20, 5 * sessions, run.config.timing_rounds),
+                         rel_width=0.02, sessions=sessions)
 
 
 # -- stage 8: report --------------------------------------------------------------------------------------
@@ -372,6 +376,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
         "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
         "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
+        "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
         # met: the final point estimate reaches the target; the probe that chose the plan had its whole 95%
         # interval at or above it
         "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
@@ -446,6 +451,7 @@ def compress_width(run: Run, out) -> CompressResult:
         "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
         "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
         "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
+        "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
         "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
         "within_band": final.ratio <= upper, "landing_overshoot": landing.overshoot,
         "pruning_ratio": landing.plan.ratio, "channel_scope": landing.plan.scope,

@@ -113,8 +113,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"# depthcut report: {r['model']}",
         "",
         f"Backend **{r['backend']}**, batch {r['batch_size']}, input {tuple(r['input_shape'][1:])}; "
-        f"the speed-up is the median of {r['timing_rounds']} paired rounds (original and compressed alternating), "
-        f"with its 95% confidence interval"
+        f"the speed-up is the median of {r['timing_rounds']} paired rounds (original and compressed alternating"
+        + (f", rotating through {r['timing_sessions']} runtime sessions of each" if r.get("timing_sessions", 1) > 1
+           else "")
+        + "), with its 95% confidence interval"
+        + (" (widened to cover the spread between the sessions' ratios: "
+           + ", ".join(f"x{v:.3f}" for v in r["timing_session_ratios"]) + ")"
+           if len(r.get("timing_session_ratios") or []) > 1 else "")
         + (f"; {r['timing_outlier_rounds']} outlier rounds" if r.get("timing_outlier_rounds") else "") + ".",
         "",
         f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "

@@ -38,6 +38,7 @@ def test_the_target_is_a_speedup_or_a_latency():
     ({"importance_steps": -1}, "'importance_steps' must be >= 0"),
     ({"recovery_lr": 0.0}, "'recovery_lr' must be > 0"),
     ({"timing_rounds": 0}, "'timing_rounds' must be >= 1"),
+    ({"timing_sessions": 0}, "'timing_sessions' must be >= 1"),
     ({"kd_weight": 1.5}, "'kd_weight' must be <= 1"),
     ({"speedup": 0.5}, "speedup"),
     ({"speedup": None, "latency_ms": -1.0}, "-1.0 ms"),

@@ -71,6 +71,10 @@ def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
     assert r["convs_after"] < r["convs_before"]
     assert r["merge_relative_error"] <= 1e-4
     assert r["accuracy_after"] > 50
+    # the final timing rotated through the configured runtime sessions; its interval covers their spread (with
+    # 4 sessions the t interval, 3.18 sd / 2 either side of the mean, always spans them: none is > 1.5 sd off)
+    assert r["timing_sessions"] == 4 and len(r["timing_session_ratios"]) == 4
+    assert r["speedup_low"] <= min(r["timing_session_ratios"]) and max(r["timing_session_ratios"]) <= r["speedup_high"]
     for name in ("report.md", "report.json", "plan.json", "merged_state_dict.pt", "model.onnx", "frontier.png"):
         assert (out / name).exists(), name
     saved = json.loads((out / "report.json").read_text())

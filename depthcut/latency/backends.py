@@ -241,6 +241,12 @@ class Backend:
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         raise NotImplementedError
 
+    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """``n`` independent runners of ``module`` (separate runtime sessions: their allocations and thread
+        pools differ, and so, by a few percent, do their timings; depthcut.latency.compare rotates through
+        them). A backend whose preparation has a costly shared step (an export) overrides this."""
+        return [self.prepare(module, example_input) for _ in range(n)]
+
     def _place(self, module: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
         """A copy of ``module`` on the backend's device, dtype and memory format (the caller's module is
         never moved or changed), and the input to match."""
@@ -480,8 +486,6 @@ class OnnxRuntimeBackend(Backend):
         return run
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
-        import onnxruntime as ort
-
         direct = conv_row_onnx(module, tuple(example_input.shape))
         if direct is not None:
             graph, weights = direct
@@ -492,12 +496,24 @@ class OnnxRuntimeBackend(Backend):
             run.time_scale = self._nchwc_gain(module, example_input, nbytes)   # type: ignore[attr-defined]
             self.nchwc_estimated_rows.append({"weights_mb": nbytes / 1e6, "gain": run.time_scale})
             return run
+        return self.prepare_sessions(module, example_input, 1)[0]
+
+    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """One export, ``n`` sessions (a latency row, exported without a file, simply n times)."""
+        if conv_row_onnx(module, tuple(example_input.shape)) is not None:
+            return super().prepare_sessions(module, example_input, n)
         with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             export_onnx(module, example_input, path)
-            # The session reads the whole model in its constructor, so the temp dir may go afterwards.
-            session = ort.InferenceSession(path, self._options(), providers=["CPUExecutionProvider"])
-        return self._runner(session, example_input, [])
+            # A session reads the whole model in its constructor, so the temp dir may go afterwards.
+            return self.sessions_from_file(path, example_input, n)
+
+    def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
+        """``n`` runners of an exported ``.onnx`` file (a saved result timed again, e.g. next to others)."""
+        import onnxruntime as ort
+
+        return [self._runner(ort.InferenceSession(str(path), self._options(), providers=["CPUExecutionProvider"]),
+                             example_input, []) for _ in range(n)]
 
     def _nchwc_gain(self, module: nn.Sequential, example_input: torch.Tensor, nbytes: int) -> float:
         """time(NCHWc on) / time(NCHWc off) on a proxy of the row's conv with in and out channels divided by

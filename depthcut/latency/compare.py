@@ -11,6 +11,14 @@ A drift slower than a round hits both alike and cancels in r_k. The estimate is 
 k-th smallest and k-th largest r with probability >= 95%, k from the binomial(n, 1/2) tail), so one outlier
 round moves neither the estimate nor the interval much, and the outlier count is reported, not hidden in a
 stdev. Rounds are added until the interval is narrow enough (``rel_width``) or ``max_rounds`` is reached.
+
+Runtime sessions differ too. On this 2-core machine (ONNX Runtime, ResNet-20, ~0.6 ms a call) one session pair
+timed for 200 rounds gave a 2 % interval, yet 8 such measurements, each with fresh sessions, spread over 5 %:
+an interval covering one session's noise only held another measurement's median 29 % of the time
+(``bench/timing_stability.py``). So a comparison may time ``sessions`` runner pairs, rotating through them
+round by round; each session's median ratio is one observation of the session effect, and the interval is
+widened to cover a Student-t interval on their (log) mean, so it is honest about the spread a fresh
+measurement would see.
 """
 from __future__ import annotations
 
@@ -22,9 +30,33 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .backends import Backend, get_backend, measure, sample_ms
+from .backends import Backend, Runner, get_backend, measure, sample_ms
 
 CONFIDENCE = 0.95
+# Student t, two-sided 95 %, by degrees of freedom (the session interval; no scipy dependency)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom (the nearest tabulated df at or below;
+    1.96 beyond 30)."""
+    if df < 1:
+        raise ValueError("t needs at least one degree of freedom")
+    if df > 30:
+        return 1.96
+    return T95[max(k for k in T95 if k <= df)]
+
+
+def session_interval(session_ratios: list[float]) -> tuple[float, float] | None:
+    """95 % interval of the ratio across runtime sessions: a t interval on the mean log of each session's
+    median ratio (a ratio's noise is multiplicative). None with fewer than two sessions."""
+    if len(session_ratios) < 2:
+        return None
+    logs = [math.log(r) for r in session_ratios]
+    mean, sd = statistics.mean(logs), statistics.stdev(logs)
+    half = t95(len(logs) - 1) * sd / math.sqrt(len(logs))
+    return math.exp(mean - half), math.exp(mean + half)
 
 
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -70,6 +102,8 @@ class SpeedupEstimate:
     original_ms: float            # median over all samples
     compressed_ms: float
     compressed_high_ms: float     # upper end of the 95% interval of the compressed per-round medians
+    sessions: int = 1             # runtime session pairs the rounds rotated through
+    session_ratios: tuple[float, ...] = ()   # each session's median ratio (the interval covers their spread)
 
     @property
     def rel_width(self) -> float:
@@ -80,57 +114,122 @@ class SpeedupEstimate:
 
     def describe(self) -> str:
         out = f"x{self.ratio:.3f} [{self.low:.3f}, {self.high:.3f}] over {self.rounds} rounds"
+        out += f" in {self.sessions} sessions" if self.sessions > 1 else ""
         return out + (f", {self.outlier_rounds} outlier rounds" if self.outlier_rounds else "")
 
 
 def compare_speed(original: nn.Module, compressed: nn.Module, example_input: torch.Tensor,
                   backend: str | Backend = "eager", *, repeats: int = 5, min_rounds: int = 10,
-                  max_rounds: int = 40, rel_width: float = 0.03, warmup: int = 3,
-                  decided: Callable[[SpeedupEstimate], bool] | None = None) -> SpeedupEstimate:
+                  max_rounds: int = 40, rel_width: float = 0.03, warmup: int = 3, sessions: int = 1,
+                  block_rounds: int = 5, decided: Callable[[SpeedupEstimate], bool] | None = None) -> SpeedupEstimate:
     """Time ``original`` against ``compressed`` in interleaved rounds of ``repeats`` calls each until the 95%
     interval of the ratio is narrower than ``rel_width`` (relative) or ``decided(estimate)`` says the answer
-    is already clear, with at least ``min_rounds`` and at most ``max_rounds`` rounds."""
+    is already clear, with at least ``min_rounds`` and at most ``max_rounds`` rounds. ``sessions`` runtime
+    sessions of each model are prepared and the rounds rotate through them (see the module docstring)."""
     backend = get_backend(backend)
     with torch.no_grad():
-        runners = {"original": backend.prepare(original, example_input),
-                   "compressed": backend.prepare(compressed, example_input)}
-    for run in runners.values():
-        measure(run, warmup=warmup, repeats=1)
-    return paired_rounds(lambda name: sample_ms(runners[name], repeats), min_rounds=min_rounds,
-                         max_rounds=max_rounds, rel_width=rel_width, decided=decided)
+        runners = {"original": backend.prepare_sessions(original, example_input, sessions),
+                   "compressed": backend.prepare_sessions(compressed, example_input, sessions)}
+    for runs in runners.values():
+        for run in runs:
+            measure(run, warmup=warmup, repeats=1)
+    return paired_rounds(lambda name, session=0: sample_ms(runners[name][session], repeats), min_rounds=min_rounds,
+                         max_rounds=max_rounds, rel_width=rel_width, decided=decided, sessions=sessions,
+                         block_rounds=block_rounds)
 
 
-def paired_rounds(sample: Callable[[str], list[float]], *, min_rounds: int = 10, max_rounds: int = 40,
-                  rel_width: float = 0.03, decided: Callable[[SpeedupEstimate], bool] | None = None
-                  ) -> SpeedupEstimate:
+def paired_rounds(sample: Callable[..., list[float]], *, min_rounds: int = 10, max_rounds: int = 40,
+                  rel_width: float = 0.03, decided: Callable[[SpeedupEstimate], bool] | None = None,
+                  sessions: int = 1, block_rounds: int = 1) -> SpeedupEstimate:
     """The one paired-timing loop every comparison uses (CNNs, LLM generation, diffusion sampling):
     ``sample(name)`` times one round of ``"original"`` or ``"compressed"`` (ms, one or more samples); the order
-    alternates each round so drift and a warm cache favour neither; each round gives one ratio of the round
-    medians. Stops once the 95% interval of the median ratio is narrower than ``rel_width`` (relative) or
-    ``decided(estimate)``, with at least ``min_rounds`` and at most ``max_rounds`` rounds."""
+    alternates so drift and a warm cache favour neither; each round gives one ratio of the round medians.
+    With ``sessions`` > 1, round k calls ``sample(name, s)`` for session s = (k // block_rounds) % sessions:
+    each session pair runs ``block_rounds`` rounds in a row, then the next. (Rotating every round measured
+    every call with cold caches - up to 3 % slower ratios than a deployed model's, whose weights stay warm.)
+    The order alternates every round (every sweep when ``block_rounds`` is 1), so every session sees both. Stops once the 95% interval of the median
+    ratio is narrower than ``rel_width`` (relative) or ``decided(estimate)``, with at least ``min_rounds``
+    and at most ``max_rounds`` rounds."""
+    if sessions < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
     pooled: dict[str, list[float]] = {"original": [], "compressed": []}
     per_round: dict[str, list[float]] = {"original": [], "compressed": []}
     ratios: list[float] = []
+    session_of: list[int] = []
     estimate = None
+    if block_rounds < 1:
+        raise ValueError(f"block_rounds must be >= 1, got {block_rounds}")
     for k in range(max(1, max_rounds)):
-        for name in (("original", "compressed") if k % 2 == 0 else ("compressed", "original")):
-            s = list(sample(name))
+        session = (k // block_rounds) % sessions
+        flip = (k if block_rounds > 1 else k // sessions) % 2     # every session sees both orders
+        for name in (("original", "compressed") if flip == 0 else ("compressed", "original")):
+            s = list(sample(name, session) if sessions > 1 else sample(name))
             pooled[name] += s
             per_round[name].append(statistics.median(s))
         ratios.append(per_round["original"][-1] / max(per_round["compressed"][-1], 1e-12))
+        session_of.append(session)
         if len(ratios) >= min_rounds or len(ratios) == max_rounds:
-            estimate = estimate_from_rounds(ratios, pooled, per_round)
+            estimate = estimate_from_rounds(ratios, pooled, per_round, session_of)
             if estimate.rel_width <= rel_width or (decided is not None and decided(estimate)):
                 break
     return estimate
 
 
-def estimate_from_rounds(ratios: list[float], pooled: dict[str, list[float]], per_round: dict[str, list[float]]
-              ) -> SpeedupEstimate:
+def estimate_from_rounds(ratios: list[float], pooled: dict[str, list[float]], per_round: dict[str, list[float]],
+                         session_of: list[int] | None = None) -> SpeedupEstimate:
     """The paired estimate from per-round ratios, all samples (``pooled``) and per-round medians (shared by
-    the CNN comparison above and the LLM one, depthcut.llm.latency.compare_generation)."""
+    the CNN comparison above and the LLM one, depthcut.llm.latency.compare_generation). ``session_of[k]``:
+    the runtime session of round k; the interval then also covers the spread between sessions."""
     low, high = median_interval(ratios)
     _, comp_high = median_interval(per_round["compressed"])
+    session_of = session_of or [0] * len(ratios)
+    by_session = [[r for r, s in zip(ratios, session_of) if s == k] for k in sorted(set(session_of))]
+    session_ratios = tuple(statistics.median(rs) for rs in by_session)
+    across = session_interval(list(session_ratios))
+    if across is not None:
+        low, high = min(low, across[0]), max(high, across[1])
     return SpeedupEstimate(ratio=statistics.median(ratios), low=low, high=high, rounds=len(ratios),
                            outlier_rounds=outliers(ratios), original_ms=statistics.median(pooled["original"]),
-                           compressed_ms=statistics.median(pooled["compressed"]), compressed_high_ms=comp_high)
+                           compressed_ms=statistics.median(pooled["compressed"]), compressed_high_ms=comp_high,
+                           sessions=len(session_ratios), session_ratios=session_ratios)
+
+
+def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original", repeats: int = 5,
+                 rounds: int = 60, block_rounds: int = 5) -> dict[str, SpeedupEstimate]:
+    """Time several networks against one ``reference`` *in the same rounds* (issue 9: methods compared at
+    equal latency). Separate measurements of two methods, seconds or minutes apart, differ by several percent
+    on a shared machine (``bench/results/timing_stability.md``) - more than the differences being compared;
+    within one round every network sees the same machine state, so each one's ratio to the reference, and
+    their ratios to each other, are free of that drift.
+
+    ``runners[name]`` holds one runner per runtime session (the same count for every name); rounds rotate
+    through the sessions in blocks of ``block_rounds``, and the order of the networks inside a round rotates
+    and reverses from round to round, so no network always follows the same one. Returns each non-reference
+    network's :class:`SpeedupEstimate` against the reference (interval widened by the sessions' spread)."""
+    names = list(runners)
+    if reference not in runners:
+        raise ValueError(f"the reference {reference!r} is not among the runners")
+    sessions = {len(v) for v in runners.values()}
+    if len(sessions) != 1 or 0 in sessions:
+        raise ValueError("every network needs the same, non-zero number of session runners")
+    n_sessions = sessions.pop()
+    medians: dict[str, list[float]] = {n: [] for n in names}
+    pooled: dict[str, list[float]] = {n: [] for n in names}
+    session_of: list[int] = []
+    for k in range(max(1, rounds)):
+        session = (k // max(1, block_rounds)) % n_sessions
+        order = names[k % len(names):] + names[:k % len(names)]
+        for name in (order if (k // len(names)) % 2 == 0 else order[::-1]):
+            s = sample_ms(runners[name][session], repeats)
+            pooled[name] += s
+            medians[name].append(statistics.median(s))
+        session_of.append(session)
+    out = {}
+    for name in names:
+        if name == reference:
+            continue
+        ratios = [r / max(c, 1e-12) for r, c in zip(medians[reference], medians[name])]
+        out[name] = estimate_from_rounds(ratios, {"original": pooled[reference], "compressed": pooled[name]},
+                                         {"original": medians[reference], "compressed": medians[name]},
+                                         session_of)
+    return out

@@ -71,3 +71,111 @@ def test_stops_once_the_interval_is_narrow_or_decided(monkeypatch):
     est = compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=10, max_rounds=50,
                         rel_width=0.001, decided=lambda e: e.low > 1.5)
     assert est.rounds == 10
+
+
+# -- runtime sessions: the interval covers the spread between them -------------------------------------------
+
+def test_t95_is_students_t():
+    assert compare.t95(1) == 12.706 and compare.t95(3) == 3.182 and compare.t95(11) == 2.228
+    assert compare.t95(31) == 1.96
+
+
+def test_session_interval_has_its_coverage_on_lognormal_session_effects():
+    # The t interval on log ratios is exact for normal log effects: 95 % coverage, up to 2,000-trial noise
+    # (binomial sd 0.5 %: the bounds are 4 sd away).
+    gen = torch.Generator().manual_seed(0)
+    for sessions in (3, 4, 6):
+        trials, hit = 2000, 0
+        for _ in range(trials):
+            ratios = (2.0 * torch.exp(0.03 * torch.randn(sessions, generator=gen, dtype=torch.float64))).tolist()
+            lo, hi = compare.session_interval(ratios)
+            hit += lo <= 2.0 <= hi
+        assert 0.93 <= hit / trials <= 0.97, (sessions, hit / trials)
+    assert compare.session_interval([2.0]) is None
+
+
+def scripted_sessions(monkeypatch, ratio_of_session, calls):
+    """Each prepared session of the compressed model runs at its own speed; the original at 2 ms."""
+    counter = {"o": 0, "c": 0}
+
+    def prepare(self, module, x):
+        k = counter[module.ms]
+        counter[module.ms] += 1
+        return lambda: (module.ms, k)
+    monkeypatch.setattr("depthcut.latency.backends.EagerBackend.prepare", prepare)
+    monkeypatch.setattr(compare, "measure", lambda run, **kw: None)
+
+    def sample(run, n):
+        name, k = run()
+        calls.append((name, k))
+        return [2.0] * n if name == "o" else [2.0 / ratio_of_session[k]] * n
+    monkeypatch.setattr(compare, "sample_ms", sample)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 5])
+def test_sessions_rotate_in_blocks_and_each_sees_both_orders(monkeypatch, block):
+    calls = []
+    scripted_sessions(monkeypatch, [2.0] * 4, calls)
+    rounds_n = 8 * block
+    est = compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=rounds_n,
+                        max_rounds=rounds_n, sessions=4, block_rounds=block)
+    assert est.sessions == 4 and est.rounds == rounds_n and est.session_ratios == (2.0,) * 4
+    rounds = [calls[i:i + 2] for i in range(0, len(calls), 2)]
+    assert [r[0][1] for r in rounds] == [(k // block) % 4 for k in range(rounds_n)]   # blocks of rounds
+    assert all(r[0][1] == r[1][1] for r in rounds)                     # a round pairs the same session
+    for s in range(4):
+        firsts = {r[0][0] for r in rounds if r[0][1] == s}
+        assert firsts == {"o", "c"}, s                                          # both orders in every session
+    assert (est.low, est.ratio, est.high) == (2.0, 2.0, 2.0)
+
+
+def test_a_slow_session_widens_the_interval_that_one_sessions_rounds_would_not(monkeypatch):
+    # Three sessions say x2.0, one x2.3. The rounds' own interval (order statistics) sits at 2.0; the
+    # session interval says a fresh measurement could land well above it.
+    scripted_sessions(monkeypatch, [2.0, 2.0, 2.0, 2.3], [])
+    est = compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=40, max_rounds=40,
+                        sessions=4)
+    assert est.ratio == 2.0 and est.session_ratios == (2.0, 2.0, 2.0, 2.3)
+    assert compare.median_interval([2.0] * 30 + [2.3] * 10) == (2.0, 2.0)
+    lo, hi = compare.session_interval([2.0, 2.0, 2.0, 2.3])
+    assert (est.low, est.high) == (min(2.0, lo), max(2.0, hi)) and est.high > 2.3 and est.low < 2.0
+    assert "in 4 sessions" in est.describe()
+
+
+def test_one_session_keeps_the_rounds_interval(monkeypatch):
+    scripted_sessions(monkeypatch, [2.5], [])
+    est = compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=10, max_rounds=10)
+    assert est.sessions == 1 and est.session_ratios == (2.5,) and (est.low, est.high) == (2.5, 2.5)
+
+
+# -- several networks in the same rounds (equal-latency comparisons) -----------------------------------------
+
+def test_compare_many_times_every_network_in_the_same_rounds(monkeypatch):
+    # The machine's speed changes from round to round (x1 .. x3); the networks take 2, 1 and 0.8 ms at x1.
+    # Each ratio to the original comes out exact, and so does the ratio between the two compressed ones.
+    base = {"original": 2.0, "a": 1.0, "b": 0.8}
+    calls = []
+
+    def sample(run, n):
+        name, session = run
+        calls.append((name, session))
+        factor = 1.0 + 2.0 * ((len(calls) - 1) // 3 % 7) / 6        # one factor per round of three
+        return [base[name] * factor] * n
+    monkeypatch.setattr(compare, "sample_ms", sample)
+    runners = {name: [(name, s) for s in range(3)] for name in base}
+    est = compare.compare_many(runners, rounds=30, block_rounds=2)
+    assert set(est) == {"a", "b"}
+    assert (est["a"].ratio, est["a"].low, est["a"].high) == (2.0, 2.0, 2.0)
+    assert est["b"].ratio == pytest.approx(2.5) and est["b"].sessions == 3
+    rounds = [calls[i:i + 3] for i in range(0, len(calls), 3)]
+    assert [r[0][1] for r in rounds] == [(k // 2) % 3 for k in range(30)]           # sessions in blocks
+    assert {r[0][0] for r in rounds} == set(base)                                   # everyone goes first
+    after = {(r[i][0], r[i + 1][0]) for r in rounds for i in range(2)}
+    assert after == {(x, y) for x in base for y in base if x != y}                 # and after everyone
+
+
+def test_compare_many_rejects_what_it_cannot_pair():
+    with pytest.raises(ValueError, match="reference"):
+        compare.compare_many({"a": [lambda: None]})
+    with pytest.raises(ValueError, match="same"):
+        compare.compare_many({"original": [lambda: None], "a": [lambda: None, lambda: None]})

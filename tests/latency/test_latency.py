@@ -281,3 +281,25 @@ def test_compile_backend_reports_its_cold_compile_time_and_cache():
         assert torch.allclose(out, conv(x), atol=1e-5)
     summary = backend.compile_summary()
     assert summary["modules_compiled"] == 1 and summary["compile_s_total"] > 0 and summary["cache_dir"]
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnxruntime"])
+def test_prepare_sessions_gives_independent_runners_of_the_same_function(backend, monkeypatch):
+    """compare_speed rotates through several sessions of each model; ONNX Runtime exports the model once."""
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    from depthcut.latency import backends
+
+    exports = []
+    real = backends.export_onnx
+    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: (exports.append(1), real(*a, **k))[1])
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    runners = get_backend(backend).prepare_sessions(net, x, 3)
+    assert len(runners) == 3 and len({id(r) for r in runners}) == 3
+    want = net(x).detach()
+    for run in runners:
+        out = run()
+        out = torch.as_tensor(out[0] if isinstance(out, list) else out).float()
+        torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+    assert len(exports) == (1 if backend == "onnxruntime" else 0)
