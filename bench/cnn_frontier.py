@@ -400,7 +400,7 @@ def main() -> None:
         atomic_write_text(out.with_suffix(".md"), text)
     joint = joint_timings(results, args, out / "joint")
     text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint)
-    atomic_write_text(out.with_suffix(".md"), text + "\n![accuracy vs speed-up](cnn_frontier.png)\n")
+    atomic_write_text(out.with_suffix(".md"), text + f"\n![accuracy vs speed-up]({out.name}.png)\n")
     plot(results, args.models, args.methods, out.with_suffix(".png"))
     print(text)
 
