@@ -396,7 +396,9 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "method": config.method, "latency_model": config.latency_model,
         "call_overhead_ms": rows.call_overhead[0], "call_overhead_ms_per_mb": rows.call_overhead[1] * 2**20,
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
-        "probes": [p.to_dict() for p in chosen.landing.probes],
+        # each probe names its plan's blocks, so that any probed plan can be rebuilt and timed again (e.g. next
+        # to other methods' networks in one joint timing)
+        "probes": [p.to_dict() | {"blocks": [r.ref.key for r in p.plan.rows]} for p in chosen.landing.probes],
         "chosen_modelled_body_ms": chosen.modelled_ms,
         "modelled_body_ms_identity": rows.body_ms(),
         "config": config.to_dict(),
@@ -459,7 +461,8 @@ def compress_width(run: Run, out) -> CompressResult:
         "accuracy_drop": acc_before - acc_after,
         **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
         **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")},
-        "probes": [p.to_dict() for p in landing.probes], "config": config.to_dict(),
+        "probes": [p.to_dict() | {"pruning_ratio": p.plan.ratio, "channel_scope": p.plan.scope}
+                   for p in landing.probes], "config": config.to_dict(),
         "seconds": time.time() - run.t_start,
     }
     result = CompressResult(pruned, pruned, None, report, [], run.example)

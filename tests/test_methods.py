@@ -132,10 +132,15 @@ def test_every_method_runs_through_compress(trained, tmp_path, name):  # noqa: F
         return
     r = result.report
     assert r["method"] == name and r["speedup_high"] >= 1.1
+    # every probe names its plan, so any probed network can be rebuilt and timed again; the chosen one is probed
     if name == "channel":                             # width: fewer channels, as many convs
         assert r["params_after"] < r["params_before"] and r["convs_after"] == r["convs_before"]
         assert 0 < r["pruning_ratio"] < 0.9
+        assert (r["pruning_ratio"], r["channel_scope"]) in {(p["pruning_ratio"], p["channel_scope"])
+                                                             for p in r["probes"]}
         return
     assert r["intended_structure_error"] < 1e-9
+    chosen = sorted(c.key for c in result.plan.blocks)
+    assert chosen in [sorted(p["blocks"]) for p in r["probes"]]
     # the plan's blocks obey the method's rule
     assert all(RULES[name](c, _chain_of(model)) for c in result.plan.blocks if not is_trivial(c))
