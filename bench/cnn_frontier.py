@@ -69,28 +69,21 @@ def artifact(args, model: str, method: str, target: float, seed: int) -> Path:
     return Path(args.models_dir) / f"{model}-{method}-x{target}-s{seed}"
 
 
-def joint_timing(model: str, target: float, seed: int, methods: list[str], args) -> dict | None:
-    """Every method's deployed network for (model, target, seed) and the original, in the same rounds."""
+def joint_timing(model: str, files: dict[str, Path], args) -> dict:
+    """Every method's deployed network (``files``: method -> model.onnx) and the original, in the same rounds."""
     from depthcut.config import LayerMergeConfig
     from depthcut.latency import get_backend
-    from depthcut.latency.backends import measure
     from depthcut.latency.compare import compare_many
     from depthcut.models import resolve_model
 
-    files = {m: f for m in methods if (f := artifact(args, model, m, target, seed) / "model.onnx").exists()}
-    if not files:
-        return None
     sessions = LayerMergeConfig().timing_sessions
     resolved = resolve_model(model)
     x = torch.randn((1,) + tuple(resolved.input_shape[1:]), generator=torch.Generator().manual_seed(0))
     backend = get_backend("onnxruntime")
     runners = {"original": backend.prepare_sessions(resolved.model.eval(), x, sessions)}
     runners |= {m: backend.sessions_from_file(f, x, sessions) for m, f in files.items()}
-    for runs in runners.values():
-        for run in runs:
-            measure(run, warmup=5, repeats=1)
     t0 = time.time()
-    est = compare_many(runners, rounds=args.joint_rounds, block_rounds=5)
+    est = compare_many(runners, rounds=args.joint_rounds, block_rounds=5, warmup=5)
     ratios = [e.ratio for e in est.values()]
     return {"methods": sorted(files), "rounds": args.joint_rounds, "sessions": sessions,
             "seconds": time.time() - t0, "speedups": {m: e.to_dict() for m, e in est.items()},
@@ -310,8 +303,8 @@ def joint_timings(results: dict, args, folder: Path) -> dict:
     joint = {}
     for model, target, seed in sorted({(mo, t, s) for (m, mo, t, s) in results if m != "control"}):
         path = folder / f"{model}-x{target}-s{seed}.json"
-        have = sorted(m for m in args.methods
-                      if (artifact(args, model, m, target, seed) / "model.onnx").exists())
+        files = {m: f for m in args.methods if (f := artifact(args, model, m, target, seed) / "model.onnx").exists()}
+        have = sorted(files)
         stored = json.loads(path.read_text()) if path.exists() else None
         if stored and (stored["methods"] == have or args.report_only or not have):
             joint[(model, target, seed)] = stored
@@ -319,7 +312,7 @@ def joint_timings(results: dict, args, folder: Path) -> dict:
         if args.report_only or not have:
             continue
         print(f"joint timing: {model} x{target} seed {seed}: {', '.join(have)}", flush=True)
-        j = joint_timing(model, target, seed, have, args)
+        j = joint_timing(model, files, args)
         atomic_write_json(path, j)
         joint[(model, target, seed)] = j
     return joint

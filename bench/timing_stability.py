@@ -52,11 +52,9 @@ def scheme_kwargs(name: str) -> dict:
     if spec != "final":
         return spec
     from depthcut.config import LayerMergeConfig
+    from depthcut.pipeline import final_timing
 
-    c = LayerMergeConfig()          # the same parameters as depthcut.pipeline.measure_final
-    return {"repeats": 5, "min_rounds": max(20, 5 * c.timing_sessions),
-            "max_rounds": max(20, 5 * c.timing_sessions, c.timing_rounds), "rel_width": 0.02,
-            "sessions": c.timing_sessions}
+    return final_timing(LayerMergeConfig())
 
 
 def main() -> None:

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timing-rounds", type=int, default=None,
                    help="interleaved rounds of each end-to-end timing (default 100)")
     c.add_argument("--timing-sessions", type=int, default=None,
-                   help="runtime sessions per model in each timing, rotated round by round, so that the "
+                   help="runtime sessions per model in each timing, each in turn for a block of rounds, so that the "
                         "interval covers the spread between sessions (default 4)")
     c.add_argument("--executor", default=None, choices=["local", "process", "ray"],
                    help="where the importance entries run: in this process (default), a pool of --workers "

@@ -65,9 +65,9 @@ class LayerMergeConfig(ConfigBase):
     # timing
     timing_rounds: int = 100                # most interleaved rounds per comparison (x5 runs per model each;
                                             # fewer once the 95% interval is narrow enough)
-    timing_sessions: int = 4                # runtime sessions per model in each timing, rotated round by round:
-                                            # the interval then covers the spread between sessions (which one
-                                            # session's rounds cannot see; bench/results/timing_stability.md)
+    timing_sessions: int = 4                # runtime sessions per model in each timing, each in turn for a block
+                                            # of rounds: the interval then covers the spread between sessions
+                                            # (which one session's rounds cannot see; timing_stability.md)
     threads: int | None = None
     seed: int = 0
     # The importance table's seed (its fine-tune/score splits and short fine-tunes); None: ``seed``. Fixing it

@@ -339,13 +339,17 @@ def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
 
 
 # -- stage 7: the final, independent measurement ----------------------------------------------------------
+def final_timing(config: LayerMergeConfig) -> dict[str, Any]:
+    """How the final timing is taken (``compare_speed`` keywords; bench/timing_stability.py times it too)."""
+    sessions = config.timing_sessions
+    return {"repeats": 5, "min_rounds": max(20, 5 * sessions),
+            "max_rounds": max(20, 5 * sessions, config.timing_rounds), "rel_width": 0.02, "sessions": sessions}
+
+
 def measure_final(run: Run, merged: nn.Module):
     from .latency.compare import compare_speed
 
-    sessions = run.config.timing_sessions
-    return compare_speed(run.original, merged, run.example, run.backend, repeats=5,
-                         min_rounds=max(20, 5 * sessions), max_rounds=max(20, 5 * sessions, run.config.timing_rounds),
-                         rel_width=0.02, sessions=sessions)
+    return compare_speed(run.original, merged, run.example, run.backend, **final_timing(run.config))
 
 
 # -- stage 8: report --------------------------------------------------------------------------------------

@@ -496,12 +496,15 @@ class OnnxRuntimeBackend(Backend):
             run.time_scale = self._nchwc_gain(module, example_input, nbytes)   # type: ignore[attr-defined]
             self.nchwc_estimated_rows.append({"weights_mb": nbytes / 1e6, "gain": run.time_scale})
             return run
-        return self.prepare_sessions(module, example_input, 1)[0]
+        return self._exported_sessions(module, example_input, 1)[0]
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """One export, ``n`` sessions (a latency row, exported without a file, simply n times)."""
+        """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
         if conv_row_onnx(module, tuple(example_input.shape)) is not None:
             return super().prepare_sessions(module, example_input, n)
+        return self._exported_sessions(module, example_input, n)
+
+    def _exported_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             export_onnx(module, example_input, path)

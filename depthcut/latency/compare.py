@@ -15,8 +15,8 @@ stdev. Rounds are added until the interval is narrow enough (``rel_width``) or `
 Runtime sessions differ too. On this 2-core machine (ONNX Runtime, ResNet-20, ~0.6 ms a call) one session pair
 timed for 200 rounds gave a 2 % interval, yet 8 such measurements, each with fresh sessions, spread over 5 %:
 an interval covering one session's noise only held another measurement's median 29 % of the time
-(``bench/timing_stability.py``). So a comparison may time ``sessions`` runner pairs, rotating through them
-round by round; each session's median ratio is one observation of the session effect, and the interval is
+(``bench/timing_stability.py``). So a comparison may time ``sessions`` runner pairs, each in turn for a
+block of rounds; each session's median ratio is one observation of the session effect, and the interval is
 widened to cover a Student-t interval on their (log) mean, so it is honest about the spread a fresh
 measurement would see.
 """
@@ -57,6 +57,11 @@ def session_interval(session_ratios: list[float]) -> tuple[float, float] | None:
     mean, sd = statistics.mean(logs), statistics.stdev(logs)
     half = t95(len(logs) - 1) * sd / math.sqrt(len(logs))
     return math.exp(mean - half), math.exp(mean + half)
+
+
+def session_of_round(k: int, block_rounds: int, sessions: int) -> int:
+    """The runtime session round ``k`` uses: each session in turn for ``block_rounds`` rounds."""
+    return (k // block_rounds) % sessions
 
 
 def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -147,20 +152,20 @@ def paired_rounds(sample: Callable[..., list[float]], *, min_rounds: int = 10, m
     With ``sessions`` > 1, round k calls ``sample(name, s)`` for session s = (k // block_rounds) % sessions:
     each session pair runs ``block_rounds`` rounds in a row, then the next. (Rotating every round measured
     every call with cold caches - up to 3 % slower ratios than a deployed model's, whose weights stay warm.)
-    The order alternates every round (every sweep when ``block_rounds`` is 1), so every session sees both. Stops once the 95% interval of the median
-    ratio is narrower than ``rel_width`` (relative) or ``decided(estimate)``, with at least ``min_rounds``
-    and at most ``max_rounds`` rounds."""
+    The order alternates every round (every sweep when ``block_rounds`` is 1), so every session sees both.
+    Stops once the 95% interval of the median ratio is narrower than ``rel_width`` (relative) or
+    ``decided(estimate)``, with at least ``min_rounds`` and at most ``max_rounds`` rounds."""
     if sessions < 1:
         raise ValueError(f"sessions must be >= 1, got {sessions}")
+    if block_rounds < 1:
+        raise ValueError(f"block_rounds must be >= 1, got {block_rounds}")
     pooled: dict[str, list[float]] = {"original": [], "compressed": []}
     per_round: dict[str, list[float]] = {"original": [], "compressed": []}
     ratios: list[float] = []
     session_of: list[int] = []
     estimate = None
-    if block_rounds < 1:
-        raise ValueError(f"block_rounds must be >= 1, got {block_rounds}")
     for k in range(max(1, max_rounds)):
-        session = (k // block_rounds) % sessions
+        session = session_of_round(k, block_rounds, sessions)
         flip = (k if block_rounds > 1 else k // sessions) % 2     # every session sees both orders
         for name in (("original", "compressed") if flip == 0 else ("compressed", "original")):
             s = list(sample(name, session) if sessions > 1 else sample(name))
@@ -195,7 +200,7 @@ def estimate_from_rounds(ratios: list[float], pooled: dict[str, list[float]], pe
 
 
 def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original", repeats: int = 5,
-                 rounds: int = 60, block_rounds: int = 5) -> dict[str, SpeedupEstimate]:
+                 rounds: int = 60, block_rounds: int = 5, warmup: int = 3) -> dict[str, SpeedupEstimate]:
     """Time several networks against one ``reference`` *in the same rounds* (issue 9: methods compared at
     equal latency). Separate measurements of two methods, seconds or minutes apart, differ by several percent
     on a shared machine (``bench/results/timing_stability.md``) - more than the differences being compared;
@@ -213,11 +218,14 @@ def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original
     if len(sessions) != 1 or 0 in sessions:
         raise ValueError("every network needs the same, non-zero number of session runners")
     n_sessions = sessions.pop()
+    for runs in runners.values():
+        for run in runs:
+            measure(run, warmup=warmup, repeats=1)
     medians: dict[str, list[float]] = {n: [] for n in names}
     pooled: dict[str, list[float]] = {n: [] for n in names}
     session_of: list[int] = []
     for k in range(max(1, rounds)):
-        session = (k // max(1, block_rounds)) % n_sessions
+        session = session_of_round(k, max(1, block_rounds), n_sessions)
         order = names[k % len(names):] + names[:k % len(names)]
         for name in (order if (k // len(names)) % 2 == 0 else order[::-1]):
             s = sample_ms(runners[name][session], repeats)
