@@ -254,13 +254,18 @@ def original_ms(run: Run) -> float:
                        rounds=10, repeats=10)["original"].median_ms
 
 
-def probe_speed(run: Run, candidate: nn.Module, decided):
-    """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear."""
+RETIME_ROUNDS = 4                     # a retimed probe may run this many times the usual rounds
+
+
+def probe_speed(run: Run, candidate: nn.Module, decided, patience: int = 1):
+    """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear
+    (``patience`` times the usual rounds at most: a retime of an undecided probe, depthcut.search.target)."""
     from .latency.compare import compare_speed
 
     sessions = run.config.timing_sessions
     return compare_speed(run.original, candidate, run.example, run.backend, repeats=5,
-                         min_rounds=max(10, 3 * sessions), max_rounds=max(run.config.timing_rounds, 3 * sessions),
+                         min_rounds=max(10, 3 * sessions),
+                         max_rounds=patience * max(run.config.timing_rounds, 3 * sessions),
                          rel_width=0.02, decided=decided, sessions=sessions)
 
 
@@ -292,17 +297,18 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
         solution = frontier.best(budget)
         return tuple(r.ref.key for r in solution.rows), solution.latency_ms, solution
 
-    def measure(solution, decided):
+    def measure(solution, decided, patience: int = 1):
         plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
         merged = build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
-        return probe_speed(run, merged, decided)
+        return probe_speed(run, merged, decided, patience)
 
     run.say(f"landing on x{target:.3f} (band up to x{target * (1 + config.speed_tolerance):.3f}); original "
             f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
     try:
         landing = land_on_target(choose, measure, target=target, full=full, floor=frontier.min_latency_ms,
                                  other=base_ms - full, max_probes=config.max_resolves,
-                                 tolerance=config.speed_tolerance, say=run.say)
+                                 tolerance=config.speed_tolerance, say=run.say,
+                                 retime=lambda solution, decided: measure(solution, decided, RETIME_ROUNDS))
     except InfeasibleBudgetError as e:
         raise InfeasibleBudgetError(
             f"{e} end to end on {config.backend} (batch {config.batch_size}; target {base_ms / target:.3f} ms); "

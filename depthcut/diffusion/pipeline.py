@@ -247,12 +247,16 @@ def _land(unet, scheduler, rows, latency, importance, config: GenerationConfig, 
         solution = front.best(budget)
         return tuple(sorted(r.ref.key for r in solution.rows)), solution.latency_ms, solution
 
-    def measure(solution, decided):
+    def measure(solution, decided, patience: int = 1):
         model = DepthcutUNet2DModel.from_unet(unet, [r.ref for r in solution.rows])
-        return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
+        if patience == 1:            # a probe: the usual timing, in full
+            return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
+        return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps,
+                                  max_rounds=20 * patience, decided=decided)
 
     landing = land_on_target(choose, measure, target=config.speedup, full=full, floor=fastest, other=0.0,
-                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=stages.say)
+                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=stages.say,
+                             retime=lambda solution, decided: measure(solution, decided, patience=4))
     return landing, full
 
 

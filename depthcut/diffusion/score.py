@@ -185,7 +185,7 @@ def ddim_sample(unet: nn.Module, scheduler, batch: int, steps: int, seed: int = 
 
 def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batch: int = 8, steps: int = 20,
                      min_rounds: int = 5, max_rounds: int = 20, rel_width: float = 0.03,
-                     clock: Callable[[], float] = time.perf_counter):
+                     clock: Callable[[], float] = time.perf_counter, decided=None):
     """The sampling loop's speed-up (original / compressed): one whole DDIM run of each per round, in
     alternating order (depthcut.latency.compare.paired_rounds), a median ratio with its 95% interval."""
     from ..latency.compare import paired_rounds
@@ -204,7 +204,8 @@ def compare_sampling(original: nn.Module, compressed: nn.Module, scheduler, batc
         ddim_sample(models[name], scheduler, batch, steps)
         sync()
         return [(clock() - start) * 1e3]
-    return paired_rounds(one_run, min_rounds=min_rounds, max_rounds=max_rounds, rel_width=rel_width)
+    return paired_rounds(one_run, min_rounds=min_rounds, max_rounds=max_rounds, rel_width=rel_width,
+                         decided=decided)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

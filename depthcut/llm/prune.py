@@ -462,10 +462,11 @@ def land_budget(run: PruneRun, criterion: C.Criterion, protect: tuple[int, int],
         infos[key] = info
         return key, predicted_ms(run.latency, removed, phase), removed
 
-    def measure(removed, decided):
+    def measure(removed, decided, patience: int = 1):
         return compare_generation(run.model, _remove(run.model, removed), config.prompt_len, config.decode_tokens,
                                   phase, threads=config.threads, decided=decided,
-                                  min_rounds=max(3, config.latency_rounds), max_rounds=max(6, 6 * config.latency_rounds))
+                                  min_rounds=max(3, config.latency_rounds),
+                                  max_rounds=patience * max(6, 6 * config.latency_rounds))
 
     choose(config.latency_budget_ms)          # infeasible under the model: one line with the minimum, now
     try:
@@ -474,7 +475,8 @@ def land_budget(run: PruneRun, criterion: C.Criterion, protect: tuple[int, int],
         floor = e.minimum                       # the fastest selection the model knows
     target = full / config.latency_budget_ms
     landing = land_on_target(choose, measure, target=target, full=full, floor=floor, other=0.0,
-                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=run.stages.say)
+                             max_probes=config.max_probes, tolerance=config.speed_tolerance, say=run.stages.say,
+                             retime=lambda removed, decided: measure(removed, decided, patience=4))
     removed = landing.plan
     info = infos[tuple(sorted(removed))] | {"probes": [p.to_dict() for p in landing.probes],
                                              "target_speedup": target, "overshoot": landing.overshoot}

@@ -82,3 +82,45 @@ def test_the_same_plan_is_measured_once():
         return measure0(m, decided)
     land_on_target(choose, measure, target=1.45, full=FULL, floor=FLOOR, other=1.0, max_probes=8)
     assert len(calls) == len(set(calls))
+
+
+def _timing(r: float, half_width: float) -> SpeedupEstimate:
+    return SpeedupEstimate(ratio=r, low=r * (1 - half_width), high=r * (1 + half_width), rounds=10, outlier_rounds=0,
+                           original_ms=10.0, compressed_ms=10.0 / r, compressed_high_ms=10.0 / r * (1 + half_width))
+
+
+@pytest.mark.parametrize("longer_half_width,lands", [(0.01, True), (0.06, False)])
+def test_an_undecided_fastest_plan_is_timed_longer_and_that_timing_decides(longer_half_width, lands):
+    """The fastest plan measures x1.24 against a target of x1.2 but with a +-8% interval: not infeasible, only
+    undecided. A longer timing (narrower interval) decides; a still-undecided one is refused, naming it."""
+    choose, _ = frontier(3)                               # plans at 2, 6, 10
+    _, true_ratio = world(1.0, 1.0)
+    scale = 1.24 / true_ratio(FLOOR)                      # the fastest plan runs at x1.24
+    retimed = []
+
+    def measure(m, decided):
+        return _timing(true_ratio(m) * scale, 0.08)
+
+    def retime(m, decided):
+        retimed.append(m)
+        return _timing(true_ratio(m) * scale, longer_half_width)
+    with pytest.raises(InfeasibleBudgetError, match="fastest plan"):   # without a retime: refused
+        land_on_target(choose, measure, target=1.2, full=FULL, floor=FLOOR, other=1.0)
+    if lands:
+        landing = land_on_target(choose, measure, target=1.2, full=FULL, floor=FLOOR, other=1.0, retime=retime)
+        assert landing.plan == FLOOR and landing.probe.estimate.low >= 1.2 and not landing.overshoot
+        assert landing.probes[-1] is landing.probe
+    else:
+        with pytest.raises(InfeasibleBudgetError, match=r"x1\.240 \[1\.166"):
+            land_on_target(choose, measure, target=1.2, full=FULL, floor=FLOOR, other=1.0, retime=retime)
+    assert retimed == [FLOOR]
+
+
+def test_a_fastest_plan_measured_below_the_target_is_not_retimed():
+    choose, _ = frontier(3)
+    measure, _ = world(1.0, 1.0)                          # fastest x3.67, nothing undecided about x5
+    calls = []
+    with pytest.raises(InfeasibleBudgetError):
+        land_on_target(choose, measure, target=5.0, full=FULL, floor=FLOOR, other=1.0,
+                       retime=lambda m, d: calls.append(m))
+    assert calls == []
