@@ -46,13 +46,18 @@ KEYS = ("speedup", "speedup_low", "speedup_high", "accuracy_before", "accuracy_a
         "activations_after", "within_band", "landing_overshoot", "seconds")
 
 
+def frontier_config(model: str, method: str, target: float, seed: int, args) -> LayerMergeConfig:
+    """One run's configuration: the budgets every method shares."""
+    return LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
+                            importance_seed=importance_seed(args, model), speed_tolerance=args.band,
+                            max_resolves=10, progress=False, cache_dir=args.cache, executor=args.executor,
+                            workers=args.workers)
+
+
 def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     from depthcut.pipeline import compress
 
-    cfg = LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model), speed_tolerance=args.band,
-                           max_resolves=10, progress=False, cache_dir=args.cache, executor=args.executor,
-                           workers=args.workers)
+    cfg = frontier_config(model, method, target, seed, args)
     t0 = time.time()
     try:
         r = compress(model, cfg, out=artifact(args, model, method, target, seed)).report
@@ -173,8 +178,9 @@ def command(args, models, seeds) -> str:
     return out + (" --importance-seed " + " ".join(pinned) if pinned else "")
 
 
-def summarise(results: dict, models, targets, methods, seeds, args, joint: dict | None = None) -> str:
-    joint = joint or {}
+def summarise(results: dict, models, targets, methods, seeds, args, joint: dict | None = None,
+              matched: dict | None = None) -> str:
+    joint, matched = joint or {}, matched or {}
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
              f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget (epochs): "
              f"{', '.join(f'{m} {recovery(args, m):g}' for m in models)} "
@@ -242,7 +248,53 @@ def summarise(results: dict, models, targets, methods, seeds, args, joint: dict 
         joint_lines = joint_section(joint, model, targets, methods, seeds, args)
         if joint_lines:
             lines += joint_lines + landing_gaps(results, model, targets, methods, seeds)
+        lines += matched_section(matched, model, targets, methods, seeds)
     return "\n".join(lines)
+
+
+def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[str]:
+    """Matched latency (bench/matched_latency.py): every baseline's plan nearest LayerMerge's network in a
+    joint timing, recovered with the same recipe; a fresh joint timing of the chosen networks."""
+    done = {(t, s): r for (mo, t, s), r in matched.items() if mo == model and r}
+    if not done:
+        return []
+    used = sorted({s for (_, s) in done})
+    lines = [f"**Matched latency** (seeds {', '.join(map(str, used))}; `--matched`, bench/matched_latency.py): "
+             f"every method's landed network and the plans its own search picks around it (depth: its DP at "
+             f"budgets for x1.0-1.25 the target; channel: ratios around its landed one, both families) are timed "
+             f"in the same rounds; one network per method is taken at the common point - all at or above the "
+             f"target, spread <= 3 % where possible, nearest the target - and recovered with the same recipe "
+             f"when it is not the landed plan (marked *). Speed-up: a fresh joint timing of the chosen networks "
+             f"and the original ({next(iter(done.values()))['rounds']} rounds).", "",
+             "| method | " + " | ".join(f"x{t}: accuracy % | speed-up" for t in targets) + " |",
+             "|---|" + "---|---|" * len(targets)]
+    for method in methods:
+        cells = []
+        for t in targets:
+            picks = [(r["chosen"][method], r["speedups"][method]) for s in seeds
+                     if (r := done.get((t, s))) and method in r["chosen"] and "accuracy" in r["chosen"][method]]
+            if not picks:
+                cells.append("- | -")
+                continue
+            star = "*" if any(not p["landed"] for p, _ in picks) else ""
+            cells.append(f"{mean_std([p['accuracy'] for p, _ in picks])}{star} | x{mean_std([v for _, v in picks])}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    cells = []
+    for t in targets:
+        sp = [100 * r["spread"] for s in seeds if (r := done.get((t, s))) and len(r["speedups"]) > 1]
+        cells.append(f"{statistics.mean(sp):.1f}% (max {max(sp):.1f}%)" if sp else "-")
+    lines += ["| **spread** (fastest / slowest) | " + " | ".join(f"| {c}" for c in cells) + " |", ""]
+    losses = []
+    for t in targets:
+        rs = [r for s in seeds if (r := done.get((t, s)))]
+        lm = [r["chosen"]["layermerge"]["accuracy"] for r in rs if "accuracy" in r["chosen"].get("layermerge", {})]
+        for method in methods:
+            acc = [r["chosen"][method]["accuracy"] for r in rs if "accuracy" in r["chosen"].get(method, {})]
+            if method != "layermerge" and acc and lm and statistics.mean(acc) > statistics.mean(lm):
+                losses.append(f"{method} at x{t} (+{statistics.mean(acc) - statistics.mean(lm):.2f} points)")
+    lines += ["At matched latency, where LayerMerge does not have the best mean accuracy: "
+              + (", ".join(losses) if losses else "nowhere") + ".", ""]
+    return lines
 
 
 def joint_section(joint: dict, model: str, targets, methods, seeds, args) -> list[str]:
@@ -318,6 +370,23 @@ def joint_timings(results: dict, args, folder: Path) -> dict:
     return joint
 
 
+def matched_results(results: dict, args, folder: Path) -> dict:
+    """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused)."""
+    from matched_latency import matched
+
+    out = {}
+    sessions = LayerMergeConfig().timing_sessions
+    for model, target, seed in sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"}):
+        path = folder / f"{model}-x{target}-s{seed}.json"
+        if args.report_only:
+            out[(model, target, seed)] = json.loads(path.read_text()) if path.exists() else None
+            continue
+        out[(model, target, seed)] = matched(
+            model, target, seed, args.methods, lambda m: artifact(args, model, m, target, seed),
+            lambda m: frontier_config(model, m, target, seed, args), folder, args.joint_rounds, sessions)
+    return out
+
+
 def plot(results: dict, models, methods, path: Path) -> None:
     try:
         import matplotlib
@@ -363,6 +432,9 @@ def main() -> None:
                     help="where each run's deployable result is kept for the joint timing")
     ap.add_argument("--joint-rounds", type=int, default=200,
                     help="interleaved rounds of each joint timing (every method's network and the original)")
+    ap.add_argument("--matched", action="store_true",
+                    help="also compare at matched latency: every baseline's plan nearest LayerMerge's network in a "
+                         "joint timing, recovered the same way (bench/matched_latency.py; stored in <out>/matched/)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and plot from the stored runs; run nothing")
     args = ap.parse_args()
@@ -392,7 +464,8 @@ def main() -> None:
         text = summarise(results, args.models, args.targets, args.methods, args.seeds, args)
         atomic_write_text(out.with_suffix(".md"), text)
     joint = joint_timings(results, args, out / "joint")
-    text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint)
+    matched = matched_results(results, args, out / "matched") if args.matched else {}
+    text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint, matched)
     atomic_write_text(out.with_suffix(".md"), text + f"\n![accuracy vs speed-up]({out.name}.png)\n")
     plot(results, args.models, args.methods, out.with_suffix(".png"))
     print(text)
