@@ -253,8 +253,8 @@ def summarise(results: dict, models, targets, methods, seeds, args, joint: dict 
 
 
 def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[str]:
-    """Matched latency (bench/matched_latency.py): every baseline's plan nearest LayerMerge's network in a
-    joint timing, recovered with the same recipe; a fresh joint timing of the chosen networks."""
+    """Matched latency (bench/matched_latency.py): one network per method at the common point of a joint
+    timing, recovered with the same recipe; a fresh joint timing of the chosen networks."""
     done = {(t, s): r for (mo, t, s), r in matched.items() if mo == model and r}
     if not done:
         return []
@@ -279,10 +279,7 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
             star = "*" if any(not p["landed"] for p, _ in picks) else ""
             cells.append(f"{mean_std([p['accuracy'] for p, _ in picks])}{star} | x{mean_std([v for _, v in picks])}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    cells = []
-    for t in targets:
-        sp = [100 * r["spread"] for s in seeds if (r := done.get((t, s))) and len(r["speedups"]) > 1]
-        cells.append(f"{statistics.mean(sp):.1f}% (max {max(sp):.1f}%)" if sp else "-")
+    cells = spread_cells(done, targets, seeds)
     lines += ["| **spread** (fastest / slowest) | " + " | ".join(f"| {c}" for c in cells) + " |", ""]
     losses = []
     for t in targets:
@@ -295,6 +292,15 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
     lines += ["At matched latency, where LayerMerge does not have the best mean accuracy: "
               + (", ".join(losses) if losses else "nowhere") + ".", ""]
     return lines
+
+
+def spread_cells(timings: dict, targets, seeds) -> list[str]:
+    """Per target: the mean and largest spread (fastest / slowest) of the joint timings {(target, seed): ...}."""
+    cells = []
+    for t in targets:
+        sp = [100 * j["spread"] for s in seeds if (j := timings.get((t, s))) and len(j["speedups"]) > 1]
+        cells.append(f"{statistics.mean(sp):.1f}% (max {max(sp):.1f}%)" if sp else "-")
+    return cells
 
 
 def joint_section(joint: dict, model: str, targets, methods, seeds, args) -> list[str]:
@@ -316,11 +322,7 @@ def joint_section(joint: dict, model: str, targets, methods, seeds, args) -> lis
                     and method in j["speedups"]]
             cells.append(f"x{mean_std(vals)}" if vals else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    cells = []
-    for t in targets:
-        sp = [100 * j["spread"] for s in seeds if (j := timed.get((t, s))) and len(j["speedups"]) > 1]
-        cells.append(f"{statistics.mean(sp):.1f}% (max {max(sp):.1f}%)" if sp else "-")
-    lines += ["| **spread** | " + " | ".join(cells) + " |", ""]
+    lines += ["| **spread** | " + " | ".join(spread_cells(timed, targets, seeds)) + " |", ""]
     return lines
 
 

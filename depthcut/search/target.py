@@ -96,16 +96,18 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
     def decided(e: SpeedupEstimate) -> bool:
         return e.high < target or e.low > upper or (e.low >= target and e.high <= upper)
 
+    def judged(budget: float, modelled: float, est: SpeedupEstimate, plan) -> Probe:
+        return Probe(budget, modelled, est, meets=est.low >= target, lands=est.low >= target and est.ratio <= upper,
+                     plan=plan)
+
     def probe(budget: float) -> Probe:
         key, modelled, plan = choose(budget)
         if key in tried:                              # same plan as before: the measurement stands
             return tried[key]
-        est = measure(plan, decided)
-        p = Probe(budget, modelled, est, meets=est.low >= target, lands=est.low >= target and est.ratio <= upper,
-                  plan=plan)
+        p = judged(budget, modelled, measure(plan, decided), plan)
         tried[key] = p
         probes.append(p)
-        say(f"plan {len(probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured {est.describe()} "
+        say(f"plan {len(probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured {p.estimate.describe()} "
             f"-> {'lands in' if p.lands else 'meets' if p.meets else 'misses'} the target x{target:.2f}"
             + (f" (band up to x{upper:.2f})" if p.meets and not p.lands else ""))
         return p
@@ -135,9 +137,8 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
     def remeasure(p: Probe) -> Probe:
         """Undecided (estimate >= target, interval below it): time the plan again, longer; that decides."""
         say(f"the fastest plan measured {p.estimate.describe()}: fast enough but undecided; timing it longer")
-        est = retime(p.plan, decided)
-        q = Probe(p.budget, p.modelled, est, meets=est.low >= target, lands=est.low >= target and est.ratio <= upper,
-                  plan=p.plan)
+        q = judged(p.budget, p.modelled, retime(p.plan, decided), p.plan)
+        est = q.estimate
         probes.append(q)
         say(f"plan {len(probes)} (the fastest again, longer): measured {est.describe()} -> "
             f"{'meets' if q.meets else 'misses'} the target x{target:.2f}")
