@@ -389,7 +389,10 @@ def matched_results(results: dict, args, folder: Path) -> dict:
     return out
 
 
-def plot(results: dict, models, methods, path: Path) -> None:
+def plot(results: dict, models, methods, path: Path, matched: dict | None = None) -> None:
+    """Accuracy vs measured speed-up of every landed run; with matched-latency results, a second row per model
+    shows the networks chosen at each common point (mean and std over the seeds, speed-up from the fresh joint
+    timing), where the methods' speed-ups are within a few percent of each other and their accuracies compare."""
     try:
         import matplotlib
     except ImportError:
@@ -397,16 +400,42 @@ def plot(results: dict, models, methods, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.2), dpi=110, squeeze=False)
+    matched = {k: r for k, r in (matched or {}).items() if r}
+    rows = 2 if matched else 1
+    fig, axes = plt.subplots(rows, len(models), figsize=(6 * len(models), 4.2 * rows), dpi=110, squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
     for ax, model in zip(axes[0], models):
         for method in methods + ["control"]:
             pts = [(r["speedup"], r["accuracy_after"]) for (m, mo, _, _), r in results.items()
                    if m == method and mo == model and "infeasible" not in r]
             if pts:
                 xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, "o-" if method != "control" else "k*", label=method)
-        ax.set_title(model)
+                ax.plot(xs, ys, "o-" if method != "control" else "*", label=method, color=colours.get(method, "k"))
+        ax.set_title(f"{model}: each method landed on the target")
         ax.set_xlabel("measured speed-up (ONNX Runtime CPU, batch 1)")
+        ax.set_ylabel("test accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax, model in zip(axes[1] if matched else [], models):
+        for method in methods:
+            pts = []
+            for target in sorted({t for (mo, t, _) in matched if mo == model}):
+                picks = [(r["speedups"][method], r["chosen"][method]["accuracy"]) for (mo, t, _), r in matched.items()
+                         if mo == model and t == target and "accuracy" in r["chosen"].get(method, {})]
+                if picks:
+                    xs, ys = zip(*picks)
+                    pts.append((statistics.mean(xs), statistics.mean(ys),
+                                statistics.stdev(xs) if len(xs) > 1 else 0.0,
+                                statistics.stdev(ys) if len(ys) > 1 else 0.0))
+            if pts:
+                x, y, xe, ye = zip(*pts)
+                ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="s-", capsize=3, label=method, color=colours[method])
+        seeds = sorted({s for (mo, _, s) in matched if mo == model})
+        if not seeds:
+            ax.axis("off")
+            continue
+        ax.set_title(f"{model}: matched latency (seeds {', '.join(map(str, seeds))})")
+        ax.set_xlabel("speed-up, one joint timing per target (ONNX Runtime CPU, batch 1)")
         ax.set_ylabel("test accuracy %")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -469,7 +498,7 @@ def main() -> None:
     matched = matched_results(results, args, out / "matched") if args.matched else {}
     text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint, matched)
     atomic_write_text(out.with_suffix(".md"), text + f"\n![accuracy vs speed-up]({out.name}.png)\n")
-    plot(results, args.models, args.methods, out.with_suffix(".png"))
+    plot(results, args.models, args.methods, out.with_suffix(".png"), matched)
     print(text)
 
 
