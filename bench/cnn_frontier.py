@@ -259,13 +259,19 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
     if not done:
         return []
     used = sorted({s for (_, s) in done})
+    coarse = sorted({s for (_, s), r in done.items() if r.get("version", 1) < 2})
     lines = [f"**Matched latency** (seeds {', '.join(map(str, used))}; `--matched`, bench/matched_latency.py): "
              f"every method's landed network and the plans its own search picks around it (depth: its DP at "
              f"budgets for x1.0-1.25 the target; channel: ratios around its landed one, both families) are timed "
              f"in the same rounds; one network per method is taken at the common point - all at or above the "
-             f"target, spread <= 3 % where possible, nearest the target - and recovered with the same recipe "
-             f"when it is not the landed plan (marked *). Speed-up: a fresh joint timing of the chosen networks "
-             f"and the original ({next(iter(done.values()))['rounds']} rounds).", "",
+             f"target, spread <= 3 % where possible, nearest the target - chosen again on timings of each "
+             f"method's candidates nearest that point taken the way the report times (4 sessions; up to 3 times, "
+             f"until within 3 % there), and recovered with the same recipe when it is not the landed plan "
+             f"(marked *). Speed-up: a fresh joint timing of the chosen networks and the original "
+             f"({next(iter(done.values()))['rounds']} rounds), reported whatever it says."
+             + (f" {'Seeds' if len(coarse) > 1 else 'Seed'} {', '.join(map(str, coarse))} "
+                f"{'were' if len(coarse) > 1 else 'was'} chosen on the coarse timing alone (before the refinement "
+                f"existed)." if coarse else ""), "",
              "| method | " + " | ".join(f"x{t}: accuracy % | speed-up" for t in targets) + " |",
              "|---|" + "---|---|" * len(targets)]
     for method in methods:

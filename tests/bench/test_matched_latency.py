@@ -50,3 +50,79 @@ def test_a_method_below_the_target_everywhere_leaves_no_common_point():
 def test_the_nearest_feasible_point_wins_over_a_faster_tighter_one():
     speedups = {"a/0": 1.52, "a/1": 1.80, "b/0": 1.55, "b/1": 1.80}
     assert common_point(speedups, ["a", "b"], 1.5) == {"a": "a/0", "b": "b/0"}   # 2.0 % apart, nearer x1.5
+
+
+# -- the refinement: the coarse timing chooses, a timing like the report's re-chooses ---------------------------
+class FakeSearch:
+    """A depth method whose own search offers ``plans`` around its landed plan."""
+    kind = "depth"
+
+    def __init__(self, method: str, plans: list[str]):
+        self.method, self.plans_ = method, plans
+
+    def plans_at(self, budgets):
+        return [[p] for p in self.plans_]
+
+    def network(self, plan):
+        return f"{self.method}:{plan[0]}"
+
+
+class FakeTimer:
+    """Speed-ups by network: ``coarse`` for one-session timings (the selection), ``fine`` otherwise."""
+
+    def __init__(self, coarse: dict, fine: dict):
+        self.coarse, self.fine, self.calls = coarse, fine, []
+
+    def runners(self, what, sessions=None):
+        return (str(what) if not isinstance(what, str) else what, sessions)
+
+    def joint(self, runners, reference, rounds):
+        table = self.coarse if all(s == 1 for _, s in runners.values()) else self.fine
+        self.calls.append(sorted(n for n in runners if n != reference))
+        return {n: table[w] for n, (w, _) in runners.items() if n != reference}
+
+
+class Original:
+    def eval(self):
+        return "original"
+
+
+def test_a_choice_that_the_report_like_timing_rejects_is_made_again():
+    # coarse: a:p and b:p look 1 % apart; timed like the report, they are 10 % apart and a:q, b:p 1 % apart
+    coarse = {"original": 1, "a:landed": 1.9, "a:p": 1.52, "a:q": 1.70, "b:landed": 1.95, "b:p": 1.535, "b:q": 2.2}
+    fine = {"original": 1, "a:landed": 1.9, "a:p": 1.50 * 1.10, "a:q": 1.51, "b:landed": 1.95, "b:p": 1.52, "b:q": 2.2}
+    result, timer = matched_with_original(coarse, fine)
+    assert {m: c["plan"] for m, c in result["coarse_choice"].items()} == {"a": ["p"], "b": ["p"]}
+    assert result["refinements"][0]["spread"] <= 0.03              # re-chosen on the first refinement
+    assert sorted(timer.calls[1]) == sorted(["a/landed", "a/0", "a/1", "b/landed", "b/0", "b/1"])
+    assert result["spread"] <= 0.03                                # the fresh timing agrees with the refined one
+    assert result["chosen"]["a"]["plan"] == ["q"] and result["chosen"]["b"]["plan"] == ["p"]
+    assert result["version"] >= 2
+
+
+def test_a_choice_confirmed_by_the_first_refinement_is_kept():
+    coarse = {"original": 1, "a:landed": 1.52, "a:p": 1.8, "a:q": 2.0, "b:landed": 1.53, "b:p": 1.9, "b:q": 2.1}
+    result, timer = matched_with_original(coarse, dict(coarse))
+    assert len(result["refinements"]) == 1
+    assert result["chosen"]["a"]["landed"] and result["chosen"]["b"]["landed"]
+
+
+def matched_with_original(coarse, fine):
+    from matched_latency import match
+
+    reports = {m: {"plan_key": ["landed"], "modelled_body_ms_identity": 1.0, "probes": []} for m in ("a", "b")}
+    searches = {"a": FakeSearch("a", ["p", "q"]), "b": FakeSearch("b", ["p", "q"])}
+    timer = FakeTimer(coarse, fine)
+    result = match("toy", 1.5, 0, reports, {m: f"{m}:landed" for m in reports}, searches.__getitem__, timer, 50,
+                   Original())
+    return result, timer
+
+
+def test_refinement_stops_after_its_limit_and_the_report_still_says_the_spread():
+    from matched_latency import REFINES
+
+    coarse = {"original": 1, "a:landed": 1.52, "a:p": 1.6, "a:q": 1.7, "b:landed": 1.53, "b:p": 1.9, "b:q": 2.1}
+    fine = {"original": 1, "a:landed": 1.52, "a:p": 1.6, "a:q": 1.7, "b:landed": 1.80, "b:p": 1.9, "b:q": 2.1}
+    result, timer = matched_with_original(coarse, fine)
+    assert len(result["refinements"]) == REFINES
+    assert result["spread"] == pytest.approx(1.80 / 1.7 - 1)      # the tightest choice, reported as measured
