@@ -254,12 +254,16 @@ def summarise(results: dict, models, targets, methods, seeds, args, joint: dict 
 
 def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[str]:
     """Matched latency (bench/matched_latency.py): one network per method at the common point of a joint
-    timing, recovered with the same recipe; a fresh joint timing of the chosen networks."""
+    timing, recovered with the same recipe; each network's median over fresh joint timings minutes apart."""
+    from matched_latency import reported
+
     done = {(t, s): r for (mo, t, s), r in matched.items() if mo == model and r}
     if not done:
         return []
+    said = {k: reported(r) for k, r in done.items()}
     used = sorted({s for (_, s) in done})
     coarse = sorted({s for (_, s), r in done.items() if r.get("version", 1) < 2})
+    fresh = sorted({d["timings"] for d in said.values()})
     lines = [f"**Matched latency** (seeds {', '.join(map(str, used))}; `--matched`, bench/matched_latency.py): "
              f"every method's landed network and the plans its own search picks around it (depth: its DP at "
              f"budgets for x1.0-1.25 the target; channel: ratios around its landed one, both families) are timed "
@@ -267,8 +271,12 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
              f"target, spread <= 3 % where possible, nearest the target - chosen again on timings of each "
              f"method's candidates nearest that point taken the way the report times (4 sessions; up to 3 times, "
              f"until within 3 % there), and recovered with the same recipe when it is not the landed plan "
-             f"(marked *). Speed-up: a fresh joint timing of the chosen networks and the original "
-             f"({next(iter(done.values()))['rounds']} rounds), reported whatever it says."
+             f"(marked *). Speed-up: each chosen network's median over "
+             f"{f'{fresh[0]}-{fresh[-1]}' if len(fresh) > 1 else fresh[0]} fresh joint timing(s) of the "
+             f"chosen networks and the original ({next(iter(done.values()))['rounds']} rounds each, minutes "
+             f"apart: the ratio of the same two networks moves 3-6 % between timings on this shared machine), "
+             f"reported whatever they say; *spread* is that of the medians, *single timings* the range of each "
+             f"timing's own spread."
              + (f" {'Seeds' if len(coarse) > 1 else 'Seed'} {', '.join(map(str, coarse))} "
                 f"{'were' if len(coarse) > 1 else 'was'} chosen on the coarse timing alone (before the refinement "
                 f"existed)." if coarse else ""), "",
@@ -277,7 +285,7 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
     for method in methods:
         cells = []
         for t in targets:
-            picks = [(r["chosen"][method], r["speedups"][method]) for s in seeds
+            picks = [(r["chosen"][method], said[(t, s)]["speedups"][method]) for s in seeds
                      if (r := done.get((t, s))) and method in r["chosen"] and "accuracy" in r["chosen"][method]]
             if not picks:
                 cells.append("- | -")
@@ -285,8 +293,13 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
             star = "*" if any(not p["landed"] for p, _ in picks) else ""
             cells.append(f"{mean_std([p['accuracy'] for p, _ in picks])}{star} | x{mean_std([v for _, v in picks])}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    cells = spread_cells(done, targets, seeds)
-    lines += ["| **spread** (fastest / slowest) | " + " | ".join(f"| {c}" for c in cells) + " |", ""]
+    cells = spread_cells(said, targets, seeds)
+    single = []
+    for t in targets:
+        sp = [100 * v for s in seeds if (d := said.get((t, s))) for v in d["spreads"]]
+        single.append(f"{min(sp):.1f}-{max(sp):.1f}%" if sp else "-")
+    lines += ["| **spread** (fastest / slowest) | " + " | ".join(f"| {c}" for c in cells) + " |",
+              "| single timings' spreads | " + " | ".join(f"| {c}" for c in single) + " |", ""]
     losses = []
     for t in targets:
         rs = [r for s in seeds if (r := done.get((t, s)))]
@@ -379,19 +392,30 @@ def joint_timings(results: dict, args, folder: Path) -> dict:
 
 
 def matched_results(results: dict, args, folder: Path) -> dict:
-    """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused)."""
-    from matched_latency import matched
+    """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused),
+    then its further fresh timings, in passes over all of them so that one network's timings lie minutes
+    apart."""
+    from matched_latency import FRESH, matched, retime, search_cache
 
-    out = {}
+    out, searches = {}, {}
     sessions = LayerMergeConfig().timing_sessions
-    for model, target, seed in sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"}):
+    keys = sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"})
+    for model, target, seed in keys:
         path = folder / f"{model}-x{target}-s{seed}.json"
         if args.report_only:
             out[(model, target, seed)] = json.loads(path.read_text()) if path.exists() else None
             continue
+        searches[(model, target, seed)] = search_cache(model, lambda m: frontier_config(model, m, target, seed, args))
         out[(model, target, seed)] = matched(
             model, target, seed, args.methods, lambda m: artifact(args, model, m, target, seed),
-            lambda m: frontier_config(model, m, target, seed, args), folder, args.joint_rounds, sessions)
+            lambda m: frontier_config(model, m, target, seed, args), folder, args.joint_rounds, sessions,
+            searches[(model, target, seed)])
+    for upto in range(2, FRESH + 1) if not args.report_only else []:
+        for model, target, seed in keys:
+            if out[(model, target, seed)]:
+                out[(model, target, seed)] = retime(
+                    folder / f"{model}-x{target}-s{seed}.json", lambda m: artifact(args, model, m, target, seed),
+                    searches[(model, target, seed)], args.joint_rounds, sessions, upto)
     return out
 
 
@@ -405,6 +429,8 @@ def plot(results: dict, models, methods, path: Path, matched: dict | None = None
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from matched_latency import reported
 
     matched = {k: r for k, r in (matched or {}).items() if r}
     rows = 2 if matched else 1
@@ -426,7 +452,8 @@ def plot(results: dict, models, methods, path: Path, matched: dict | None = None
         for method in methods:
             pts = []
             for target in sorted({t for (mo, t, _) in matched if mo == model}):
-                picks = [(r["speedups"][method], r["chosen"][method]["accuracy"]) for (mo, t, _), r in matched.items()
+                picks = [(reported(r)["speedups"][method], r["chosen"][method]["accuracy"])
+                         for (mo, t, _), r in matched.items()
                          if mo == model and t == target and "accuracy" in r["chosen"].get(method, {})]
                 if picks:
                     xs, ys = zip(*picks)
@@ -441,7 +468,7 @@ def plot(results: dict, models, methods, path: Path, matched: dict | None = None
             ax.axis("off")
             continue
         ax.set_title(f"{model}: matched latency (seeds {', '.join(map(str, seeds))})")
-        ax.set_xlabel("speed-up, one joint timing per target (ONNX Runtime CPU, batch 1)")
+        ax.set_xlabel("speed-up, median of the fresh joint timings (ONNX Runtime CPU, batch 1)")
         ax.set_ylabel("test accuracy %")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -126,3 +126,85 @@ def test_refinement_stops_after_its_limit_and_the_report_still_says_the_spread()
     result, timer = matched_with_original(coarse, fine)
     assert len(result["refinements"]) == REFINES
     assert result["spread"] == pytest.approx(1.80 / 1.7 - 1)      # the tightest choice, reported as measured
+
+
+# -- fresh timings minutes apart: stored one by one, reported as medians ------------------------------------------
+def test_the_report_takes_each_networks_median_over_the_fresh_timings():
+    from matched_latency import reported
+
+    result = {"speedups": {"a": 1.50, "b": 1.60},
+              "retimed": [{"a": 1.55, "b": 1.52}, {"a": 1.53, "b": 1.56}]}
+    said = reported(result)
+    assert said["speedups"] == {"a": 1.53, "b": 1.56}
+    assert said["spread"] == pytest.approx(1.56 / 1.53 - 1)
+    assert said["spreads"] == pytest.approx([1.60 / 1.50 - 1, 1.55 / 1.52 - 1, 1.56 / 1.53 - 1])
+    assert said["timings"] == 3
+    assert reported({"speedups": {"a": 1.5, "b": 1.6}})["spreads"] == pytest.approx([1.6 / 1.5 - 1])
+
+
+class QueueTimer:
+    """Joint timings answered from a queue; records what each timing ran."""
+
+    def __init__(self, answers):
+        import torch
+        self.answers, self.calls, self.x = list(answers), [], torch.zeros(1, 1, 4, 4)
+
+    def runners(self, what, sessions=None):
+        return str(what)
+
+    def joint(self, runners, reference, rounds):
+        self.calls.append(dict(runners))
+        return self.answers.pop(0)
+
+
+class ConvSearch:
+    kind = "depth"
+
+    def __init__(self):
+        self.built = 0
+
+    def network(self, plan):
+        import torch
+        self.built += 1
+        return torch.nn.Conv2d(1, 1, 3, padding=1)
+
+
+def test_retime_adds_one_timing_per_pass_and_times_each_chosen_network_from_a_file(tmp_path):
+    import json
+    from matched_latency import VERSION, reported, retime
+
+    for m in ("a", "b"):
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "model.onnx").write_bytes(b"landed")
+    path = tmp_path / "toy-x1.5-s0.json"
+    path.write_text(json.dumps({"version": VERSION, "speedups": {"a": 1.50, "b": 1.60}, "rounds": 50,
+                                "chosen": {"a": {"plan": ["landed"], "landed": True, "accuracy": 90.0},
+                                           "b": {"plan": ["p"], "landed": False, "accuracy": 89.0}}}))
+    timer, search = QueueTimer([{"a": 1.55, "b": 1.52}, {"a": 1.53, "b": 1.56}]), ConvSearch()
+    setup = lambda model, sessions: (timer, Original())                      # noqa: E731
+    args = (lambda m: tmp_path / m, lambda m: search, 50, 4)
+
+    retime(path, *args, upto=2, setup=setup)
+    retime(path, *args, upto=2, setup=setup)                                 # already has 2: nothing timed
+    assert len(timer.calls) == 1
+    exported = list((tmp_path / "b").glob("matched-*.onnx"))
+    assert len(exported) == 1 and exported[0].stat().st_size > 0           # the chosen plan, exported once
+    assert timer.calls[0] == {"original": "original", "a": str(tmp_path / "a" / "model.onnx"), "b": str(exported[0])}
+    retime(path, *args, upto=3, setup=setup)
+    assert search.built == 1                                                 # the second pass reads the file
+    stored = json.loads(path.read_text())
+    assert stored["retimed"] == [{"a": 1.55, "b": 1.52}, {"a": 1.53, "b": 1.56}]
+    assert reported(stored)["speedups"] == {"a": 1.53, "b": 1.56}
+
+
+def test_retime_leaves_a_result_whose_landed_network_is_gone(tmp_path):
+    import json
+    from matched_latency import VERSION, retime
+
+    path = tmp_path / "toy-x1.5-s0.json"
+    stored = {"version": VERSION, "speedups": {"a": 1.5}, "rounds": 50,
+              "chosen": {"a": {"plan": ["landed"], "landed": True, "accuracy": 90.0}}}
+    path.write_text(json.dumps(stored))
+    timer = QueueTimer([])
+    assert retime(path, lambda m: tmp_path / m, None, 50, 4, upto=3, setup=lambda *a: (timer, Original())) == stored
+    assert timer.calls == []
