@@ -129,14 +129,16 @@ class MethodSearch:
 
 def predicted_modelled(report: dict, speedup: float) -> float:
     """The modelled body cost at which the method's own landing probes predict ``speedup``: the fraction
-    1 / ratio fitted affine in the modelled cost through the original (the landing's calibration)."""
+    1 / ratio fitted affine in the modelled cost through the original (the landing's calibration, here over
+    every probe, since the candidates span x1.0-1.25 the target)."""
+    from depthcut.search.target import slope_through_original
+
     full = report["modelled_body_ms_identity"]
-    pts = [(p["modelled"], 1.0 / p["measured_ratio"]) for p in report["probes"] if abs(p["modelled"] - full) > 1e-12]
-    if not pts:
-        return full / speedup
-    b = sum((m - full) * (f - 1) for m, f in pts) / sum((m - full) ** 2 for m, _ in pts)
-    if not b > 0:
-        return min(m for m, _ in pts)
+    pts = [(p["modelled"], 1.0 / p["measured_ratio"]) for p in report["probes"]]
+    b = slope_through_original(pts, full)
+    if b is None:
+        moved = [m for m, _ in pts if abs(m - full) > 1e-12]
+        return min(moved) if moved else full / speedup
     return full + (1.0 / speedup - 1.0) / b
 
 

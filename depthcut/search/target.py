@@ -57,19 +57,24 @@ def predicted_fraction(modelled: float, full: float, other: float) -> float:
     return (other + modelled) / (other + full)
 
 
+def slope_through_original(points: list[tuple[float, float]], full: float) -> float | None:
+    """Slope b of f(m) = 1 + b (m - full) fitted by least squares to (modelled cost, measured fraction) points
+    with the original's point (full, 1) fixed. None when no point has a modelled cost different from full, or
+    when the measured cost does not increase with the modelled cost (no usable model)."""
+    pts = [(m, f) for m, f in points if abs(m - full) > 1e-12]
+    if not pts:
+        return None
+    b = sum((m - full) * (f - 1.0) for m, f in pts) / sum((m - full) ** 2 for m, _ in pts)
+    return b if b > 0 else None
+
+
 def calibrate(probes: list[Probe], full: float, target_fraction: float) -> tuple[float, float] | None:
     """Slope and intercept of f(m) = a + b m through (full, 1) and the probes nearest the target, by least
     squares with the original's point fixed. None when no probe has a modelled cost different from full."""
     pts = sorted(((p.modelled, 1.0 / p.estimate.ratio) for p in probes if abs(p.modelled - full) > 1e-12),
                  key=lambda mf: abs(mf[1] - target_fraction))[:2]
-    if not pts:
-        return None
-    num = sum((m - full) * (f - 1.0) for m, f in pts)
-    den = sum((m - full) ** 2 for m, _ in pts)
-    b = num / den
-    if not b > 0:                       # measured cost not increasing with modelled cost: no usable model
-        return None
-    return 1.0 - b * full, b
+    b = slope_through_original(pts, full)
+    return None if b is None else (1.0 - b * full, b)
 
 
 def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
