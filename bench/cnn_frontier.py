@@ -51,7 +51,7 @@ def frontier_config(model: str, method: str, target: float, seed: int, args) -> 
     return LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
                             importance_seed=importance_seed(args, model), speed_tolerance=args.band,
                             max_resolves=10, progress=False, cache_dir=args.cache, executor=args.executor,
-                            workers=args.workers)
+                            workers=args.workers, timing_threads=args.timing_threads)
 
 
 def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
@@ -84,7 +84,7 @@ def joint_timing(model: str, files: dict[str, Path], args) -> dict:
     sessions = LayerMergeConfig().timing_sessions
     resolved = resolve_model(model)
     x = torch.randn((1,) + tuple(resolved.input_shape[1:]), generator=torch.Generator().manual_seed(0))
-    backend = get_backend("onnxruntime")
+    backend = get_backend("onnxruntime", threads=args.timing_threads)
     runners = {"original": backend.prepare_sessions(resolved.model.eval(), x, sessions)}
     runners |= {m: backend.sessions_from_file(f, x, sessions) for m, f in files.items()}
     t0 = time.time()
@@ -104,7 +104,7 @@ def control(model: str, seed: int, args) -> dict:
     from depthcut.train import evaluate, train
 
     cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model))
+                           importance_seed=importance_seed(args, model), timing_threads=args.timing_threads)
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     original = resolved.model.eval()
@@ -123,6 +123,8 @@ def control(model: str, seed: int, args) -> dict:
 def version(method: str, cfg: LayerMergeConfig) -> dict:
     """What a stored run must share with this one to be reused."""
     out = {"recovery_epochs": cfg.recovery_epochs, "importance_seed": cfg.scoring_seed}
+    if cfg.timing_threads:                          # runs stored before the option timed with torch's threads
+        out["timing_threads"] = cfg.timing_threads
     if method == "channel":
         out["channel_scope"] = CHANNEL_SCOPE
     return out
@@ -130,9 +132,10 @@ def version(method: str, cfg: LayerMergeConfig) -> dict:
 
 def reusable(stored: dict, method: str, model: str, seed: int, args) -> bool:
     cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model))
+                           importance_seed=importance_seed(args, model), timing_threads=args.timing_threads)
     # runs stored before a field existed had its old value: 1 epoch, the run's own seed, uniform channels
-    have = {"recovery_epochs": 1.0, "importance_seed": seed, "channel_scope": "uniform", **stored}
+    have = {"recovery_epochs": 1.0, "importance_seed": seed, "channel_scope": "uniform", "timing_threads": None,
+            **stored}
     return all(have[k] == v for k, v in version(method, cfg).items())
 
 
@@ -175,14 +178,16 @@ def command(args, models, seeds) -> str:
     out = f"python bench/cnn_frontier.py --models {' '.join(models)} --seeds {' '.join(map(str, seeds))}"
     out += " --recovery-epochs " + " ".join(f"{m}={recovery(args, m):g}" for m in models)
     pinned = [f"{m}={importance_seed(args, m)}" for m in models if importance_seed(args, m) is not None]
-    return out + (" --importance-seed " + " ".join(pinned) if pinned else "")
+    out += " --importance-seed " + " ".join(pinned) if pinned else ""
+    return out + (f" --timing-threads {args.timing_threads}" if args.timing_threads else "")
 
 
 def summarise(results: dict, models, targets, methods, seeds, args, joint: dict | None = None,
               matched: dict | None = None) -> str:
     joint, matched = joint or {}, matched or {}
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
-             f"Fashion-MNIST, ONNX Runtime CPU, batch 1, 2 threads. Recovery budget (epochs): "
+             f"Fashion-MNIST, ONNX Runtime CPU, batch 1, {args.timing_threads or torch.get_num_threads()} timing "
+             f"thread(s). Recovery budget (epochs): "
              f"{', '.join(f'{m} {recovery(args, m):g}' for m in models)} "
              f"(distillation weight 0.3), the same for every method and for the control. Landing band: target to "
              f"+{100 * args.band:.0f}%. Seeds: {', '.join(map(str, seeds))} (mean ± std where more than one). "
@@ -395,7 +400,7 @@ def matched_results(results: dict, args, folder: Path) -> dict:
     """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused),
     then its further fresh timings, in passes over all of them so that one network's timings lie minutes
     apart."""
-    from matched_latency import FRESH, matched, retime, search_cache
+    from matched_latency import FRESH, matched, retime, search_cache, timing_setup
 
     out, searches = {}, {}
     sessions = LayerMergeConfig().timing_sessions
@@ -409,13 +414,14 @@ def matched_results(results: dict, args, folder: Path) -> dict:
         out[(model, target, seed)] = matched(
             model, target, seed, args.methods, lambda m: artifact(args, model, m, target, seed),
             lambda m: frontier_config(model, m, target, seed, args), folder, args.joint_rounds, sessions,
-            searches[(model, target, seed)])
+            searches[(model, target, seed)], args.timing_threads)
     for upto in range(2, FRESH + 1) if not args.report_only else []:
         for model, target, seed in keys:
             if out[(model, target, seed)]:
                 out[(model, target, seed)] = retime(
                     folder / f"{model}-x{target}-s{seed}.json", lambda m: artifact(args, model, m, target, seed),
-                    searches[(model, target, seed)], args.joint_rounds, sessions, upto)
+                    searches[(model, target, seed)], args.joint_rounds, sessions, upto,
+                    setup=lambda mo, n: timing_setup(mo, n, args.timing_threads))
     return out
 
 
@@ -488,6 +494,8 @@ def main() -> None:
     ap.add_argument("--importance-seed", nargs="+", default=[],
                     help="MODEL=SEED (or SEED for all): share that seed's importance table across the seeds")
     ap.add_argument("--band", type=float, default=0.03)
+    ap.add_argument("--timing-threads", type=int, default=None,
+                    help="ONNX Runtime's threads for every timing (default: torch's, 2 here); training keeps torch's")
     ap.add_argument("--cache", default=None, help="depthcut cache (default: the user's)")
     ap.add_argument("--executor", default="local", help="importance entries: local, process or ray (same scores)")
     ap.add_argument("--workers", type=int, default=2, help="processes for --executor process")

@@ -146,9 +146,9 @@ def predicted_modelled(report: dict, speedup: float) -> float:
 class Timer:
     """Session runners of networks on ONNX Runtime, and joint timings of them."""
 
-    def __init__(self, example: torch.Tensor, sessions: int):
+    def __init__(self, example: torch.Tensor, sessions: int, threads: int | None = None):
         from depthcut.latency import get_backend
-        self.backend, self.x, self.sessions = get_backend("onnxruntime"), example, sessions
+        self.backend, self.x, self.sessions = get_backend("onnxruntime", threads=threads), example, sessions
 
     def runners(self, what, sessions: int | None = None) -> list:
         sessions = sessions or self.sessions
@@ -326,12 +326,12 @@ def network_file(method: str, pick: dict, landed: Path, searches, example: torch
     return path
 
 
-def timing_setup(model: str, sessions: int) -> tuple["Timer", torch.nn.Module]:
-    """The timer of a model's networks (a fixed example input) and the original network."""
+def timing_setup(model: str, sessions: int, threads: int | None = None) -> tuple["Timer", torch.nn.Module]:
+    """The timer of a model's networks (a fixed example input; ONNX Runtime at ``threads``) and the original."""
     from depthcut.models import resolve_model
     resolved = resolve_model(model)
     x = torch.randn((1,) + tuple(resolved.input_shape[1:]), generator=torch.Generator().manual_seed(0))
-    return Timer(x, sessions), resolved.model
+    return Timer(x, sessions, threads), resolved.model
 
 
 def retime(path: Path, artifact, searches, rounds: int, sessions: int, upto: int, setup=timing_setup) -> dict | None:
@@ -369,7 +369,7 @@ def load_report(folder: Path) -> dict | None:
 
 
 def matched(model: str, target: float, seed: int, methods, artifact, make_config, folder: Path, rounds: int,
-            sessions: int, searches) -> dict | None:
+            sessions: int, searches, threads: int | None = None) -> dict | None:
     """The matched-latency result of one (model, target, seed), computed once and stored (resumable: the
     selection is stored before the recoveries, each recovery as it finishes). ``searches(method)``: the
     method's ``MethodSearch`` (built on demand, see ``search_cache``)."""
@@ -391,7 +391,7 @@ def matched(model: str, target: float, seed: int, methods, artifact, make_config
         atomic_write_json(path.with_suffix(f".v{result.get('version', 1)}.json"), result)
         result = None
     if result is None or sorted(result["chosen"]) != sorted(reports):
-        timer, original = timing_setup(model, sessions)
+        timer, original = timing_setup(model, sessions, threads)
         result = match(model, target, seed, reports, {m: artifact(m) / "model.onnx" for m in reports}, searches,
                        timer, rounds, original)
         if result is None:

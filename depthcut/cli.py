@@ -70,7 +70,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
             "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
             "importance_seed": args.importance_seed,
-            "threads": args.threads, "progress": not args.quiet, "train_limit": args.train_limit,
+            "threads": args.threads, "timing_threads": args.timing_threads, "progress": not args.quiet, "train_limit": args.train_limit,
             "finetune_size": args.finetune_size, "score_size": args.score_size,
             "timing_rounds": args.timing_rounds,
             "timing_sessions": args.timing_sessions, "device": args.device, "amp": args.amp,
@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, help="a LayerMergeConfig JSON file (overrides the flags)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--timing-threads", type=int, default=None,
+                   help="ONNX Runtime's threads for every timing (default: --threads); training keeps --threads")
     c.add_argument("--seed", type=int, default=None)
     c.add_argument("--importance-seed", type=int, default=None,
                    help="seed of the importance table (default: --seed); fix it to share one table across seeds")

@@ -69,6 +69,9 @@ class LayerMergeConfig(ConfigBase):
                                             # of rounds: the interval then covers the spread between sessions
                                             # (which one session's rounds cannot see; timing_stability.md)
     threads: int | None = None
+    # ONNX Runtime's intra-op threads for every timing (None: torch's threads, ``threads``); training keeps
+    # ``threads``. The deployment's count; 1 on a shared machine whose 2-thread timings flip between levels.
+    timing_threads: int | None = None
     seed: int = 0
     # The importance table's seed (its fine-tune/score splits and short fine-tunes); None: ``seed``. Fixing it
     # lets runs that differ only in ``seed`` share one table (a benchmark's seeds then vary the recovery).
@@ -110,7 +113,7 @@ class LayerMergeConfig(ConfigBase):
         if self.version != CONFIG_VERSION:
             raise DepthcutError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
         for name in ("importance_batch_size", "recovery_batch_size", "dp_steps", "max_resolves", "timing_rounds",
-                     "timing_sessions", "score_size", "threads", "train_limit"):
+                     "timing_sessions", "score_size", "threads", "timing_threads", "train_limit"):
             at_least(name, getattr(self, name), 1)
         for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed", "importance_seed"):
             at_least(name, getattr(self, name), 0)
@@ -129,6 +132,9 @@ class LayerMergeConfig(ConfigBase):
         at_least("recovery_procs", self.recovery_procs, 1)
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
+        if self.timing_threads is not None and self.backend != "onnxruntime":
+            raise DepthcutError(f"timing_threads sets ONNX Runtime's threads; the {self.backend!r} backend times "
+                                f"with torch's threads (set threads)")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
 

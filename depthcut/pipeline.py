@@ -131,7 +131,8 @@ def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
     # the caller's model is never moved or changed: everything runs on a copy on the chosen device
     original = copy.deepcopy(resolved.model).to(device).eval()
     backend = get_backend(config.backend, device=device,
-                          memory_format="channels_last" if config.channels_last else "contiguous")
+                          memory_format="channels_last" if config.channels_last else "contiguous",
+                          **({"threads": config.timing_threads} if config.timing_threads else {}))
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
                              train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
@@ -376,7 +377,8 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
     upper = chosen.target * (1 + config.speed_tolerance)
     return {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
-        "device_name": run.backend.describe()["device"], "math_mode": math_mode(run.device),
+        "device_name": run.backend.describe()["device"], "timing_threads": run.backend.describe()["threads"],
+        "math_mode": math_mode(run.device),
         "compile": run.backend.compile_summary() if hasattr(run.backend, "compile_summary") else None,
         "batch_size": config.batch_size, "input_shape": list(run.input_shape),
         "data_preprocess": (run.splits.train.preprocess.to_dict() if hasattr(run.splits.train, "preprocess")
@@ -458,7 +460,8 @@ def compress_width(run: Run, out) -> CompressResult:
     report = {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "method": config.method, "batch_size": config.batch_size, "input_shape": list(run.input_shape),
-        "target_speedup": config.speedup, "target_latency_ms": config.latency_ms or final.original_ms / target,
+        "timing_threads": run.backend.describe()["threads"], "target_speedup": config.speedup,
+        "target_latency_ms": config.latency_ms or final.original_ms / target,
         "target_speedup_effective": target, "speed_tolerance": config.speed_tolerance,
         "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
         "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,

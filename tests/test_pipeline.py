@@ -204,3 +204,14 @@ def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):
     with pytest.raises(VerificationError, match="not the intended function"):
         compress(_se_resnet(), config(tmp_path, speedup=1.6, importance="none", recovery_epochs=0,
                                       max_resolves=2), splits=splits)
+
+
+def test_timing_threads_reach_the_runs_onnxruntime_sessions(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from depthcut.pipeline import start_run
+
+    model, splits = trained
+    before = torch.get_num_threads()
+    run = start_run(model, config(tmp_path, backend="onnxruntime", timing_threads=1), None, splits)
+    assert run.backend.describe()["threads"] == 1 and run.backend._options().intra_op_num_threads == 1
+    assert torch.get_num_threads() == before                    # training keeps its threads

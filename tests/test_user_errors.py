@@ -67,7 +67,8 @@ def test_latency_target_from_the_command_line(capsys, tmp_path):
 @pytest.mark.parametrize("case", ["factory raises", "3-channel input for a 1-channel model",
                                   "3-channel model on 1-channel data", "too small for the model",
                                   "built-in data at another size", "speedup nan", "speedup inf",
-                                  "one-class folder", "folder without an input size"])
+                                  "one-class folder", "folder without an input size",
+                                  "timing threads on a backend without them"])
 def test_bad_input_is_one_line_before_any_work(case, capsys, tmp_path, no_expensive_work):
     out = ["--out", str(tmp_path / "o")]
     one_class = tmp_path / "one"
@@ -92,6 +93,8 @@ def test_bad_input_is_one_line_before_any_work(case, capsys, tmp_path, no_expens
                              + ["--input-shape", "1,3,8,8"], ["one class sub-folder (cat)", "at least two"]),
         "folder without an input size": (small(tmp_path, *out, model="cli_models:rgb_net",
                                             data=str(two_class)), ["pass --input-shape 1,3,H,W"]),
+        "timing threads on a backend without them": (small(tmp_path, "--timing-threads", "1", *out),
+                                                     ["timing_threads", "'sleepy' backend"]),
     }[case]
     assert_one_line_error(*run_main(capsys, args), *words)
 

@@ -415,7 +415,13 @@ def _np_scalar(value: float):
 
 @register_backend("onnxruntime")
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime, CPUExecutionProvider, all graph optimisations, intra-op threads = torch threads.
+    """ONNX Runtime, CPUExecutionProvider, all graph optimisations, intra-op threads = ``threads`` (default:
+    torch's threads).
+
+    ``threads`` is the deployment's thread count, and on a machine shared with others it decides how stable a
+    timing is: on this 2-core VM at 2 threads the speed-up of a channel-pruned ResNet-20 over the original
+    flips between two levels 12 % apart (x2.39 / x2.69) for tens of seconds at a time, while at 1 thread the
+    same pair stays within +-0.5 % (bench/results/thread_stability.md).
 
     Thread-pool spinning is off. Each session owns a pool whose threads, by default, keep spinning after a
     run; when two sessions are timed interleaved (original vs compressed), one session's spinning threads
@@ -433,15 +439,18 @@ class OnnxRuntimeBackend(Backend):
     NCHWC_TRANSIENT = 5.0
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
-                 max_transient_gb: float | None = None):
+                 max_transient_gb: float | None = None, threads: int | None = None):
         super().__init__(device, memory_format)
+        if threads is not None and threads < 1:
+            raise DepthcutError(f"onnxruntime threads must be >= 1, got {threads}")
+        self.threads = threads
         if max_transient_gb is None:
             max_transient_gb = float(os.environ.get("DEPTHCUT_ORT_MAX_TRANSIENT_GB", "2"))
         self.max_transient_bytes = int(max_transient_gb * 2**30)
         self.nchwc_estimated_rows: list[dict[str, float]] = []
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "intra_op_spinning": False,
+        return {**super().describe(), "threads": self.intra_op_threads(), "intra_op_spinning": False,
                 "nchwc_transient_cap_gb": round(self.max_transient_bytes / 2**30, 3)}
 
     def missing(self) -> str:
@@ -453,11 +462,14 @@ class OnnxRuntimeBackend(Backend):
     def version(self) -> str:
         return importlib.import_module("onnxruntime").__version__
 
+    def intra_op_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
     def _options(self, nchwc: bool = True):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = self.intra_op_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")   # see the class docstring

@@ -94,6 +94,21 @@ def test_fingerprint_covers_backend_threads_batch(tmp_path):
     assert {"backend", "backend_version", "torch", "device", "threads", "dtype"} <= set(desc)
 
 
+def test_onnxruntime_threads_set_its_sessions_and_its_fingerprint(tmp_path):
+    pytest.importorskip("onnxruntime")
+    default, one = get_backend("onnxruntime"), get_backend("onnxruntime", threads=1)
+    assert default.describe()["threads"] == torch.get_num_threads() and one.describe()["threads"] == 1
+    assert one._options().intra_op_num_threads == 1
+    assert default._options().intra_op_num_threads == torch.get_num_threads()
+    if torch.get_num_threads() != 1:
+        assert latency_store(one, None, tmp_path).dir != latency_store(default, None, tmp_path).dir
+    # the default fingerprint is the one stored before the option existed: no cached table is orphaned
+    assert latency_store(get_backend("onnxruntime", threads=torch.get_num_threads()), None, tmp_path).dir == \
+        latency_store(default, None, tmp_path).dir
+    with pytest.raises(DepthcutError, match="threads must be >= 1"):
+        get_backend("onnxruntime", threads=0)
+
+
 def test_corrupted_row_raises_cache_error_naming_file(candidates, tmp_path):
     latency_table(candidates[:1], "eager", cache_dir=tmp_path, **FAST)
     store = latency_store(get_backend("eager"), None, tmp_path)
