@@ -19,7 +19,11 @@ machine drift hits every scheme alike):
   pairs, each timed for blocks of 5 rounds in turn, 20-100 rounds, the interval widened to the sessions' spread;
 * ``8 sessions, 400 rounds``: a long timing (blocks of 10 rounds).
 
-    python bench/timing_stability.py [--repeats 10] [--backend onnxruntime]
+With ``--threads 2 1`` every scheme runs at each ONNX Runtime thread count (``timing_threads``), interleaved
+the same way: on this 2-core shared VM, 2-thread timings of a channel-pruned network flip between levels for
+tens of seconds at a time, 1-thread timings do not (``bench/results/timing_stability_threads.md``).
+
+    python bench/timing_stability.py [--repeats 10] [--backend onnxruntime] [--threads 2 1] [--schemes ...]
 """
 from __future__ import annotations
 
@@ -63,9 +67,13 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--threads", nargs="+", type=int, default=None,
+                    help="ONNX Runtime thread counts to compare (default: torch's threads only)")
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     args = ap.parse_args()
 
     from depthcut.cnn.channels import count_macs, prune_channels
+    from depthcut.latency import get_backend
     from depthcut.latency.compare import compare_speed
     from depthcut.models import resolve_model
 
@@ -73,18 +81,21 @@ def main() -> None:
     original = resolved.model.eval()
     x = torch.randn(*resolved.input_shape, generator=torch.Generator().manual_seed(0))
     report = {"model": args.model, "backend": args.backend, "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "repeats": args.repeats, "pairs": []}
+              "torch": torch.__version__, "repeats": args.repeats, "threads": args.threads, "pairs": []}
+    threads = args.threads or [None]
+    backends = {t: get_backend(args.backend, **({"threads": t} if t else {})) for t in threads}
     for scope, ratio in PAIRS:
         pruned = prune_channels(original, x[:1], ratio, scope)
         macs = count_macs(original, x[:1]) / count_macs(pruned, x[:1])
-        entries = {name: {"pair": f"channel {scope} {ratio:g}", "scheme": name, "kwargs": scheme_kwargs(name),
-                          "macs_ratio": macs, "measurements": []} for name in SCHEMES}
+        entries = {(name, t): {"pair": f"channel {scope} {ratio:g}", "scheme": name, "kwargs": scheme_kwargs(name),
+                               "threads": backends[t].describe()["threads"], "macs_ratio": macs, "measurements": []}
+                   for name in args.schemes for t in threads}
         for k in range(args.repeats):
-            for name, entry in entries.items():
+            for (name, t), entry in entries.items():
                 t0 = time.time()
-                e = compare_speed(original, pruned, x, args.backend, **entry["kwargs"])
+                e = compare_speed(original, pruned, x, backends[t], **entry["kwargs"])
                 entry["measurements"].append(e.to_dict() | {"seconds": time.time() - t0})
-                print(f"{entry['pair']} / {name} #{k}: {e.describe()}", flush=True)
+                print(f"{entry['pair']} / {name} / {entry['threads']} threads #{k}: {e.describe()}", flush=True)
         for entry in entries.values():
             entry |= summary(entry["measurements"])
             report["pairs"].append(entry)
@@ -117,11 +128,12 @@ def markdown(r: dict) -> str:
              "*pipeline final*: what `depthcut compress` now does for its final timing (4 session pairs, each in turn "
              "for blocks of 5 rounds, 20-100 rounds, the interval widened to a t interval over the sessions' ratios); "
              "*8 sessions, 400 rounds*: a long timing (blocks of 10).", "",
-             "| pair | scheme | MACs ratio | medians (min / median / max) | spread | median interval width "
+             "| pair | scheme | threads | MACs ratio | medians (min / median / max) | spread | median interval width "
              "| coverage | s per measurement |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in r["pairs"]:
-        lines.append(f"| {p['pair']} | {p.get('scheme', 'one session')} | x{p['macs_ratio']:.2f} | x{p['min']:.3f} "
+        lines.append(f"| {p['pair']} | {p.get('scheme', 'one session')} | {p.get('threads', '-')} "
+                     f"| x{p['macs_ratio']:.2f} | x{p['min']:.3f} "
                      f"/ x{p['median']:.3f} / x{p['max']:.3f} | {p['spread']:.1%} | {p['median_interval_width']:.1%} "
                      f"| {p['coverage']:.2f} | {p.get('seconds_each', float('nan')):.1f} |")
     return "\n".join(lines) + "\n"
