@@ -419,7 +419,7 @@ def matched_results(results: dict, args, folder: Path) -> dict:
         for model, target, seed in keys:
             if out[(model, target, seed)]:
                 out[(model, target, seed)] = retime(
-                    folder / f"{model}-x{target}-s{seed}.json", lambda m: artifact(args, model, m, target, seed),
+                    model, folder / f"{model}-x{target}-s{seed}.json", lambda m: artifact(args, model, m, target, seed),
                     searches[(model, target, seed)], args.joint_rounds, sessions, upto,
                     setup=lambda mo, n: timing_setup(mo, n, args.timing_threads))
     return out

@@ -334,17 +334,17 @@ def timing_setup(model: str, sessions: int, threads: int | None = None) -> tuple
     return Timer(x, sessions, threads), resolved.model
 
 
-def retime(path: Path, artifact, searches, rounds: int, sessions: int, upto: int, setup=timing_setup) -> dict | None:
-    """Add one fresh joint timing to the stored result at ``path`` while it has fewer than ``upto`` (its chosen
-    networks and the original, in the same rounds), stored atomically; the result as stored. Called in passes
-    over every (target, seed) of a run, so that one network's timings lie minutes apart."""
+def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: int, upto: int,
+           setup=timing_setup) -> dict | None:
+    """Add one fresh joint timing (its chosen networks and the original, in the same rounds) to ``model``'s
+    stored result at ``path`` while it has fewer than ``upto``, stored atomically; the result as stored. Called
+    in passes over every (target, seed) of a run, so that one network's timings lie minutes apart."""
     from depthcut.cache import atomic_write_json
 
     result = json.loads(path.read_text()) if path.exists() else None
     if (result is None or result.get("version", 1) < VERSION or len(fresh_timings(result)) >= upto
             or not all((artifact(m) / "model.onnx").exists() for m in result["chosen"])):
         return result
-    model = path.name.split("-x")[0]
     timer, original = setup(model, sessions)
     files = {m: network_file(m, pick, artifact(m), searches, timer.x) for m, pick in result["chosen"].items()}
     runners = {"original": timer.runners(original.eval())} | {m: timer.runners(f) for m, f in files.items()}

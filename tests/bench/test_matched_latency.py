@@ -184,13 +184,13 @@ def test_retime_adds_one_timing_per_pass_and_times_each_chosen_network_from_a_fi
     setup = lambda model, sessions: (timer, Original())                      # noqa: E731
     args = (lambda m: tmp_path / m, lambda m: search, 50, 4)
 
-    retime(path, *args, upto=2, setup=setup)
-    retime(path, *args, upto=2, setup=setup)                                 # already has 2: nothing timed
+    retime("toy", path, *args, upto=2, setup=setup)
+    retime("toy", path, *args, upto=2, setup=setup)                          # already has 2: nothing timed
     assert len(timer.calls) == 1
     exported = list((tmp_path / "b").glob("matched-*.onnx"))
     assert len(exported) == 1 and exported[0].stat().st_size > 0           # the chosen plan, exported once
     assert timer.calls[0] == {"original": "original", "a": str(tmp_path / "a" / "model.onnx"), "b": str(exported[0])}
-    retime(path, *args, upto=3, setup=setup)
+    retime("toy", path, *args, upto=3, setup=setup)
     assert search.built == 1                                                 # the second pass reads the file
     stored = json.loads(path.read_text())
     assert stored["retimed"] == [{"a": 1.55, "b": 1.52}, {"a": 1.53, "b": 1.56}]
@@ -206,5 +206,6 @@ def test_retime_leaves_a_result_whose_landed_network_is_gone(tmp_path):
               "chosen": {"a": {"plan": ["landed"], "landed": True, "accuracy": 90.0}}}
     path.write_text(json.dumps(stored))
     timer = QueueTimer([])
-    assert retime(path, lambda m: tmp_path / m, None, 50, 4, upto=3, setup=lambda *a: (timer, Original())) == stored
+    assert retime("toy", path, lambda m: tmp_path / m, None, 50, 4, upto=3,
+                  setup=lambda *a: (timer, Original())) == stored
     assert timer.calls == []
