@@ -22,6 +22,7 @@ measured speed-up, mean +/- std over seeds, where LayerMerge does not win) and `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -178,7 +179,7 @@ def command(args, models, seeds) -> str:
     out = f"python bench/cnn_frontier.py --models {' '.join(models)} --seeds {' '.join(map(str, seeds))}"
     out += " --recovery-epochs " + " ".join(f"{m}={recovery(args, m):g}" for m in models)
     pinned = [f"{m}={importance_seed(args, m)}" for m in models if importance_seed(args, m) is not None]
-    out += " --importance-seed " + " ".join(pinned) if pinned else ""
+    out += (" --importance-seed " + " ".join(pinned)) if pinned else ""
     return out + (f" --timing-threads {args.timing_threads}" if args.timing_threads else "")
 
 
@@ -401,28 +402,24 @@ def matched_results(results: dict, args, folder: Path) -> dict:
     """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused),
     then its further fresh timings, in passes over all of them so that one network's timings lie minutes
     apart."""
-    from matched_latency import FRESH, matched, retime, search_cache, timing_setup
+    from matched_latency import FRESH, matched, retime, search_cache
 
-    out, searches = {}, {}
-    sessions = LayerMergeConfig().timing_sessions
     keys = sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"})
-    for model, target, seed in keys:
-        path = folder / f"{model}-x{target}-s{seed}.json"
-        if args.report_only:
-            out[(model, target, seed)] = json.loads(path.read_text()) if path.exists() else None
-            continue
-        searches[(model, target, seed)] = search_cache(model, lambda m: frontier_config(model, m, target, seed, args))
-        out[(model, target, seed)] = matched(
-            model, target, seed, args.methods, lambda m: artifact(args, model, m, target, seed),
-            lambda m: frontier_config(model, m, target, seed, args), folder, args.joint_rounds, sessions,
-            searches[(model, target, seed)], args.timing_threads)
-    for upto in range(2, FRESH + 1) if not args.report_only else []:
-        for model, target, seed in keys:
-            if out[(model, target, seed)]:
-                out[(model, target, seed)] = retime(
-                    model, folder / f"{model}-x{target}-s{seed}.json", lambda m: artifact(args, model, m, target, seed),
-                    searches[(model, target, seed)], args.joint_rounds, sessions, upto,
-                    setup=lambda mo, n: timing_setup(mo, n, args.timing_threads))
+    path = {k: folder / f"{k[0]}-x{k[1]}-s{k[2]}.json" for k in keys}
+    if args.report_only:
+        return {k: json.loads(path[k].read_text()) if path[k].exists() else None for k in keys}
+    sessions = LayerMergeConfig().timing_sessions
+    # bound per key now: these are called again in the later passes
+    files = {k: functools.partial(artifact, args, k[0], target=k[1], seed=k[2]) for k in keys}
+    searches = {k: search_cache(k[0], functools.partial(frontier_config, k[0], target=k[1], seed=k[2], args=args))
+                for k in keys}
+    out = {k: matched(*k, args.methods, files[k], folder, args.joint_rounds, sessions, searches[k],
+                      args.timing_threads) for k in keys}
+    for upto in range(2, FRESH + 1):
+        for k in keys:
+            if out[k]:
+                out[k] = retime(k[0], path[k], files[k], searches[k], args.joint_rounds, sessions, upto,
+                                args.timing_threads)
     return out
 
 

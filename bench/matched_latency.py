@@ -21,7 +21,8 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
 5. fresh joint timings of the chosen networks and the original give the reported speed-ups and spread (the
    selection's own numbers favour the chosen), whatever they say: ``FRESH`` of them, minutes apart (the first
    right after the selection, the others after every target of the run has been matched), because on this
-   shared machine the ratio of the same two networks moves by 3-6 % between timings minutes apart - depth
+   shared machine, at 2 ONNX Runtime threads, the ratio of the same two networks moves by 3-6 % between timings
+   minutes apart (much less at 1 thread: bench/results/timing_stability_threads.md) - depth
    methods' networks together, channel-pruned ones on their own (ResNet-20 seed 2: +3-4.5 % against 0 or
    -4.5 %). A single timing's interval does not cover that; the report gives each network's median over the
    fresh timings and every single timing's spread;
@@ -335,7 +336,7 @@ def timing_setup(model: str, sessions: int, threads: int | None = None) -> tuple
 
 
 def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: int, upto: int,
-           setup=timing_setup) -> dict | None:
+           threads: int | None = None, setup=timing_setup) -> dict | None:
     """Add one fresh joint timing (its chosen networks and the original, in the same rounds) to ``model``'s
     stored result at ``path`` while it has fewer than ``upto``, stored atomically; the result as stored. Called
     in passes over every (target, seed) of a run, so that one network's timings lie minutes apart."""
@@ -345,7 +346,7 @@ def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: in
     if (result is None or result.get("version", 1) < VERSION or len(fresh_timings(result)) >= upto
             or not all((artifact(m) / "model.onnx").exists() for m in result["chosen"])):
         return result
-    timer, original = setup(model, sessions)
+    timer, original = setup(model, sessions, threads)
     files = {m: network_file(m, pick, artifact(m), searches, timer.x) for m, pick in result["chosen"].items()}
     runners = {"original": timer.runners(original.eval())} | {m: timer.runners(f) for m, f in files.items()}
     speeds = timer.joint(runners, "original", rounds)
@@ -368,7 +369,7 @@ def load_report(folder: Path) -> dict | None:
     return report
 
 
-def matched(model: str, target: float, seed: int, methods, artifact, make_config, folder: Path, rounds: int,
+def matched(model: str, target: float, seed: int, methods, artifact, folder: Path, rounds: int,
             sessions: int, searches, threads: int | None = None) -> dict | None:
     """The matched-latency result of one (model, target, seed), computed once and stored (resumable: the
     selection is stored before the recoveries, each recovery as it finishes). ``searches(method)``: the

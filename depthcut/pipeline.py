@@ -375,9 +375,10 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
     plan.meta.update({"model": run.resolved.name, "input_shape": list(run.input_shape), "backend": config.backend,
                       "exclude": list(run.resolved.chain_exclude)})
     upper = chosen.target * (1 + config.speed_tolerance)
+    described = run.backend.describe()
     return {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
-        "device_name": run.backend.describe()["device"], "timing_threads": run.backend.describe()["threads"],
+        "device_name": described["device"], "timing_threads": described["threads"],
         "math_mode": math_mode(run.device),
         "compile": run.backend.compile_summary() if hasattr(run.backend, "compile_summary") else None,
         "batch_size": config.batch_size, "input_shape": list(run.input_shape),

@@ -419,9 +419,8 @@ class OnnxRuntimeBackend(Backend):
     torch's threads).
 
     ``threads`` is the deployment's thread count, and on a machine shared with others it decides how stable a
-    timing is: on this 2-core VM at 2 threads the speed-up of a channel-pruned ResNet-20 over the original
-    flips between two levels 12 % apart (x2.39 / x2.69) for tens of seconds at a time, while at 1 thread the
-    same pair stays within +-0.5 % (bench/results/thread_stability.md).
+    timing is: on this 2-core VM, 20 timings of a channel-pruned ResNet-20 against the original spread 5.4-7.9 %
+    at 2 threads and 0.4-2.1 % at 1 thread (bench/results/timing_stability_threads.md).
 
     Thread-pool spinning is off. Each session owns a pool whose threads, by default, keep spinning after a
     run; when two sessions are timed interleaved (original vs compressed), one session's spinning threads

@@ -181,7 +181,7 @@ def test_retime_adds_one_timing_per_pass_and_times_each_chosen_network_from_a_fi
                                 "chosen": {"a": {"plan": ["landed"], "landed": True, "accuracy": 90.0},
                                            "b": {"plan": ["p"], "landed": False, "accuracy": 89.0}}}))
     timer, search = QueueTimer([{"a": 1.55, "b": 1.52}, {"a": 1.53, "b": 1.56}]), ConvSearch()
-    setup = lambda model, sessions: (timer, Original())                      # noqa: E731
+    setup = lambda model, sessions, threads: (timer, Original())             # noqa: E731
     args = (lambda m: tmp_path / m, lambda m: search, 50, 4)
 
     retime("toy", path, *args, upto=2, setup=setup)
