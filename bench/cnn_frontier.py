@@ -18,10 +18,14 @@ measured speed-up, mean +/- std over seeds, where LayerMerge does not win) and `
 
     python bench/cnn_frontier.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.25 1.5 2.0]
                                  [--seeds 0 1 2] [--recovery-epochs 1.0]
+
+``--importance-only`` scores the importance tables the runs will need into the cache and stops. It times
+nothing, so it may run on another machine sharing ``--cache`` or next to other work, unlike the runs themselves.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import re
@@ -39,7 +43,7 @@ from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 from depthcut.config import LayerMergeConfig  # noqa: E402
 from depthcut.errors import InfeasibleBudgetError  # noqa: E402
 from depthcut.cnn.channels import DEFAULT_SCOPE as CHANNEL_SCOPE  # noqa: E402
-from depthcut.methods import method_names  # noqa: E402
+from depthcut.methods import get_method, method_names  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "cnn_frontier"
 MODELS_DIR = ROOT / ".cache" / "cnn_frontier_models"     # each run's deployable result (git-ignored)
@@ -68,6 +72,25 @@ def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
                                       "measured_high")} for p in r["probes"]]
     return {k: r[k] for k in KEYS} | {"probes": len(r["probes"]), "landing": landing,
                                       "timings_s": r.get("timings_s"), **version(method, cfg)}
+
+
+def fill_importance(args) -> None:
+    """``--importance-only``: every importance entry the depth methods' runs will read, computed into the
+    shared cache (compress's ``shard`` 0/1: entries present are skipped, each written atomically, so a kill
+    loses at most the entry being scored). The entries depend on the model and the scoring seed, not on the
+    method, target or timing, so one pass per (model, scoring seed) serves every run."""
+    from depthcut.pipeline import compress
+
+    depth = [m for m in args.methods if get_method(m).kind == "plan"]
+    for model in args.models:
+        shared = importance_seed(args, model)
+        for seed in sorted({s if shared is None else shared for s in args.seeds}):
+            for method in depth:   # their candidate sets differ; the entries they share are scored once
+                cfg = dataclasses.replace(frontier_config(model, method, args.targets[0], seed, args),
+                                          shard=(0, 1), progress=True)
+                r = compress(model, cfg).report
+                print(f"{model} scoring seed {seed} {method}: {r['entries_present']} of {r['entries_needed']} "
+                      f"entries ({r['computed']} computed now) in {r['store']}", flush=True)
 
 
 def artifact(args, model: str, method: str, target: float, seed: int) -> Path:
@@ -505,9 +528,13 @@ def main() -> None:
     ap.add_argument("--matched", action="store_true",
                     help="also compare at matched latency: every baseline's plan nearest LayerMerge's network in a "
                          "joint timing, recovered the same way (bench/matched_latency.py; stored in <out>/matched/)")
+    ap.add_argument("--importance-only", action="store_true",
+                    help="score the importance tables the runs need into --cache and stop (times nothing)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and plot from the stored runs; run nothing")
     args = ap.parse_args()
+    if args.importance_only:
+        return fill_importance(args)
     out = Path(args.out)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
