@@ -18,7 +18,20 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
    sessions, so a spread of 2 % there measured 7-8 % afterwards. Each method's ``NEAR`` candidates nearest the
    common point are therefore timed again the way the report times (every session, ``rounds`` rounds) and the
    common point is chosen again on that timing, up to ``REFINES`` times until it is within SPREAD there;
-5. fresh joint timings of the chosen networks and the original give the reported speed-ups and spread (the
+5. gap filling (version 3): when no refinement got within SPREAD, the plans themselves are too far apart
+   (ResNet-20 x1.25: layer pruning's only plan is x1.32, two-stage's x1.30, channel pruning's x1.29 and then
+   x1.35). Each method then gets ``FILL`` new candidates between its two candidates that bracket each other
+   method's chosen speed-up (the original counting as x1.0): channel pruning at ratios between theirs, a depth
+   method at modelled budgets between their modelled costs (its DP, ``Frontier.best``). They are timed with
+   the nearest candidates the way the report times, and the common point is chosen again (up to REFINES
+   more times);
+6. confirmation (version 3): the chosen networks are timed with the original and nothing else, as each fresh
+   timing is. Out of the refinement's crowd of candidates a MobileNetV2 network can sit 2-3 % off its refined
+   speed-up (x1.25 seed 1: refined 2.4 %, fresh 3.9-5.1 %); when this timing is not within SPREAD, every
+   method's candidates are shifted by its chosen network's offset between the two timings, the common point is
+   chosen again on them and confirmed the same way (up to ``CONFIRMS`` timings; the tightest is kept). These
+   timings choose, so none of them is reported;
+7. fresh joint timings of the chosen networks and the original give the reported speed-ups and spread (the
    selection's own numbers favour the chosen), whatever they say: ``FRESH`` of them, minutes apart (the first
    right after the selection, the others after every target of the run has been matched), because on this
    shared machine, at 2 ONNX Runtime threads, the ratio of the same two networks moves by 3-6 % between timings
@@ -26,7 +39,7 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
    methods' networks together, channel-pruned ones on their own (ResNet-20 seed 2: +3-4.5 % against 0 or
    -4.5 %). A single timing's interval does not cover that; the report gives each network's median over the
    fresh timings and every single timing's spread;
-6. a chosen plan that differs from the method's landed one is recovered with the same recipe (the pipeline's
+8. a chosen plan that differs from the method's landed one is recovered with the same recipe (the pipeline's
    own recovery stage) and evaluated on the same test set.
 
 Everything is stored per (model, target, seed) under ``<out>/matched/`` atomically (the selection first, then
@@ -51,7 +64,10 @@ SELECT_ROUNDS = 100            # rounds of the coarse selection timing
 NEAR = 3                       # candidates per method timed again around the common point
 REFINES = 3                    # refinement timings at most
 FRESH = 3                      # fresh joint timings of the chosen networks, minutes apart
-VERSION = 2                    # 1: chosen on the coarse timing alone; 2: refined the way the report times
+FILL = 3                       # gap-filling candidates per bracket
+CONFIRMS = 3                   # timings of the chosen networks alone before the fresh ones, at most
+VERSION = 3                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
+                               # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -83,6 +99,7 @@ class MethodSearch:
                                       run.splits, config, self.rows.importance_store, run.resolved.chain_exclude)
         self.frontier = search(run, self.rows, importance)
         self.by_key = {c.key: c for c in run.analysis.candidates}
+        self.modelled: dict[tuple, float] = {}          # plan (sorted block keys) -> its modelled body cost
 
     # depth plans ------------------------------------------------------------------------------------------
     def plan(self, blocks: list[str]):
@@ -103,6 +120,7 @@ class MethodSearch:
             except Exception:                          # below the method's fastest plan
                 continue
             key = tuple(sorted(r.ref.key for r in solution.rows))
+            self.modelled[key] = solution.latency_ms
             if key not in seen:
                 seen.add(key)
                 out.append(list(key))
@@ -185,6 +203,55 @@ def candidates(method: str, search: "MethodSearch", report: dict, target: float)
     return out
 
 
+def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], speeds: dict[str, float],
+                    aims: list[float]) -> dict[str, dict]:
+    """New candidates of ``method`` in the gaps of its plans around each speed-up in ``aims`` (the other
+    methods' chosen ones): for each aim with no candidate of ``method`` within SPREAD / 2, FILL plans between
+    its two timed candidates that bracket the aim (the original is the x1.0 end). Channel pruning interpolates
+    the pruning ratio within each family; a depth method the modelled budget of its DP (``Frontier.best``),
+    whose plan at a budget costs at most that budget."""
+    mine = {n: c for n, c in pool.items() if n.startswith(method + "/") and n in speeds}
+    if search.kind == "model":
+        scopes = {c["plan"]["channel_scope"] for c in mine.values()}
+        lines = {scope: [(1.0, 0.0)] + [(speeds[n], c["plan"]["pruning_ratio"]) for n, c in mine.items()
+                                         if c["plan"]["channel_scope"] == scope] for scope in scopes}
+        make = lambda scope, value: ({"pruning_ratio": round(value, 4), "channel_scope": scope},   # noqa: E731
+                                     lambda p: search.pruned(p["pruning_ratio"], p["channel_scope"]))
+    else:
+        modelled = getattr(search, "modelled", {})
+        cost = lambda c: (report.get("plan_modelled") if c["landed"]                                # noqa: E731
+                          else modelled.get(tuple(sorted(c["plan"]))))
+        points = [(speeds[n], cost(c)) for n, c in mine.items() if cost(c) is not None]
+        lines = {None: [(1.0, report.get("modelled_body_ms_identity"))] + points} if points else {}
+        make = lambda scope, value: (value, None)                                                    # noqa: E731
+    wanted: dict = {}                               # scope -> plan parameters to try
+    for aim in aims:
+        if any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine):
+            continue
+        for scope, line in lines.items():
+            slower = [p for p in line if p[0] < aim and p[1] is not None]
+            faster = [p for p in line if p[0] >= aim and p[1] is not None]
+            if not slower or not faster:
+                continue
+            (_, a), (_, b) = max(slower), min(faster)
+            wanted.setdefault(scope, []).extend(a + (b - a) * k / (FILL + 1) for k in range(1, FILL + 1))
+    known_plans = [c["plan"] for n, c in pool.items() if n.startswith(method + "/")]
+    out, index = {}, len([n for n in pool if n.startswith(method + "/")])
+    for scope, values in wanted.items():
+        if search.kind == "model":
+            plans = [make(scope, v)[0] for v in values]
+            build = make(scope, 0.0)[1]
+        else:
+            plans, build = search.plans_at(sorted(values)), search.network
+        for plan in plans:
+            if plan in known_plans:
+                continue
+            known_plans.append(plan)
+            out[f"{method}/fill{index}"] = {"plan": plan, "landed": False, "network": build(plan)}
+            index += 1
+    return out
+
+
 def common_point(speedups: dict[str, float], methods: list[str], target: float) -> dict[str, str]:
     """One candidate per method (names "method/..."), every one at or above ``target``: the choice with the
     smallest spread, or, among those within SPREAD, the one nearest the target. Each method takes, inside the
@@ -252,32 +319,87 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
     if not chosen:
         return None
     coarse, known, refinements = dict(chosen), dict(selection), []
-    for _ in range(REFINES):                       # re-choose on timings taken the way the report times
-        names = list(dict.fromkeys(nearest(known, methods, chosen, NEAR) + list(chosen.values())))
-        refined = timer.joint(runners(names), "original", rounds)
-        known |= refined
-        again = common_point(refined, methods, target) or chosen
-        refinements.append({"timed": {n: refined[n] for n in names}, "chosen": again,
-                            "spread": spread_of(refined, again.values())})
-        log(f"  refinement {len(refinements)}: {len(names)} candidates, spread {100 * refinements[-1]['spread']:.1f} %")
-        chosen = again
-        if refinements[-1]["spread"] <= SPREAD:
-            break
+
+    def refine(chosen: dict[str, str], extra: list[str]) -> dict[str, str]:
+        """Up to REFINES timings the way the report times, each re-choosing the common point."""
+        for _ in range(REFINES):
+            names = list(dict.fromkeys(nearest(known, methods, chosen, NEAR) + list(chosen.values()) + extra))
+            extra = []
+            refined = timer.joint(runners(names), "original", rounds)
+            known.update(refined)
+            again = common_point(refined, methods, target) or chosen
+            refinements.append({"timed": {n: refined[n] for n in names}, "chosen": again,
+                                "spread": spread_of(refined, again.values())})
+            log(f"  refinement {len(refinements)}: {len(names)} candidates, spread "
+                f"{100 * refinements[-1]['spread']:.1f} %")
+            chosen = again
+            if refinements[-1]["spread"] <= SPREAD:
+                break
+        return chosen
+
+    chosen = refine(chosen, [])
+    fills: dict[str, list[str]] = {}
+    if refinements[-1]["spread"] > SPREAD:          # the plans are too far apart: fill the gaps, choose again
+        for method in methods:
+            aims = [known[n] for m, n in chosen.items() if m != method]
+            new = fill_candidates(method, searches(method), reports[method], pool, known, aims)
+            pool |= new
+            fills[method] = list(new)
+        added = [n for names in fills.values() for n in names]
+        log(f"  gap filling: {len(added)} new candidates")
+        if added:
+            chosen = refine(chosen, added)
     for m, n in chosen.items():
         log(f"  {m}: {'landed plan' if pool[n]['landed'] else 'another plan'} at x{known[n]:.3f}")
-    prepared = runners(list(chosen.values()))         # the original's sessions built once
-    final = timer.joint({"original": prepared["original"]} | {m: prepared[n] for m, n in chosen.items()},
-                        "original", rounds)
+
+    def alone(chosen: dict[str, str]) -> dict[str, float]:
+        """The chosen networks timed with the original and nothing else, as every fresh timing is."""
+        prepared = runners(list(chosen.values()))         # the original's sessions built once
+        return timer.joint({"original": prepared["original"]} | {m: prepared[n] for m, n in chosen.items()},
+                           "original", rounds)
+
+    confirmations = []
+    for _ in range(CONFIRMS):                      # timed alone, a network can sit 2-3 % off its refinement timing
+        speeds = alone(chosen)
+        confirmations.append({"chosen": dict(chosen), "speedups": speeds, "spread": spread_of(speeds, speeds)})
+        log(f"  confirmation {len(confirmations)}: spread {100 * confirmations[-1]['spread']:.1f} %")
+        if confirmations[-1]["spread"] <= SPREAD:
+            break
+        offset = {m: speeds[m] / known[n] for m, n in chosen.items()}      # each method's shift out of the crowd
+        shifted = {n: r * offset[n.split("/")[0]] for n, r in known.items() if n.split("/")[0] in offset}
+        again = common_point(shifted, methods, target)
+        if not again or any(again == c["chosen"] for c in confirmations):
+            break
+        chosen = again
+    chosen = min(confirmations, key=lambda c: c["spread"])["chosen"] if confirmations[-1]["spread"] > SPREAD \
+        else confirmations[-1]["chosen"]
+    final = alone(chosen)                          # the first fresh timing: reported whatever it says
+    first = known | selection          # a filled plan was not in the selection: its refinement timing stands in
     return {"version": VERSION,
-            "chosen": {m: {"plan": pool[n]["plan"], "landed": pool[n]["landed"], "selection_speedup": selection[n],
+            "chosen": {m: {"plan": pool[n]["plan"], "landed": pool[n]["landed"], "selection_speedup": first[n],
                            "refined_speedup": known[n],
-                           "candidates": sorted(selection[c] for c in pool if c.startswith(m + "/"))}
+                           "candidates": sorted(first[c] for c in pool if c.startswith(m + "/"))}
                        for m, n in chosen.items()},
             "speedups": final, "rounds": rounds, "selection_rounds": SELECT_ROUNDS,
-            "selection_spread": spread_of(selection, chosen.values()),
-            "coarse_choice": {m: {"plan": pool[n]["plan"], "selection_speedup": selection[n]} for m, n in coarse.items()},
+            "selection_spread": spread_of(first, chosen.values()),
+            "coarse_choice": {m: {"plan": pool[n]["plan"], "selection_speedup": selection[n]}
+                              for m, n in coarse.items()},
             "refinements": refinements,
+            "confirmations": confirmations,
+            "fills": {m: [{"plan": pool[n]["plan"], "speedup": known.get(n)} for n in names]
+                      for m, names in fills.items()},
             "spread": spread_of(final, final)}
+
+
+def current(result: dict) -> bool:
+    """Whether a stored result is what this version would choose: version 2 differs from 3 only where no
+    refinement got within SPREAD (version 3 then fills the gaps) or where its first fresh timing, of the chosen
+    networks alone, was not within SPREAD (version 3 takes such a timing first, to confirm the choice), so the
+    others stand: their first fresh timing is the confirmation version 3 would have taken."""
+    version = result.get("version", 1)
+    return version >= VERSION or (version == 2 and bool(result.get("refinements"))
+                                  and result["refinements"][-1]["spread"] <= SPREAD
+                                  and spread_of(result["speedups"], result["speedups"]) <= SPREAD)
 
 
 def plan_key(method: str, plan) -> str:
@@ -343,7 +465,7 @@ def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: in
     from depthcut.cache import atomic_write_json
 
     result = json.loads(path.read_text()) if path.exists() else None
-    if (result is None or result.get("version", 1) < VERSION or len(fresh_timings(result)) >= upto
+    if (result is None or not current(result) or len(fresh_timings(result)) >= upto
             or not all((artifact(m) / "model.onnx").exists() for m in result["chosen"])):
         return result
     timer, original = setup(model, sessions, threads)
@@ -366,6 +488,7 @@ def load_report(folder: Path) -> dict | None:
         chosen = [p for p in report["probes"] if p.get("lands")] or [p for p in report["probes"] if p["meets"]]
         best = chosen[0] if chosen[0].get("lands") else max(chosen, key=lambda p: p["budget"])
         report["plan_key"] = sorted(best["blocks"])
+        report["plan_modelled"] = best.get("modelled")
     return report
 
 
@@ -383,8 +506,8 @@ def matched(model: str, target: float, seed: int, methods, artifact, folder: Pat
     from depthcut.cache import atomic_write_json
     store = path.with_suffix(".recovered.json")
     recovered = json.loads(store.read_text()) if store.exists() else {}
-    if result is not None and result.get("version", 1) < VERSION:
-        # chosen on the coarse timing alone: keep it for the record, its recoveries for reuse, and choose again
+    if result is not None and not current(result):
+        # chosen the way an older version chose: keep it for the record, its recoveries for reuse, choose again
         for method, pick in result["chosen"].items():
             if "accuracy" in pick and not pick["landed"]:
                 recovered.setdefault(plan_key(method, pick["plan"]), pick["accuracy"])

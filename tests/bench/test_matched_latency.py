@@ -209,3 +209,156 @@ def test_retime_leaves_a_result_whose_landed_network_is_gone(tmp_path):
     assert retime("toy", path, lambda m: tmp_path / m, None, 50, 4, upto=3,
                   setup=lambda *a: (timer, Original())) == stored
     assert timer.calls == []
+
+
+# -- gap filling: when the plans are too far apart, new plans between them ----------------------------------------
+class ChannelSearch:
+    kind = "model"
+
+    def pruned(self, ratio, scope):
+        return f"pruned:{scope}:{ratio}"
+
+
+class BudgetSearch:
+    """A depth method's DP over fixed plans (name -> modelled cost): at a budget, the costliest plan that fits
+    (the most important). ``first`` is what its first call answers (its landing's predicted budgets, which
+    missed the plans in between)."""
+    kind = "depth"
+
+    def __init__(self, method: str, costs: dict[str, float], first: list[str]):
+        self.method, self.costs, self.first, self.modelled, self.asked = method, costs, first, {}, []
+
+    def plans_at(self, budgets):
+        if self.first is not None:
+            plans, self.first = [[p] for p in self.first], None
+        else:
+            self.asked.append(list(budgets))
+            fits = [max((c, p) for p, c in self.costs.items() if c <= b) for b in budgets
+                    if any(c <= b for c in self.costs.values())]
+            plans = list(dict.fromkeys(p for _, p in fits))
+            plans = [[p] for p in plans]
+        for p in plans:
+            self.modelled[tuple(p)] = self.costs[p[0]]
+        return plans
+
+    def network(self, plan):
+        return f"{self.method}:{plan[0]}"
+
+
+def test_channel_pruning_fills_between_the_two_ratios_that_bracket_another_methods_speedup():
+    from matched_latency import FILL, fill_candidates
+
+    pool = {"c/landed": {"plan": {"pruning_ratio": 0.30, "channel_scope": "global"}, "landed": True},
+            "c/0": {"plan": {"pruning_ratio": 0.36, "channel_scope": "global"}, "landed": False},
+            "c/1": {"plan": {"pruning_ratio": 0.20, "channel_scope": "uniform"}, "landed": False}}
+    speeds = {"c/landed": 1.29, "c/0": 1.35, "c/1": 1.40}
+    out = fill_candidates("c", ChannelSearch(), {}, pool, speeds, [1.32])
+    by_scope = {scope: sorted(c["plan"]["pruning_ratio"] for c in out.values() if c["plan"]["channel_scope"] == scope)
+                for scope in ("global", "uniform")}
+    assert len(by_scope["global"]) == FILL and all(0.30 < r < 0.36 for r in by_scope["global"])
+    # the uniform family's only plan is faster than the aim: it brackets from the original (x1.0, ratio 0)
+    assert len(by_scope["uniform"]) == FILL and all(0 < r < 0.20 for r in by_scope["uniform"])
+    assert all(c["network"] == f"pruned:{c['plan']['channel_scope']}:{c['plan']['pruning_ratio']}"
+               for c in out.values())
+    assert len({n for n in out} | set(pool)) == len(out) + len(pool)       # new names
+
+
+def test_no_filling_where_a_candidate_is_already_near_the_aim():
+    from matched_latency import fill_candidates
+
+    pool = {"c/landed": {"plan": {"pruning_ratio": 0.30, "channel_scope": "global"}, "landed": True},
+            "c/0": {"plan": {"pruning_ratio": 0.36, "channel_scope": "global"}, "landed": False}}
+    assert fill_candidates("c", ChannelSearch(), {}, pool, {"c/landed": 1.29, "c/0": 1.35}, [1.30, 1.34]) == {}
+    assert fill_candidates("c", ChannelSearch(), {}, pool, {"c/landed": 1.29, "c/0": 1.35}, [1.50]) == {}
+
+
+def test_a_depth_method_fills_at_budgets_between_the_bracketing_plans_costs_and_adds_only_new_plans():
+    from matched_latency import fill_candidates
+
+    search = BudgetSearch("d", {"landed": 6.6, "r": 6.3, "s": 6.1, "p": 5.9}, first=["p"])
+    pool = {"d/landed": {"plan": ["landed"], "landed": True}, "d/0": {"plan": search.plans_at([0])[0], "landed": False}}
+    report = {"plan_modelled": 6.6, "modelled_body_ms_identity": 10.0}
+    out = fill_candidates("d", search, report, pool, {"d/landed": 1.52, "d/0": 1.70}, [1.60])
+    assert all(5.9 < b < 6.6 for b in search.asked[-1])
+    assert sorted(c["plan"][0] for c in out.values()) == ["r", "s"]           # p is known; r, s lie between
+    assert all(c["network"] == f"d:{c['plan'][0]}" for c in out.values())
+    # a plan with no cost known brackets nothing (the original's cost still does)
+    assert fill_candidates("d", search, {}, pool, {"d/landed": 1.52, "d/0": 1.70}, [1.60]) == {}
+
+
+def test_when_no_refinement_gets_within_the_spread_the_filled_plans_are_chosen():
+    from matched_latency import REFINES, SPREAD, match
+
+    # a's plans: x1.52 (landed) and x1.70; b's only plan x1.60: 5 % apart at best, until a's x1.58 is found
+    speeds = {"original": 1, "a:landed": 1.52, "a:p": 1.70, "a:r": 1.58, "b:landed": 1.60}
+    searches = {"a": BudgetSearch("a", {"landed": 6.6, "r": 6.3, "p": 5.9}, first=["p"]),
+                "b": BudgetSearch("b", {"landed": 6.2}, first=[])}
+    reports = {"a": {"plan_key": ["landed"], "plan_modelled": 6.6, "modelled_body_ms_identity": 10.0, "probes": []},
+               "b": {"plan_key": ["landed"], "plan_modelled": 6.2, "modelled_body_ms_identity": 10.0, "probes": []}}
+    timer = FakeTimer(speeds, speeds)
+    result = match("toy", 1.5, 0, reports, {m: f"{m}:landed" for m in reports}, searches.__getitem__, timer, 50,
+                   Original())
+    assert len(result["refinements"]) == REFINES + 1                # REFINES without, one with the fills
+    assert [f["plan"] for f in result["fills"]["a"]] == [["r"]] and result["fills"]["b"] == []
+    assert result["chosen"]["a"]["plan"] == ["r"] and result["spread"] <= SPREAD
+    assert result["version"] == 3
+
+
+def test_a_version_2_result_stands_where_its_refinement_and_its_first_fresh_timing_got_within_the_spread():
+    from matched_latency import current
+
+    refined = [{"spread": 0.05}, {"spread": 0.02}]
+    assert current({"version": 2, "refinements": refined, "speedups": {"a": 1.5, "b": 1.52}})
+    assert not current({"version": 2, "refinements": refined, "speedups": {"a": 1.5, "b": 1.56}})   # alone: 4 %
+    assert not current({"version": 2, "refinements": [{"spread": 0.02}, {"spread": 0.05}], "speedups": {"a": 1.5}})
+    assert not current({"version": 1})
+    assert current({"version": 3, "refinements": [{"spread": 0.05}]})
+
+
+# -- confirmation: the chosen networks timed alone, as the fresh timings time them ------------------------------
+class AloneTimer(FakeTimer):
+    """Like FakeTimer, but a timing of the chosen networks alone (named by method, no "/") reads ``alone``."""
+
+    def __init__(self, coarse: dict, fine: dict, alone: dict):
+        super().__init__(coarse, fine)
+        self.alone = alone
+
+    def joint(self, runners, reference, rounds):
+        if any("/" in n for n in runners):
+            return super().joint(runners, reference, rounds)
+        self.calls.append(sorted(n for n in runners if n != reference))
+        return {n: self.alone[w] for n, (w, _) in runners.items() if n != reference}
+
+
+def test_a_choice_that_spreads_when_timed_alone_is_shifted_and_confirmed_again():
+    from matched_latency import SPREAD, match
+
+    fine = {"original": 1, "a:landed": 1.52, "a:p": 1.56, "b:landed": 1.54, "b:p": 1.60}
+    alone = {"a:landed": 1.52, "a:p": 1.56, "b:landed": 1.60, "b:p": 1.66}    # b's network is 4 % faster alone
+    searches = {"a": FakeSearch("a", ["p"]), "b": FakeSearch("b", ["p"])}
+    reports = {m: {"plan_key": ["landed"], "modelled_body_ms_identity": 1.0, "probes": []} for m in ("a", "b")}
+    timer = AloneTimer(fine, fine, alone)
+    result = match("toy", 1.5, 0, reports, {m: f"{m}:landed" for m in reports}, searches.__getitem__, timer, 50,
+                   Original())
+    first, second = result["confirmations"]
+    assert first["chosen"] == {"a": "a/landed", "b": "b/landed"} and first["spread"] > SPREAD
+    assert second["chosen"] == {"a": "a/0", "b": "b/landed"} and second["spread"] <= SPREAD
+    assert result["chosen"]["a"]["plan"] == ["p"] and result["chosen"]["b"]["landed"]
+    assert result["speedups"] == {"a": 1.56, "b": 1.60}                  # the fresh timing, taken after
+
+
+def test_confirmation_keeps_the_tightest_choice_when_none_is_within_the_spread():
+    from matched_latency import CONFIRMS, match
+
+    fine = {"original": 1, "a:landed": 1.52, "a:p": 1.56, "b:landed": 1.54, "b:p": 1.60}
+    alone = {"a:landed": 1.52, "a:p": 1.40, "b:landed": 1.60, "b:p": 1.70}    # nothing meets alone
+    searches = {"a": FakeSearch("a", ["p"]), "b": FakeSearch("b", ["p"])}
+    reports = {m: {"plan_key": ["landed"], "modelled_body_ms_identity": 1.0, "probes": []} for m in ("a", "b")}
+    timer = AloneTimer(fine, fine, alone)
+    result = match("toy", 1.5, 0, reports, {m: f"{m}:landed" for m in reports}, searches.__getitem__, timer, 50,
+                   Original())
+    spreads = [c["spread"] for c in result["confirmations"]]
+    assert len(spreads) == 2 <= CONFIRMS and min(spreads) > 0.03   # the second choice leaves a below the target
+    best = min(result["confirmations"], key=lambda c: c["spread"])["chosen"]
+    assert best == {"a": "a/landed", "b": "b/landed"}
+    assert result["chosen"]["a"]["landed"] and result["chosen"]["b"]["landed"]
