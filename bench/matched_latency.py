@@ -29,7 +29,8 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
    timing is. Out of the refinement's crowd of candidates a MobileNetV2 network can sit 2-3 % off its refined
    speed-up (x1.25 seed 1: refined 2.4 %, fresh 3.9-5.1 %); when this timing is not within SPREAD, every
    method's candidates are shifted by its chosen network's offset between the two timings, the common point is
-   chosen again on them and confirmed the same way (up to ``CONFIRMS`` timings; the tightest is kept). These
+   chosen again on them, no faster than SPREAD above the confirmed timing's fastest (a local correction, not a
+   jump to another point), and confirmed the same way (up to ``CONFIRMS`` timings; the tightest is kept). These
    timings choose, so none of them is reported;
 7. fresh joint timings of the chosen networks and the original give the reported speed-ups and spread (the
    selection's own numbers favour the chosen), whatever they say: ``FRESH`` of them, minutes apart (the first
@@ -66,8 +67,9 @@ REFINES = 3                    # refinement timings at most
 FRESH = 3                      # fresh joint timings of the chosen networks, minutes apart
 FILL = 3                       # gap-filling candidates per bracket
 CONFIRMS = 3                   # timings of the chosen networks alone before the fresh ones, at most
-VERSION = 3                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
-                               # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone
+VERSION = 4                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
+                               # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone;
+                               # 4: the confirmation's re-choice kept local
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -367,7 +369,10 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
             break
         offset = {m: speeds[m] / known[n] for m, n in chosen.items()}      # each method's shift out of the crowd
         shifted = {n: r * offset[n.split("/")[0]] for n, r in known.items() if n.split("/")[0] in offset}
-        again = common_point(shifted, methods, target)
+        # a local correction: no faster than the refined choice allows, else a jump to a far point within SPREAD
+        # (ResNet-20 x1.5 seed 1: x1.91) would compare the methods somewhere else than at the target
+        ceiling = max(speeds.values()) * (1 + SPREAD)
+        again = common_point({n: r for n, r in shifted.items() if r <= ceiling}, methods, target)
         if not again or any(again == c["chosen"] for c in confirmations):
             break
         chosen = again
@@ -392,11 +397,24 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
 
 
 def current(result: dict) -> bool:
-    """Whether a stored result is what this version would choose: version 2 differs from 3 only where no
-    refinement got within SPREAD (version 3 then fills the gaps) or where its first fresh timing, of the chosen
-    networks alone, was not within SPREAD (version 3 takes such a timing first, to confirm the choice), so the
-    others stand: their first fresh timing is the confirmation version 3 would have taken."""
+    """Whether a stored result is what this version would choose. Version 2 differs from 4 only where no
+    refinement got within SPREAD (version 3 on fills the gaps) or where its first fresh timing, of the chosen
+    networks alone, was not within SPREAD (version 3 on takes such a timing first, to confirm the choice), so the
+    others stand: their first fresh timing is the confirmation version 3 would have taken. Version 3 differs
+    from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's fastest."""
     version = result.get("version", 1)
+    if version == 3:          # version 4 keeps the confirmation's re-choice local: a v3 one stands if it was
+        known: dict[str, float] = {}
+        for refinement in result["refinements"]:
+            known.update(refinement["timed"])
+        confirmations = result.get("confirmations", [])
+        for before, after in zip(confirmations, confirmations[1:]):
+            ceiling = max(before["speedups"].values()) * (1 + SPREAD)
+            for m, n in after["chosen"].items():
+                old = before["chosen"][m]
+                if n not in known or old not in known or known[n] * before["speedups"][m] / known[old] > ceiling:
+                    return False
+        return True
     return version >= VERSION or (version == 2 and bool(result.get("refinements"))
                                   and result["refinements"][-1]["spread"] <= SPREAD
                                   and spread_of(result["speedups"], result["speedups"]) <= SPREAD)

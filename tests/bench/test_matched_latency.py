@@ -287,7 +287,7 @@ def test_a_depth_method_fills_at_budgets_between_the_bracketing_plans_costs_and_
 
 
 def test_when_no_refinement_gets_within_the_spread_the_filled_plans_are_chosen():
-    from matched_latency import REFINES, SPREAD, match
+    from matched_latency import REFINES, SPREAD, VERSION, match
 
     # a's plans: x1.52 (landed) and x1.70; b's only plan x1.60: 5 % apart at best, until a's x1.58 is found
     speeds = {"original": 1, "a:landed": 1.52, "a:p": 1.70, "a:r": 1.58, "b:landed": 1.60}
@@ -301,7 +301,7 @@ def test_when_no_refinement_gets_within_the_spread_the_filled_plans_are_chosen()
     assert len(result["refinements"]) == REFINES + 1                # REFINES without, one with the fills
     assert [f["plan"] for f in result["fills"]["a"]] == [["r"]] and result["fills"]["b"] == []
     assert result["chosen"]["a"]["plan"] == ["r"] and result["spread"] <= SPREAD
-    assert result["version"] == 3
+    assert result["version"] == VERSION
 
 
 def test_a_version_2_result_stands_where_its_refinement_and_its_first_fresh_timing_got_within_the_spread():
@@ -312,7 +312,15 @@ def test_a_version_2_result_stands_where_its_refinement_and_its_first_fresh_timi
     assert not current({"version": 2, "refinements": refined, "speedups": {"a": 1.5, "b": 1.56}})   # alone: 4 %
     assert not current({"version": 2, "refinements": [{"spread": 0.02}, {"spread": 0.05}], "speedups": {"a": 1.5}})
     assert not current({"version": 1})
-    assert current({"version": 3, "refinements": [{"spread": 0.05}]})
+    assert current({"version": 4, "refinements": [{"spread": 0.05}]})
+    # version 3: stands unless a confirmation re-chose networks faster than 3 % above its timing's fastest
+    timed = {"a/0": 1.52, "a/1": 1.90, "b/0": 1.55, "b/1": 1.88}
+    first = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.60}}
+    local = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.60}}
+    jump = {"chosen": {"a": "a/1", "b": "b/1"}, "speedups": {"a": 1.90, "b": 1.94}}
+    v3 = {"version": 3, "refinements": [{"spread": 0.02, "timed": timed}]}
+    assert current(v3 | {"confirmations": [first]}) and current(v3 | {"confirmations": [first, local]})
+    assert not current(v3 | {"confirmations": [first, jump]})
 
 
 # -- confirmation: the chosen networks timed alone, as the fresh timings time them ------------------------------
@@ -362,3 +370,18 @@ def test_confirmation_keeps_the_tightest_choice_when_none_is_within_the_spread()
     best = min(result["confirmations"], key=lambda c: c["spread"])["chosen"]
     assert best == {"a": "a/landed", "b": "b/landed"}
     assert result["chosen"]["a"]["landed"] and result["chosen"]["b"]["landed"]
+
+
+def test_confirmation_corrects_locally_and_does_not_jump_to_a_far_point():
+    from matched_latency import match
+
+    # timed alone, b is 3 % faster; a point within 3 % exists only near x1.9, far from the target x1.5
+    fine = {"original": 1, "a:landed": 1.52, "a:p": 1.90, "b:landed": 1.55, "b:p": 1.88}
+    alone = {"a:landed": 1.52, "a:p": 1.90, "b:landed": 1.60, "b:p": 1.94}
+    searches = {"a": FakeSearch("a", ["p"]), "b": FakeSearch("b", ["p"])}
+    reports = {m: {"plan_key": ["landed"], "modelled_body_ms_identity": 1.0, "probes": []} for m in ("a", "b")}
+    result = match("toy", 1.5, 0, reports, {m: f"{m}:landed" for m in reports}, searches.__getitem__,
+                   AloneTimer(fine, fine, alone), 50, Original())
+    assert len(result["confirmations"]) == 1
+    assert result["chosen"]["a"]["landed"] and result["chosen"]["b"]["landed"]
+    assert max(result["speedups"].values()) < 1.7
