@@ -52,8 +52,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import math
+import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -61,15 +62,16 @@ from pathlib import Path
 import torch
 
 SPREAD = 0.03                  # issue 9: all methods within 3 % of each other in measured latency
+BAND = 0.10                    # the common point first within +10 % of the target (compress's landing band)
 SELECT_ROUNDS = 100            # rounds of the coarse selection timing
 NEAR = 3                       # candidates per method timed again around the common point
 REFINES = 3                    # refinement timings at most
 FRESH = 3                      # fresh joint timings of the chosen networks, minutes apart
 FILL = 3                       # gap-filling candidates per bracket
 CONFIRMS = 3                   # timings of the chosen networks alone before the fresh ones, at most
-VERSION = 4                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
+VERSION = 5                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
                                # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone;
-                               # 4: the confirmation's re-choice kept local
+                               # 4: the confirmation's re-choice kept local; 5: the common point in BAND first
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -256,8 +258,11 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
 
 def common_point(speedups: dict[str, float], methods: list[str], target: float) -> dict[str, str]:
     """One candidate per method (names "method/..."), every one at or above ``target``: the choice with the
-    smallest spread, or, among those within SPREAD, the one nearest the target. Each method takes, inside the
-    chosen window, its candidate nearest the window's centre."""
+    smallest spread, or, among those within SPREAD, the one nearest the target. Choices whose slowest network
+    lies within BAND above the target come first (the comparison is *at* the target: without the band, a
+    tight point at x1.92 beat a 4 %-wide one at x1.55 for the x1.5 target); only without any such choice are
+    the others considered. Each method takes, inside the chosen window, its candidate nearest the window's
+    centre."""
     items = sorted((r, n) for n, r in speedups.items() if r >= target and n.split("/")[0] in methods)
     windows = []
     for i, (low, _) in enumerate(items):
@@ -265,6 +270,7 @@ def common_point(speedups: dict[str, float], methods: list[str], target: float) 
             if {n.split("/")[0] for _, n in items[i:j + 1]} == set(methods):
                 windows.append((items[j][0] / low - 1, low, items[i:j + 1]))
                 break
+    windows = [w for w in windows if w[2][-1][0] <= target * (1 + BAND)] or windows
     if not windows:
         return {}
     within = [w for w in windows if w[0] <= SPREAD]
@@ -396,13 +402,21 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
             "spread": spread_of(final, final)}
 
 
-def current(result: dict) -> bool:
-    """Whether a stored result is what this version would choose. Version 2 differs from 4 only where no
-    refinement got within SPREAD (version 3 on fills the gaps) or where its first fresh timing, of the chosen
-    networks alone, was not within SPREAD (version 3 on takes such a timing first, to confirm the choice), so the
-    others stand: their first fresh timing is the confirmation version 3 would have taken. Version 3 differs
-    from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's fastest."""
+def current(result: dict, target: float) -> bool:
+    """Whether a stored result is what this version would choose. Older versions' choices stand only inside
+    BAND (version 5 prefers it; a choice inside it was the best there too). Version 2 differs from 3-4 only
+    where no refinement got within SPREAD (version 3 on fills the gaps) or where its first fresh timing, of the
+    chosen networks alone, was not within SPREAD (version 3 on takes such a timing first, to confirm the
+    choice), so the others stand: their first fresh timing is the confirmation version 3 would have taken.
+    Version 3 differs from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's
+    fastest."""
     version = result.get("version", 1)
+    if version >= VERSION:
+        return True
+    if not all(p.get("refined_speedup", math.inf) <= target * (1 + BAND) for p in result["chosen"].values()):
+        return False
+    if version == 4:
+        return True
     if version == 3:          # version 4 keeps the confirmation's re-choice local: a v3 one stands if it was
         known: dict[str, float] = {}
         for refinement in result["refinements"]:
@@ -415,9 +429,14 @@ def current(result: dict) -> bool:
                 if n not in known or old not in known or known[n] * before["speedups"][m] / known[old] > ceiling:
                     return False
         return True
-    return version >= VERSION or (version == 2 and bool(result.get("refinements"))
-                                  and result["refinements"][-1]["spread"] <= SPREAD
-                                  and spread_of(result["speedups"], result["speedups"]) <= SPREAD)
+    return (version == 2 and bool(result.get("refinements"))
+            and result["refinements"][-1]["spread"] <= SPREAD
+            and spread_of(result["speedups"], result["speedups"]) <= SPREAD)
+
+
+def target_of(path: Path) -> float:
+    """The target of a stored result, from its name ``<model>-x<target>-s<seed>.json``."""
+    return float(re.search(r"-x([0-9.]+)-s\d+$", path.stem).group(1))
 
 
 def plan_key(method: str, plan) -> str:
@@ -483,7 +502,7 @@ def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: in
     from depthcut.cache import atomic_write_json
 
     result = json.loads(path.read_text()) if path.exists() else None
-    if (result is None or not current(result) or len(fresh_timings(result)) >= upto
+    if (result is None or not current(result, target_of(path)) or len(fresh_timings(result)) >= upto
             or not all((artifact(m) / "model.onnx").exists() for m in result["chosen"])):
         return result
     timer, original = setup(model, sessions, threads)
@@ -524,7 +543,7 @@ def matched(model: str, target: float, seed: int, methods, artifact, folder: Pat
     from depthcut.cache import atomic_write_json
     store = path.with_suffix(".recovered.json")
     recovered = json.loads(store.read_text()) if store.exists() else {}
-    if result is not None and not current(result):
+    if result is not None and not current(result, target):
         # chosen the way an older version chose: keep it for the record, its recoveries for reuse, choose again
         for method, pick in result["chosen"].items():
             if "accuracy" in pick and not pick["landed"]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from matched_latency import SPREAD, common_point  # noqa: E402
+from matched_latency import BAND, SPREAD, common_point  # noqa: E402
 
 
 def instance(seed: int):
@@ -34,6 +34,8 @@ def test_the_common_point_is_the_brute_force_optimum(seed):
         return
     assert sorted(chosen) == sorted(methods)
     got = [speedups[chosen[m]] for m in methods]
+    in_band = [c for c in combos if max(c) <= target * (1 + BAND)]
+    combos = in_band or combos                          # choices at the target first
     assert all(chosen[m].startswith(m + "/") for m in methods) and min(got) >= target
     feasible = [c for c in combos if spread(c) <= SPREAD]
     if feasible:
@@ -41,6 +43,12 @@ def test_the_common_point_is_the_brute_force_optimum(seed):
         assert max(got) == pytest.approx(min(max(c) for c in feasible), abs=1e-12)
     else:
         assert spread(got) == pytest.approx(min(spread(c) for c in combos), abs=1e-12)
+
+
+def test_a_point_in_the_band_wins_over_a_tighter_one_far_above_the_target():
+    speedups = {"a/0": 1.52, "a/1": 1.90, "b/0": 1.58, "b/1": 1.91}           # 3.9 % at x1.5, 0.5 % at x1.9
+    assert common_point(speedups, ["a", "b"], 1.5) == {"a": "a/0", "b": "b/0"}
+    assert common_point({"a/0": 1.90, "b/0": 1.95}, ["a", "b"], 1.5) == {"a": "a/0", "b": "b/0"}   # none in band
 
 
 def test_a_method_below_the_target_everywhere_leaves_no_common_point():
@@ -304,23 +312,35 @@ def test_when_no_refinement_gets_within_the_spread_the_filled_plans_are_chosen()
     assert result["version"] == VERSION
 
 
-def test_a_version_2_result_stands_where_its_refinement_and_its_first_fresh_timing_got_within_the_spread():
+def test_an_older_result_stands_only_where_this_version_would_choose_the_same():
     from matched_latency import current
 
+    at = {"a": {"refined_speedup": 1.52}, "b": {"refined_speedup": 1.55}}      # inside the band of x1.5
+    far = {"a": {"refined_speedup": 1.90}, "b": {"refined_speedup": 1.92}}     # outside it
     refined = [{"spread": 0.05}, {"spread": 0.02}]
-    assert current({"version": 2, "refinements": refined, "speedups": {"a": 1.5, "b": 1.52}})
-    assert not current({"version": 2, "refinements": refined, "speedups": {"a": 1.5, "b": 1.56}})   # alone: 4 %
-    assert not current({"version": 2, "refinements": [{"spread": 0.02}, {"spread": 0.05}], "speedups": {"a": 1.5}})
-    assert not current({"version": 1})
-    assert current({"version": 4, "refinements": [{"spread": 0.05}]})
+    v2 = {"version": 2, "refinements": refined, "chosen": at}
+    assert current(v2 | {"speedups": {"a": 1.5, "b": 1.52}}, 1.5)
+    assert not current(v2 | {"speedups": {"a": 1.5, "b": 1.56}}, 1.5)                      # alone: 4 %
+    assert not current(v2 | {"speedups": {"a": 1.5, "b": 1.52}, "chosen": far}, 1.5)      # off the band
+    assert not current(v2 | {"refinements": refined[::-1], "speedups": {"a": 1.5}}, 1.5)  # never within 3 %
+    assert not current({"version": 1, "chosen": at}, 1.5)
+    assert current({"version": 4, "chosen": at}, 1.5) and not current({"version": 4, "chosen": far}, 1.5)
     # version 3: stands unless a confirmation re-chose networks faster than 3 % above its timing's fastest
-    timed = {"a/0": 1.52, "a/1": 1.90, "b/0": 1.55, "b/1": 1.88}
-    first = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.60}}
-    local = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.60}}
-    jump = {"chosen": {"a": "a/1", "b": "b/1"}, "speedups": {"a": 1.90, "b": 1.94}}
-    v3 = {"version": 3, "refinements": [{"spread": 0.02, "timed": timed}]}
-    assert current(v3 | {"confirmations": [first]}) and current(v3 | {"confirmations": [first, local]})
-    assert not current(v3 | {"confirmations": [first, jump]})
+    timed = {"a/0": 1.52, "a/1": 1.60, "b/0": 1.55, "b/1": 1.62}
+    first = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.55}}
+    local = {"chosen": {"a": "a/0", "b": "b/0"}, "speedups": {"a": 1.52, "b": 1.55}}
+    jump = {"chosen": {"a": "a/1", "b": "b/1"}, "speedups": {"a": 1.60, "b": 1.62}}
+    v3 = {"version": 3, "refinements": [{"spread": 0.02, "timed": timed}], "chosen": at}
+    assert current(v3 | {"confirmations": [first]}, 1.5) and current(v3 | {"confirmations": [first, local]}, 1.5)
+    assert not current(v3 | {"confirmations": [first, jump]}, 1.5)
+    assert current({"version": 5, "chosen": far}, 1.5)
+
+
+def test_the_target_of_a_stored_result_is_read_from_its_name(tmp_path):
+    from matched_latency import target_of
+
+    assert target_of(tmp_path / "resnet20_fmnist-x1.25-s2.json") == 1.25
+    assert target_of(tmp_path / "mobilenet_v2_fmnist-x2.0-s0.json") == 2.0
 
 
 # -- confirmation: the chosen networks timed alone, as the fresh timings time them ------------------------------
