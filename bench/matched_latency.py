@@ -186,6 +186,14 @@ class Timer:
         return {name: e.ratio for name, e in est.items()}
 
 
+def build(search, plan) -> torch.nn.Module:
+    """The network of one of the method's plans: a channel plan ({"pruning_ratio", "channel_scope"}) or a depth
+    plan (sorted block keys)."""
+    if search.kind == "model":
+        return search.pruned(plan["pruning_ratio"], plan["channel_scope"])
+    return search.network(plan)
+
+
 def candidates(method: str, search: "MethodSearch", report: dict, target: float) -> dict[str, dict]:
     """name -> {"plan", "landed", "network"}: the landed plan first, then the method's own nearby choices."""
     if search.kind == "model":
@@ -196,14 +204,12 @@ def candidates(method: str, search: "MethodSearch", report: dict, target: float)
             start = landed["pruning_ratio"] if scope == landed["channel_scope"] else family.best(macs).ratio
             plans += [{"pruning_ratio": round(min(start * f, family.floor_plan.ratio), 4), "channel_scope": scope}
                       for f in RATIOS]
-        build = lambda p: search.pruned(p["pruning_ratio"], p["channel_scope"])   # noqa: E731
     else:
         landed = report["plan_key"]
         plans = search.plans_at([predicted_modelled(report, target * f) for f in SPEEDUPS])
-        build = search.network
     out = {f"{method}/landed": {"plan": landed, "landed": True}}
     for i, plan in enumerate(p for k, p in enumerate(plans) if p != landed and p not in plans[:k]):
-        out[f"{method}/{i}"] = {"plan": plan, "landed": False, "network": build(plan)}
+        out[f"{method}/{i}"] = {"plan": plan, "landed": False, "network": build(search, plan)}
     return out
 
 
@@ -219,15 +225,12 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
         scopes = {c["plan"]["channel_scope"] for c in mine.values()}
         lines = {scope: [(1.0, 0.0)] + [(speeds[n], c["plan"]["pruning_ratio"]) for n, c in mine.items()
                                          if c["plan"]["channel_scope"] == scope] for scope in scopes}
-        make = lambda scope, value: ({"pruning_ratio": round(value, 4), "channel_scope": scope},   # noqa: E731
-                                     lambda p: search.pruned(p["pruning_ratio"], p["channel_scope"]))
     else:
         modelled = getattr(search, "modelled", {})
         cost = lambda c: (report.get("plan_modelled") if c["landed"]                                # noqa: E731
                           else modelled.get(tuple(sorted(c["plan"]))))
         points = [(speeds[n], cost(c)) for n, c in mine.items() if cost(c) is not None]
         lines = {None: [(1.0, report.get("modelled_body_ms_identity"))] + points} if points else {}
-        make = lambda scope, value: (value, None)                                                    # noqa: E731
     wanted: dict = {}                               # scope -> plan parameters to try
     for aim in aims:
         if any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine):
@@ -239,20 +242,16 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
                 continue
             (_, a), (_, b) = max(slower), min(faster)
             wanted.setdefault(scope, []).extend(a + (b - a) * k / (FILL + 1) for k in range(1, FILL + 1))
-    known_plans = [c["plan"] for n, c in pool.items() if n.startswith(method + "/")]
-    out, index = {}, len([n for n in pool if n.startswith(method + "/")])
-    for scope, values in wanted.items():
-        if search.kind == "model":
-            plans = [make(scope, v)[0] for v in values]
-            build = make(scope, 0.0)[1]
-        else:
-            plans, build = search.plans_at(sorted(values)), search.network
-        for plan in plans:
-            if plan in known_plans:
-                continue
-            known_plans.append(plan)
-            out[f"{method}/fill{index}"] = {"plan": plan, "landed": False, "network": build(plan)}
-            index += 1
+    if search.kind == "model":
+        plans = [{"pruning_ratio": round(v, 4), "channel_scope": scope} for scope, vs in wanted.items() for v in vs]
+    else:
+        plans = search.plans_at(sorted(v for vs in wanted.values() for v in vs)) if wanted else []
+    known = [c["plan"] for n, c in pool.items() if n.startswith(method + "/")]
+    out = {}
+    for plan in plans:
+        if plan not in known:
+            out[f"{method}/fill{len(known)}"] = {"plan": plan, "landed": False, "network": build(search, plan)}
+            known.append(plan)
     return out
 
 
@@ -382,8 +381,7 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
         if not again or any(again == c["chosen"] for c in confirmations):
             break
         chosen = again
-    chosen = min(confirmations, key=lambda c: c["spread"])["chosen"] if confirmations[-1]["spread"] > SPREAD \
-        else confirmations[-1]["chosen"]
+    chosen = min(confirmations, key=lambda c: c["spread"])["chosen"]    # the last, if it got within SPREAD
     final = alone(chosen)                          # the first fresh timing: reported whatever it says
     first = known | selection          # a filled plan was not in the selection: its refinement timing stands in
     return {"version": VERSION,
@@ -476,12 +474,8 @@ def network_file(method: str, pick: dict, landed: Path, searches, example: torch
     path = landed / f"matched-{hashlib.sha1(plan_key(method, pick['plan']).encode()).hexdigest()[:12]}.onnx"
     if not path.exists():
         from depthcut.latency.backends import export_onnx
-        search = searches(method)
-        plan = pick["plan"]
-        network = (search.pruned(plan["pruning_ratio"], plan["channel_scope"]) if search.kind == "model"
-                   else search.network(plan))
         tmp = path.with_name(path.name + ".tmp")
-        export_onnx(network, example, str(tmp))
+        export_onnx(build(searches(method), pick["plan"]), example, str(tmp))
         os.replace(tmp, path)
     return path
 
