@@ -35,10 +35,18 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+CPU_EVAL_BATCH = 64     # on a CPU larger batches are slower per image: a 512-image batch's activations leave the
+                        # cache (MobileNetV2 on 28x28: 3.6 ms/image at 512, 0.9 at 64; ResNet-20 0.61 vs 0.49)
+GPU_EVAL_BATCH = 512
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512) -> float:
-    """Top-1 accuracy in percent, in eval mode; the model's train/eval mode is restored afterwards."""
+def evaluate(model: nn.Module, data: Dataset, batch_size: int | None = None) -> float:
+    """Top-1 accuracy in percent, in eval mode; the model's train/eval mode is restored afterwards. The batch
+    size changes the speed only (eval mode: no statistics are taken from the batch)."""
     was_training, device = model.training, _device(model)
+    if batch_size is None:
+        batch_size = CPU_EVAL_BATCH if device.type == "cpu" else GPU_EVAL_BATCH
     model.eval()
     correct = total = 0
     for x, y in loader(data, batch_size):

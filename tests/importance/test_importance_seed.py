@@ -36,3 +36,12 @@ def test_importance_seed_is_validated_and_saved(tmp_path):
     path = tmp_path / "c.json"
     LayerMergeConfig(seed=3, importance_seed=0).save(path)
     assert LayerMergeConfig.load(path).scoring_seed == 0
+
+
+def test_the_fine_tunes_numerics_key_the_table_only_when_changed(resnet):
+    """channels_last and mixed precision change an entry's value (float order in 20 SGD steps), so their
+    entries never mix with the default recipe's; the default's key is what it was before they were named."""
+    model, analysis = resnet
+    manifest = lambda **kw: importance_manifest(model, analysis, LayerMergeConfig(**kw))  # noqa: E731
+    assert "channels_last" not in manifest() and "amp" not in manifest()
+    assert len({str(manifest()), str(manifest(channels_last=True)), str(manifest(amp="bf16"))}) == 3

@@ -101,6 +101,8 @@ def test_evaluate_matches_manual_count_and_restores_mode(digits):
     model.train()
     assert evaluate(model, test_set, batch_size=50) == pytest.approx(expected)
     assert model.training
+    # the default batch (64 on a CPU, for speed) counts the same: eval mode takes nothing from the batch
+    assert evaluate(model, test_set) == evaluate(model, test_set, batch_size=len(y)) == pytest.approx(expected)
 
 
 def test_progress_bar_on_stderr(digits, capsys, monkeypatch):
