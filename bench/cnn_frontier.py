@@ -19,12 +19,27 @@ measured speed-up, mean +/- std over seeds, where LayerMerge does not win) and `
     python bench/cnn_frontier.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.25 1.5 2.0]
                                  [--seeds 0 1 2] [--recovery-epochs 1.0]
 
+Within 2 hours on this 2-core machine (issue 9), from an empty cache: share what does not depend on the seed and
+give every network exactly one recovery, at a budget sized to fit (stated in the report, with the wall time the
+benchmark took, per phase, summed over resumed invocations in ``--out``/clock.json):
+
+    python bench/cnn_frontier.py --matched --timing-threads 1 --channels-last --recover-chosen-only \
+        --share-networks --importance-seed 0 --importance-steps mobilenet_v2_fmnist=10 \
+        --recovery-epochs resnet20_fmnist=0.25 mobilenet_v2_fmnist=0.1 --cache .cache/depthcut-2h \
+        --out bench/results/cnn_frontier_2h --models-dir .cache/cnn_frontier_models_2h
+
+``--share-networks``: the networks of a seed follow from its importance table and the timings, not from its
+recovery seed, so seeds sharing a table share them - one landing and matching, each seed recovering them.
+``--recover-chosen-only``: landing runs are not recovered; the networks chosen at matched latency are, once.
+``--channels-last``: fine-tunes in channels_last (1.2x-1.7x on this CPU; ONNX Runtime timings unchanged).
+
 ``--importance-only`` scores the importance tables the runs will need into the cache and stops. It times
 nothing, so it may run on another machine sharing ``--cache`` or next to other work, unlike the runs themselves.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -51,18 +66,31 @@ KEYS = ("speedup", "speedup_low", "speedup_high", "accuracy_before", "accuracy_a
         "activations_after", "within_band", "landing_overshoot", "seconds")
 
 
-def frontier_config(model: str, method: str, target: float, seed: int, args) -> LayerMergeConfig:
-    """One run's configuration: the budgets every method shares."""
-    return LayerMergeConfig(speedup=target, method=method, seed=seed, recovery_epochs=recovery(args, model),
+def frontier_config(model: str, method: str, target: float, seed: int, args, landing: bool = False
+                    ) -> LayerMergeConfig:
+    """One run's configuration: the budgets every method shares. ``landing``: the configuration of the landing
+    run itself, which with ``--recover-chosen-only`` is not recovered (its network is recovered only if matching
+    chooses it, with the budget the other configurations carry)."""
+    deferred = landing and args.recover_chosen_only
+    return LayerMergeConfig(speedup=target, method=method, seed=seed,
+                            recovery_epochs=0.0 if deferred else recovery(args, model),
                             importance_seed=importance_seed(args, model), speed_tolerance=args.band,
                             max_resolves=10, progress=False, cache_dir=args.cache, executor=args.executor,
-                            workers=args.workers, timing_threads=args.timing_threads)
+                            workers=args.workers, timing_threads=args.timing_threads,
+                            channels_last=args.channels_last, importance_steps=importance_steps(args, model))
+
+
+def control_config(model: str, seed: int, args) -> LayerMergeConfig:
+    """The control's recipe: the recovery every method's network gets."""
+    return LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model), importance_seed=importance_seed(args, model),
+                            timing_threads=args.timing_threads, channels_last=args.channels_last,
+                            importance_steps=importance_steps(args, model))
 
 
 def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
     from depthcut.pipeline import compress
 
-    cfg = frontier_config(model, method, target, seed, args)
+    cfg = frontier_config(model, method, target, seed, args, landing=True)
     t0 = time.time()
     try:
         r = compress(model, cfg, out=artifact(args, model, method, target, seed)).report
@@ -127,8 +155,7 @@ def control(model: str, seed: int, args) -> dict:
     from depthcut.models import resolve_model
     from depthcut.train import evaluate, train
 
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model), timing_threads=args.timing_threads)
+    cfg = control_config(model, seed, args)
     torch.manual_seed(seed)
     resolved = resolve_model(model)
     original = resolved.model.eval()
@@ -138,7 +165,8 @@ def control(model: str, seed: int, args) -> dict:
     tuned = copy.deepcopy(original)
     t0 = time.time()
     train(tuned, splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr, batch_size=cfg.recovery_batch_size,
-          teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed)
+          teacher=original if cfg.distill else None, kd_weight=cfg.kd_weight, progress=False, seed=seed,
+          channels_last=cfg.channels_last)
     return {"speedup": 1.0, "speedup_low": 1.0, "speedup_high": 1.0, "accuracy_before": evaluate(original, splits.test),
             "accuracy_after": evaluate(tuned.eval(), splits.test), "seconds": time.time() - t0,
             **version("control", cfg)}
@@ -146,7 +174,8 @@ def control(model: str, seed: int, args) -> dict:
 
 def version(method: str, cfg: LayerMergeConfig) -> dict:
     """What a stored run must share with this one to be reused."""
-    out = {"recovery_epochs": cfg.recovery_epochs, "importance_seed": cfg.scoring_seed}
+    out = {"recovery_epochs": cfg.recovery_epochs, "importance_seed": cfg.scoring_seed,
+           "channels_last": cfg.channels_last, "importance_steps": cfg.importance_steps}
     if cfg.timing_threads:                          # runs stored before the option timed with torch's threads
         out["timing_threads"] = cfg.timing_threads
     if method == "channel":
@@ -154,12 +183,12 @@ def version(method: str, cfg: LayerMergeConfig) -> dict:
     return out
 
 
-def reusable(stored: dict, method: str, model: str, seed: int, args) -> bool:
-    cfg = LayerMergeConfig(seed=seed, recovery_epochs=recovery(args, model),
-                           importance_seed=importance_seed(args, model), timing_threads=args.timing_threads)
-    # runs stored before a field existed had its old value: 1 epoch, the run's own seed, uniform channels
-    have = {"recovery_epochs": 1.0, "importance_seed": seed, "channel_scope": "uniform", "timing_threads": None,
-            **stored}
+def reusable(stored: dict, method: str, cfg: LayerMergeConfig) -> bool:
+    """``cfg``: the configuration the run would have now (the landing run's, or the control's)."""
+    # runs stored before a field existed had its old value: 1 epoch, the run's own seed, uniform channels,
+    # torch's timing threads, contiguous fine-tunes of 20 importance steps
+    have = {"recovery_epochs": 1.0, "importance_seed": cfg.seed, "channel_scope": "uniform", "timing_threads": None,
+            "channels_last": False, "importance_steps": 20, **stored}
     return all(have[k] == v for k, v in version(method, cfg).items())
 
 
@@ -175,6 +204,18 @@ def importance_seed(args, model: str) -> int | None:
     (its seeds then vary the recovery only); None (the default): each seed scores its own table."""
     value = per_model(args.importance_seed, model)
     return None if value is None else int(value)
+
+
+def importance_steps(args, model: str) -> int:
+    """``--importance-steps mobilenet_v2_fmnist=10``: the short fine-tune of each importance entry (default 20)."""
+    value = per_model(args.importance_steps, model)
+    return LayerMergeConfig().importance_steps if value is None else int(value)
+
+
+def network_seed(args, model: str) -> int | None:
+    """With ``--share-networks``, the seed whose landing and matching choose ``model``'s networks for every seed
+    (its shared importance seed); None: each seed chooses its own."""
+    return importance_seed(args, model) if args.share_networks else None
 
 
 def recovery(args, model: str) -> float:
@@ -203,26 +244,46 @@ def command(args, models, seeds) -> str:
     out += " --recovery-epochs " + " ".join(f"{m}={recovery(args, m):g}" for m in models)
     pinned = [f"{m}={importance_seed(args, m)}" for m in models if importance_seed(args, m) is not None]
     out += (" --importance-seed " + " ".join(pinned)) if pinned else ""
+    steps = [f"{m}={importance_steps(args, m)}" for m in models
+             if importance_steps(args, m) != LayerMergeConfig().importance_steps]
+    out += (" --importance-steps " + " ".join(steps)) if steps else ""
+    out += " --channels-last" if args.channels_last else ""
+    out += " --matched" if args.matched else ""
+    out += " --recover-chosen-only" if args.recover_chosen_only else ""
+    out += " --share-networks" if args.share_networks else ""
     return out + (f" --timing-threads {args.timing_threads}" if args.timing_threads else "")
 
 
 def summarise(results: dict, models, targets, methods, seeds, args, joint: dict | None = None,
-              matched: dict | None = None) -> str:
+              matched: dict | None = None, clock: dict | None = None) -> str:
     joint, matched = joint or {}, matched or {}
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
              f"Fashion-MNIST, ONNX Runtime CPU, batch 1, {args.timing_threads or torch.get_num_threads()} timing "
              f"thread(s). Recovery budget (epochs): "
              f"{', '.join(f'{m} {recovery(args, m):g}' for m in models)} "
-             f"(distillation weight 0.3), the same for every method and for the control. Landing band: target to "
+             f"(distillation weight 0.3{', channels_last' if args.channels_last else ''}), the same for every "
+             f"method and for the control. Importance: {', '.join(f'{m} {importance_steps(args, m)}' for m in models)} "
+             f"fine-tune steps per entry. Landing band: target to "
              f"+{100 * args.band:.0f}%. Seeds: {', '.join(map(str, seeds))} (mean ± std where more than one). "
              f"Accuracy on the 10,000 test images; speed-up = median of paired interleaved rounds.", "",
              f"To reproduce or complete (stored runs are kept): `{command(args, models, seeds)}`", ""]
+    if args.recover_chosen_only:
+        lines += ["`--recover-chosen-only`: the landing runs are not recovered (their accuracy below is before "
+                  "recovery, and they are not compared on it); each network chosen at matched latency is recovered "
+                  "once, with the budget above.", ""]
+    if args.share_networks:
+        lines += ["`--share-networks`: seeds that share an importance table share their networks - the networks' "
+                  "structure follows from the importance table and the timings, not from the recovery seed - so "
+                  "the importance seed's runs land and match, and every seed recovers the chosen networks with its "
+                  "own seed and times them afresh.", ""]
+    if clock:
+        lines += [f"Wall time of this benchmark on this machine: **{clock_line(clock)}**.", ""]
     for model in models:
         ctrl = [results.get(("control", model, 1.0, s)) for s in seeds]
         ctrl = [c for c in ctrl if c]
         lines += [f"## {model}", ""]
         have = sorted({s for (m, mo, _, s), r in results.items() if mo == model and m != "control"})
-        total = len(methods) * len(targets) * len(seeds)
+        total = len(methods) * len(targets) * (1 if network_seed(args, model) is not None else len(seeds))
         done_n = sum(1 for (m, mo, _, _) in results if mo == model and m != "control")
         if done_n < total:
             lines += [f"Partial: {done_n} of {total} runs so far (seeds {', '.join(map(str, have)) or 'none'}); "
@@ -261,8 +322,9 @@ def summarise(results: dict, models, targets, methods, seeds, args, joint: dict 
                         and not missed(r, t)]        # a run slower than its target does not compete at it
                 if done and t in best_at and statistics.mean(r["accuracy_after"] for r in done) > best_at[t]:
                     losses.append(f"{method} at x{t} (+{statistics.mean(r['accuracy_after'] for r in done) - best_at[t]:.2f} points)")
-        lines.append("Where LayerMerge does not have the best mean accuracy: " + (", ".join(losses) if losses else "nowhere")
-                     + ".")
+        if not args.recover_chosen_only:          # unrecovered accuracies do not compare
+            lines.append("Where LayerMerge does not have the best mean accuracy: "
+                         + (", ".join(losses) if losses else "nowhere") + ".")
         spreads = []
         for t in targets:
             spd = [statistics.mean(r["speedup"] for r in done) for method in methods
@@ -277,11 +339,11 @@ def summarise(results: dict, models, targets, methods, seeds, args, joint: dict 
         joint_lines = joint_section(joint, model, targets, methods, seeds, args)
         if joint_lines:
             lines += joint_lines + landing_gaps(results, model, targets, methods, seeds)
-        lines += matched_section(matched, model, targets, methods, seeds)
+        lines += matched_section(matched, model, targets, methods, seeds, args.recover_chosen_only)
     return "\n".join(lines)
 
 
-def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[str]:
+def matched_section(matched: dict, model: str, targets, methods, seeds, deferred: bool = False) -> list[str]:
     """Matched latency (bench/matched_latency.py): one network per method at the common point of a joint
     timing, recovered with the same recipe; each network's median over fresh joint timings minutes apart."""
     from matched_latency import reported
@@ -292,6 +354,8 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
     said = {k: reported(r) for k, r in done.items()}
     used = sorted({s for (_, s) in done})
     coarse = sorted({s for (_, s), r in done.items() if r.get("version", 1) < 2})
+    replicas = sorted({s for (_, s), r in done.items() if "replica_of" in r})
+    sources = sorted({r["replica_of"] for r in done.values() if "replica_of" in r})
     fresh = sorted({d["timings"] for d in said.values()})
     lines = [f"**Matched latency** (seeds {', '.join(map(str, used))}; `--matched`, bench/matched_latency.py): "
              f"every method's landed network and the plans its own search picks around it (depth: its DP at "
@@ -313,7 +377,13 @@ def matched_section(matched: dict, model: str, targets, methods, seeds) -> list[
              f"timing's own spread."
              + (f" {'Seeds' if len(coarse) > 1 else 'Seed'} {', '.join(map(str, coarse))} "
                 f"{'were' if len(coarse) > 1 else 'was'} chosen on the coarse timing alone (before the refinement "
-                f"existed)." if coarse else ""), "",
+                f"existed)." if coarse else "")
+             + (f" {'Seeds' if len(replicas) > 1 else 'Seed'} {', '.join(map(str, replicas))} "
+                f"{'use' if len(replicas) > 1 else 'uses'} seed {sources[0]}'s networks (`--share-networks`), "
+                f"recovered with {'their' if len(replicas) > 1 else 'its'} own seed and timed afresh."
+                if replicas else "")
+             + (" With `--recover-chosen-only` every chosen network is recovered here, the landed ones too."
+                if deferred else ""), "",
              "| method | " + " | ".join(f"x{t}: accuracy % | speed-up" for t in targets) + " |",
              "|---|" + "---|---|" * len(targets)]
     for method in methods:
@@ -425,29 +495,81 @@ def joint_timings(results: dict, args, folder: Path) -> dict:
     return joint
 
 
-def matched_results(results: dict, args, folder: Path) -> dict:
+def matched_results(results: dict, args, folder: Path, clock: "Clock | None" = None) -> dict:
     """The matched-latency result of every (model, target, seed) whose LayerMerge run landed (stored, reused),
     then its further fresh timings, in passes over all of them so that one network's timings lie minutes
-    apart."""
-    from matched_latency import FRESH, matched, retime, search_cache
+    apart. With ``--share-networks`` the other seeds of a model replicate its network seed's choice (their own
+    recoveries and fresh timings of the same networks)."""
+    from matched_latency import FRESH, matched, replicate, retime, search_cache
 
-    keys = sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"})
+    landed = sorted({(mo, t, s) for (m, mo, t, s) in results if m == "layermerge"})
+    source = {k: k for k in landed}             # the key whose landing runs and choice a key's networks are
+    for mo, t, s in landed:
+        if network_seed(args, mo) == s:
+            source |= {(mo, t, other): (mo, t, s) for other in args.seeds if other != s}
+    keys = sorted(source)
     path = {k: folder / f"{k[0]}-x{k[1]}-s{k[2]}.json" for k in keys}
     if args.report_only:
         return {k: json.loads(path[k].read_text()) if path[k].exists() else None for k in keys}
     sessions = LayerMergeConfig().timing_sessions
-    # bound per key now: these are called again in the later passes
-    files = {k: functools.partial(artifact, args, k[0], target=k[1], seed=k[2]) for k in keys}
-    searches = {k: search_cache(k[0], functools.partial(frontier_config, k[0], target=k[1], seed=k[2], args=args))
-                for k in keys}
-    out = {k: matched(*k, args.methods, files[k], folder, args.joint_rounds, sessions, searches[k],
-                      args.timing_threads) for k in keys}
+    # bound per key now: these are called again in the later passes (the networks are the source's)
+    files = {k: functools.partial(artifact, args, k[0], target=k[1], seed=source[k][2]) for k in keys}
+    # a method's search (latency rows, importance, DP, recovery recipe) depends on the model and seed, not on
+    # the target: one per (model, seed), built on demand
+    per_seed = {(mo, s): search_cache(mo, functools.partial(frontier_config, mo, target=args.targets[0], seed=s,
+                                                            args=args)) for mo, _, s in keys}
+    searches = {k: per_seed[(k[0], k[2])] for k in keys}
+    clock = clock or Clock(None)
+    out = {}
+    for k in sorted(keys, key=lambda k: (source[k] != k, k)):      # every source before its replicas
+        with clock.phase("matching (timing, recovery)"):
+            if source[k] == k:
+                out[k] = matched(*k, args.methods, files[k], folder, args.joint_rounds, sessions, searches[k],
+                                 args.timing_threads, recover_landed=args.recover_chosen_only)
+            else:
+                out[k] = replicate(*k, out.get(source[k]), source[k][2], folder, files[k], searches[k],
+                                   args.joint_rounds, sessions, args.timing_threads)
     for upto in range(2, FRESH + 1):
         for k in keys:
             if out[k]:
-                out[k] = retime(k[0], path[k], files[k], searches[k], args.joint_rounds, sessions, upto,
-                                args.timing_threads)
+                with clock.phase("fresh timings"):
+                    out[k] = retime(k[0], path[k], files[k], searches[k], args.joint_rounds, sessions, upto,
+                                    args.timing_threads)
     return out
+
+
+class Clock:
+    """Wall time spent on this benchmark's work, per phase, summed over every invocation (a resumed run adds
+    to it), kept in ``<out>/clock.json`` and written after each step, so a kill loses at most the step under
+    way. ``Clock(None)`` keeps nothing; ``record=False`` reads the stored clock and adds nothing (--report-only)."""
+
+    def __init__(self, path: Path | None, record: bool = True):
+        self.path, self.record = path, record
+        self.data = json.loads(path.read_text()) if path and path.exists() else {"phases": {}}
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if not self.record:
+            yield
+            return
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.data["phases"][name] = self.data["phases"].get(name, 0.0) + time.time() - t0
+            if self.path:
+                atomic_write_json(self.path, self.data)
+
+
+PHASES = ("importance (--importance-only)", "landing runs and controls (importance tables included)",
+          "joint timings of the landed networks", "matching (timing, recovery)", "fresh timings")
+
+
+def clock_line(clock: dict) -> str:
+    stored = clock.get("phases", {})
+    phases = {p: stored[p] for p in sorted(stored, key=lambda p: (PHASES.index(p) if p in PHASES else len(PHASES), p))}
+    return (f"{sum(phases.values()) / 60:.0f} min (" + ", ".join(f"{name} {sec / 60:.1f} min" for name, sec in
+                                                                phases.items()) + ")")
 
 
 def plot(results: dict, models, methods, path: Path, matched: dict | None = None) -> None:
@@ -508,7 +630,30 @@ def plot(results: dict, models, methods, path: Path, matched: dict | None = None
     plt.close(fig)
 
 
-def main() -> None:
+def jobs_of(args) -> list[tuple[str, str, float, int]]:
+    """(method, model, target, seed) of every run: the controls, then the landing runs seed by seed (with
+    shared networks only their seed lands)."""
+    jobs = [("control", m, 1.0, s) for m in args.models for s in args.seeds]
+    return jobs + [(meth, m, t, s) for s in args.seeds for m in args.models for t in args.targets
+                   for meth in args.methods if network_seed(args, m) in (None, s)]
+
+
+def check_args(args) -> None:
+    """Inconsistent options: one line naming the problem, before any work."""
+    def fail(msg: str):
+        raise SystemExit(f"cnn_frontier: {msg}")
+    if (args.recover_chosen_only or args.share_networks) and not args.matched:
+        fail("--recover-chosen-only and --share-networks compare at matched latency: add --matched")
+    for model in args.models if args.share_networks else []:
+        seed = importance_seed(args, model)
+        if seed is None:
+            fail(f"--share-networks: {model} has no shared importance table (add --importance-seed {model}=SEED)")
+        if seed not in args.seeds:
+            fail(f"--share-networks: {model}'s networks come from seed {seed}, which is not in --seeds "
+                 f"{' '.join(map(str, args.seeds))}")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet20_fmnist", "mobilenet_v2_fmnist"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.5, 2.0])
@@ -532,41 +677,61 @@ def main() -> None:
     ap.add_argument("--matched", action="store_true",
                     help="also compare at matched latency: every baseline's plan nearest LayerMerge's network in a "
                          "joint timing, recovered the same way (bench/matched_latency.py; stored in <out>/matched/)")
+    ap.add_argument("--recover-chosen-only", action="store_true",
+                    help="with --matched: do not recover the landing runs; recover each network chosen at matched "
+                         "latency once (every chosen network gets the recovery budget, none gets it twice)")
+    ap.add_argument("--share-networks", action="store_true",
+                    help="with --matched and --importance-seed: the importance seed's runs land and match, and every "
+                         "seed recovers those networks with its own seed (they do not depend on it)")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="every fine-tune (importance, recovery, control) in channels_last: 1.2x (ResNet-20) to 1.7x "
+                         "(MobileNetV2) faster on this CPU; the timings are ONNX Runtime's either way")
+    ap.add_argument("--importance-steps", nargs="+", default=[],
+                    help="MODEL=STEPS (or STEPS for all): each importance entry's fine-tune (default 20)")
     ap.add_argument("--importance-only", action="store_true",
                     help="score the importance tables the runs need into --cache and stop (times nothing)")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the table and plot from the stored runs; run nothing")
-    args = ap.parse_args()
-    if args.importance_only:
-        return fill_importance(args)
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
+    check_args(args)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock(out / "clock.json", record=not args.report_only)
+    if args.importance_only:
+        with clock.phase("importance (--importance-only)"):
+            return fill_importance(args)
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    jobs = [("control", m, 1.0, s) for m in args.models for s in args.seeds]
-    jobs += [(meth, m, t, s) for s in args.seeds for m in args.models for t in args.targets for meth in args.methods]
+    jobs = jobs_of(args)
     started = time.time()
     for k, (method, model, target, seed) in enumerate(jobs, 1):
         path = runs / f"{model}-{method}-x{target}-s{seed}.json"
+        cfg = (control_config(model, seed, args) if method == "control"
+               else frontier_config(model, method, target, seed, args, landing=True))
         if path.exists():
             stored = json.loads(path.read_text())
-            if reusable(stored, method, model, seed, args):
+            if reusable(stored, method, cfg):
                 results[(method, model, target, seed)] = stored
-                continue
-            if args.report_only:
                 continue
             # a run with another recovery budget, importance seed or channel scope does not compare: redo it
         if args.report_only:
             continue
         print(f"[{k}/{len(jobs)}, {time.time() - started:.0f} s] {model} {method} x{target} seed {seed}", flush=True)
-        r = control(model, seed, args) if method == "control" else run_one(model, method, target, seed, args)
+        with clock.phase("landing runs and controls (importance tables included)"):
+            r = control(model, seed, args) if method == "control" else run_one(model, method, target, seed, args)
         atomic_write_json(path, r)
         results[(method, model, target, seed)] = r
-        text = summarise(results, args.models, args.targets, args.methods, args.seeds, args)
+        text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, clock=clock.data)
         atomic_write_text(out.with_suffix(".md"), text)
-    joint = joint_timings(results, args, out / "joint")
-    matched = matched_results(results, args, out / "matched") if args.matched else {}
-    text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint, matched)
+    with clock.phase("joint timings of the landed networks"):
+        joint = joint_timings(results, args, out / "joint")
+    matched = matched_results(results, args, out / "matched", clock) if args.matched else {}
+    text = summarise(results, args.models, args.targets, args.methods, args.seeds, args, joint, matched, clock.data)
     atomic_write_text(out.with_suffix(".md"), text + f"\n![accuracy vs speed-up]({out.name}.png)\n")
     plot(results, args.models, args.methods, out.with_suffix(".png"), matched)
     print(text)

@@ -441,13 +441,15 @@ def plan_key(method: str, plan) -> str:
     return json.dumps([method, plan], sort_keys=True)
 
 
-def recover_chosen(result: dict, reports: dict, searches, recovered: dict, save) -> None:
-    """Accuracy of every chosen network: the landed run's, a stored recovery of the same plan (``recovered``:
-    plan key -> accuracy, same recipe and seed), or a recovery of the new plan now (then ``save()``)."""
+def recover_chosen(result: dict, reports: dict, searches, recovered: dict, save, recover_landed: bool = False
+                   ) -> None:
+    """Accuracy of every chosen network: the landed run's (unless ``recover_landed``: the landing runs were not
+    recovered, or were recovered with another seed), a stored recovery of the same plan (``recovered``: plan
+    key -> accuracy, same recipe and seed), or a recovery of the plan now (then ``save()``)."""
     for method, pick in result["chosen"].items():
         if "accuracy" in pick:
             continue
-        if pick["landed"]:
+        if pick["landed"] and not recover_landed:
             pick["accuracy"] = reports[method]["accuracy_after"]
             continue
         if plan_key(method, pick["plan"]) in recovered:
@@ -499,13 +501,54 @@ def retime(model: str, path: Path, artifact, searches, rounds: int, sessions: in
     if (result is None or not current(result, target_of(path)) or len(fresh_timings(result)) >= upto
             or not all((artifact(m) / "model.onnx").exists() for m in result["chosen"])):
         return result
-    timer, original = setup(model, sessions, threads)
-    files = {m: network_file(m, pick, artifact(m), searches, timer.x) for m, pick in result["chosen"].items()}
-    runners = {"original": timer.runners(original.eval())} | {m: timer.runners(f) for m, f in files.items()}
-    speeds = timer.joint(runners, "original", rounds)
+    speeds = time_chosen(model, result, artifact, searches, rounds, sessions, threads, setup)
     result.setdefault("retimed", []).append(speeds)
     atomic_write_json(path, result)
     log(f"{path.stem}: fresh timing {len(fresh_timings(result))}, spread {100 * spread_of(speeds, speeds):.1f} %")
+    return result
+
+
+def time_chosen(model: str, result: dict, artifact, searches, rounds: int, sessions: int, threads: int | None,
+                setup=timing_setup) -> dict[str, float]:
+    """One fresh joint timing of a result's chosen networks and the original, in the same rounds."""
+    timer, original = setup(model, sessions, threads)
+    files = {m: network_file(m, pick, artifact(m), searches, timer.x) for m, pick in result["chosen"].items()}
+    runners = {"original": timer.runners(original.eval())} | {m: timer.runners(f) for m, f in files.items()}
+    return timer.joint(runners, "original", rounds)
+
+
+def replicate(model: str, target: float, seed: int, source: dict | None, source_seed: int, folder: Path, artifact,
+              searches, rounds: int, sessions: int, threads: int | None = None, setup=timing_setup) -> dict | None:
+    """Seed ``seed``'s matched result when its networks are seed ``source_seed``'s (``source``: that seed's
+    result; ``artifact``: its landing runs' folders): the same chosen plans - their structure follows from the shared
+    importance table and the timings, not from the recovery seed - recovered with this seed's recipe
+    (``searches``) and timed afresh for this seed (the source's own timings are not reused). Stored and resumable
+    like ``matched``; chosen again when the source's choice changed."""
+    from depthcut.cache import atomic_write_json
+
+    path = folder / f"{model}-x{target}-s{seed}.json"
+    result = json.loads(path.read_text()) if path.exists() else None
+    if source is None:
+        return result
+    plans = {m: p["plan"] for m, p in source["chosen"].items()}
+    if (result is None or result.get("replica_of") != source_seed
+            or {m: p["plan"] for m, p in result["chosen"].items()} != plans):
+        result = {k: copy.deepcopy(v) for k, v in source.items() if k not in ("retimed", "speedups")}
+        for pick in result["chosen"].values():
+            for key in ("accuracy", "recovery_s"):
+                pick.pop(key, None)
+        result["replica_of"] = source_seed
+        result["speedups"] = time_chosen(model, result, artifact, searches, rounds, sessions, threads, setup)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, result)
+        log(f"{path.stem}: the networks of seed {result['replica_of']}, first fresh timing, spread "
+            f"{100 * spread_of(result['speedups'], result['speedups']):.1f} %")
+    store = path.with_suffix(".recovered.json")
+    recovered = json.loads(store.read_text()) if store.exists() else {}
+    if any("accuracy" not in p for p in result["chosen"].values()):
+        recover_chosen(result, {}, searches, recovered, lambda: atomic_write_json(store, recovered),
+                       recover_landed=True)
+        atomic_write_json(path, result)
     return result
 
 
@@ -524,7 +567,7 @@ def load_report(folder: Path) -> dict | None:
 
 
 def matched(model: str, target: float, seed: int, methods, artifact, folder: Path, rounds: int,
-            sessions: int, searches, threads: int | None = None) -> dict | None:
+            sessions: int, searches, threads: int | None = None, recover_landed: bool = False) -> dict | None:
     """The matched-latency result of one (model, target, seed), computed once and stored (resumable: the
     selection is stored before the recoveries, each recovery as it finishes). ``searches(method)``: the
     method's ``MethodSearch`` (built on demand, see ``search_cache``)."""
@@ -554,7 +597,8 @@ def matched(model: str, target: float, seed: int, methods, artifact, folder: Pat
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, result)
     if any("accuracy" not in p for p in result["chosen"].values()):
-        recover_chosen(result, reports, searches, recovered, lambda: atomic_write_json(store, recovered))
+        recover_chosen(result, reports, searches, recovered, lambda: atomic_write_json(store, recovered),
+                       recover_landed)
         atomic_write_json(path, result)
     return result
 

@@ -110,7 +110,9 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
     batches = loader(data, batch_size, shuffle=True, seed=seed, drop_last=len(data) > batch_size)
     per_epoch = max(1, len(batches))
     if steps is None:
-        steps = max(1, round((1.0 if epochs is None else epochs) * per_epoch))
+        epochs = 1.0 if epochs is None else epochs
+        # epochs=0 means no training (a deployment without recovery); any positive budget takes a step at least
+        steps = max(1, round(epochs * per_epoch)) if epochs > 0 else 0
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=nesterov and momentum > 0)
     aug_gen = torch.Generator().manual_seed(seed + 1)
@@ -118,6 +120,10 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
         teacher.eval()
     history = {"loss": [], "ce": [], "lr": [], "epoch_loss": [], "steps": steps}
     start = time.perf_counter()
+    if steps == 0:
+        model.eval()                # as after training
+        history["seconds"] = 0.0
+        return history
     model.train()
     # fork_rng: dropout etc. draw from a seeded global RNG without disturbing the caller's stream.
     with torch.random.fork_rng(devices=[]), progress_bar(total=steps, desc=desc, enabled=progress,

@@ -405,3 +405,71 @@ def test_confirmation_corrects_locally_and_does_not_jump_to_a_far_point():
     assert len(result["confirmations"]) == 1
     assert result["chosen"]["a"]["landed"] and result["chosen"]["b"]["landed"]
     assert max(result["speedups"].values()) < 1.7
+
+
+# -- shared networks: another seed's choice, recovered with this seed, timed afresh -------------------------------
+class RecoveringSearch(ConvSearch):
+    """A depth search whose recovery answers from ``accuracies`` (plan tuple -> accuracy) and counts calls."""
+
+    def __init__(self, accuracies):
+        super().__init__()
+        self.accuracies, self.recovered = accuracies, []
+
+    def recover(self, plan):
+        self.recovered.append(tuple(plan))
+        return self.accuracies[tuple(plan)]
+
+
+def test_a_replica_recovers_every_chosen_network_with_its_seed_and_times_them_afresh(tmp_path):
+    import json
+    from matched_latency import VERSION, replicate, reported
+
+    for m in ("a", "b"):
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "model.onnx").write_bytes(b"landed")
+    source = {"version": VERSION, "speedups": {"a": 1.50, "b": 1.60}, "retimed": [{"a": 1.51, "b": 1.58}],
+              "rounds": 50, "chosen": {"a": {"plan": ["landed"], "landed": True, "accuracy": 90.0},
+                                       "b": {"plan": ["p"], "landed": False, "accuracy": 89.0, "recovery_s": 3.0}}}
+    timer = QueueTimer([{"a": 1.54, "b": 1.55}])
+    search = RecoveringSearch({("landed",): 91.0, ("p",): 88.0})
+    setup = lambda model, sessions, threads: (timer, Original())             # noqa: E731
+    args = (tmp_path / "m", lambda m: tmp_path / m, lambda m: search, 50, 4)
+
+    result = replicate("toy", 1.5, 1, source, 0, *args, setup=setup)
+    # the landed network too: its landing run's accuracy is the source seed's recovery, not this seed's
+    assert sorted(search.recovered) == [("landed",), ("p",)]
+    assert {m: p["accuracy"] for m, p in result["chosen"].items()} == {"a": 91.0, "b": 88.0}
+    assert result["replica_of"] == 0 and "retimed" not in result
+    assert reported(result)["speedups"] == {"a": 1.54, "b": 1.55}     # its own timing, none of the source's
+    assert source["chosen"]["a"]["accuracy"] == 90.0                  # the source is left as it was
+
+    again = replicate("toy", 1.5, 1, source, 0, *args, setup=setup)   # stored: nothing recovered or timed again
+    assert again == json.loads((tmp_path / "m" / "toy-x1.5-s1.json").read_text()) == result
+    assert len(search.recovered) == 2 and len(timer.calls) == 1
+
+    source["chosen"]["b"]["plan"] = ["q"]                             # the source chose again: so does the replica
+    search.accuracies[("q",)] = 87.5
+    timer.answers.append({"a": 1.52, "b": 1.50})
+    changed = replicate("toy", 1.5, 1, source, 0, *args, setup=setup)
+    assert changed["chosen"]["b"]["accuracy"] == 87.5 and len(timer.calls) == 2
+    assert changed["chosen"]["a"]["accuracy"] == 91.0                  # the same plan's recovery is reused
+    assert len(search.recovered) == 3
+
+
+def test_no_source_yet_leaves_a_replica_as_stored(tmp_path):
+    from matched_latency import replicate
+
+    assert replicate("toy", 1.5, 1, None, 0, tmp_path, None, None, 50, 4) is None
+
+
+def test_matching_with_unrecovered_landing_runs_recovers_the_landed_network_too():
+    from matched_latency import recover_chosen
+
+    result = {"chosen": {"a": {"plan": ["landed"], "landed": True}, "b": {"plan": ["p"], "landed": False}}}
+    search = RecoveringSearch({("landed",): 91.0, ("p",): 88.0})
+    reports = {"a": {"accuracy_after": 10.0}, "b": {"accuracy_after": 12.0}}      # before any recovery
+    recover_chosen(result, reports, lambda m: search, {}, lambda: None, recover_landed=True)
+    assert {m: p["accuracy"] for m, p in result["chosen"].items()} == {"a": 91.0, "b": 88.0}
+    kept = {"chosen": {"a": {"plan": ["landed"], "landed": True}}}
+    recover_chosen(kept, reports, lambda m: search, {}, lambda: None)             # recovered landing runs
+    assert kept["chosen"]["a"]["accuracy"] == 10.0

@@ -3,6 +3,7 @@
 No assertion depends on how fast anything is; only on structure, caching and error behaviour."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -262,6 +263,11 @@ def test_the_fingerprint_covers_the_math_mode():
     finally:
         torch.set_float32_matmul_precision(before)
     assert get_backend("eager", memory_format="channels_last").describe() != described
+    # ONNX Runtime times an exported graph, which has no memory format: channels_last fine-tunes share its tables
+    if importlib.util.find_spec("onnxruntime"):
+        assert get_backend("onnxruntime", memory_format="channels_last").describe() == get_backend("onnxruntime").describe()
+    with pytest.raises(DepthcutError, match="memory format"):
+        get_backend("onnxruntime", memory_format="nhwc")
 
 
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.SiLU(), nn.Hardswish(), nn.Sigmoid(), nn.Tanh(),

@@ -127,6 +127,16 @@ def test_exact_epochs_leave_no_empty_epoch(digits):
     assert hist["steps"] == 8 and len(hist["epoch_loss"]) == 2 and all(v > 0 for v in hist["epoch_loss"])
 
 
+def test_zero_epochs_leave_the_weights_as_they_were_and_a_fraction_takes_a_step(digits):
+    data = torch.utils.data.TensorDataset(*(t[:256] for t in digits[0].tensors))
+    model = tiny_conv()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = train(model, data, epochs=0, batch_size=64, progress=False)
+    assert hist["steps"] == 0 and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert train(model, data, epochs=0.001, batch_size=64, progress=False)["steps"] == 1
+
+
 def test_mixed_precision_and_channels_last_train_on_the_cpu():
     import torch
     from torch import nn
