@@ -72,12 +72,13 @@ def frontier_config(model: str, method: str, target: float, seed: int, args, lan
     run itself, which with ``--recover-chosen-only`` is not recovered (its network is recovered only if matching
     chooses it, with the budget the other configurations carry)."""
     deferred = landing and args.recover_chosen_only
-    # progress bars (importance table, recovery) on a terminal: a run scoring MobileNetV2's table is otherwise
-    # silent for a quarter of an hour; a log file gets the per-run lines only
     return LayerMergeConfig(speedup=target, method=method, seed=seed,
                             recovery_epochs=0.0 if deferred else recovery(args, model),
                             importance_seed=importance_seed(args, model), speed_tolerance=args.band,
-                            max_resolves=10, progress=sys.stderr.isatty(), cache_dir=args.cache, executor=args.executor,
+                            max_resolves=10, cache_dir=args.cache, executor=args.executor,
+                            # progress bars on a terminal (a run scoring MobileNetV2's importance table is silent
+                            # for a quarter of an hour otherwise); a log file gets the per-run lines only
+                            progress=sys.stderr.isatty(),
                             workers=args.workers, timing_threads=args.timing_threads,
                             channels_last=args.channels_last, importance_steps=importance_steps(args, model))
 

@@ -439,11 +439,10 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
                  max_transient_gb: float | None = None, threads: int | None = None):
+        super().__init__(device, memory_format)
         # an exported graph has no memory format (ONNX Runtime picks its own layouts): channels_last fine-tunes
         # time, and share latency tables, exactly as contiguous ones
-        super().__init__(device, "contiguous")
-        if memory_format not in MEMORY_FORMATS:
-            raise DepthcutError(f"unknown memory format {memory_format!r}; use one of {', '.join(MEMORY_FORMATS)}")
+        self.memory_format = "contiguous"
         if threads is not None and threads < 1:
             raise DepthcutError(f"onnxruntime threads must be >= 1, got {threads}")
         self.threads = threads
