@@ -24,7 +24,12 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
    method's chosen speed-up (the original counting as x1.0): channel pruning at ratios between theirs, a depth
    method at modelled budgets between their modelled costs (its DP, ``Frontier.best``). They are timed with
    the nearest candidates the way the report times, and the common point is chosen again (up to REFINES
-   more times);
+   more times). Version 6: channel pruning's latency is a step function of its ratio on ONNX Runtime (a
+   stage's residual group crossing a multiple of the blocked kernels' width: ResNet-20 x1.52 at ratio 0.40,
+   x1.97 at 0.41, in either family), so interpolating ratios finds nothing in such a gap; it also gets plans
+   mixed group by group (``depthcut.cnn.channels.mixed_counts``) between its ``MIX_BELOW`` nearest distinct
+   speed levels below the aim and its ``MIX_ABOVE`` above, ``MIX`` per pair (ResNet-20 x1.5: x1.56 and x1.61
+   between x1.52 and x1.65, where layer pruning's x1.58 sits);
 6. confirmation (version 3): the chosen networks are timed with the original and nothing else, as each fresh
    timing is. Out of the refinement's crowd of candidates a MobileNetV2 network can sit 2-3 % off its refined
    speed-up (x1.25 seed 1: refined 2.4 %, fresh 3.9-5.1 %); when this timing is not within SPREAD, every
@@ -68,10 +73,12 @@ NEAR = 3                       # candidates per method timed again around the co
 REFINES = 3                    # refinement timings at most
 FRESH = 3                      # fresh joint timings of the chosen networks, minutes apart
 FILL = 3                       # gap-filling candidates per bracket
+MIX, MIX_BELOW, MIX_ABOVE = 12, 2, 3      # channel plans mixed group by group: per pair, levels below / above
 CONFIRMS = 3                   # timings of the chosen networks alone before the fresh ones, at most
-VERSION = 5                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
+VERSION = 6                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
                                # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone;
-                               # 4: the confirmation's re-choice kept local; 5: the common point in BAND first
+                               # 4: the confirmation's re-choice kept local; 5: the common point in BAND first;
+                               # 6: channel pruning's gaps also filled by plans mixed group by group
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -140,10 +147,31 @@ class MethodSearch:
     def pruned(self, ratio: float, scope: str) -> torch.nn.Module:
         return self.channels.at(ratio, scope).model
 
-    def recover_pruned(self, ratio: float, scope: str) -> float:
+    @property
+    def roots(self) -> list[str]:
+        """The prunable groups (their root modules' names), found once."""
+        if not hasattr(self, "_roots"):
+            from depthcut.cnn.channels import group_roots
+            self._roots = group_roots(self.run.original, self.run.example[:1])
+        return self._roots
+
+    def counts(self, plan: dict | None) -> dict[str, int]:
+        """The channels each group keeps under a channel plan (None: the original)."""
+        from depthcut.cnn.channels import channel_counts
+        if plan is None:
+            return channel_counts(self.run.original, self.roots)
+        if "channel_counts" in plan:
+            return dict(plan["channel_counts"])
+        return channel_counts(self.pruned(plan["pruning_ratio"], plan["channel_scope"]), self.roots)
+
+    def counted(self, counts: dict[str, int]) -> torch.nn.Module:
+        from depthcut.cnn.channels import prune_to_counts
+        return prune_to_counts(copy.deepcopy(self.run.original).cpu(), self.run.example[:1], counts)
+
+    def recover_channels(self, plan: dict) -> float:
         from depthcut.train import evaluate, train
         run, c = self.run, self.run.config
-        pruned = copy.deepcopy(self.pruned(ratio, scope)).to(run.device)
+        pruned = copy.deepcopy(build(self, plan)).to(run.device)
         train(pruned, run.splits.train, epochs=c.recovery_epochs, lr=c.recovery_lr, batch_size=c.recovery_batch_size,
               teacher=run.original if c.distill else None, kd_weight=c.kd_weight, progress=False, seed=c.seed,
               **run.fit)
@@ -187,9 +215,11 @@ class Timer:
 
 
 def build(search, plan) -> torch.nn.Module:
-    """The network of one of the method's plans: a channel plan ({"pruning_ratio", "channel_scope"}) or a depth
-    plan (sorted block keys)."""
+    """The network of one of the method's plans: a channel plan ({"pruning_ratio", "channel_scope"}, or
+    {"channel_counts", "channel_scope": "mixed"}) or a depth plan (sorted block keys)."""
     if search.kind == "model":
+        if "channel_counts" in plan:
+            return search.counted(plan["channel_counts"])
         return search.pruned(plan["pruning_ratio"], plan["channel_scope"])
     return search.network(plan)
 
@@ -221,7 +251,11 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
     the pruning ratio within each family; a depth method the modelled budget of its DP (``Frontier.best``),
     whose plan at a budget costs at most that budget."""
     mine = {n: c for n, c in pool.items() if n.startswith(method + "/") and n in speeds}
+    near = lambda aim: any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine)  # noqa: E731
+    mixed: list[dict] = []
     if search.kind == "model":
+        mixed = mixed_fills(search, mine, speeds, [a for a in aims if not near(a)])
+        mine = {n: c for n, c in mine.items() if "pruning_ratio" in c["plan"]}
         scopes = {c["plan"]["channel_scope"] for c in mine.values()}
         lines = {scope: [(1.0, 0.0)] + [(speeds[n], c["plan"]["pruning_ratio"]) for n, c in mine.items()
                                          if c["plan"]["channel_scope"] == scope] for scope in scopes}
@@ -233,7 +267,7 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
         lines = {None: [(1.0, report.get("modelled_body_ms_identity"))] + points} if points else {}
     wanted: dict = {}                               # scope -> plan parameters to try
     for aim in aims:
-        if any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine):
+        if near(aim):
             continue
         for scope, line in lines.items():
             slower = [p for p in line if p[0] < aim and p[1] is not None]
@@ -244,6 +278,7 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
             wanted.setdefault(scope, []).extend(a + (b - a) * k / (FILL + 1) for k in range(1, FILL + 1))
     if search.kind == "model":
         plans = [{"pruning_ratio": round(v, 4), "channel_scope": scope} for scope, vs in wanted.items() for v in vs]
+        plans += mixed
     else:
         plans = search.plans_at(sorted(v for vs in wanted.values() for v in vs)) if wanted else []
     known = [c["plan"] for n, c in pool.items() if n.startswith(method + "/")]
@@ -253,6 +288,36 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
             out[f"{method}/fill{len(known)}"] = {"plan": plan, "landed": False, "network": build(search, plan)}
             known.append(plan)
     return out
+
+
+def mixed_fills(search, mine: dict[str, dict], speeds: dict[str, float], aims: list[float]) -> list[dict]:
+    """Channel plans mixed group by group around each aim: between each of the method's ``MIX_BELOW`` nearest
+    distinct speed levels below the aim (the original, x1.0, the last) and its ``MIX_ABOVE`` above, ``MIX``
+    plans per pair (``mixed_counts``). Distinct levels (each beyond SPREAD from the last taken): the plans of
+    one level share the groups that set its latency, so mixing towards several levels reaches other groups
+    (ResNet-20: x1.52 mixed towards x2.06 gives x1.65 at best, towards x2.17 and x2.47 x1.56 and x1.61)."""
+    from depthcut.cnn.channels import mixed_counts
+
+    def levels(points: list[tuple[float, dict]], n: int) -> list[dict]:
+        taken: list[tuple[float, dict]] = []
+        for speed, counts in points:
+            if len(taken) < n and all(abs(math.log(speed / t)) > math.log1p(SPREAD) for t, _ in taken):
+                taken.append((speed, counts))
+        return [counts for _, counts in taken]
+
+    plans: list[dict] = []
+    for aim in aims:
+        below = sorted(((speeds[n], search.counts(c["plan"])) for n, c in mine.items() if speeds[n] < aim),
+                       key=lambda p: -p[0]) + [(1.0, search.counts(None))]
+        above = sorted(((speeds[n], search.counts(c["plan"])) for n, c in mine.items() if speeds[n] >= aim),
+                       key=lambda p: p[0])
+        for slower in levels(below, MIX_BELOW):
+            for faster in levels(above, MIX_ABOVE):
+                for counts in mixed_counts(slower, faster, MIX):
+                    plan = {"channel_counts": counts, "channel_scope": "mixed"}
+                    if plan not in plans:
+                        plans.append(plan)
+    return plans
 
 
 def common_point(speedups: dict[str, float], methods: list[str], target: float) -> dict[str, str]:
@@ -407,13 +472,16 @@ def current(result: dict, target: float) -> bool:
     chosen networks alone, was not within SPREAD (version 3 on takes such a timing first, to confirm the
     choice), so the others stand: their first fresh timing is the confirmation version 3 would have taken.
     Version 3 differs from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's
-    fastest."""
+    fastest. Versions up to 5 differ from 6 only where gap filling ran with channel pruning among the methods
+    (version 6 adds plans mixed group by group)."""
     version = result.get("version", 1)
     if version >= VERSION:
         return True
     if not all(p.get("refined_speedup", math.inf) <= target * (1 + BAND) for p in result["chosen"].values()):
         return False
-    if version == 4:
+    if "channel" in result.get("fills", {}):      # version 6 fills channel pruning's gaps with mixed plans too
+        return False
+    if version >= 4:
         return True
     if version == 3:          # version 4 keeps the confirmation's re-choice local: a v3 one stands if it was
         known: dict[str, float] = {}
@@ -459,7 +527,7 @@ def recover_chosen(result: dict, reports: dict, searches, recovered: dict, save,
         search = searches(method)
         t0 = time.time()
         if search.kind == "model":
-            pick["accuracy"] = search.recover_pruned(pick["plan"]["pruning_ratio"], pick["plan"]["channel_scope"])
+            pick["accuracy"] = search.recover_channels(pick["plan"])
         else:
             pick["accuracy"] = search.recover(pick["plan"])
         pick["recovery_s"] = time.time() - t0

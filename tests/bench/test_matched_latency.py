@@ -221,10 +221,23 @@ def test_retime_leaves_a_result_whose_landed_network_is_gone(tmp_path):
 
 # -- gap filling: when the plans are too far apart, new plans between them ----------------------------------------
 class ChannelSearch:
+    """Channel plans over three groups: a ratio keeps that fraction of each, in multiples of 4 (the family does
+    not matter here); a mixed plan is its counts."""
     kind = "model"
+    FULL = {"g1": 16, "g2": 32, "g3": 64}
 
     def pruned(self, ratio, scope):
         return f"pruned:{scope}:{ratio}"
+
+    def counts(self, plan):
+        if plan is None:
+            return dict(self.FULL)
+        if "channel_counts" in plan:
+            return dict(plan["channel_counts"])
+        return {g: max(4, 4 * round(n * (1 - plan["pruning_ratio"]) / 4)) for g, n in self.FULL.items()}
+
+    def counted(self, counts):
+        return f"counted:{sorted(counts.items())}"
 
 
 class BudgetSearch:
@@ -266,9 +279,38 @@ def test_channel_pruning_fills_between_the_two_ratios_that_bracket_another_metho
     assert len(by_scope["global"]) == FILL and all(0.30 < r < 0.36 for r in by_scope["global"])
     # the uniform family's only plan is faster than the aim: it brackets from the original (x1.0, ratio 0)
     assert len(by_scope["uniform"]) == FILL and all(0 < r < 0.20 for r in by_scope["uniform"])
-    assert all(c["network"] == f"pruned:{c['plan']['channel_scope']}:{c['plan']['pruning_ratio']}"
-               for c in out.values())
+    ratios = [c for c in out.values() if "pruning_ratio" in c["plan"]]
+    assert all(c["network"] == f"pruned:{c['plan']['channel_scope']}:{c['plan']['pruning_ratio']}" for c in ratios)
+    mixed = [c for c in out.values() if "pruning_ratio" not in c["plan"]]
+    assert mixed and all(c["plan"]["channel_scope"] == "mixed" for c in mixed)
+    assert all(c["network"] == f"counted:{sorted(c['plan']['channel_counts'].items())}" for c in mixed)
     assert len({n for n in out} | set(pool)) == len(out) + len(pool)       # new names
+
+
+def test_channel_pruning_also_fills_with_plans_mixed_group_by_group_between_distinct_speed_levels():
+    """Ratios cannot fill a step in latency (x1.53 -> x2.06 between two ratios); plans mixed group by group
+    between the nearest distinct levels below the aim (x1.53, then the original: x1.52 is the same level) and
+    the three above (x2.06, x2.17, x2.47) can: every mixed plan takes each group's count from one of its two
+    ends, is neither end, and mixes towards every level above."""
+    from matched_latency import MIX, MIX_ABOVE, MIX_BELOW, fill_candidates
+
+    search = ChannelSearch()
+    ratios = {"c/landed": 0.30, "c/0": 0.36, "c/1": 0.42, "c/2": 0.45, "c/3": 0.55}
+    pool = {n: {"plan": {"pruning_ratio": r, "channel_scope": "global"}, "landed": n == "c/landed"}
+            for n, r in ratios.items()}
+    speeds = {"c/landed": 1.52, "c/0": 1.53, "c/1": 2.06, "c/2": 2.17, "c/3": 2.47}
+    out = fill_candidates("c", search, {}, pool, speeds, [1.58])
+    mixed = [c["plan"]["channel_counts"] for c in out.values() if "channel_counts" in c["plan"]]
+    below = [search.counts(pool["c/0"]["plan"]), search.counts(None)]
+    above = [search.counts(pool[n]["plan"]) for n in ("c/1", "c/2", "c/3")]
+    assert (MIX_BELOW, MIX_ABOVE) == (2, 3)
+
+    def between(plan, slower, faster):
+        return plan not in (slower, faster) and all(plan[g] in (slower[g], faster[g]) for g in plan)
+    assert mixed and all(any(between(p, s, f) for s in below for f in above) for p in mixed)
+    for faster in above:               # towards every level above, from the nearest level below
+        assert any(between(p, below[0], faster) for p in mixed)
+    assert len(mixed) <= MIX * MIX_BELOW * MIX_ABOVE and len(mixed) == len({str(p) for p in mixed})
 
 
 def test_no_filling_where_a_candidate_is_already_near_the_aim():
@@ -313,7 +355,7 @@ def test_when_no_refinement_gets_within_the_spread_the_filled_plans_are_chosen()
 
 
 def test_an_older_result_stands_only_where_this_version_would_choose_the_same():
-    from matched_latency import current
+    from matched_latency import VERSION, current
 
     at = {"a": {"refined_speedup": 1.52}, "b": {"refined_speedup": 1.55}}      # inside the band of x1.5
     far = {"a": {"refined_speedup": 1.90}, "b": {"refined_speedup": 1.92}}     # outside it
@@ -333,7 +375,11 @@ def test_an_older_result_stands_only_where_this_version_would_choose_the_same():
     v3 = {"version": 3, "refinements": [{"spread": 0.02, "timed": timed}], "chosen": at}
     assert current(v3 | {"confirmations": [first]}, 1.5) and current(v3 | {"confirmations": [first, local]}, 1.5)
     assert not current(v3 | {"confirmations": [first, jump]}, 1.5)
-    assert current({"version": 5, "chosen": far}, 1.5)
+    assert current({"version": VERSION, "chosen": far}, 1.5)
+    # version 5: stands unless gap filling ran with channel pruning among the methods (6 adds mixed plans)
+    assert current({"version": 5, "chosen": at, "fills": {}}, 1.5)
+    assert current({"version": 5, "chosen": at, "fills": {"a": [], "b": []}}, 1.5)
+    assert not current({"version": 5, "chosen": at, "fills": {"a": [], "channel": []}}, 1.5)
 
 
 def test_the_target_of_a_stored_result_is_read_from_its_name(tmp_path):

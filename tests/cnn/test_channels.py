@@ -57,3 +57,50 @@ def test_best_never_exceeds_the_budget_and_prunes_least(frontiers, scope):
 def test_unknown_scope_is_one_line():
     with pytest.raises(DepthcutError, match="unknown channel-pruning scope 'layer'"):
         prune_channels(torch.nn.Conv2d(1, 4, 3), torch.randn(1, 1, 8, 8), 0.5, scope="layer")
+
+
+# -- plans as channel counts ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scope", ["global", "uniform"])
+def test_a_plan_is_its_channel_counts(scope):
+    """Pruning to a plan's channel counts rebuilds the plan itself: the same channels kept in every group, so
+    the same function (both families keep the strongest channels by L1 within a group)."""
+    from depthcut.cnn.channels import channel_counts, group_roots, prune_to_counts
+
+    torch.manual_seed(0)
+    model = zoo.get("resnet20_fmnist").create().eval()
+    x, y = torch.randn(1, 1, 28, 28), torch.randn(3, 1, 28, 28)
+    roots = group_roots(model, x)
+    assert roots[0] == "conv1" and "fc" not in roots                        # module order; classes never pruned
+    plan = prune_channels(model, x, 0.37, scope)
+    counts = channel_counts(plan, roots)
+    assert counts != channel_counts(model, roots)
+    rebuilt = prune_to_counts(model, x, counts)
+    assert channel_counts(rebuilt, roots) == counts
+    with torch.no_grad():
+        assert torch.equal(rebuilt(y), plan(y))
+
+
+def test_mixed_counts_walk_group_by_group_from_one_plan_to_the_other():
+    from depthcut.cnn.channels import mixed_counts
+
+    slower = {"a": 16, "b": 32, "c": 64, "d": 64, "e": 8}
+    faster = {"a": 8, "b": 24, "c": 48, "d": 32, "e": 8}                    # e does not differ
+    plans = mixed_counts(slower, faster, most=100)
+    differ = ["a", "b", "c", "d"]
+    expected = [dict(slower) | {g: faster[g] for g in taken}
+                for k in range(1, len(differ)) for taken in (differ[:k], differ[-k:])]
+    assert sorted(map(str, plans)) == sorted({str(p) for p in expected})    # first k and last k, every k
+    assert slower not in plans and faster not in plans
+    assert len(mixed_counts(slower, faster, most=3)) == 3
+    assert mixed_counts(slower, dict(slower, a=8), most=10) == []            # one group apart: nothing between
+
+
+def test_impossible_channel_counts_are_one_line():
+    from depthcut.cnn.channels import prune_to_counts
+
+    model = zoo.get("resnet20_fmnist").create().eval()
+    x = torch.randn(1, 1, 28, 28)
+    with pytest.raises(DepthcutError, match="has 16 output channels, cannot keep 20"):
+        prune_to_counts(model, x, {"conv1": 20})
+    with pytest.raises(DepthcutError, match="no module 'layer9.conv1'"):
+        prune_to_counts(model, x, {"layer9.conv1": 4})
