@@ -34,7 +34,7 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
    between x1.52 and x1.65, where layer pruning's x1.58 sits);
 6. confirmation (version 3): the chosen networks are timed with the original and nothing else, as each fresh
    timing is. Out of the refinement's crowd of candidates a MobileNetV2 network can sit 2-3 % off its refined
-   speed-up (x1.25 seed 1: refined 2.4 %, fresh 3.9-5.1 %); when this timing is not within SPREAD, every
+   speed-up (x1.25 seed 1: refined 2.4 %, fresh 3.9-5.1 %); when this timing is not within AIM, every
    method's candidates are shifted by its chosen network's offset between the two timings, the common point is
    chosen again on them, no faster than SPREAD above the confirmed timing's fastest (a local correction, not a
    jump to another point), and confirmed the same way (up to ``CONFIRMS`` timings; the tightest is kept). These
@@ -82,7 +82,8 @@ VERSION = 7                    # 1: chosen on the coarse timing alone; 2: refine
                                # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone;
                                # 4: the confirmation's re-choice kept local; 5: the common point in BAND first;
                                # 6: channel pruning's gaps also filled by plans mixed group by group;
-                               # 7: the selection aims at AIM (refines, fills, prefers it), SPREAD the fallback
+                               # 7: the selection aims at AIM (refines, fills, confirms, prefers it), SPREAD the
+                               #    fallback
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -439,7 +440,7 @@ def match(model: str, target: float, seed: int, reports: dict[str, dict], onnx: 
         speeds = alone(chosen)
         confirmations.append({"chosen": dict(chosen), "speedups": speeds, "spread": spread_of(speeds, speeds)})
         log(f"  confirmation {len(confirmations)}: spread {100 * confirmations[-1]['spread']:.1f} %")
-        if confirmations[-1]["spread"] <= SPREAD:
+        if confirmations[-1]["spread"] <= AIM:
             break
         offset = {m: speeds[m] / known[n] for m, n in chosen.items()}      # each method's shift out of the crowd
         shifted = {n: r * offset[n.split("/")[0]] for n, r in known.items() if n.split("/")[0] in offset}
@@ -478,14 +479,15 @@ def current(result: dict, target: float) -> bool:
     Version 3 differs from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's
     fastest. Versions up to 5 differ from 6 only where gap filling ran with channel pruning among the methods
     (version 6 adds plans mixed group by group); versions up to 6 from 7 only where a refinement's choice was
-    within SPREAD but not within AIM (6 stopped there, 7 refines on, fills gaps, or prefers another choice)."""
+    or confirmation's was within SPREAD but not within AIM (6 stopped there, 7 goes on)."""
     version = result.get("version", 1)
     if version >= VERSION:
         return True
     if not all(p.get("refined_speedup", math.inf) <= target * (1 + BAND) for p in result["chosen"].values()):
         return False
-    if any(AIM < r["spread"] <= SPREAD for r in result.get("refinements", [])):
-        return False                               # version 7 would have refined on (or filled) from there
+    steps = result.get("refinements", []) + result.get("confirmations", [])
+    if any(AIM < step.get("spread", 0) <= SPREAD for step in steps):
+        return False                               # version 7 would have refined, filled or confirmed on from there
     if version < 6 and "channel" in result.get("fills", {}):      # 6 fills channel pruning's gaps with mixed plans
         return False
     if version >= 4:

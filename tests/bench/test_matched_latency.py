@@ -385,6 +385,9 @@ def test_an_older_result_stands_only_where_this_version_would_choose_the_same():
     v6 = {"version": 6, "chosen": at, "fills": {"channel": []}}
     assert current(v6 | {"refinements": [{"spread": 0.05}, {"spread": 0.015}]}, 1.5)
     assert not current(v6 | {"refinements": [{"spread": 0.05}, {"spread": 0.025}]}, 1.5)
+    assert not current(v6 | {"refinements": [{"spread": 0.015}], "confirmations": [{"spread": 0.025}]}, 1.5)
+    assert current(v6 | {"refinements": [{"spread": 0.015}], "confirmations": [{"spread": 0.04}, {"spread": 0.01}]},
+                   1.5)
 
 
 def test_the_target_of_a_stored_result_is_read_from_its_name(tmp_path):
