@@ -127,6 +127,20 @@ def matched_with_original(coarse, fine):
     return result, timer
 
 
+def test_a_plan_just_above_the_target_that_the_coarse_timing_puts_below_it_is_still_matched():
+    """b's plans all measure below x1.5 in the coarse timing (one session, off by 2-4 %), its landed plan
+    x1.52 in the report-like one: the coarse choice takes the target lowered by that error, the refinement
+    chooses at the target."""
+    coarse = {"original": 1, "a:landed": 1.52, "a:p": 1.6, "a:q": 1.7, "b:landed": 1.48, "b:p": 1.3, "b:q": 1.2}
+    fine = dict(coarse, **{"b:landed": 1.52})
+    result, _ = matched_with_original(coarse, fine)
+    assert result is not None and result["chosen"]["b"]["landed"] and result["chosen"]["a"]["landed"]
+    assert result["spread"] <= 0.02
+    # nothing of b's near the target at all: no common point
+    far = dict(coarse, **{"b:landed": 1.40})
+    assert matched_with_original(far, dict(far))[0] is None
+
+
 def test_refinement_stops_after_its_limit_and_the_report_still_says_the_spread():
     from matched_latency import REFINES
 
