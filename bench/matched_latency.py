@@ -6,9 +6,9 @@ ResNet-20 no depth plan lies between x1.9 and x2.2, and channel pruning jumps by
 0.4093 and 0.4109 on ONNX Runtime). Matching selects instead, from timings taken *in the same rounds*:
 
 1. candidates: each method's landed network and the plans its own search picks around it - a depth method's
-   DP at budgets predicted (from its landing probes) for speed-ups from the target to 1.25x the target
-   (``Frontier.best``, as its landing would), channel pruning at ratios around its landed one in both families
-   (global, uniform);
+   landing probes that measured near or above the target (version 8) and its DP at budgets predicted (from
+   its landing probes) for speed-ups from the target to 1.25x the target (``Frontier.best``, as its landing
+   would), channel pruning at ratios around its landed one in both families (global, uniform);
 2. one joint timing of every candidate and the original (``compare_many``); where it leaves a method nothing
    at or above the target, the common point is chosen with the target lowered by its error (``COARSE``), and
    the refinement that follows chooses at the target;
@@ -81,12 +81,12 @@ FRESH = 3                      # fresh joint timings of the chosen networks, min
 FILL = 3                       # gap-filling candidates per bracket
 MIX, MIX_BELOW, MIX_ABOVE = 12, 2, 3      # channel plans mixed group by group: per pair, levels below / above
 CONFIRMS = 3                   # timings of the chosen networks alone before the fresh ones, at most
-VERSION = 7                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
+VERSION = 8                    # 1: chosen on the coarse timing alone; 2: refined the way the report times;
                                # 3: gaps filled when no refinement got within SPREAD, the choice confirmed alone;
                                # 4: the confirmation's re-choice kept local; 5: the common point in BAND first;
                                # 6: channel pruning's gaps also filled by plans mixed group by group;
                                # 7: the selection aims at AIM (refines, fills, confirms, prefers it), SPREAD the
-                               #    fallback
+                               #    fallback; 8: a depth method's landing probes near the target are candidates
 SPEEDUPS = [1.0 + 0.025 * k for k in range(11)]      # candidate depth plans: target x 1.0 .. 1.25
 RATIOS = [0.7 + 0.05 * k for k in range(13)]         # candidate channel plans: landed ratio x 0.7 .. 1.3
 
@@ -244,11 +244,30 @@ def candidates(method: str, search: "MethodSearch", report: dict, target: float)
                       for f in RATIOS]
     else:
         landed = report["plan_key"]
-        plans = search.plans_at([predicted_modelled(report, target * f) for f in SPEEDUPS])
+        plans = probed_plans(search, report, target)
+        plans += search.plans_at([predicted_modelled(report, target * f) for f in SPEEDUPS])
     out = {f"{method}/landed": {"plan": landed, "landed": True}}
     for i, plan in enumerate(p for k, p in enumerate(plans) if p != landed and p not in plans[:k]):
         out[f"{method}/{i}"] = {"plan": plan, "landed": False, "network": build(search, plan)}
     return out
+
+
+def probed_plans(search, report: dict, target: float) -> list[list[str]]:
+    """A depth method's landing probes that measured near or above the target (down to the coarse timing's
+    error below it), as plans: its own choices, already timed once. The DP's plans at predicted budgets miss
+    them when noisy probes bias the prediction (MobileNetV2 x1.25: probes x1.24 and x1.27 [1.25, 1.29], landed
+    x1.35 on the one whose interval cleared the target; the predicted plans started at x1.36, and the common
+    point left the band at x1.39)."""
+    modelled = getattr(search, "modelled", None)
+    plans = []
+    for probe in report.get("probes", []):
+        if "blocks" not in probe or probe.get("measured_ratio", 0.0) < target / (1 + COARSE):
+            continue
+        key = tuple(sorted(probe["blocks"]))
+        if modelled is not None and probe.get("modelled") is not None:
+            modelled.setdefault(key, probe["modelled"])
+        plans.append(list(key))
+    return plans
 
 
 def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], speeds: dict[str, float],
@@ -484,12 +503,15 @@ def current(result: dict, target: float) -> bool:
     Version 3 differs from 4 only where a confirmation re-chose networks faster than SPREAD above its timing's
     fastest. Versions up to 5 differ from 6 only where gap filling ran with channel pruning among the methods
     (version 6 adds plans mixed group by group); versions up to 6 from 7 only where a refinement's choice was
-    or confirmation's was within SPREAD but not within AIM (6 stopped there, 7 goes on)."""
+    or confirmation's was within SPREAD but not within AIM (6 stopped there, 7 goes on); version 7 from 8 only
+    where its choice left the band (8 adds a depth method's landing probes near the target as candidates)."""
     version = result.get("version", 1)
     if version >= VERSION:
         return True
     if not all(p.get("refined_speedup", math.inf) <= target * (1 + BAND) for p in result["chosen"].values()):
         return False
+    if version == 7:          # 8 adds the landing probes' plans near the target: they matter where 7 left the band
+        return True
     steps = result.get("refinements", []) + result.get("confirmations", [])
     if any(AIM < step.get("spread", 0) <= SPREAD for step in steps):
         return False                               # version 7 would have refined, filled or confirmed on from there

@@ -141,6 +141,23 @@ def test_a_plan_just_above_the_target_that_the_coarse_timing_puts_below_it_is_st
     assert matched_with_original(far, dict(far))[0] is None
 
 
+def test_a_depth_methods_landing_probes_near_the_target_are_candidates():
+    """Noisy probes bias the predicted budgets: the DP's plans there all measure above the band, while two
+    probes measured x1.24 and x1.27 (x1.25 target). Probes down to the coarse error below the target are
+    candidates, with their modelled cost known for gap filling; the landed plan is not repeated."""
+    from matched_latency import candidates
+
+    search = BudgetSearch("d", {"landed": 6.0, "p124": 6.5, "p127": 6.4, "dp": 5.8, "p100": 8.0}, first=["dp"])
+    probes = [{"blocks": ["landed"], "modelled": 6.0, "measured_ratio": 1.35},
+              {"blocks": ["p124"], "modelled": 6.5, "measured_ratio": 1.24},
+              {"blocks": ["p127"], "modelled": 6.4, "measured_ratio": 1.27},
+              {"blocks": ["p100"], "modelled": 8.0, "measured_ratio": 1.10}]
+    report = {"plan_key": ["landed"], "modelled_body_ms_identity": 10.0, "probes": probes}
+    out = candidates("d", search, report, 1.25)
+    assert [c["plan"] for c in out.values()] == [["landed"], ["p124"], ["p127"], ["dp"]]
+    assert search.modelled[("p124",)] == 6.5 and search.modelled[("p127",)] == 6.4
+
+
 def test_refinement_stops_after_its_limit_and_the_report_still_says_the_spread():
     from matched_latency import REFINES
 
@@ -395,6 +412,8 @@ def test_an_older_result_stands_only_where_this_version_would_choose_the_same():
     assert current({"version": 5, "chosen": at, "fills": {}}, 1.5)
     assert current({"version": 5, "chosen": at, "fills": {"a": [], "b": []}}, 1.5)
     assert not current({"version": 5, "chosen": at, "fills": {"a": [], "channel": []}}, 1.5)
+    assert current({"version": 7, "chosen": at, "refinements": [{"spread": 0.025}]}, 1.5)    # 8: only off band
+    assert not current({"version": 7, "chosen": far}, 1.5)
     # version 6: stands unless a refinement stopped within SPREAD but not within AIM (7 refines on from there)
     v6 = {"version": 6, "chosen": at, "fills": {"channel": []}}
     assert current(v6 | {"refinements": [{"spread": 0.05}, {"spread": 0.015}]}, 1.5)
