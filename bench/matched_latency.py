@@ -174,7 +174,7 @@ class MethodSearch:
 
     def counted(self, counts: dict[str, int]) -> torch.nn.Module:
         from depthcut.cnn.channels import prune_to_counts
-        return prune_to_counts(copy.deepcopy(self.run.original).cpu(), self.run.example[:1], counts)
+        return prune_to_counts(self.run.original, self.run.example[:1], counts)          # prunes a copy
 
     def recover_channels(self, plan: dict) -> float:
         from depthcut.train import evaluate, train
@@ -278,13 +278,16 @@ def fill_candidates(method: str, search, report: dict, pool: dict[str, dict], sp
     the pruning ratio within each family; a depth method the modelled budget of its DP (``Frontier.best``),
     whose plan at a budget costs at most that budget."""
     mine = {n: c for n, c in pool.items() if n.startswith(method + "/") and n in speeds}
-    near = lambda aim: any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine)  # noqa: E731
+
+    def near(aim: float) -> bool:
+        return any(abs(math.log(speeds[n] / aim)) <= math.log1p(SPREAD / 2) for n in mine)
+
     mixed: list[dict] = []
     if search.kind == "model":
         mixed = mixed_fills(search, mine, speeds, [a for a in aims if not near(a)])
-        mine = {n: c for n, c in mine.items() if "pruning_ratio" in c["plan"]}
-        scopes = {c["plan"]["channel_scope"] for c in mine.values()}
-        lines = {scope: [(1.0, 0.0)] + [(speeds[n], c["plan"]["pruning_ratio"]) for n, c in mine.items()
+        by_ratio = {n: c for n, c in mine.items() if "pruning_ratio" in c["plan"]}      # mixed plans have none
+        scopes = {c["plan"]["channel_scope"] for c in by_ratio.values()}
+        lines = {scope: [(1.0, 0.0)] + [(speeds[n], c["plan"]["pruning_ratio"]) for n, c in by_ratio.items()
                                          if c["plan"]["channel_scope"] == scope] for scope in scopes}
     else:
         modelled = getattr(search, "modelled", {})
@@ -332,12 +335,12 @@ def mixed_fills(search, mine: dict[str, dict], speeds: dict[str, float], aims: l
                 taken.append((speed, counts))
         return [counts for _, counts in taken]
 
+    points = sorted(((speeds[n], search.counts(c["plan"])) for n, c in mine.items()), key=lambda p: p[0])
+    original = (1.0, search.counts(None))
     plans: list[dict] = []
     for aim in aims:
-        below = sorted(((speeds[n], search.counts(c["plan"])) for n, c in mine.items() if speeds[n] < aim),
-                       key=lambda p: -p[0]) + [(1.0, search.counts(None))]
-        above = sorted(((speeds[n], search.counts(c["plan"])) for n, c in mine.items() if speeds[n] >= aim),
-                       key=lambda p: p[0])
+        below = [p for p in reversed(points) if p[0] < aim] + [original]
+        above = [p for p in points if p[0] >= aim]
         for slower in levels(below, MIX_BELOW):
             for faster in levels(above, MIX_ABOVE):
                 for counts in mixed_counts(slower, faster, MIX):
@@ -352,8 +355,8 @@ def common_point(speedups: dict[str, float], methods: list[str], target: float) 
     smallest spread, or, among those within AIM (else within SPREAD), the one nearest the target. Choices whose
     slowest network lies within BAND above the target come first (the comparison is *at* the target: without
     the band, a tight point at x1.92 beat a 4 %-wide one at x1.55 for the x1.5 target); only without any such
-    choice are the others considered. Each method takes, inside the chosen window, its candidate nearest the window's
-    centre."""
+    choice are the others considered. Each method takes, inside the chosen window, its candidate nearest the
+    window's centre."""
     items = sorted((r, n) for n, r in speedups.items() if r >= target and n.split("/")[0] in methods)
     windows = []
     for i, (low, _) in enumerate(items):
