@@ -38,8 +38,7 @@ def one(name: str, cache: str, threads: int) -> dict:
 
     def time_rows(rows):
         timed[0] += len(rows)
-        table = latency_table(rows, backend, batch_size=1, cache_dir=cache, progress=False, repeats=20)
-        return {k: v.median_ms for k, v in table.items()}
+        return latency_table(rows, backend, batch_size=1, cache_dir=cache, progress=False, repeats=20)
 
     bandwidth = measure_bandwidth("cpu")
     kept, dominated, measured = prune_dominated(analysis.candidates, time_rows, bandwidth=bandwidth,

@@ -56,8 +56,7 @@ def study(name: str, size: int, cache: str, max_rounds: int) -> dict:
     t0 = time.time()
 
     def time_rows(cands):
-        table = latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False)
-        return {k: t.median_ms for k, t in table.items()}
+        return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False)
 
     candidates, dominated, lat = prune_dominated(analysis.candidates, time_rows, max_importance=2.0,
                                                  batch_size=1, bandwidth=measure_bandwidth("cpu", 64))

@@ -60,6 +60,14 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CacheError(f"cache file {path} is corrupted ({e}); delete it to recompute") from None
 
 
+def json_number(value: Any) -> float:
+    """A number read from a cache file: an int or a float, never a JSON boolean (Python's ``float(True)`` is
+    1.0, which would turn a damaged entry into a plausible value). TypeError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
 def fingerprint(fields: dict[str, Any]) -> str:
     """A short stable hash of a JSON-able dict (sorted keys)."""
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
@@ -135,11 +143,16 @@ class EntryStore:
         atomic_write_json(self.path(key), {"key": key, "value": value})
 
     def keys(self) -> Iterator[str]:
+        """Every stored key. A file that is not an entry, or holds an entry whose key belongs in another
+        file (copied or renamed by hand), is damaged: CacheError naming it."""
         for p in sorted(self.dir.glob("*.json")):
             if p.name != self.MANIFEST:
                 entry = read_json(p)
-                if isinstance(entry, dict) and "key" in entry:
-                    yield entry["key"]
+                key = entry.get("key") if isinstance(entry, dict) else None
+                if not isinstance(key, str) or self.path(key) != p:
+                    held = f"entry {key!r}" if isinstance(key, str) else "no entry"
+                    raise CacheError(f"cache file {p} is corrupted (it holds {held}); delete it to recompute")
+                yield key
 
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())

@@ -216,10 +216,9 @@ def latency_rows(run: Run) -> LatencyRows:
         run.say(f"per-call overhead of {config.backend}: {1e3 * overhead[0]:.1f} us + "
                 f"{1e9 * overhead[1]:.1f} us per MB of input and output (subtracted from each row)")
 
-    def time_rows(rows: list[Candidate]) -> dict[str, float]:
-        table = latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
-                              progress=config.progress)
-        return {key: timing.median_ms for key, timing in table.items()}
+    def time_rows(rows: list[Candidate]):
+        return latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
+                             progress=config.progress)
 
     # the largest importance any candidate can score follows from the original's accuracy
     usable = get_method(config.method).candidates(analysis.candidates, analysis.chain)
@@ -405,7 +404,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "intended_structure_error": verified["structure"],
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
         "candidates_dominated": len(rows.dominated),
-        "dominated_examples": [f"{d.key}: {d.reason}" for d in rows.dominated[:10]],
+        "dominated": [d.to_dict() for d in rows.dominated],
         "method": config.method, "latency_model": config.latency_model,
         "call_overhead_ms": rows.call_overhead[0], "call_overhead_ms_per_mb": rows.call_overhead[1] * 2**20,
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],

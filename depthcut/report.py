@@ -141,7 +141,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         f"Chain: {r['positions']} positions, {r['blocks_valid']} valid blocks, {r['candidates']} candidates, "
         f"{r.get('candidates_dominated', 0)} of them dropped as dominated (no faster than the original convs "
-        f"they replace, so no plan could pick them; never built, timed in full or scored).",
+        f"they replace beyond their timings' 95 % intervals, so no plan could pick them; never built in full or "
+        f"scored).",
+        *_dominated_lines(r.get("dominated", [])),
         "",
         f"Verified before deployment: the chosen plan's rewrite equals the intended function (the original with "
         f"only the plan's changes, built independently) to {r.get('intended_structure_error', float('nan')):.1e} "
@@ -197,3 +199,11 @@ def load_compressed(folder: str | Path, model: nn.Module | str | None = None) ->
     merged = replay(base, plan_json, tuple(meta["input_shape"]))
     merged.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return merged.eval()
+
+
+def _dominated_lines(dominated: list[dict], shown: int = 20) -> list[str]:
+    """The dropped candidates with their reasons (the first ``shown``; report.json has them all)."""
+    lines = [f"- `{d['key']}`: {d['reason']}" for d in dominated[:shown]]
+    if len(dominated) > shown:
+        lines.append(f"- ... and {len(dominated) - shown} more (all in report.json, key `dominated`)")
+    return ["", *lines] if lines else []

@@ -131,19 +131,25 @@ def test_analyze_a_factory_that_raises(capsys):
                           "raised ValueError")
 
 
-@pytest.mark.parametrize("damage", ["nan", "inf", "negative", "accuracy above 100"])
+IMPORTANCE_DAMAGE = {"accuracy above 100": 250.0, "metric true": True}
+LATENCY_DAMAGE = {"nan": math.nan, "inf": math.inf, "negative": -1.0, "median true": True}
+
+
+@pytest.mark.parametrize("damage", [*LATENCY_DAMAGE, *IMPORTANCE_DAMAGE, "another candidate's key"])
 def test_damaged_cache_entries_are_named_before_any_work(damage, capsys, tmp_path, monkeypatch):
     out = ["--out", str(tmp_path / "o")]
     assert main(small(tmp_path, *out)) == 0                 # fills both caches
     capsys.readouterr()
-    kind = "importance" if damage == "accuracy above 100" else "latency"
+    kind = "latency" if damage in LATENCY_DAMAGE else "importance"
     entries = sorted(p for p in (tmp_path / "cache" / kind).rglob("*.json") if p.name != "manifest.json")
     victim = entries[len(entries) // 2]
     entry = json.loads(victim.read_text())
-    if kind == "importance":
-        entry["value"]["metric"] = 250.0
+    if damage == "another candidate's key":       # a file copied over another: it holds its neighbour's entry
+        entry = json.loads(entries[len(entries) // 2 + 1].read_text())
+    elif kind == "importance":
+        entry["value"]["metric"] = IMPORTANCE_DAMAGE[damage]
     else:
-        entry["value"]["median_ms"] = {"nan": math.nan, "inf": math.inf, "negative": -1.0}[damage]
+        entry["value"]["median_ms"] = LATENCY_DAMAGE[damage]
     victim.write_text(json.dumps(entry))
 
     import depthcut.latency.table

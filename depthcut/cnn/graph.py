@@ -255,7 +255,10 @@ def _is_stride1_dynamic_same_conv(m: nn.Module) -> bool:
     odd kernel the padding is symmetric, (k-1)/2 per side, i.e. a plain conv with that padding."""
     return (isinstance(m, nn.Conv2d) and type(m).forward is not nn.Conv2d.forward and tuple(m.stride) == (1, 1)
             and tuple(m.dilation) == (1, 1) and m.kernel_size[0] == m.kernel_size[1] and m.kernel_size[0] % 2
-            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0))
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and tuple(m.padding) == (0, 0)
+            # only a conv's own state: a weight-standardised conv (timm's ScaledStdConv2d, its ``gain``) is
+            # another op that happens to share the shape
+            and set(m.state_dict()) <= {"weight", "bias"})
 
 
 def _plain_conv(m: nn.Conv2d) -> nn.Conv2d:
@@ -292,7 +295,8 @@ def canonicalize(model: nn.Module) -> nn.Module:
     'SAME' convs (timm's Conv2dSame, a plain conv with padding (k-1)/2) and multi-branch re-parameterisable
     blocks with several parallel kxk branches (MobileOne: fused by their own ``reparameterize()``; the
     fine-tunes then train the fused conv). Each replacement is checked numerically (eval mode) and skipped if
-    it differs. Returns ``model`` itself when there is nothing to replace."""
+    it cannot be built or differs: the module then stays as it is (a conv with its own forward is traced
+    through, so its ops are barriers). Returns ``model`` itself when there is nothing to replace."""
     return _replace_checked(model, [(_is_multibranch_reparam, _reparameterized),
                                     (_is_fused_norm_act, _plain_norm_act),
                                     (_is_stride1_dynamic_same_conv, _plain_conv)])
@@ -320,7 +324,10 @@ def _replace_checked(model: nn.Module, rules) -> nn.Module:
     model = copy.deepcopy(model)
     for name, make in todo:
         m = model.get_submodule(name)
-        plain = make(m)
+        try:
+            plain = make(m)
+        except Exception:   # noqa: BLE001 - a rule that does not apply: the module stays (traced as it is)
+            continue
         p = next(m.parameters(), None) if next(m.buffers(), None) is None else next(m.buffers())
         channels = _input_channels(m)
         # a seeded input: every trace of the same model (analysis, intended function) decides alike

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint
+from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, json_number
 from ..cnn.chain import Candidate
 from ..errors import CacheError, DepthcutError
 from ..progress import progress as _progress
@@ -198,7 +198,7 @@ class ImportanceTaskError(DepthcutError):
 def _read_entry(store: EntryStore, key: str, metric_range: tuple[float, float] = (-math.inf, math.inf)) -> float:
     entry = store[key]
     try:
-        value = float(entry["metric"])
+        value = json_number(entry["metric"])
     except (TypeError, KeyError, ValueError):
         raise CacheError(f"cache file {store.path(key)} does not hold an importance metric for {key!r}; "
                          f"delete it to recompute") from None

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..cache import json_number
 from ..errors import DepthcutError
 
 Runner = Callable[[], Any]
@@ -45,41 +46,84 @@ class BackendUnavailableError(DepthcutError):
 
 # ------------------------------------------------------------------------------------------- timing ---
 
+CONFIDENCE = 0.95
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free confidence interval for the median of ``values``: [x_(k), x_(n+1-k)] with the
+    largest k such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. With too few values for the
+    confidence asked (n < 6 at 95%) the interval is the whole range."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("no values")
+    alpha = (1.0 - confidence) / 2
+    k, tail = 0, 0.0
+    while k < n // 2:                                   # tail = P(B < k + 1) after adding term k
+        tail_next = tail + math.comb(n, k) / 2.0 ** n
+        if tail_next > alpha:
+            break
+        tail, k = tail_next, k + 1
+    if k == 0:
+        return x[0], x[-1]
+    return x[k - 1], x[n - k]
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Summary of n timed runs, in milliseconds. The median is the estimate; the spread is kept to judge it."""
+    """Summary of n timed runs, in milliseconds. The median is the estimate; the spread is kept to judge it.
+    ``low_ms``/``high_ms``: the 95 % distribution-free interval of the median (None in entries cached before
+    it was recorded; :attr:`interval` then falls back to the wider p10-p90 range)."""
 
     median_ms: float
     stdev_ms: float
     p10_ms: float
     p90_ms: float
     n: int
+    low_ms: float | None = None
+    high_ms: float | None = None
 
     @classmethod
     def zero(cls) -> "Timing":
         """The cost of an identity option: nothing runs."""
-        return cls(0.0, 0.0, 0.0, 0.0, 0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0)
 
     @classmethod
     def from_samples(cls, samples_ms: list[float]) -> "Timing":
         if not samples_ms:
             raise ValueError("no timing samples")
         s = sorted(samples_ms)
+        low, high = median_interval(s)
         return cls(median_ms=statistics.median(s), stdev_ms=statistics.stdev(s) if len(s) > 1 else 0.0,
-                   p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9), n=len(s))
+                   p10_ms=_quantile(s, 0.1), p90_ms=_quantile(s, 0.9), n=len(s), low_ms=low, high_ms=high)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The median's 95 % interval (p10-p90 where it was not recorded: wider, so judgements stay safe)."""
+        if self.low_ms is None or self.high_ms is None:
+            return self.p10_ms, self.p90_ms
+        return self.low_ms, self.high_ms
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     def scaled(self, factor: float) -> "Timing":
         """Every time multiplied by ``factor`` (a row timed another way and corrected)."""
+        low, high = (None, None) if self.low_ms is None else (self.low_ms * factor, self.high_ms * factor)
         return Timing(self.median_ms * factor, self.stdev_ms * factor, self.p10_ms * factor, self.p90_ms * factor,
-                      self.n)
+                      self.n, low, high)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Timing":
-        return cls(median_ms=float(d["median_ms"]), stdev_ms=float(d["stdev_ms"]), p10_ms=float(d["p10_ms"]),
-                   p90_ms=float(d["p90_ms"]), n=int(d["n"]))
+        if isinstance(d["n"], bool) or not isinstance(d["n"], int):
+            raise TypeError(f"timing count is not an integer: {d['n']!r}")
+        low, high = d.get("low_ms"), d.get("high_ms")
+        if (low is None) != (high is None):
+            raise TypeError("a timing interval needs both ends")
+        return cls(median_ms=json_number(d["median_ms"]), stdev_ms=json_number(d["stdev_ms"]),
+                   p10_ms=json_number(d["p10_ms"]), p90_ms=json_number(d["p90_ms"]), n=d["n"],
+                   low_ms=None if low is None else json_number(low),
+                   high_ms=None if high is None else json_number(high))
 
 
 def _quantile(sorted_samples: list[float], q: float) -> float:
@@ -89,13 +133,19 @@ def _quantile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * (pos - lo)
 
 
+def clock_of(runner: Runner) -> Callable[[], float]:
+    """The clock that times ``runner``, in seconds: the wall clock, unless the runner brings its own
+    (``runner.clock``: a simulated backend, so that tests time a known cost whatever the machine's load)."""
+    return getattr(runner, "clock", None) or time.perf_counter
+
+
 def sample_ms(runner: Runner, n: int) -> list[float]:
     """``n`` timed calls of ``runner``, in milliseconds each."""
-    out = []
+    clock, out = clock_of(runner), []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         runner()
-        out.append((time.perf_counter() - t0) * 1e3)
+        out.append((clock() - t0) * 1e3)
     return out
 
 
@@ -110,15 +160,14 @@ def measure(runner: Runner, *, warmup: int = 5, repeats: int = 30, min_time_s: f
     for _ in range(warmup):
         runner()
     many = getattr(runner, "queued", None) if queued > 1 else None
-    samples: list[float] = []
-    spent = 0.0
+    clock, samples, spent = clock_of(runner), [], 0.0
     while len(samples) < max(1, repeats) or (spent < min_time_s and len(samples) < max_repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         if many is None:
             runner()
         else:
             many(queued)
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         samples.append(dt * 1e3 / (1 if many is None else queued))
         spent += dt
     return Timing.from_samples(samples)

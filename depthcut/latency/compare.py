@@ -30,9 +30,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .backends import Backend, Runner, get_backend, measure, sample_ms
+from .backends import Backend, Runner, get_backend, measure, median_interval, sample_ms
 
-CONFIDENCE = 0.95
 # Student t, two-sided 95 %, by degrees of freedom (the session interval; no scipy dependency)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -62,26 +61,6 @@ def session_interval(session_ratios: list[float]) -> tuple[float, float] | None:
 def session_of_round(k: int, block_rounds: int, sessions: int) -> int:
     """The runtime session round ``k`` uses: each session in turn for ``block_rounds`` rounds."""
     return (k // block_rounds) % sessions
-
-
-def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Distribution-free confidence interval for the median of ``values``: [x_(k), x_(n+1-k)] with the
-    largest k such that P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2. With too few values for the
-    confidence asked (n < 6 at 95%) the interval is the whole range."""
-    x = sorted(values)
-    n = len(x)
-    if n == 0:
-        raise ValueError("no values")
-    alpha = (1.0 - confidence) / 2
-    k, tail = 0, 0.0
-    while k < n // 2:                                   # tail = P(B < k + 1) after adding term k
-        tail_next = tail + math.comb(n, k) / 2.0 ** n
-        if tail_next > alpha:
-            break
-        tail, k = tail_next, k + 1
-    if k == 0:
-        return x[0], x[-1]
-    return x[k - 1], x[n - k]
 
 
 def outliers(values: list[float], scale: float = 3.0) -> int:

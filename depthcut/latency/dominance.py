@@ -19,7 +19,11 @@ The latency side is decided without building the candidate when a bound can: T(c
 (the best MAC rate measured among this network's own single-conv rows x ``safety``), and, for weights larger
 than any cache, >= its weight bytes / (the measured memory bandwidth x ``safety``). Only candidates the bounds
 cannot decide are timed; those measured no faster than their path are dropped too (before their importance
-is scored).
+is scored). A measured row is a median with a 95 % interval, and single timings on a loaded machine move by
+more than their medians differ: a candidate is dropped only when the *low* end of its interval is at or above
+the *high* end of its path's (the sum of its originals' high ends) plus the grid margin. Near-ties stay in
+the table (the DP decides them), so which candidates are scored does not flip between fresh runs on timing
+noise, and the same cached timings always drop the same candidates.
 """
 from __future__ import annotations
 
@@ -77,45 +81,64 @@ def max_accuracy_importance(base_accuracy: float) -> float:
 class Dominated:
     key: str
     span: int
-    path_ms: float
+    path_ms: float             # the high end of the original convs' summed interval
     bound_ms: float | None     # lower bound from MACs (when it decided)
-    measured_ms: float | None  # measured latency (when the bound could not decide)
+    measured_ms: float | None  # the low end of the measured latency's interval (when the bound could not decide)
 
     @property
     def reason(self) -> str:
-        how = (f"MAC bound {self.bound_ms:.3g} ms" if self.measured_ms is None else f"measured {self.measured_ms:.3g} ms")
-        return f"{how} >= the {self.span} original convs' {self.path_ms:.3g} ms (+ grid margin)"
+        how = (f"MAC bound {self.bound_ms:.3g} ms" if self.measured_ms is None
+               else f"measured at least {self.measured_ms:.3g} ms")
+        return f"{how} >= the {self.span} original convs' at most {self.path_ms:.3g} ms (+ grid margin)"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"key": self.key, "reason": self.reason}
+
+
+def _interval(timing: object) -> tuple[float, float, float]:
+    """(median, low, high) of a row's timing: a :class:`~depthcut.latency.backends.Timing`, or a plain number
+    (an exact latency, e.g. a synthetic table)."""
+    if isinstance(timing, (int, float)):
+        return float(timing), float(timing), float(timing)
+    low, high = timing.interval
+    return timing.median_ms, low, high
 
 
 def _is_original(c: Candidate) -> bool:
     return c.end == c.start + 1 and tuple(c.kept) == (c.end,)
 
 
-def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, float]],
+def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, object]],
                     *, max_importance: float, steps: int = 2000, batch_size: int | None = None,
                     safety: float = SAFETY, bandwidth: float | None = None,
                     in_network: Callable[[Candidate, float], float] | None = None,
                     ) -> tuple[list[Candidate], list[Dominated], dict[str, float]]:
-    """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: ms}`` measures rows
-    (the cached latency table). ``bandwidth`` (bytes/ms, :func:`measure_bandwidth`) adds the memory bound
+    """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: Timing or ms}`` measures
+    rows (the cached latency table). ``bandwidth`` (bytes/ms, :func:`measure_bandwidth`) adds the memory bound
     for weights larger than any cache. ``in_network(candidate, timed_ms)`` maps a row's timing to what the DP
     sees (depthcut.latency.overhead); dominance is decided on those values, and the MAC bound uses their rate
     (the weight bound holds in a network as in a single call: the weights are read either way). Returns (kept candidates, dominated ones with their reasons, DP ms of every
     kept candidate)."""
     candidates = list(candidates)
     seen = in_network or (lambda c, t: t)
+
+    def dp_view(batch: list[Candidate]) -> dict[str, tuple[float, float, float]]:
+        """(median, low, high) of each row as the DP sees it."""
+        timed = time_rows(batch)
+        return {c.key: tuple(seen(c, t) for t in _interval(timed[c.key])) for c in batch}
+
     originals = [c for c in candidates if _is_original(c)]
-    timed = dict(time_rows(originals))
-    measured = {c.key: seen(c, timed[c.key]) for c in originals}
-    single = {c.end: measured[c.key] for c in originals}
-    body_ms = sum(single.values())
+    rows = dp_view(originals)
+    single = {c.end: rows[c.key] for c in originals}
+    body_ms = sum(m for m, _, _ in single.values())
     grid_ms = body_ms / steps                    # one step of the DP's latency grid (range = the original body)
     # the MAC rate of the network's own convs as the DP sees them (in-network): the bound below is on that
-    peak = max((macs(c, batch_size) / measured[c.key] for c in originals if measured[c.key] > 0), default=0.0)
+    peak = max((macs(c, batch_size) / rows[c.key][0] for c in originals if rows[c.key][0] > 0), default=0.0)
     min_span = max(2, math.ceil(max_importance - 1e-12))
 
-    def path_ms(c: Candidate) -> float:
-        return sum(single[p] for p in range(c.start + 1, c.end + 1))
+    def path_high_ms(c: Candidate) -> float:
+        """The slowest the candidate's original convs can be, by their intervals, plus the grid margin."""
+        return sum(single[p][2] for p in range(c.start + 1, c.end + 1)) + (c.end - c.start) * grid_ms
 
     def eligible(c: Candidate) -> bool:
         return bool(c.kept) and not _is_original(c) and c.end - c.start >= min_span
@@ -123,24 +146,20 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
     dominated: list[Dominated] = []
     to_time: list[Candidate] = []
     for c in candidates:
-        if c.key in measured or not c.kept:
+        if c.key in rows or not c.kept:
             continue
         if eligible(c) and peak > 0:
             bound = macs(c, batch_size) / (peak * safety)
             if bandwidth and weight_bytes(c) > CACHE_BYTES:
                 bound = max(bound, weight_bytes(c) / (bandwidth * safety))
-            path = path_ms(c)
-            if bound >= path + (c.end - c.start) * grid_ms:
-                dominated.append(Dominated(c.key, c.end - c.start, path, bound, None))
+            if bound >= path_high_ms(c):
+                dominated.append(Dominated(c.key, c.end - c.start, path_high_ms(c), bound, None))
                 continue
         to_time.append(c)
-    timed.update(time_rows(to_time))
-    measured.update({c.key: seen(c, timed[c.key]) for c in to_time})
+    rows.update(dp_view(to_time))
     for c in to_time:
-        if eligible(c):
-            path = path_ms(c)
-            if measured[c.key] >= path + (c.end - c.start) * grid_ms:
-                dominated.append(Dominated(c.key, c.end - c.start, path, None, measured[c.key]))
+        if eligible(c) and rows[c.key][1] >= path_high_ms(c):
+            dominated.append(Dominated(c.key, c.end - c.start, path_high_ms(c), None, rows[c.key][1]))
     gone = {d.key for d in dominated}
     kept = [c for c in candidates if c.key not in gone]
-    return kept, dominated, {c.key: (measured[c.key] if c.kept else 0.0) for c in kept}
+    return kept, dominated, {c.key: (rows[c.key][0] if c.kept else 0.0) for c in kept}

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cache import json_number
 from ..cnn.chain import Candidate
 from .backends import Backend, measure
 
@@ -98,7 +99,7 @@ def call_overhead_ms(backend: Backend, candidates: Iterable[Candidate], batch_si
     if store is not None and key in store:
         value = store[key]
         try:
-            a, b = float(value["a_ms"]), float(value["b_ms_per_byte"])
+            a, b = json_number(value["a_ms"]), json_number(value["b_ms_per_byte"])
         except (KeyError, TypeError, ValueError):
             a = b = float("nan")
         if not (np.isfinite(a) and np.isfinite(b) and a >= 0 and b >= 0):

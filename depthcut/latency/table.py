@@ -84,7 +84,7 @@ def _read_row(store: EntryStore, key: str) -> Timing:
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"cache file {store.path(key)} does not hold a timing for row {key!r}; "
                          f"delete it to recompute") from None
-    values = (timing.median_ms, timing.stdev_ms, timing.p10_ms, timing.p90_ms)
+    values = (timing.median_ms, timing.stdev_ms, timing.p10_ms, timing.p90_ms, *timing.interval)
     if not all(math.isfinite(v) and v >= 0 for v in values) or timing.n < 1:
         raise CacheError(f"cache file {store.path(key)} holds an impossible timing for row {key!r} "
                          f"(median {timing.median_ms} ms, n={timing.n}: NaN, infinite or negative); "

@@ -29,7 +29,7 @@ def heal(model, windows: torch.Tensor, steps: int, batch_size: int = 4, lr: floa
     if steps <= 0:
         return model
     try:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, LoraModel
     except ImportError:  # pragma: no cover - peft is a dependency of the llm extra
         raise DepthcutError("healing needs peft: pip install peft") from None
     if len(windows) < 1:
@@ -37,7 +37,9 @@ def heal(model, windows: torch.Tensor, steps: int, batch_size: int = 4, lr: floa
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
                         task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    # The tuner itself, not get_peft_model: its PeftModel wrapper adds nothing to LoRA training, and it reads
+    # transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning on every heal).
+    peft_model = LoraModel(model, config, "default")
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     order = torch.Generator().manual_seed(seed)

@@ -131,8 +131,14 @@ class Frontier:
         self._refined: dict[float, Frontier] = {}
 
     def _grid(self, steps: int, max_ms: float) -> None:
-        self.steps, self.max_ms = int(steps), float(max_ms)
-        self.steps_per_ms = self.steps / self.max_ms
+        steps_per_ms = int(steps) / float(max_ms)
+        if not math.isfinite(steps_per_ms):
+            # A range so small (a subnormal budget) that steps / range overflows: 0 ms rows would cost
+            # 0 * inf = NaN steps. No grid can resolve it; the exact paths still answer such a budget.
+            raise InfeasibleBudgetError(
+                f"the latency range {max_ms:.6g} ms is too small to discretise into {steps} steps",
+                minimum=self.min_solution.latency_ms)
+        self.steps, self.max_ms, self.steps_per_ms = int(steps), float(max_ms), steps_per_ms
         self._solve()
 
     def _centred_on(self, budget_ms: float) -> "Frontier":
@@ -239,7 +245,7 @@ class Frontier:
             raise ValueError(f"budget {budget_ms:.6g} ms exceeds the range this frontier was solved for "
                              f"({self.max_ms:.6g} ms); solve again with a larger max_latency_ms")
         found = [self.min_solution, self._grid_answer(budget_ms)]
-        if refine and 0.0 < budget_ms < self.max_ms * (1 - 1e-9):
+        if refine and 0.0 < budget_ms < self.max_ms * (1 - 1e-9) and math.isfinite(self.steps / budget_ms):
             found.append(self._centred_on(budget_ms)._grid_answer(budget_ms))
         return max((s for s in found if s is not None), key=Solution.key)
 

@@ -825,3 +825,63 @@ class TimmRepVggBlock(nn.Module):
 def timm_repvgg_block() -> Case:
     return Case(randomize(Stack(TimmRepVggBlock(8), TimmRepVggBlock(8), TimmRepVggBlock(8))), (1, 3, 10, 10),
                 min_candidates=3)
+
+
+class StdConv2d(nn.Conv2d):
+    """timm.layers.StdConv2d (BiT): the weights are standardised per output channel in forward. Same state as
+    a plain conv, another op: a rule that swaps it for nn.Conv2d must see the difference and skip it."""
+
+    def __init__(self, cin, cout, k, stride=1, padding=0, eps=1e-6):
+        super().__init__(cin, cout, k, stride, padding, bias=False)
+        self.eps = eps
+
+    def weight_used(self):
+        return F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True,
+                            momentum=0.0, eps=self.eps).reshape_as(self.weight)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight_used(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ScaledStdConv2d(StdConv2d):
+    """timm.layers.ScaledStdConv2d (NF-ResNet): standardised weights times a learned per-channel ``gain``. A
+    stride-1, padding-0 one has the shape of timm's Conv2dSame, and its extra ``gain`` made the swap raise
+    (issue 28: timm:nf_resnet26 crashed the analysis)."""
+
+    def __init__(self, cin, cout, k, stride=1, padding=0):
+        super().__init__(cin, cout, k, stride, padding)
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+        self.scale = self.weight[0].numel() ** -0.5
+
+    def weight_used(self):
+        return F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                            weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0,
+                            eps=self.eps).reshape_as(self.weight)
+
+
+class NFBottleneck(nn.Module):
+    """NF-ResNet's pre-activation bottleneck: no BatchNorm, scaled weight-standardised convs, x + alpha * f(x)."""
+
+    def __init__(self, c, mid, alpha=0.2):
+        super().__init__()
+        self.conv1, self.conv2 = ScaledStdConv2d(c, mid, 1), ScaledStdConv2d(mid, mid, 3, padding=1)
+        self.conv3, self.alpha = ScaledStdConv2d(mid, c, 1), alpha
+
+    def forward(self, x):
+        out = self.conv1(F.relu(x))
+        out = self.conv3(F.relu(self.conv2(F.relu(out))))
+        return x + self.alpha * out
+
+
+@register
+def nf_resnet_scaled_std_convs() -> Case:
+    # the plain convs around the NF blocks still merge; the weight-standardised ones stay as they are
+    return _stack(NFBottleneck(8, 4), cbr(8, 8), cbr(8, 8), NFBottleneck(8, 4), cbr(8, 8), min_candidates=1)
+
+
+@register
+def bit_std_convs() -> Case:
+    def std(cin, cout, k):
+        return nn.Sequential(StdConv2d(cin, cout, k, padding=k // 2), nn.GroupNorm(2, cout), nn.ReLU())
+    return _stack(std(8, 8, 1), cbr(8, 8), cbr(8, 8), std(8, 8, 3), std(8, 8, 1), cbr(8, 8), min_candidates=1)

@@ -202,26 +202,30 @@ def test_measure_and_timing_stats():
         speedup(s, Timing.zero())
 
 
-def test_measure_queues_calls_where_the_runner_can():
+def test_measure_queues_calls_where_the_runner_can(monkeypatch):
     """A GPU row sample is k calls queued back to back with one synchronisation, divided by k: the
-    synchronisation is paid once per sample, not once per call, as inside a network."""
-    import time as _time
+    synchronisation is paid once per sample, not once per call, as inside a network. A controlled clock:
+    the test does not depend on how long a sleep takes on a loaded machine."""
+    import types
+    from depthcut.latency import backends
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(backends, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     syncs, calls = [], []
 
-    def run():                      # one call, then a synchronisation costing 5 ms
+    def run():                      # one call costing 0.1 ms, then a synchronisation costing 5 ms
         calls.append(1)
-        _time.sleep(0.005)
+        clock.now += 0.0001 + 0.005
         syncs.append(1)
 
     def queued(k):
         calls.extend([1] * k)
-        _time.sleep(0.005)
+        clock.now += 0.0001 * k + 0.005
         syncs.append(1)
     run.queued = queued
     one = measure(run, warmup=0, repeats=3)
     many = measure(run, warmup=0, repeats=3, queued=10)
     assert len(calls) == 3 + 30 and len(syncs) == 6
-    assert one.median_ms >= 5.0 and many.median_ms < one.median_ms / 5
+    assert one.median_ms == pytest.approx(5.1) and many.median_ms == pytest.approx(0.6)
     plain = measure(lambda: calls.append(1), warmup=0, repeats=3, queued=10)   # nothing to queue: one call each
     assert plain.n == 3 and len(calls) == 36
     assert get_backend("eager").row_calls == 1 and "row_calls" not in get_backend("eager").describe()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from depthcut.errors import InfeasibleBudgetError
 from depthcut.search import brute
@@ -88,6 +88,7 @@ def test_fine_steps_recover_float_optimum():
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10**9), length=st.integers(1, 6), steps=st.integers(1, 80),
        frac=st.floats(0.0, 1.2), scale=st.sampled_from([None, 0.5, 1.0]))
+@example(seed=73, length=1, steps=1, frac=5e-324, scale=None)   # a subnormal budget (make test-latest drew it)
 def test_conservative_never_exceeds_budget_and_is_near_optimal(seed, length, steps, frac, scale):
     rng = random.Random(seed)
     rows = brute.random_rows(rng, length)
@@ -121,6 +122,15 @@ def test_ties_prefer_smaller_latency_and_identity_costs_nothing():
     assert frontier.best(1.0).latency_ms == 1.0
     zero = solve([Row(0, 1, 0.0, 0.5), Row(1, 2, 0.0, 0.25)], 2)
     assert zero.best(0.0).importance == 0.75
+
+
+def test_budget_too_small_to_discretise_is_infeasible_not_an_index_error():
+    # steps / 5e-324 overflows to inf; a 0 ms row would cost 0 * inf = NaN steps on that grid.
+    rows = [Row(0, 1, 1.0, 0.9), Row(0, 1, 0.0, 0.2, option=1)]
+    frontier = solve(rows, 1, steps=1)
+    assert frontier.best(5e-324).latency_ms == 0.0           # the exact 0 ms plan answers it
+    with pytest.raises(InfeasibleBudgetError, match="too small to discretise"):
+        solve(rows, 1, budget_ms=5e-324, steps=1)
 
 
 def test_infeasible_budget_states_minimum_and_budget():
