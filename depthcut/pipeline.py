@@ -103,10 +103,12 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     chosen = land(run, rows, frontier)
     verified = verify_chosen_plan(run.original, run.analysis, chosen.plan, run.input_shape)
     run.say(f"plan verified against the intended function: relative error {verified['structure']:.1e} "
-            f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(run.original.parameters()).dtype})")
-    unmerged, merged, merge_error = recover(run, chosen.plan)
+            f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(run.original.parameters()).dtype}; "
+            f"allowed {verified['allowed']:.1e}: its own float32 error is {verified['control']:.1e}); "
+            f"{verified['borders']:.1e} from the original padding at the borders")
+    unmerged, merged, merge_check = recover(run, chosen.plan)
     final = measure_final(run, merged)
-    report = make_report(run, rows, chosen, verified, merged, merge_error, final)
+    report = make_report(run, rows, chosen, verified, merged, merge_check, final)
     result = CompressResult(merged, unmerged, chosen.plan, report,
                             [(s.latency_ms, s.importance) for s in frontier.pareto()], run.example)
     if out is not None:
@@ -321,9 +323,10 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
 
 
 # -- stage 6: recovery (SPEC A10) -------------------------------------------------------------------------
-def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
+def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, dict[str, float]]:
     """Fine-tune the unmerged form (exactly the deployed function), merge, and check the merge."""
     from .cnn.build import build_merged, build_unmerged
+    from .cnn.intended import allowed_error, float32_control
     from .train.distributed import distributed_train
 
     config = run.config
@@ -338,10 +341,15 @@ def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, float]:
     unmerged.eval()
     merged = build_merged(unmerged, run.analysis.chain, plan).eval()
     merge_error = relative_error(unmerged, merged, torch.randn((4,) + tuple(run.input_shape[1:])))
-    if not merge_error <= MERGE_TOLERANCE:
+    # the fine-tuned unmerged form is now the intended function; judged like the deployed network before it
+    control = float32_control(unmerged, run.input_shape)
+    allowed = allowed_error(unmerged, control)
+    if not merge_error <= allowed:
         raise VerificationError(f"the merged network differs from its fine-tuned unmerged form (relative error "
-                                f"{merge_error:.2e} in float64); this is a depthcut bug, please report it")
-    return unmerged, merged, merge_error
+                                f"{merge_error:.2e} in float64, above the {allowed:.1e} that float32 rounding "
+                                f"explains: its own float32 error is {control:.1e}); this is a depthcut bug, "
+                                f"please report it")
+    return unmerged, merged, {"error": merge_error, "control": control, "allowed": allowed}
 
 
 # -- stage 7: the final, independent measurement ----------------------------------------------------------
@@ -359,7 +367,7 @@ def measure_final(run: Run, merged: nn.Module):
 
 
 # -- stage 8: report --------------------------------------------------------------------------------------
-def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, merge_error, final
+def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
                 ) -> dict[str, Any]:
     from .cnn.build import count_layers
     from .latency.backends import math_mode
@@ -399,8 +407,10 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "macs_before": stats_before["macs"], "macs_after": stats_after["macs"],
         "convs_before": stats_before["convs"], "convs_after": stats_after["convs"],
         "activations_before": stats_before["activations"], "activations_after": stats_after["activations"],
-        "merge_relative_error": merge_error,
-        "intended_relative_error": verified["deployed"],
+        "merge_relative_error": merge_check["error"], "merge_float32_control": merge_check["control"],
+        "merge_error_allowed": merge_check["allowed"],
+        "intended_relative_error": verified["deployed"], "intended_float32_control": verified["control"],
+        "intended_error_allowed": verified["allowed"], "border_relative_error": verified["borders"],
         "intended_structure_error": verified["structure"],
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
         "candidates_dominated": len(rows.dominated),
@@ -568,9 +578,6 @@ def score_candidates(original: nn.Module, analysis, candidates: list[Candidate],
     return scores
 
 
-MERGE_TOLERANCE = 1e-5   # float64 evaluation of float32 weights composed in float64 (~1e-7 when right)
-
-
 class VerificationError(DepthcutError):
     """The network about to be deployed is not the function the plan intends (a depthcut bug)."""
 
@@ -592,19 +599,25 @@ def verify_chosen_plan(original: nn.Module, analysis, plan: Plan, input_shape) -
     block exact and the whole network within what rounding explains, else VerificationError. Also returns
     the error of the network that will be deployed (its kernels rounded to the model's dtype; reported)."""
     from .cnn.build import build_merged, build_unmerged
-    from .cnn.intended import plan_structure_errors, structure_ok, verify_plan
+    from .cnn.intended import check_deployed, plan_structure_errors, structure_ok
 
     errors = plan_structure_errors(original, analysis.gm, analysis.chain, plan, input_shape)
+    blocks = ", ".join(b.key for b in plan.blocks if not is_trivial(b))
     if not structure_ok(errors):
-        blocks = ", ".join(b.key for b in plan.blocks if not is_trivial(b))
         raise VerificationError(
             f"the chosen plan ({blocks}) is not the intended function: largest block error {errors['blocks']:.2e}, "
             f"whole network {max(errors['merged'], errors['unmerged']):.2e} (rounding explains "
             f"{errors['allowed']:.1e}), in float64; refusing to deploy it. This is a depthcut bug: please report "
             f"it with the model")
     deployed = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
-    return {"structure": max(errors["merged"], errors["unmerged"]), "blocks": errors["blocks"],
-            "deployed": verify_plan(deployed, original, analysis.chain, plan, input_shape)}
+    checked = check_deployed(deployed, original, analysis.chain, plan, input_shape)
+    if not checked["deployed"] <= checked["allowed"]:
+        raise VerificationError(
+            f"the deployed network of the chosen plan ({blocks}) differs from the intended function by "
+            f"{checked['deployed']:.2e} in float64, above the {checked['allowed']:.1e} that float32 rounding "
+            f"explains (the intended network's own float32 error is {checked['control']:.1e}); refusing to "
+            f"deploy it. This is a depthcut bug: please report it with the model")
+    return {"structure": max(errors["merged"], errors["unmerged"]), "blocks": errors["blocks"], **checked}
 
 
 def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,

@@ -12,6 +12,7 @@ Layout of the output folder::
 from __future__ import annotations
 
 import json
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +147,17 @@ def render_markdown(r: dict[str, Any]) -> str:
         *_dominated_lines(r.get("dominated", [])),
         "",
         f"Verified before deployment: the chosen plan's rewrite equals the intended function (the original with "
-        f"only the plan's changes, built independently) to {r.get('intended_structure_error', float('nan')):.1e} "
-        f"in float64, the deployed network to {r.get('intended_relative_error', float('nan')):.1e}; the merged "
-        f"network equals its fine-tuned unmerged form to {r['merge_relative_error']:.1e}.",
+        f"only the plan's changes, built independently) to {r.get('intended_structure_error', nan):.1e} "
+        f"in float64, the deployed network to {r.get('intended_relative_error', nan):.1e} (accepted up to "
+        f"{r.get('intended_error_allowed', nan):.1e}: 1e-5, or 10x the intended network's own float32 error, "
+        f"{r.get('intended_float32_control', nan):.1e}, where that is larger); the merged network equals its "
+        f"fine-tuned unmerged form to {r['merge_relative_error']:.1e} (accepted up to "
+        f"{r.get('merge_error_allowed', nan):.1e}).",
+        "",
+        f"Borders: a merged block pads once, at its input, so near the borders it differs from the original "
+        f"convs padding one by one; the intended (and fine-tuned) function is the one with the padding moved. "
+        f"Against the original padding the deployed network differs by {r.get('border_relative_error', nan):.1e} "
+        f"(relative, before recovery); a global pool after a block (squeeze-excite) carries it into the interior.",
         "",
         "## Plan",
         "",

@@ -91,3 +91,20 @@ class SEResNet(nn.Module):
 def se_resnet() -> nn.Module:
     torch.manual_seed(0)
     return SEResNet()
+
+
+class IllConditioned(DigitsNet):
+    """Logits read through sin(1e6 * features): every relative rounding of the features (float32 evaluation,
+    or merged kernels rounded to float32) moves the output ~1e6 times as much, so the network's own float32
+    output is 1e-3 to 1e-1 from its float64 one, as random-weight timm seresnet50 / efficientnet_b1 are (issue 28).
+    No float32 deployment of it can do better."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.b(self.a(x)) + x)
+        return self.head(torch.sin(1e6 * self.d(self.c(x)).mean((2, 3))))
+
+
+def ill_conditioned_net() -> nn.Module:
+    torch.manual_seed(0)
+    return IllConditioned()

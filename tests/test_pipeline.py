@@ -188,6 +188,27 @@ def test_squeeze_excite_gates_survive_compression(tmp_path):
     gates = [n for n in result.model.graph.nodes if n.op == "call_module" and ".se.fc" in str(n.target)]
     assert len(gates) == 6                                       # fc1 and fc2 of all three gates
     assert result.report["convs_after"] < result.report["convs_before"]
+    # a merged block pads once at its input: against the original padding the borders differ (reported)
+    assert result.report["border_relative_error"] > 1e3 * result.report["intended_relative_error"]
+
+
+def test_a_deployed_network_off_its_intended_function_is_refused(tmp_path, monkeypatch):
+    """Issue 28: the deployed network's error is enforced, not only reported: one merged kernel off by 1e-3
+    (a bug in rounding, say) on a well-conditioned network stops compress before recovery."""
+    import depthcut.cnn.intended as intended
+    from depthcut.pipeline import VerificationError
+
+    real = intended.check_deployed
+
+    def off_by_a_little(deployed, *args, **kwargs):
+        conv = next(m for m in deployed.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            conv.weight.mul_(1 + 1e-3)
+        return real(deployed, *args, **kwargs)
+    monkeypatch.setattr(intended, "check_deployed", off_by_a_little)
+    splits = make_splits("digits", finetune_size=100, score_size=100, seed=0)
+    with pytest.raises(VerificationError, match="the deployed network .* above the 1.0e-05 that float32"):
+        compress(_se_resnet(), config(tmp_path, speedup=1.2, importance="none", recovery_epochs=0), splits=splits)
 
 
 def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):

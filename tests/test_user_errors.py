@@ -180,3 +180,18 @@ def test_errors_reach_the_user_without_a_traceback(tmp_path):
                               timeout=300, env=env)
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_sound_plan_of_a_badly_conditioned_network_is_judged_against_its_float32_control(capsys, tmp_path):
+    """Issue 28: the deployed and merged checks compare against the intended network's own float32 error: a
+    network whose float32 output is far from its float64 one is deployed (it was refused at a fixed 1e-5)."""
+    code, err = run_main(capsys, small(tmp_path, "--speedup", "1.2", "--out", str(tmp_path / "o"),
+                                       model="cli_models:ill_conditioned_net"))
+    assert code == 0, err
+    r = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert r["intended_float32_control"] > 1e-4 and r["merge_float32_control"] > 1e-4
+    assert 1e-5 < r["merge_relative_error"] <= r["merge_error_allowed"]
+    assert r["intended_relative_error"] <= r["intended_error_allowed"] == 10 * r["intended_float32_control"]
+    assert r["intended_structure_error"] < 1e-9                      # the rewrite itself is exact
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "own float32 error" in report and "Borders:" in report
