@@ -210,7 +210,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PLUGINS_VARIABLE = "DEPTHCUT_PLUGINS"
+
+
+def load_plugins(names: str | None = None) -> list[str]:
+    """Import the modules named in ``DEPTHCUT_PLUGINS`` (comma-separated): a module that registers a latency
+    backend, a method or a model source (``register_backend``, ``register_method``...) extends the command
+    line without a change to depthcut. A module that does not import is one clear error."""
+    import importlib
+
+    names = os.environ.get(PLUGINS_VARIABLE, "") if names is None else names
+    loaded = []
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any failure of a user's module is reported the same way
+            raise DepthcutError(f"{PLUGINS_VARIABLE}: cannot import plugin module {name!r} "
+                                f"({type(e).__name__}: {e})") from None
+        loaded.append(name)
+    return loaded
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        load_plugins()
+    except DepthcutError as e:
+        print(f"depthcut: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return e.exit_code
     return run_command(build_parser().parse_args(argv))
 
 

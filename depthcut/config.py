@@ -132,9 +132,10 @@ class LayerMergeConfig(ConfigBase):
         at_least("recovery_procs", self.recovery_procs, 1)
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
-        if self.timing_threads is not None and self.backend != "onnxruntime":
-            raise DepthcutError(f"timing_threads sets ONNX Runtime's threads; the {self.backend!r} backend times "
-                                f"with torch's threads (set threads)")
+        from .latency.backends import has_own_threads
+        if self.timing_threads is not None and not has_own_threads(self.backend):
+            raise DepthcutError(f"timing_threads sets a runtime's own threads (ONNX Runtime's); the "
+                                f"{self.backend!r} backend times with torch's threads (set threads)")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
 

@@ -57,3 +57,21 @@ def test_torch_export_program_is_analysed(tmp_path):
     proc = run("analyze", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["candidates"] > 0
+
+
+def test_plugins_extend_the_command_line_and_a_broken_one_is_one_line(tmp_path, monkeypatch, capsys):
+    """DEPTHCUT_PLUGINS imports modules that register backends, methods, sources: here a latency backend."""
+    from depthcut.cli import load_plugins
+    from depthcut.latency.backends import registered_backends
+
+    (tmp_path / "my_backend.py").write_text(
+        "from depthcut.latency.backends import register_backend\n"
+        "from simulated_backend import SleepyBackend\n"
+        "@register_backend('my-simulated')\n"
+        "class Mine(SleepyBackend):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_plugins(" my_backend ,") == ["my_backend"] and "my-simulated" in registered_backends()
+    monkeypatch.setenv("DEPTHCUT_PLUGINS", "no_such_plugin_module")
+    assert main(["env"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DEPTHCUT_PLUGINS: cannot import plugin module 'no_such_plugin_module'" in err[0]

@@ -197,6 +197,13 @@ def available_backends() -> list[str]:
     return [n for n in registered_backends() if _REGISTRY[n]().available()]
 
 
+def has_own_threads(name: str) -> bool:
+    """Whether backend ``name`` times on a thread pool of its own (``timing_threads``); True for a name that
+    is not registered, whose error comes from :func:`get_backend`."""
+    cls = _REGISTRY.get(name)
+    return cls is None or cls.own_threads
+
+
 def get_backend(name: "str | Backend", *, check: bool = True, **options: Any) -> "Backend":
     """Instantiate backend ``name`` (options e.g. ``device="cuda"``). With ``check`` (default), a backend
     that cannot run here raises :class:`BackendUnavailableError` naming what is missing."""
@@ -257,6 +264,9 @@ class Backend:
     # ResNet-34 plans look 4-8% slower than they measured, MobileNetV2 plans 22-30%; one call per sample
     # predicted ResNet-34 within 2% (bench/results/gpu_check_row_calls_1.md and _10.md).
     row_calls: int = 1
+    # Whether the runtime has its own intra-op thread pool that ``timing_threads`` sets (ONNX Runtime; such a
+    # backend takes a ``threads=`` option); a backend timing with torch's threads takes the config's ``threads``.
+    own_threads: bool = False
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous"):
         self.device = torch.device(device)
@@ -476,6 +486,8 @@ class OnnxRuntimeBackend(Backend):
     steal the cores from the other's run. Measured on this 2-core machine, MobileNetV2 against *itself*
     gave per-round ratios from x0.46 to x2.9 with spinning, and within 4% without (issue 9).
     """
+
+    own_threads = True
 
     # ONNX Runtime's NchwcTransformer reorders a conv's weights into its blocked layout when the session is
     # created and holds about 5x the weights while it does (measured 4.9x on rows of 30 MB to 410 MB); for
