@@ -1,145 +1,197 @@
-"""How well does the latency table predict end-to-end speed-ups? (issue 9 §1)
+"""Does the latency model hold on every run, not on a good one? (issue 32)
 
 For ResNet-34 and MobileNetV2-1.0 (random weights: latency does not depend on them) at batch 1, 224x224, on
-ONNX Runtime CPU with the machine's threads:
+one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run from an empty cache:
 
-1. the latency table (every non-dominated (block, kernel option) row, single-conv sessions);
-2. plans at the papers' budget ratios (ResNet-34 71/60/50 %, MobileNetV2 55/46/38/33 % of the table's
-   unmerged body latency) from the LayerMerge DP with a data-free importance proxy (bench/gpu_check.py);
-3. each plan measured against the original with paired interleaved rounds (ratio, 95% interval:
-   depthcut.latency.compare), next to the speed-up each latency model predicts:
-   * ``additive``: the sum of row latencies (what the DP optimised before issue 9);
-   * ``per-call``: rows minus the runtime's fixed per-call cost, which a single-conv session pays once per
-     row but a network pays once (depthcut.latency.overhead);
-   and the plan the DP picks under each model.
+1. the latency table (every non-dominated (block, kernel option) row, PASSES passes on fresh sessions,
+   depthcut.latency.table) and the per-call model calibrated on whole networks (depthcut.latency.model);
+2. plans at the papers' budget ratios (ResNet-34 71/60/50 %, MobileNetV2 55/46/38/33 % of the modelled body)
+   from the LayerMerge DP with a data-free importance proxy (bench/gpu_check.py);
+3. each plan measured against the original in paired rounds (ratio, 95 % interval), next to the speed-up the
+   model predicts, and what the plain sum of rows (``additive``) would predict.
 
-Writes bench/results/latency_model.{json,md}. Resumes from its cache (latency rows) after a kill.
+``--fresh N`` repeats all of it N times, each run in a new empty cache, and reports the worst error over the
+runs and whether the measured speed-up was monotone in the budget in every run.
 
-    python bench/latency_model.py [--models resnet34,mobilenet_v2] [--size 224]
+    python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager] [--models resnet34,mobilenet_v2]
+
+Writes bench/results/latency_model_<backend>.{json,md}.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from depthcut import zoo
+from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
+from depthcut.cnn.graph import analyze
+from depthcut.latency import get_backend, latency_table
+from depthcut.latency.compare import compare_speed
+from depthcut.latency.dominance import measure_bandwidth, prune_dominated
+from depthcut.latency.model import calibrate, network_timer
+from depthcut.search.layermerge import solve
+from depthcut.search.tables import Row
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from depthcut import zoo  # noqa: E402
-from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks  # noqa: E402
-from depthcut.cnn.graph import analyze  # noqa: E402
-from depthcut.latency import get_backend, latency_table  # noqa: E402
-from depthcut.latency.compare import compare_speed  # noqa: E402
-from depthcut.latency.dominance import measure_bandwidth, prune_dominated  # noqa: E402
-from depthcut.latency.overhead import call_overhead_ms, corrected  # noqa: E402
-from depthcut.search.layermerge import solve  # noqa: E402
-from depthcut.search.tables import Row  # noqa: E402
-from gpu_check import BUDGETS, proxy_importance, randomize_bn  # noqa: E402
-
-OUT = ROOT / "bench" / "results" / "latency_model"
+BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
 
 
-def study(name: str, size: int, cache: str, max_rounds: int) -> dict:
+def proxy_importance(candidate) -> float:
+    """Data-free: each pruned conv costs 0.05, each removed activation 0.02 (bench/gpu_check.py's proxy)."""
+    pruned = (candidate.end - candidate.start) - len(candidate.kept)
+    return 1.0 - 0.05 * pruned - 0.02 * (candidate.end - candidate.start - 1)
+
+
+def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+    return model.eval()
+
+
+def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
-    model = randomize_bn(entry.create())
+    model = random_bn(entry.create())
     shape = (1, 3, size, size)
     analysis = analyze(model, shape, exclude=entry.chain_exclude, batch_size=1)
-    backend = get_backend("onnxruntime")
+    backend = get_backend(backend_name)
+    x = torch.randn(shape)
     t0 = time.time()
 
     def time_rows(cands):
         return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False)
 
-    candidates, dominated, lat = prune_dominated(analysis.candidates, time_rows, max_importance=2.0,
-                                                 batch_size=1, bandwidth=measure_bandwidth("cpu", 64))
-    overhead = call_overhead_ms(backend, candidates, batch_size=1)
+    candidates, _, _ = prune_dominated(analysis.candidates, time_rows, max_importance=2.0, batch_size=1,
+                                       bandwidth=measure_bandwidth("cpu", 64))
+    timed = time_rows(candidates)
     table_s = time.time() - t0
-    models = {"additive": {c.key: lat[c.key] for c in candidates},
-              "per-call": corrected({c.key: lat[c.key] for c in candidates}, candidates, overhead)}
-    x = torch.randn(shape)
+    rows = {c.key: (c, timed[c.key].median_ms) for c in candidates}
+    model_ = calibrate(rows, analysis.chain.length, batch_size=1, say=print,
+                       time_against_identity=network_timer(analysis, backend, x, model))
+    calibration_s = time.time() - t0 - table_s
+    dp = {c.key: model_.row_ms(c, t) for c, t in rows.values()}
+    table = [Row(c.start, c.end, dp[c.key], proxy_importance(c), ref=c) for c in candidates]
+    full = sum(dp[c.key] for c in candidates if is_trivial(c))
+    additive_full = sum(t for c, t in rows.values() if is_trivial(c))
+    frontier = solve(table, analysis.chain.length, steps=2000, max_latency_ms=full)
     out = {"model": name, "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
-           "table_seconds": table_s, "call_overhead_ms": overhead, "plans": []}
-    solved = {}
-    for m, ms in models.items():
-        rows = [Row(c.start, c.end, ms[c.key], proxy_importance(c), ref=c) for c in candidates]
-        body = sum(r.latency_ms for r in rows if is_trivial(r.ref))
-        solved[m] = (solve(rows, analysis.chain.length, steps=2000, max_latency_ms=body), body)
+           "table_seconds": table_s, "calibration_seconds": calibration_s, "latency_model": model_.to_dict(),
+           "plans": []}
     for ratio in BUDGETS[name]:
-        for m, (frontier, body) in solved.items():
-            solution = frontier.best(ratio * body)
-            plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
-            merged = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
-            est = compare_speed(model, merged, x, backend, repeats=5, min_rounds=10, max_rounds=max_rounds,
-                                rel_width=0.02)
-            row = {"budget_ratio": ratio, "dp_model": m, "measured": est.to_dict(),
-                   "blocks": [r.ref.key for r in solution.rows if not is_trivial(r.ref)], "predicted": {}}
-            for pm, ms in models.items():
-                pbody = sum(ms[r.ref.key] for r in solution.rows)
-                ibody = sum(ms[c.key] for c in candidates if is_trivial(c))
-                other = est.original_ms - ibody          # what the table does not model, from the original
-                row["predicted"][pm] = est.original_ms / (other + pbody)
-            out["plans"].append(row)
-            errs = ", ".join(f"{pm} {p / est.ratio - 1:+.1%}" for pm, p in row["predicted"].items())
-            print(f"{name} {ratio:.0%} (DP on {m}): measured {est.describe()}; prediction error {errs}", flush=True)
+        solution = frontier.best(ratio * full)
+        plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
+        merged = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
+        est = compare_speed(model, merged, x, backend, repeats=5, min_rounds=10, max_rounds=max_rounds,
+                            rel_width=0.02, sessions=2)
+        predicted = model_.predicted_speedup(solution.latency_ms, full)
+        body = sum(rows[r.ref.key][1] for r in solution.rows)
+        other = est.original_ms - additive_full            # the plain sum seeded with the measured original
+        additive = est.original_ms / (other + body)
+        out["plans"].append({"budget_ratio": ratio, "measured": est.to_dict(), "predicted": predicted,
+                             "error": predicted / est.ratio - 1, "additive_predicted": additive,
+                             "additive_error": additive / est.ratio - 1,
+                             "blocks": [r.ref.key for r in solution.rows if not is_trivial(r.ref)]})
+        print(f"{name} {ratio:.0%}: measured {est.describe()}, predicted x{predicted:.3f} "
+              f"({predicted / est.ratio - 1:+.1%}), additive {additive / est.ratio - 1:+.1%}", flush=True)
     return out
 
 
+def monotone(plans: list[dict]) -> bool:
+    """Measured speed-ups never fall as the budget tightens (plans are listed by decreasing budget)."""
+    ratios = [p["measured"]["ratio"] for p in plans]
+    return all(b >= a for a, b in zip(ratios, ratios[1:]))
+
+
+def summary(runs: list[dict]) -> dict:
+    per_model: dict[str, dict] = {}
+    for run in runs:
+        s = per_model.setdefault(run["model"], {"runs": 0, "worst_error": 0.0, "worst_additive_error": 0.0,
+                                                "monotone_runs": 0, "calls_ms": [], "self_errors": []})
+        s["runs"] += 1
+        s["worst_error"] = max(s["worst_error"], *(abs(p["error"]) for p in run["plans"]))
+        s["worst_additive_error"] = max(s["worst_additive_error"], *(abs(p["additive_error"]) for p in run["plans"]))
+        s["monotone_runs"] += monotone(run["plans"])
+        s["calls_ms"].append(run["latency_model"]["call_ms"])
+        s["self_errors"].append(max(abs(p["modelled_ms"] / p["measured_ms"] - 1)
+                                    for p in run["latency_model"]["calibration"]))
+    return per_model
+
+
 def markdown(report: dict) -> str:
-    lines = ["# Latency model on ONNX Runtime CPU: `python bench/latency_model.py`", "",
-             f"{report['cpu']}, {report['threads']} threads, onnxruntime {report['onnxruntime']}, batch 1, "
-             f"{report['size']}x{report['size']}, random weights, data-free importance proxy. Measured = median of "
-             f"paired per-round ratios, 95% interval from order statistics (depthcut.latency.compare). Prediction "
-             f"error = predicted / measured - 1.", ""]
-    for m in report["models"]:
-        lines += [f"## {m['model']}: {m['kept_candidates']} of {m['candidates']} candidates timed, per-call "
-                  f"overhead {1e3 * m['call_overhead_ms'][0]:.1f} us + {1e9 * m['call_overhead_ms'][1]:.1f} us/MB, table {m['table_seconds']:.0f} s", "",
-                  "| budget | DP on | measured (95% CI) | rounds | additive pred. | error | per-call pred. | error |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for p in m["plans"]:
+    b = report["backend"]
+    lines = [f"# Latency model on {b} CPU, {report['fresh']} runs from empty caches: "
+             f"`python bench/latency_model.py --fresh {report['fresh']} --backend {b}`", "",
+             f"{report['cpu']}, {report['threads']} threads, {report['versions']}, batch 1, {report['size']}x"
+             f"{report['size']}, random weights, data-free importance proxy. Each run starts from an empty cache: "
+             f"the latency table (every row in 3 passes on fresh sessions) and the per-call model calibrated on "
+             f"whole networks (depthcut.latency.model). Measured = median of paired per-round ratios against the "
+             f"original, 95 % interval (depthcut.latency.compare), 2 sessions. Error = predicted / measured - 1.", "",
+             "| model | runs | worst error, per-call model | worst error, plain sum of rows | measured speed-up monotone "
+             "in the budget | fitted per-call cost a (us), over the runs |", "|---|---|---|---|---|---|"]
+    for name, s in report["summary"].items():
+        lines.append(f"| {name} | {s['runs']} | **{s['worst_error']:.1%}** | {s['worst_additive_error']:.1%} | "
+                     f"{s['monotone_runs']} of {s['runs']} runs | "
+                     f"{1e3 * min(s['calls_ms']):.1f} - {1e3 * max(s['calls_ms']):.1f} |")
+    for k, run in enumerate(report["runs"]):
+        m = run["latency_model"]
+        lines += ["", f"## run {run['run']}: {run['model']} - {run['kept_candidates']} of {run['candidates']} "
+                      f"candidates, table {run['table_seconds']:.0f} s, calibration {run['calibration_seconds']:.0f} s",
+                  "", f"Per-call cost {1e3 * m['call_ms']:.1f} us (leave-one-out {1e3 * m['call_ms_range'][0]:.1f}"
+                      f" - {1e3 * m['call_ms_range'][1]:.1f}) + {1e9 * m['call_ms_per_byte']:.1f} us/MB; outside "
+                      f"the body {m['other_ms']:.3f} ms; original / identity network x{m['original_factor']:.3f}; "
+                      f"largest error on its {len(m['calibration'])} calibration networks "
+                      f"{max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in m['calibration']):.1%}.", "",
+                  "| budget | measured (95% CI) | rounds | predicted | error | plain sum | error |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in run["plans"]:
             e = p["measured"]
-            cells = [f"x{p['predicted'][k]:.2f} | {p['predicted'][k] / e['ratio'] - 1:+.1%}"
-                     for k in ("additive", "per-call")]
-            lines.append(f"| {p['budget_ratio']:.0%} | {p['dp_model']} | x{e['ratio']:.2f} [{e['low']:.2f}, "
-                         f"{e['high']:.2f}] | {e['rounds']} | " + " | ".join(cells) + " |")
-        worst = {k: max(abs(p["predicted"][k] / p["measured"]["ratio"] - 1) for p in m["plans"])
-                 for k in ("additive", "per-call")}
-        mono = all(_monotone([p["measured"]["ratio"] for p in m["plans"] if p["dp_model"] == dm])
-                   for dm in ("additive", "per-call"))
-        lines += ["", f"Largest prediction error: additive {worst['additive']:.1%}, per-call {worst['per-call']:.1%}. "
-                      f"Measured speed-up monotone in the budget (for the DP on either model): "
-                      f"{'yes' if mono else 'no'}.", ""]
-    return "\n".join(lines)
-
-
-def _monotone(speedups_by_decreasing_budget: list[float]) -> bool:
-    return all(b >= a for a, b in zip(speedups_by_decreasing_budget, speedups_by_decreasing_budget[1:]))
+            lines.append(f"| {p['budget_ratio']:.0%} | x{e['ratio']:.2f} [{e['low']:.2f}, {e['high']:.2f}] | "
+                         f"{e['rounds']} | x{p['predicted']:.2f} | {p['error']:+.1%} | x{p['additive_predicted']:.2f}"
+                         f" | {p['additive_error']:+.1%} |")
+        lines.append(f"\nMonotone in the budget: {'yes' if monotone(run['plans']) else 'no'}.")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet34,mobilenet_v2")
+    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager"])
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--fresh", type=int, default=1, help="runs, each from a new empty cache")
     ap.add_argument("--max-rounds", type=int, default=30)
-    ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench_latency_model"))
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench_latency_model"),
+                    help="each run makes its own empty folder under this one")
+    ap.add_argument("--out", default=None, help="default: bench/results/latency_model_<backend>")
     args = ap.parse_args()
-    import onnxruntime
-
-    report = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "size": args.size, "models": []}
-    out = Path(args.out)
-    for name in args.models.split(","):
-        report["models"].append(study(name, args.size, args.cache, args.max_rounds))
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1))
-        out.with_suffix(".md").write_text(markdown(report))
+    out = Path(args.out or ROOT / "bench" / "results" / f"latency_model_{args.backend}")
+    versions = f"torch {torch.__version__}"
+    if args.backend == "onnxruntime":
+        import onnxruntime
+        versions += f", onnxruntime {onnxruntime.__version__}"
+    report = {"backend": args.backend, "cpu": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
+              "runs": []}
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    for k in range(args.fresh):
+        for name in args.models.split(","):
+            with tempfile.TemporaryDirectory(dir=args.cache, prefix=f"run{k}-") as cache:
+                report["runs"].append({"run": k + 1, **one_run(name, args.backend, args.size, cache, args.max_rounds)})
+            report["summary"] = summary(report["runs"])
+            out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+            out.with_suffix(".md").write_text(markdown(report))
     print(f"wrote {out}.md")
 
 

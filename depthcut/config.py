@@ -134,8 +134,8 @@ class LayerMergeConfig(ConfigBase):
             raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
         from .latency.backends import has_own_threads
         if self.timing_threads is not None and not has_own_threads(self.backend):
-            raise DepthcutError(f"timing_threads sets a runtime's own threads (ONNX Runtime's); the "
-                                f"{self.backend!r} backend times with torch's threads (set threads)")
+            raise DepthcutError(f"timing_threads sets the thread pool of a runtime that has its own, as ONNX "
+                                f"Runtime does; the {self.backend!r} backend times with torch's threads (set threads)")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,7 @@ class LatencyRows:
     candidates: list[Candidate]       # the candidates left after dominated ones are dropped
     dominated: list[Any]
     latency_ms: dict[str, float]      # what the DP sees per candidate (in-network cost)
-    call_overhead: tuple[float, float]
+    model: Any                        # depthcut.latency.model.LatencyModel: rows -> DP costs, plans -> speed-ups
     importance_store: Any
 
     def body_ms(self) -> float:
@@ -199,24 +200,17 @@ class LatencyRows:
 
 
 def latency_rows(run: Run) -> LatencyRows:
-    """Time every candidate's merged conv (cached, resumable), correct for the runtime's per-call cost, and
+    """Time every candidate's merged conv (cached, resumable), fit the latency model on whole networks, and
     drop candidates no plan could ever pick before they are built in full or scored."""
     from .importance import check_entries, importance_store
-    from .latency import latency_store, latency_table
+    from .latency import latency_table
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
-    from .latency.overhead import call_overhead_ms, in_network_ms
     from .methods import get_method
 
     config, analysis = run.config, run.analysis
     store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
     check_entries(store, ACCURACY_RANGE)   # damaged cache files fail before any timing
     run.say(f"latency table on {config.backend} (batch {config.batch_size})")
-    rows_store = latency_store(run.backend, config.batch_size, run.cache_dir)
-    overhead = (0.0, 0.0)
-    if config.latency_model == "per-call":
-        overhead = call_overhead_ms(run.backend, analysis.candidates, config.batch_size, store=rows_store)
-        run.say(f"per-call overhead of {config.backend}: {1e3 * overhead[0]:.1f} us + "
-                f"{1e9 * overhead[1]:.1f} us per MB of input and output (subtracted from each row)")
 
     def time_rows(rows: list[Candidate]):
         return latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
@@ -225,15 +219,54 @@ def latency_rows(run: Run) -> LatencyRows:
     # the largest importance any candidate can score follows from the original's accuracy
     usable = get_method(config.method).candidates(analysis.candidates, analysis.chain)
     run.say(f"method {config.method}: {len(usable)} of {len(analysis.candidates)} candidates usable")
-    candidates, dominated, latency_ms = prune_dominated(
-        usable, time_rows, max_importance=max_accuracy_importance(run.base_accuracy),
-        steps=config.dp_steps, batch_size=config.batch_size,
-        bandwidth=measure_bandwidth(run.device, megabytes=64),
-        in_network=lambda c, t: in_network_ms(c, t, overhead, config.batch_size))
+    prune = partial(prune_dominated, time_rows=time_rows, max_importance=max_accuracy_importance(run.base_accuracy),
+                    steps=config.dp_steps, batch_size=config.batch_size,
+                    bandwidth=measure_bandwidth(run.device, megabytes=64))
+    # the rows as timed first: a merge dominated there is dominated under any per-call correction (the
+    # correction only favours fewer calls), so the model is fitted on candidates that can matter
+    candidates, dominated, timed_ms = prune(usable)
+    model = latency_model(run, candidates, timed_ms)
+    if model.kind == "per-call":
+        candidates, more, _ = prune(candidates, in_network=model.row_ms)
+        dominated += more
+    latency_ms = {c.key: model.row_ms(c, timed_ms[c.key]) for c in candidates}
     if dominated:
         run.say(f"{len(dominated)} dominated candidates dropped (slower than the original convs they "
                 f"replace), {len(candidates)} left")
-    return LatencyRows(candidates, dominated, latency_ms, overhead, store)
+    return LatencyRows(candidates, dominated, latency_ms, model, store)
+
+
+def latency_model(run: Run, candidates: list[Candidate], timed_ms: dict[str, float]):
+    """The config's latency model: the rows as timed ("additive"), or calibrated on whole networks
+    ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan."""
+    from .cache import fingerprint
+    from .errors import CacheError
+    from .latency import latency_store
+    from .latency.model import additive, calibrate, network_timer, LatencyModel
+
+    config = run.config
+    if config.latency_model == "additive":
+        return additive(config.batch_size)
+    store = latency_store(run.backend, config.batch_size, run.cache_dir)
+    key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),
+                                          "candidates": sorted(c.key for c in candidates)})
+    if key in store:
+        try:
+            return LatencyModel.from_dict(store[key])
+        except (KeyError, TypeError, ValueError):
+            raise CacheError(f"cache file {store.path(key)} does not hold a latency model; delete it to "
+                             f"recompute") from None
+    run.say(f"calibrating the per-call latency model on whole networks ({config.backend})")
+    model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
+                      batch_size=config.batch_size, say=run.say,
+                      time_against_identity=network_timer(run.analysis, run.backend, run.example, run.original,
+                                                          sessions=config.timing_sessions))
+    run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
+            f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the body "
+            f"{model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
+            f"{model.self_error:.1%}")
+    store[key] = model.to_dict()
+    return model
 
 
 # -- stage 4: search (SPEC A7) ----------------------------------------------------------------------------
@@ -306,9 +339,12 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
 
     run.say(f"landing on x{target:.3f} (band up to x{target * (1 + config.speed_tolerance):.3f}); original "
             f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
+    model = rows.model
+    # the calibrated model knows the time outside the body; the plain sum takes it from the measured original
+    other, factor = (model.other_ms, model.original_factor) if model.kind == "per-call" else (base_ms - full, 1.0)
     try:
         landing = land_on_target(choose, measure, target=target, full=full, floor=frontier.min_latency_ms,
-                                 other=base_ms - full, max_probes=config.max_resolves,
+                                 other=other, original_factor=factor, max_probes=config.max_resolves,
                                  tolerance=config.speed_tolerance, say=run.say,
                                  retime=lambda solution, decided: measure(solution, decided, RETIME_ROUNDS))
     except InfeasibleBudgetError as e:
@@ -366,6 +402,16 @@ def measure_final(run: Run, merged: nn.Module):
     return compare_speed(run.original, merged, run.example, run.backend, **final_timing(run.config))
 
 
+def predicted_speedup(rows: LatencyRows, modelled_body_ms: float, original_ms: float) -> float:
+    """What the latency model predicts for a plan of ``modelled_body_ms`` (the plain sum: with the time outside
+    the body taken from the measured original)."""
+    full = rows.body_ms()
+    if rows.model.kind == "per-call":
+        return rows.model.predicted_speedup(modelled_body_ms, full)
+    other = original_ms - full
+    return original_ms / (other + modelled_body_ms)
+
+
 # -- stage 8: report --------------------------------------------------------------------------------------
 def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
                 ) -> dict[str, Any]:
@@ -383,6 +429,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
                       "exclude": list(run.resolved.chain_exclude)})
     upper = chosen.target * (1 + config.speed_tolerance)
     described = run.backend.describe()
+    predictions = [predicted_speedup(rows, p.modelled, final.original_ms) for p in chosen.landing.probes]
     return {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "device_name": described["device"], "timing_threads": described["threads"],
@@ -416,11 +463,16 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "candidates_dominated": len(rows.dominated),
         "dominated": [d.to_dict() for d in rows.dominated],
         "method": config.method, "latency_model": config.latency_model,
-        "call_overhead_ms": rows.call_overhead[0], "call_overhead_ms_per_mb": rows.call_overhead[1] * 2**20,
+        "call_overhead_ms": rows.model.call_ms, "call_overhead_ms_per_mb": rows.model.call_ms_per_byte * 2**20,
+        "latency_model_fit": rows.model.to_dict(),
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
         # each probe names its plan's blocks, so that any probed plan can be rebuilt and timed again (e.g. next
         # to other methods' networks in one joint timing)
-        "probes": [p.to_dict() | {"blocks": [r.ref.key for r in p.plan.rows]} for p in chosen.landing.probes],
+        "probes": [p.to_dict() | {"blocks": [r.ref.key for r in p.plan.rows], "predicted": predicted,
+                                  "model_error": predicted / p.estimate.ratio - 1}
+                   for p, predicted in zip(chosen.landing.probes, predictions)],
+        "model_error_largest": max((abs(v / p.estimate.ratio - 1)
+                                    for p, v in zip(chosen.landing.probes, predictions)), default=0.0),
         "chosen_modelled_body_ms": chosen.modelled_ms,
         "modelled_body_ms_identity": rows.body_ms(),
         "config": config.to_dict(),

@@ -169,22 +169,29 @@ def render_markdown(r: dict[str, Any]) -> str:
         convs = ", ".join(b["convs"])
         lines.append(f"| ({b['start']}, {b['end']}) | {convs} | {kept} | {b['kernel']}x{b['kernel']}"
                      f"{' dw' if b['depthwise'] else ''} | {b['stride']} | {b['activation'] or '-'} |")
+    fit = r.get("latency_model_fit") or {}
+    if fit.get("kind") == "per-call":
+        described = (f"per-call model: each row's single-call timing minus the runtime's per-call cost, "
+                     f"{1e3 * fit['call_ms']:.1f} us (leave-one-out {1e3 * fit['call_ms_range'][0]:.1f}-"
+                     f"{1e3 * fit['call_ms_range'][1]:.1f}) + {1e9 * fit['call_ms_per_byte']:.1f} us/MB, plus "
+                     f"{fit['other_ms']:.3f} ms outside the body, fitted on {len(fit['calibration'])} whole networks "
+                     f"(largest error on them {max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in fit['calibration']):.1%})")
+    else:
+        described = "additive model: the rows' single-call timings summed, the rest taken from the measured original"
     lines += ["", "## Landing on the target", "",
-              f"The block latencies ({r.get('latency_model', 'additive')} model: each row's timing minus the "
-              f"runtime's per-call cost, {1e3 * r.get('call_overhead_ms', 0.0):.1f} us + "
-              f"{1e3 * r.get('call_overhead_ms_per_mb', 0.0):.1f} us/MB) add up to a model of the network's latency. "
-              "Each probe below timed a real network against the original; the model was calibrated on what "
-              "was measured and re-solved until a plan's interval met the target and its estimate stayed within "
-              "the band.", "",
-              "| probe | budget (ms) | modelled body (ms) | model's speed-up | measured speed-up (95% CI) | rounds | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    full = r["modelled_body_ms_identity"]
+              f"The block latencies ({described}) add up to a model of the network's latency. Each probe below "
+              "timed a real network against the original; the landing corrected the model on what was measured "
+              "and re-solved until a plan's interval met the target and its estimate stayed within the band. "
+              f"The model's error on the probes (predicted / measured - 1): largest "
+              f"{r.get('model_error_largest', nan):.1%}.", "",
+              "| probe | budget (ms) | modelled body (ms) | model's speed-up | error | measured speed-up (95% CI) "
+              "| rounds | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
-        other = a["measured_original_ms"] - full
-        model = a["measured_original_ms"] / max(other + a["modelled"], 1e-12)
         verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
-        lines.append(f"| {i} | {a['budget']:.3f} | {a['modelled']:.3f} | x{model:.2f} | x{a['measured_ratio']:.2f} "
-                     f"[{a['measured_low']:.2f}, {a['measured_high']:.2f}] | {a['measured_rounds']} | {verdict} |")
+        lines.append(f"| {i} | {a['budget']:.3f} | {a['modelled']:.3f} | x{a.get('predicted', nan):.2f} | "
+                     f"{a.get('model_error', nan):+.1%} | x{a['measured_ratio']:.2f} [{a['measured_low']:.2f}, "
+                     f"{a['measured_high']:.2f}] | {a['measured_rounds']} | {verdict} |")
     if r.get("frontier_png"):
         lines += ["", f"![frontier]({r['frontier_png']})"]
     lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]

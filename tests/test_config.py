@@ -40,7 +40,7 @@ def test_the_target_is_a_speedup_or_a_latency():
     ({"timing_rounds": 0}, "'timing_rounds' must be >= 1"),
     ({"timing_sessions": 0}, "'timing_sessions' must be >= 1"),
     ({"timing_threads": 0}, "'timing_threads' must be >= 1"),
-    ({"timing_threads": 1, "backend": "eager"}, "timing_threads sets ONNX Runtime's threads; the 'eager' backend"),
+    ({"timing_threads": 1, "backend": "eager"}, "timing_threads sets the thread pool of a runtime that has its own, as ONNX Runtime does; the 'eager' backend"),
     ({"kd_weight": 1.5}, "'kd_weight' must be <= 1"),
     ({"speedup": 0.5}, "speedup"),
     ({"speedup": None, "latency_ms": -1.0}, "-1.0 ms"),

@@ -71,6 +71,11 @@ def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
     assert r["convs_after"] < r["convs_before"]
     assert r["merge_relative_error"] <= 1e-4
     assert r["accuracy_after"] > 50
+    # the simulated backend is additive in calls (0.1 ms each + 0.4 ms a conv): the calibrated per-call model
+    # recovers it, and predicts every probe it landed with
+    fit = r["latency_model_fit"]
+    assert fit["kind"] == "per-call" and fit["call_ms"] == pytest.approx(0.1, rel=1e-6)
+    assert r["probes"] and all(abs(p["model_error"]) < 1e-6 for p in r["probes"]) and r["model_error_largest"] < 1e-6
     # the final timing rotated through the configured runtime sessions; its interval covers their spread (with
     # 4 sessions the t interval, 3.18 sd / 2 either side of the mean, always spans them: none is > 1.5 sd off)
     assert r["timing_sessions"] == 4 and len(r["timing_session_ratios"]) == 4
@@ -94,13 +99,18 @@ def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
     assert torch.allclose(torch.from_numpy(y), result.model(x).detach(), atol=1e-4)
 
 
-def test_importance_entries_are_reused_after_a_rerun(trained, tmp_path):
+def test_importance_entries_are_reused_after_a_rerun(trained, tmp_path, monkeypatch):
     model, splits = trained
     cfg = config(tmp_path, recovery_epochs=0.1)
     compress(model, cfg, splits=splits)
     entries = sorted((tmp_path / "c" / "importance").rglob("*.json"))
     assert len(entries) > 2
     stamps = {p: p.stat().st_mtime_ns for p in entries}
+    import depthcut.latency.model as latency_model
+
+    def never(*args, **kwargs):
+        raise AssertionError("the cached latency model must be reused: the same caches give the same plan")
+    monkeypatch.setattr(latency_model, "calibrate", never)
     compress(model, cfg, splits=splits)
     assert {p: p.stat().st_mtime_ns for p in entries} == stamps     # nothing recomputed
 
@@ -223,8 +233,10 @@ def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_non_members", lambda *a, **k: set())
     splits = make_splits("digits", finetune_size=100, score_size=100, seed=0)
     with pytest.raises(VerificationError, match="not the intended function"):
+        # the plain sum of rows: the per-call model's calibration networks, built by the same broken rewrite,
+        # would already fail its own checks (a broken model), and this test is about the verification
         compress(_se_resnet(), config(tmp_path, speedup=1.6, importance="none", recovery_epochs=0,
-                                      max_resolves=2), splits=splits)
+                                      max_resolves=2, latency_model="additive"), splits=splits)
 
 
 def test_timing_threads_reach_the_runs_onnxruntime_sessions(trained, tmp_path):

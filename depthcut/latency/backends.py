@@ -150,18 +150,35 @@ def sample_ms(runner: Runner, n: int) -> list[float]:
 
 
 def measure(runner: Runner, *, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
-            max_repeats: int = 10_000, queued: int = 1) -> Timing:
+            max_repeats: int = 10_000, queued: int = 1, rel_width: float | None = None) -> Timing:
     """Time ``runner``: ``warmup`` untimed calls, then at least ``repeats`` timed samples, continuing until
     ``min_time_s`` of timed work has accumulated (so microsecond-scale ops get enough samples to have a
     stable median), capped at ``max_repeats``. A sample is one call (GPU runners synchronise inside), or,
     with ``queued`` > 1 and a runner that can queue calls (``runner.queued``, GPU runners), ``queued`` calls
     launched back to back and synchronised once, divided by ``queued``: what the op costs inside a network,
-    where a GPU runs one kernel after another and the host waits once at the end."""
+    where a GPU runs one kernel after another and the host waits once at the end. With ``rel_width``, sampling
+    goes on (``repeats`` more at a time, up to ``max_repeats``) until the median's 95 % interval is at most
+    that wide relative to the median: a noisy moment takes the samples it needs."""
     for _ in range(warmup):
         runner()
     many = getattr(runner, "queued", None) if queued > 1 else None
     clock, samples, spent = clock_of(runner), [], 0.0
-    while len(samples) < max(1, repeats) or (spent < min_time_s and len(samples) < max_repeats):
+
+    def more() -> bool:
+        if len(samples) < max(1, repeats):
+            return True
+        if len(samples) >= max_repeats:
+            return False
+        if spent < min_time_s:
+            return True
+        if rel_width is None:
+            return False
+        if len(samples) % max(1, repeats):            # finish the batch of samples under way
+            return True
+        low, high = median_interval(samples)
+        return high - low > rel_width * statistics.median(samples)
+
+    while more():
         t0 = clock()
         if many is None:
             runner()

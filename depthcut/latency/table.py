@@ -15,7 +15,7 @@ networks against each other, interleaved, to check it.
 from __future__ import annotations
 
 import math
-
+import statistics
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,7 +28,10 @@ from ..errors import CacheError, DepthcutError
 from ..progress import progress as _progress
 from .backends import Backend, Timing, get_backend, measure, sample_ms
 
-TABLE_FORMAT = 1
+TABLE_FORMAT = 2       # 2: every row timed in PASSES passes, each on a fresh session, with its interval
+PASSES = 3             # passes over the table; a row's interval spans what its passes saw
+REL_WIDTH = 0.05       # a pass samples until its median's 95 % interval is this narrow (relative) ...
+MAX_REPEATS = 8        # ... or this many times ``repeats`` samples
 
 def make_activation(kind: str | None) -> nn.Module:
     """The module for an activation kind as recorded in the chain (None = no activation); the kinds are the
@@ -95,10 +98,17 @@ def _read_row(store: EntryStore, key: str) -> Timing:
 def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eager", *,
                   batch_size: int | None = None, cache_dir: str | Path | None = None, warmup: int = 5,
                   repeats: int = 30, min_time_s: float = 0.0, progress: bool = True,
-                  seed: int = 0) -> dict[str, Timing]:
+                  seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH) -> dict[str, Timing]:
     """Time every candidate's merged conv on ``backend``; returns ``{candidate.key: Timing}`` (ms).
 
-    Identity options (``kept == ()``) cost 0. Each distinct row is timed once and cached immediately, so an
+    A table timed in one quick sweep is a snapshot of one moment of a shared machine: the same MobileNetV2
+    table timed five times gave per-call fits 8x apart (issue 32). So every row is timed in ``passes`` passes
+    over the whole table (a burst of load hits one pass of a row, not all), each pass on a fresh runtime
+    session (sessions differ too) and sampling until its median's 95 % interval is ``rel_width`` wide (or
+    MAX_REPEATS x ``repeats`` samples). A row's median is the median of its passes' medians, its interval
+    spans theirs.
+
+    Identity options (``kept == ()``) cost 0. Each pass of each row is cached as soon as it is timed, so an
     interrupted run resumes where it stopped. ``backend`` is a name ("eager", "compile", "onnxruntime",
     "tensorrt") or a :class:`Backend` instance (e.g. ``get_backend("eager", device="cuda")``).
     """
@@ -110,32 +120,81 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
     for c in candidates:
         if c.kept:
             rows.setdefault(row_key(c, batch_size), c)
-    todo = [k for k in rows if k not in store]
-    for key in rows.keys() - set(todo):      # a damaged cached row fails now, before any timing
-        _read_row(store, key)
+    done: dict[str, list[dict]] = {}           # passes already timed of rows not yet complete
+    for key in rows:                           # a damaged cached row fails now, before any timing
+        if key in store:
+            entry = store[key]
+            if _complete(entry):
+                _read_row(store, key)
+            else:
+                done[key] = _read_passes(store, key)
+        else:
+            done[key] = []
 
     gen = torch.Generator().manual_seed(seed)
-    bar = _progress(todo, desc=f"latency [{backend.name}]", enabled=progress, unit="row")
-    for key in bar:
-        c = rows[key]
-        module = build_merged_conv(c)
-        x = torch.randn(row_shape(c, batch_size), generator=gen)
-        with torch.no_grad():
-            runner = backend.prepare(module, x)
-            timing = measure(runner, warmup=warmup, repeats=repeats, min_time_s=min_time_s,
-                             queued=backend.row_calls)
-            entry = timing.to_dict()
-            scale = getattr(runner, "time_scale", None)   # a row the backend could only time another way
-            if scale is not None:
-                entry = {**timing.scaled(scale).to_dict(), "measured_median_ms": timing.median_ms,
-                         "time_scale": scale}
-            del runner, module                     # a giant row's session goes before the next one is built
-        store[key] = entry
+    bar = _progress(total=sum(passes - len(p) for p in done.values()), desc=f"latency [{backend.name}]",
+                    enabled=progress, unit="row pass")
+    try:
+        for p in range(passes):                # pass p over every row that has p passes so far
+            for key in [k for k, timed in done.items() if len(timed) == p]:
+                done[key].append(_time_pass(rows[key], backend, batch_size, gen, warmup=warmup, repeats=repeats,
+                                            min_time_s=min_time_s, rel_width=rel_width))
+                store[key] = _combined(done[key]) if len(done[key]) >= passes else {"passes": done[key]}
+                bar.update(1)
+    finally:
+        bar.close()
 
     table: dict[str, Timing] = {}
     for c in candidates:
         table[c.key] = _read_row(store, row_key(c, batch_size)) if c.kept else Timing.zero()
     return table
+
+
+def _time_pass(c: Candidate, backend: Backend, batch_size: int | None, gen: torch.Generator,
+               **how: Any) -> dict[str, Any]:
+    """One pass of one row on a fresh session: a Timing's fields (scaled where the backend can only time the
+    row another way, with the raw median kept)."""
+    module = build_merged_conv(c)
+    x = torch.randn(row_shape(c, batch_size), generator=gen)
+    with torch.no_grad():
+        runner = backend.prepare(module, x)
+        timing = measure(runner, warmup=how["warmup"], repeats=how["repeats"], min_time_s=how["min_time_s"],
+                         max_repeats=MAX_REPEATS * how["repeats"], queued=backend.row_calls,
+                         rel_width=how["rel_width"])
+        entry = timing.to_dict()
+        scale = getattr(runner, "time_scale", None)   # a row the backend could only time another way
+        if scale is not None:
+            entry = {**timing.scaled(scale).to_dict(), "measured_median_ms": timing.median_ms, "time_scale": scale}
+        del runner, module                          # a giant row's session goes before the next one is built
+    return entry
+
+
+def _combined(passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's timing over its passes: the median of their medians; interval and spread span theirs."""
+    timings = [Timing.from_dict(p) for p in passes]
+    low = min(t.interval[0] for t in timings)
+    high = max(t.interval[1] for t in timings)
+    combined = Timing(median_ms=statistics.median(t.median_ms for t in timings),
+                      stdev_ms=max(t.stdev_ms for t in timings), p10_ms=min(t.p10_ms for t in timings),
+                      p90_ms=max(t.p90_ms for t in timings), n=sum(t.n for t in timings), low_ms=low, high_ms=high)
+    return {**combined.to_dict(), "passes": passes}
+
+
+def _complete(entry: Any) -> bool:
+    return isinstance(entry, dict) and "median_ms" in entry
+
+
+def _read_passes(store: EntryStore, key: str) -> list[dict[str, Any]]:
+    """The passes of a row cached before an interruption (each must be a valid timing)."""
+    entry = store[key]
+    try:
+        passes = list(entry["passes"])
+        for p in passes:
+            Timing.from_dict(p)
+    except (KeyError, TypeError, ValueError):
+        raise CacheError(f"cache file {store.path(key)} does not hold timing passes for row {key!r}; "
+                         f"delete it to recompute") from None
+    return passes
 
 
 # ---------------------------------------------------------------------------- end-to-end timing ---

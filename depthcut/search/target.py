@@ -80,7 +80,7 @@ def calibrate(probes: list[Probe], full: float, target_fraction: float) -> tuple
 def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
                    measure: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate],
                    *, target: float, full: float, floor: float, other: float, max_probes: int = 8,
-                   tolerance: float = 0.10, aim: float = 1.04,
+                   tolerance: float = 0.10, aim: float = 1.04, original_factor: float = 1.0,
                    retime: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate] | None = None,
                    say: Callable[[str], None] = lambda s: None) -> Landing:
     """Probe plans until one meets ``target`` (a speed-up > 1) within ``tolerance``.
@@ -88,8 +88,9 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
     ``choose(budget) -> (plan key, modelled cost, plan)`` picks the plan for a modelled budget (raises
     InfeasibleBudgetError below ``floor``, the fastest plan's modelled cost); ``measure(plan, decided)``
     times it (``decided(estimate)`` lets the timing stop early once the interval is clear of the band's
-    edges). ``full`` is the original's modelled cost, ``other`` the measured cost outside the table
-    (same unit), which seeds the model before the first probe. ``retime(plan, decided)``, when given, is a
+    edges). ``full`` is the original's modelled cost, ``other`` the cost outside the table (same unit), and
+    ``original_factor`` the original's time over the modelled identity network's; they seed the model before
+    the first probe. ``retime(plan, decided)``, when given, is a
     longer timing for the one case a longer timing can settle: the fastest plan measured fast enough but
     with an interval reaching below the target.
     """
@@ -150,7 +151,7 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
         return q
 
     # first budget: the additive model seeded with the measured cost outside the table
-    budget = max(floor, min(full, goal * (other + full) - other))
+    budget = max(floor, min(full, goal * original_factor * (other + full) - other))
     for _ in range(2 * max_probes):                  # a cached probe (same plan) does not count
         if len(probes) >= max_probes:
             break

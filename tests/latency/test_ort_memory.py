@@ -61,8 +61,8 @@ def test_over_the_cap_the_table_stores_the_scaled_time_and_says_so(tmp_path):
     backend = get_backend("onnxruntime", max_transient_gb=0.001)      # 1 MB: a 1.2 MB row is over it
     c = Candidate(start=0, end=2, kept=(0, 1), kernel=5, stride=1, depthwise=False, in_channels=96,
                   out_channels=128, input_shape=(1, 96, 8, 8), activation="relu")
-    table = latency_table([c], backend, cache_dir=tmp_path, repeats=5, warmup=1, progress=False)
-    [entry] = [json.loads(p.read_text())["value"] for p in (tmp_path / "latency").rglob("conv*.json")]
+    table = latency_table([c], backend, cache_dir=tmp_path, repeats=5, warmup=1, progress=False, passes=1)
+    [entry] = [json.loads(p.read_text())["value"]["passes"][0] for p in (tmp_path / "latency").rglob("conv*.json")]
     assert 0 < entry["time_scale"] <= 1.0 and len(backend.nchwc_estimated_rows) == 1
     assert table[c.key].median_ms == pytest.approx(entry["measured_median_ms"] * entry["time_scale"])
     assert get_backend("onnxruntime").describe()["nchwc_transient_cap_gb"] == 2.0   # in the fingerprint

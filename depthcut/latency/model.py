@@ -1,0 +1,270 @@
+"""The latency model the DP optimises, calibrated on whole networks (SPEC A5, issue 32).
+
+A latency row times one merged conv as its own call. A network does not pay a row's cost: each call pays a
+fixed part (binding the input, allocating and returning the output, waking the thread pool) that inside a
+network is paid once for the whole network, and a part that grows with the bytes moved. So the model is
+
+    T(plan) = other + sum over the plan's rows of (t_row - call(row)),   call(row) = a + b * bytes(row)
+
+with ``other`` the time outside the modelled body (stem, head, pooling, the network's own call). Measuring
+``a`` and ``b`` on micro-benchmarks (a chain of 1 vs 5 cheap ops) is a difference of two noisy numbers: on
+ONNX Runtime CPU five fresh runs fitted ``a`` between 1.1 and 9.5 us, and with MobileNetV2's 52 rows
+a few microseconds per row decided whether a plan was predicted at x2 or at a negative latency. Here they are
+fitted where they act, on whole networks: the network of the identity plan and a few networks of
+latency-only plans with fewer and fewer rows (the DP maximising the number of blocks under falling budgets,
+no importance needed) are each timed against the identity in paired rounds (depthcut.latency.compare), and
+``other``, ``a`` and ``b`` are the least-squares fit of the measured times. The leave-one-out fits give the
+overhead's range, and the fit's error on its own networks is reported.
+
+Sanity checks refuse a broken model before the DP uses it: a row or a calibration network with a non-positive
+modelled latency, a negative time outside the body, or a modelled identity network off its measurement by
+more than MAX_SELF_ERROR. A failed check re-times the calibration once (fresh sessions); if it fails again,
+compress stops with one line (:class:`LatencyModelError`).
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..cnn.chain import Candidate
+from ..errors import DepthcutError
+from .overhead import row_bytes
+
+KINDS = ("per-call", "additive")
+FRACTIONS = (0.75, 0.55, 0.4, 0.0)   # calibration plans' budgets, fractions of the single-call body (0: fastest)
+MAX_SELF_ERROR = 0.10                 # the model must reproduce its own calibration networks this well
+
+
+class LatencyModelError(DepthcutError):
+    """The latency table and its calibration do not make a usable model (the message says which check)."""
+
+
+@dataclass
+class LatencyModel:
+    """What the DP sees of a row, and what a plan is predicted to cost end to end."""
+
+    kind: str = "additive"                 # "per-call" (calibrated) or "additive" (the rows as timed)
+    call_ms: float = 0.0                   # a: fixed cost of one call
+    call_ms_per_byte: float = 0.0          # b: cost per byte of a row's input and output
+    other_ms: float = 0.0                  # time outside the modelled body
+    batch_size: int | None = None
+    call_ms_range: tuple[float, float] = (0.0, 0.0)            # leave-one-out fits of a
+    call_ms_per_byte_range: tuple[float, float] = (0.0, 0.0)   # and of b
+    calibration: list[dict[str, Any]] = field(default_factory=list)   # the networks it was fitted on
+    attempts: int = 1
+    # the original's measured time over the identity plan's network (eager keeps BatchNorm as its own op, a
+    # runtime that folds it gives ~1): speed-ups are against the original
+    original_factor: float = 1.0
+
+    def call_cost_ms(self, candidate: Candidate) -> float:
+        return self.call_ms + self.call_ms_per_byte * row_bytes(candidate, self.batch_size)
+
+    def row_ms(self, candidate: Candidate, timed_ms: float) -> float:
+        """A row's cost inside a network (identity options cost nothing)."""
+        if not candidate.kept or timed_ms == 0:
+            return 0.0
+        return timed_ms - self.call_cost_ms(candidate) if self.kind == "per-call" else timed_ms
+
+    def network_ms(self, body_ms: float) -> float:
+        return self.other_ms + body_ms
+
+    def predicted_speedup(self, body_ms: float, full_body_ms: float) -> float:
+        """The speed-up over the original of a plan whose modelled body is ``body_ms`` (``full_body_ms``: the
+        identity plan's)."""
+        return self.original_factor * self.network_ms(full_body_ms) / self.network_ms(body_ms)
+
+    @property
+    def self_error(self) -> float:
+        """The largest relative error of the model on the networks it was fitted on."""
+        return max((abs(p["modelled_ms"] / p["measured_ms"] - 1) for p in self.calibration), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyModel":
+        d = dict(d)
+        for k in ("call_ms_range", "call_ms_per_byte_range"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+# -------------------------------------------------------------------------------------------- the fit ---
+
+@dataclass(frozen=True)
+class Point:
+    """One timed network: its rows' call count, bytes and summed single-call timings, and its measured time."""
+
+    calls: int
+    bytes: float
+    rows_ms: float
+    measured_ms: float
+
+
+def fit(points: Sequence[Point]) -> tuple[float, float, float]:
+    """Least squares of measured = other + rows - a * calls - b * bytes, with a, b >= 0 (a negative one is
+    noise: it is fixed at 0 and the rest refitted). Returns (other, a, b)."""
+    y = np.array([p.measured_ms - p.rows_ms for p in points])
+    columns = {"a": np.array([-float(p.calls) for p in points]), "b": np.array([-p.bytes for p in points])}
+    best: tuple[float, tuple[float, float, float]] | None = None
+    for free in (("a", "b"), ("a",), ("b",), ()):
+        X = np.column_stack([np.ones(len(points))] + [columns[k] for k in free])
+        if np.linalg.matrix_rank(X) < X.shape[1]:
+            continue
+        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+        params = dict(zip(("other",) + tuple(free), coef))
+        a, b = float(params.get("a", 0.0)), float(params.get("b", 0.0))
+        if a < 0 or b < 0:
+            continue
+        sse = float(np.sum((X @ coef - y) ** 2))
+        if best is None or sse < best[0] - 1e-18:
+            best = (sse, (float(params["other"]), a, b))
+    assert best is not None      # the constant-only fit always qualifies
+    return best[1]
+
+
+def leave_one_out(points: Sequence[Point]) -> list[tuple[float, float, float]]:
+    """The fit without each point in turn (how much one network moves it)."""
+    return [fit([p for j, p in enumerate(points) if j != i]) for i in range(len(points))] if len(points) > 3 else []
+
+
+def plan_point(rows: Sequence[tuple[Candidate, float]], measured_ms: float, batch_size: int | None) -> Point:
+    """The fit's view of one network: ``rows`` are (candidate, single-call ms) of its plan."""
+    kept = [(c, t) for c, t in rows if c.kept and t > 0]
+    return Point(calls=len(kept), bytes=sum(row_bytes(c, batch_size) for c, _ in kept),
+                 rows_ms=sum(t for _, t in kept), measured_ms=measured_ms)
+
+
+def model_from_points(points: Sequence[Point], names: Sequence[str], batch_size: int | None,
+                      intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1) -> LatencyModel:
+    other, a, b = fit(points)
+    loo = leave_one_out(points)
+    model = LatencyModel("per-call", a, b, other, batch_size,
+                         call_ms_range=(min((f[1] for f in loo), default=a), max((f[1] for f in loo), default=a)),
+                         call_ms_per_byte_range=(min((f[2] for f in loo), default=b),
+                                                 max((f[2] for f in loo), default=b)),
+                         attempts=attempts)
+    for i, (name, p) in enumerate(zip(names, points)):
+        low, high = intervals[i] if intervals else (p.measured_ms, p.measured_ms)
+        model.calibration.append({"network": name, "calls": p.calls, "bytes": p.bytes, "rows_ms": p.rows_ms,
+                                  "measured_ms": p.measured_ms, "low_ms": low, "high_ms": high,
+                                  "modelled_ms": other + p.rows_ms - a * p.calls - b * p.bytes})
+    return model
+
+
+def problems(model: LatencyModel, rows: Mapping[str, tuple[Candidate, float]]) -> list[str]:
+    """What makes ``model`` unusable for the DP (empty: usable). ``rows``: key -> (candidate, single-call ms)."""
+    found = []
+    bad = [(k, c, t) for k, (c, t) in rows.items() if c.kept and t > 0 and model.row_ms(c, t) <= 0]
+    if bad:
+        k, c, t = min(bad, key=lambda kct: model.row_ms(kct[1], kct[2]))
+        found.append(f"{len(bad)} rows would cost nothing or less in the network (e.g. {k}: timed {t:.4f} ms, "
+                     f"per-call cost {model.call_cost_ms(c):.4f} ms)")
+    if model.other_ms < 0:
+        found.append(f"the time outside the modelled body comes out negative ({model.other_ms:.4f} ms)")
+    for p in model.calibration:
+        if p["modelled_ms"] <= 0:
+            found.append(f"the {p['network']} network is modelled at {p['modelled_ms']:.4f} ms")
+    identity = next((p for p in model.calibration if p["network"] == "identity"), None)
+    if identity is not None and abs(identity["modelled_ms"] / identity["measured_ms"] - 1) > MAX_SELF_ERROR:
+        found.append(f"the identity plan's network is modelled at {identity['modelled_ms']:.3f} ms but measures "
+                     f"{identity['measured_ms']:.3f} ms [{identity['low_ms']:.3f}, {identity['high_ms']:.3f}]")
+    return found
+
+
+# ----------------------------------------------------------------------------------- the calibration ---
+
+def calibration_plans(rows: Sequence[tuple[Candidate, float]], length: int,
+                      fractions: Sequence[float] = FRACTIONS) -> list[tuple[str, list[Candidate]]]:
+    """Latency-only plans with fewer and fewer rows: the DP maximising the number of blocks (every row worth
+    1) under budgets of ``fractions`` of the single-call body (0: the fastest plan). No importance needed;
+    duplicates dropped. The identity plan (every block its own conv) comes first."""
+    from ..search.layermerge import solve
+    from ..search.tables import Row
+
+    table = [Row(c.start, c.end, t, 1.0, ref=c) for c, t in rows]
+    identity = [c for c, _ in rows if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
+    body = sum(t for c, t in rows if c in identity)
+    frontier = solve(table, length, max_latency_ms=body)
+    plans, seen = [("identity", identity)], {tuple(c.key for c in identity)}
+    for f in fractions:
+        budget = max(frontier.min_latency_ms, f * body)
+        chosen = [r.ref for r in frontier.best(budget).rows]
+        key = tuple(c.key for c in chosen)
+        if key not in seen:
+            seen.add(key)
+            plans.append((f"{f:.0%} budget" if f > 0 else "fastest", chosen))
+    return plans
+
+
+def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
+              time_against_identity: Callable[[list[Candidate] | None], Any],
+              batch_size: int | None = None, retries: int = 1,
+              say: Callable[[str], None] = lambda s: None) -> LatencyModel:
+    """Fit the per-call model on whole networks (module docstring). ``rows``: candidate key -> (candidate,
+    single-call ms) of every candidate the DP may use; ``time_against_identity(plan)`` times the identity
+    plan's network against ``plan``'s (the original's for None) in paired rounds: a SpeedupEstimate whose
+    ratio is identity / other. Re-times up to ``retries`` times when a sanity check fails, then raises
+    :class:`LatencyModelError`."""
+    plans = calibration_plans(list(rows.values()), length)
+    timed = {c.key: t for c, t in rows.values()}
+    found: list[str] = []
+    for attempt in range(1, retries + 2):
+        against_original = time_against_identity(None)
+        estimates = [time_against_identity(plan) for _, plan in plans[1:]]
+        identity_ms = statistics.median([against_original.original_ms] + [e.original_ms for e in estimates])
+        points = [plan_point([(c, timed[c.key]) for c in plans[0][1]], identity_ms, batch_size)]
+        intervals = [(identity_ms, identity_ms)]
+        for e, (_, plan) in zip(estimates, plans[1:]):
+            points.append(plan_point([(c, timed[c.key]) for c in plan], identity_ms / e.ratio, batch_size))
+            intervals.append((identity_ms / e.high, identity_ms / e.low))
+        model = model_from_points(points, [name for name, _ in plans], batch_size, intervals, attempt)
+        model.original_factor = 1.0 / against_original.ratio
+        found = problems(model, rows)
+        if not found:
+            return model
+        say(f"latency model, attempt {attempt}: {'; '.join(found)}"
+            + ("; timing the calibration networks again" if attempt <= retries else ""))
+    raise LatencyModelError(
+        f"the latency table does not make a usable per-call model after {retries + 1} calibrations: "
+        f"{found[0]}; time again on a quieter machine, or use --latency-model additive")
+
+
+def network_timer(analysis: Any, backend: Any, example: Any, original: Any, sessions: int = 2,
+                  max_rounds: int = 30) -> Callable[[list[Candidate] | None], Any]:
+    """``time_against_identity`` for :func:`calibrate`: builds plans' networks from ``analysis`` (as the
+    landing does) and times each against the identity plan's network, the identity built once."""
+    from ..cnn.build import build_merged, build_unmerged, plan_from_blocks
+    from .compare import compare_speed
+
+    def build(blocks: list[Candidate]):
+        plan = plan_from_blocks(analysis.chain, blocks)
+        return build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan).eval()
+
+    built: dict[str, Any] = {}
+
+    def timer(blocks: list[Candidate] | None):
+        if "identity" not in built:
+            identity = [c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
+            built["identity"] = build(identity)
+        other = original if blocks is None else build(blocks)
+        return compare_speed(built["identity"], other, example, backend, repeats=5, min_rounds=10,
+                             max_rounds=max_rounds, rel_width=0.02, sessions=sessions)
+    return timer
+
+
+def additive(batch_size: int | None = None) -> LatencyModel:
+    """The rows as timed, summed (no per-call correction)."""
+    return LatencyModel("additive", batch_size=batch_size)
+
+
+def probe_errors(model: LatencyModel, full_body_ms: float, probes: Sequence[Any]) -> list[float]:
+    """The model's relative error on each landing probe: predicted speed-up / measured - 1."""
+    return [model.predicted_speedup(p.modelled, full_body_ms) / p.estimate.ratio - 1 for p in probes]
+
+
+__all__ = ["KINDS", "LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
+           "fit", "leave_one_out", "model_from_points", "network_timer", "probe_errors", "problems"]

@@ -1,0 +1,140 @@
+"""The latency model calibrated on whole networks (issue 32), and the multi-pass latency table it rests on."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from depthcut.cnn.graph import analyze_zoo
+from depthcut.latency import backends, latency_table
+from depthcut.latency import table as table_mod
+from depthcut.latency.compare import SpeedupEstimate
+from depthcut.latency.model import (MAX_SELF_ERROR, LatencyModel, LatencyModelError, Point, calibrate,
+                                    calibration_plans, fit, problems)
+from depthcut.latency.overhead import row_bytes
+
+
+def test_fit_recovers_the_network_parameters_and_keeps_them_physical():
+    rng = random.Random(0)
+    other, a, b = 0.4, 0.015, 2e-8
+    points = []
+    for _ in range(6):
+        calls, nbytes, rows = rng.randint(10, 60), rng.uniform(1e6, 2e7), rng.uniform(2.0, 6.0)
+        points.append(Point(calls, nbytes, rows, other + rows - a * calls - b * nbytes))
+    assert fit(points) == pytest.approx((other, a, b), rel=1e-9)
+    # a negative per-call cost is noise: fixed at 0, the rest refitted
+    wrong = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms + 0.05 * p.calls) for p in points]
+    _, a2, b2 = fit(wrong)
+    assert a2 >= 0 and b2 >= 0
+
+
+def synthetic(analysis, other=0.3, a=0.012, b=1.5e-8, noise=0.0, seed=0):
+    """Single-call rows and a 'true' network latency: other + sum(row - a - b * bytes), times (1 + noise)."""
+    rng = random.Random(seed)
+    rows = {c.key: (c, 0.05 + 2e-9 * c.in_channels * c.out_channels * c.kernel ** 2 * c.input_shape[2] ** 2
+                    + a + b * row_bytes(c, 1)) for c in analysis.candidates if c.kept}
+
+    def network_ms(blocks):
+        return other + sum(t - a - b * row_bytes(c, 1) for c, t in (rows[k.key] for k in blocks if k.kept))
+
+    identity = [c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
+    calls = []
+
+    def timer(blocks):
+        calls.append(blocks)
+        t_id = network_ms(identity)
+        t = t_id * 1.05 if blocks is None else network_ms(blocks)       # the original: 5 % slower (BN)
+        r = t_id / t * (1 + rng.uniform(-noise, noise))
+        return SpeedupEstimate(r, r * 0.99, r * 1.01, 10, 0, t_id, t, t)
+    return rows, network_ms, timer, calls, identity
+
+
+def test_calibrated_model_predicts_every_plan_of_an_additive_network():
+    analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    rows, network_ms, timer, calls, identity = synthetic(analysis)
+    model = calibrate(rows, analysis.chain.length, time_against_identity=timer, batch_size=1)
+    assert model.kind == "per-call" and model.attempts == 1
+    assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
+    assert model.original_factor == pytest.approx(1.05) and model.self_error < 1e-9
+    plans = calibration_plans(list(rows.values()), analysis.chain.length)
+    assert len(calls) == len(plans) and len({len(p) for _, p in plans}) == len(plans)   # fewer rows each time
+    full = sum(model.row_ms(c, rows[c.key][1]) for c in identity)
+    for _, plan in plans:
+        body = sum(model.row_ms(c, rows[c.key][1]) for c in plan)
+        want = 1.05 * network_ms(identity) / network_ms(plan)
+        assert model.predicted_speedup(body, full) == pytest.approx(want, rel=1e-9)
+    assert LatencyModel.from_dict(model.to_dict()) == model
+
+
+def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
+    analysis = analyze_zoo("resnet20")
+    rows, _, timer, calls, _ = synthetic(analysis)
+    # rows timed far too fast for the networks: no per-call cost can make them add up
+    fast = {k: (c, t * 0.05) for k, (c, t) in rows.items()}
+    with pytest.raises(LatencyModelError, match="after 2 calibrations") as err:
+        calibrate(fast, analysis.chain.length, time_against_identity=timer, batch_size=1)
+    assert "\n" not in str(err.value)
+    assert len(calls) == 2 * len(calibration_plans(list(fast.values()), analysis.chain.length))
+
+
+def test_the_sanity_checks_name_what_is_wrong():
+    analysis = analyze_zoo("resnet20")
+    rows, _, _, _, _ = synthetic(analysis)
+    key, (c, t) = next(iter(rows.items()))
+    heavy = LatencyModel("per-call", call_ms=10 * t, other_ms=0.1, batch_size=1)
+    assert any("cost nothing or less" in p for p in problems(heavy, rows))
+    negative = LatencyModel("per-call", other_ms=-0.5, batch_size=1)
+    assert any("outside the modelled body comes out negative" in p for p in problems(negative, rows))
+    off = LatencyModel("per-call", batch_size=1, calibration=[
+        {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0 + 2 * MAX_SELF_ERROR, "low_ms": 1.1,
+         "high_ms": 1.3}])
+    assert any("identity plan's network is modelled at" in p for p in problems(off, rows))
+    assert problems(LatencyModel("additive", batch_size=1), rows) == []
+
+
+def test_measure_samples_until_the_median_is_known(monkeypatch):
+    """A noisy row takes more samples (up to the cap); a steady one stops at the first batch."""
+    import types
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(backends, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    rng = random.Random(0)
+
+    def steady():
+        clock.now += 0.001
+
+    def noisy():
+        clock.now += 0.001 * rng.choice([1, 3])
+    assert backends.measure(steady, warmup=0, repeats=10, rel_width=0.05, max_repeats=80).n == 10
+    assert backends.measure(noisy, warmup=0, repeats=10, rel_width=0.05, max_repeats=80).n == 80
+    t = backends.Timing.from_samples([float(v) for v in range(1, 13)])
+    assert t.interval == (3.0, 10.0)           # the order statistics of the median's 95 % interval
+
+
+class Killed(Exception):
+    pass
+
+
+def test_an_interrupted_table_resumes_pass_by_pass(tmp_path, monkeypatch):
+    """Every pass of every row is cached as it is timed: a kill loses at most the pass under way, and the
+    rerun times only what is missing; a row's interval spans its passes."""
+    analysis = analyze_zoo("resnet20")
+    rows = [c for c in analysis.candidates if c.kept][:6]
+    real, timed, killed = table_mod._time_pass, [], []
+
+    def counting(c, *args, **kwargs):
+        if len(timed) == 8 and not killed:
+            killed.append(1)
+            raise Killed
+        timed.append(c.key)
+        return real(c, *args, **kwargs)
+    monkeypatch.setattr(table_mod, "_time_pass", counting)
+    fast = dict(warmup=1, repeats=3, progress=False, passes=3)
+    distinct = {table_mod.row_key(c) for c in rows}
+    with pytest.raises(Killed):
+        latency_table(rows, "eager", cache_dir=tmp_path, **fast)
+    assert len(timed) == 8
+    table = latency_table(rows, "eager", cache_dir=tmp_path, **fast)
+    assert len(timed) == 3 * len(distinct)               # nothing timed twice
+    for c in rows:
+        low, high = table[c.key].interval
+        assert low <= table[c.key].median_ms <= high
