@@ -62,9 +62,10 @@ def check_data_fits(input_shape: tuple[int, ...], data_info: dict, data_name: st
 
 
 def check_model_accepts(model: nn.Module, input_shape: tuple[int, ...], name: str,
-                        num_classes: int | None = None) -> None:
+                        num_classes: int | None = None) -> int | None:
     """One forward pass at ``input_shape`` (eval mode, no gradient; the model is not changed): the model
-    runs on it and, for classification, gives at least ``num_classes`` scores per image."""
+    runs on it and, for classification, returns (batch, scores). Returns the number of scores per image
+    (:func:`class_policy` decides what to do when it is not the data's number of classes)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     was_training = model.training
@@ -79,14 +80,38 @@ def check_model_accepts(model: nn.Module, input_shape: tuple[int, ...], name: st
     finally:
         model.train(was_training)
     if num_classes is None:
-        return
+        return None
     if not isinstance(y, torch.Tensor) or y.dim() != 2:
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise DepthcutError(f"model {name} returns {shape} on input {_fmt(input_shape)}; a classifier must "
                             f"return (batch, classes) scores")
-    if y.shape[1] < num_classes:
-        raise DataError(f"the data set has {num_classes} classes but model {name} outputs {y.shape[1]} scores "
-                        f"per image; use a model with a {num_classes}-way head")
+    return int(y.shape[1])
+
+
+def class_policy(outputs: int, data_info: dict, name: str, adapt_head: bool) -> tuple[str, list[int] | None]:
+    """How the model's ``outputs`` scores meet the data's classes: ``("same", None)`` when they are the data's
+    classes; ``("synsets", indices)`` for a folder of ImageNet synsets (n01440764, ...) and a 1000-way model
+    (each folder scored as the model's own class); ``("adapt", None)`` with ``adapt_head`` (a new head for
+    the data's classes, trained first: depthcut.train.head). Anything else is refused in one line: accuracy
+    would compare unrelated class indices."""
+    from .data.datasets import synset_indices
+
+    classes = data_info["num_classes"]
+    if outputs == classes:
+        return "same", None
+    indices = synset_indices(data_info.get("classes") or []) if outputs == 1000 else None
+    if indices is not None:
+        return "synsets", indices
+    if adapt_head:
+        return "adapt", None
+    how = ("pass --adapt-head to train a new " f"{classes}-way head first (the report names it)"
+           + (", or name the class folders by their ImageNet synsets (n01440764, ...) to score the model's own "
+              "classes" if outputs == 1000 and data_info.get("folder") else ""))
+    if outputs < classes:
+        raise DataError(f"the data set has {classes} classes but model {name} outputs {outputs} scores per image; "
+                        f"use a model with a {classes}-way head, or {how}")
+    raise DataError(f"model {name} outputs {outputs} scores per image but the data set has {classes} classes: "
+                    f"its accuracy would compare unrelated class indices; {how}")
 
 
 def _fmt(shape) -> str:

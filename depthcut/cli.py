@@ -78,6 +78,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "channels_last": args.channels_last or None, "method": args.method,
             "latency_model": args.latency_model, "executor": args.executor, "workers": args.workers,
             "ray_address": args.address, "shard": args.shard, "recovery_procs": args.recovery_procs,
+            "adapt_head": args.adapt_head or None, "adapt_epochs": args.adapt_epochs,
         }.items() if v is not None}
         config = LayerMergeConfig(**fields)
     result = compress(args.model or "resnet20_fmnist", config, out=args.out)
@@ -167,8 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", type=_shape, default=None)
     c.add_argument("--importance", default=None, choices=["finetune", "bn-recalibration", "none"])
     c.add_argument("--importance-steps", type=int, default=None)
-    c.add_argument("--finetune-size", type=int, default=None)
-    c.add_argument("--score-size", type=int, default=None)
+    c.add_argument("--finetune-size", type=int, default=None,
+                   help="held-out images for the importance fine-tunes (default: min(5000, half the training set))")
+    c.add_argument("--score-size", type=int, default=None,
+                   help="held-out images for scoring them (default: min(2000, a fifth of the training set))")
+    c.add_argument("--adapt-head", action="store_true",
+                   help="when the model's outputs are not the data's classes, train a new head for them first "
+                        "(alone, the rest frozen; named in the report) instead of refusing")
+    c.add_argument("--adapt-epochs", type=float, default=None, help="epochs of that head training (default 2)")
     c.add_argument("--recovery-epochs", type=float, default=None)
     c.add_argument("--train-limit", type=int, default=None, help="use only N training images for recovery")
     c.add_argument("--no-distill", action="store_true")

@@ -38,13 +38,16 @@ class LayerMergeConfig(ConfigBase):
     input_shape: tuple[int, ...] | None = None  # (1, C, H, W); None = the model entry's / data set's
     data: str = "fashion-mnist"
     data_workers: int | None = None           # image folders: DataLoader processes (None: the cores; 0 = inline)
+    adapt_head: bool = False                  # a model whose outputs are not the data's classes gets a new head,
+    adapt_epochs: float = 2.0                 # trained alone for this many epochs (else such a model is refused)
     # importance table (SPEC A6)
     importance: str = "finetune"              # one of PROXIES
     importance_steps: int = 20
     importance_lr: float = 0.01
     importance_batch_size: int = 64
-    finetune_size: int = 5000                 # held-out training images for the short fine-tunes
-    score_size: int = 2000                    # second, disjoint held-out split for scoring
+    finetune_size: int | None = None          # held-out training images for the short fine-tunes, and a
+    score_size: int | None = None             # second, disjoint split for scoring; None: sized from the data
+                                              # (min(5000, n/2) and min(2000, n/5) of its n training images)
     executor: str = "local"                   # where importance entries run: local, process (workers), ray
     workers: int = 2                          # processes for executor="process"
     ray_address: str | None = None            # executor="ray": a cluster's address; None = local / RAY_ADDRESS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ class Run:
     analysis: Any = None
     base_accuracy: float = float("nan")   # the original's accuracy on the scoring split
     fit: dict[str, Any] = field(default_factory=dict)   # amp / channels_last for every fine-tune
+    classes: dict[str, Any] = field(default_factory=dict)   # how the model's outputs meet the data's classes
 
     def say(self, msg: str) -> None:
         say(self.config, msg)
@@ -98,6 +99,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     if run.config.shard:                               # one machine's share of the importance table, then stop
         return score_shard(run, out)
     rows = latency_rows(run)
+    reachable = check_reachable(run, rows)
     importance = score_candidates(run.original, run.analysis, rows.candidates, run.base_accuracy, run.splits,
                                   run.config, rows.importance_store, run.resolved.chain_exclude)
     frontier = search(run, rows, importance)
@@ -110,6 +112,7 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     unmerged, merged, merge_check = recover(run, chosen.plan)
     final = measure_final(run, merged)
     report = make_report(run, rows, chosen, verified, merged, merge_check, final)
+    report["reachable"] = reachable.to_dict()
     result = CompressResult(merged, unmerged, chosen.plan, report,
                             [(s.latency_ms, s.importance) for s in frontier.pareto()], run.example)
     if out is not None:
@@ -130,7 +133,7 @@ def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    resolved, input_shape, device = prepare(model, config, out, splits)
+    resolved, input_shape, device, (policy, class_index, outputs) = prepare(model, config, out, splits)
     # the caller's model is never moved or changed: everything runs on a copy on the chosen device
     original = copy.deepcopy(resolved.model).to(device).eval()
     backend = get_backend(config.backend, device=device,
@@ -139,11 +142,35 @@ def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
     if splits is None:
         splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
                              train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
-                             preprocess=resolved.preprocess, workers=config.data_workers)
+                             preprocess=resolved.preprocess, workers=config.data_workers, class_index=class_index)
+    if config.finetune_size is None or config.score_size is None:   # sized from the data: say so, and key on it
+        config = replace(config, finetune_size=len(splits.finetune), score_size=len(splits.score))
+        say(config, f"held-out splits sized from the data: {config.finetune_size} images for the short "
+                    f"fine-tunes, {config.score_size} for scoring")
+    classes = {"policy": policy, "model_outputs": outputs}
+    if policy == "synsets":
+        say(config, f"class folders named by ImageNet synsets: scored as the model's own classes {class_index}")
+        classes["imagenet_indices"] = class_index
+    elif policy == "adapt":
+        classes["head"] = adapt_classifier(config, original, outputs, splits)
     cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
     example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
     return Run(config, resolved, original, input_shape, device, backend, splits, cache_dir, example, t_start,
-               fit={"amp": config.amp, "channels_last": config.channels_last})
+               fit={"amp": config.amp, "channels_last": config.channels_last}, classes=classes)
+
+
+def adapt_classifier(config: LayerMergeConfig, original: nn.Module, outputs: int, splits) -> dict[str, Any]:
+    """A new head for the data's classes, trained alone (depthcut.train.head); the adapted network is the
+    original from here on: compressed, timed and compared against."""
+    from .train.head import adapt_head
+
+    classes = _num_classes(splits)
+    say(config, f"adapting the head: {outputs} outputs -> the data's {classes} classes, trained alone for "
+                f"{config.adapt_epochs} epochs")
+    adapted = adapt_head(original, outputs, classes, splits.train, splits.score, epochs=config.adapt_epochs,
+                         seed=config.seed, progress=config.progress)
+    say(config, f"head {adapted.module} adapted: {adapted.accuracy:.2f} % on the scoring split")
+    return adapted.to_dict()
 
 
 # -- stage 1: analysis ----------------------------------------------------------------------------------
@@ -315,17 +342,87 @@ class Chosen:
     modelled_ms: float                # the plan's modelled body latency
     target: float                     # the speed-up landed on (a latency target converted at the start)
     landing: Any                      # depthcut.search.target.Landing: every probe
+    confirmation: Any = None          # the chosen plan timed again, alone, on fresh sessions
+    relandings: int = 0               # landings redone because a confirmation contradicted its probe
+
+
+def build_plan_network(run: Run, blocks) -> nn.Module:
+    """The merged network of a plan given as its blocks (candidates), as every probe builds it."""
+    from .cnn.build import build_merged, build_unmerged, plan_from_blocks
+
+    chain = run.analysis.chain
+    plan = plan_from_blocks(chain, list(blocks))
+    return build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
+
+
+def check_reachable(run: Run, rows: LatencyRows) -> Any:
+    """Before the importance table: the fastest plan the latency table allows (no importance needed: the
+    exact minimum-latency path) timed against the original. A target beyond it is refused at once, with the
+    reachable maximum, instead of after the table's hours (Amdahl: what the table does not model stays)."""
+    from .search.layermerge import solve
+    from .search.tables import Row
+
+    base_ms = original_ms(run)
+    target = target_speedup(run, base_ms)
+    table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
+    fastest = solve(table, run.analysis.chain.length, max_latency_ms=max(rows.body_ms(), 1e-9)).min_solution
+    estimate = probe_speed(run, build_plan_network(run, [r.ref for r in fastest.rows]),
+                           decided=lambda e: e.high < target or e.low >= target)
+    run.say(f"the fastest plan the table allows measures {estimate.describe()} (target x{target:.3f})")
+    if estimate.high < target:
+        modelled = rows.model.network_ms(rows.body_ms()) if rows.model.kind == "per-call" else base_ms
+        raise InfeasibleBudgetError(
+            f"x{target:.3f} is out of reach for {run.resolved.name} on {run.config.backend} (batch "
+            f"{run.config.batch_size}): the fastest plan the latency table allows measures {estimate.describe()} "
+            f"against the original's {base_ms:.3f} ms, of which the blocks depthcut can merge take "
+            f"{rows.body_ms():.3f} ms in the model ({modelled:.3f} ms in all), the rest stays; ask for at most "
+            f"x{estimate.high:.2f}", minimum=estimate.compressed_ms)
+    return estimate
+
+
+MAX_RELANDINGS = 2    # landings redone after a contradicting confirmation, before stopping
 
 
 def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
     """Probe plans end to end until one measures inside [target, target * (1 + tolerance)]
-    (depthcut.search.target)."""
-    from .cnn.build import build_merged, build_unmerged, plan_from_blocks
-    from .search.target import land_on_target
-
-    config, chain = run.config, run.analysis.chain
+    (depthcut.search.target), then time the chosen plan again on fresh sessions: a confirmation whose
+    interval misses the target contradicts the probe that accepted the plan, so the landing is redone with the
+    confirmation standing for that plan; if that keeps happening, stop with one line."""
+    config = run.config
     base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
+    known: dict = {}
+    for attempt in range(MAX_RELANDINGS + 1):
+        landing = land_once(run, rows, frontier, base_ms, target, known)
+        network = build_plan_network(run, [r.ref for r in landing.plan.rows])
+        confirmation = probe_speed(run, network, decided=None)
+        accepted = landing.probe.estimate
+        disjoint = confirmation.high < accepted.low or confirmation.low > accepted.high
+        if confirmation.high >= target and not disjoint:
+            run.say(f"confirmed: {confirmation.describe()} (the probe measured {accepted.describe()})")
+            return Chosen(network_plan(run, landing), landing.probe.modelled, target, landing, confirmation,
+                          attempt)
+        key = tuple(r.ref.key for r in landing.plan.rows)
+        known[key] = confirmation
+        run.say(f"the confirmation {confirmation.describe()} contradicts the probe that accepted the plan "
+                f"({accepted.describe()}): landing again with the confirmation standing for that plan")
+    raise InfeasibleBudgetError(
+        f"the timings on {config.backend} do not hold still enough to land on x{target:.3f}: {MAX_RELANDINGS + 1} "
+        f"plans measured at or above it in one timing and below it when timed again (last: {accepted.describe()}, "
+        f"then {confirmation.describe()}); time on a quieter machine, or with --timing-threads 1 or more "
+        f"--timing-sessions", minimum=confirmation.compressed_ms)
+
+
+def network_plan(run: Run, landing) -> Plan:
+    from .cnn.build import plan_from_blocks
+
+    return plan_from_blocks(run.analysis.chain, [r.ref for r in landing.plan.rows])
+
+
+def land_once(run: Run, rows: LatencyRows, frontier, base_ms: float, target: float, known: dict):
+    from .search.target import land_on_target
+
+    config = run.config
     full = rows.body_ms()
 
     def choose(budget: float):
@@ -333,9 +430,7 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
         return tuple(r.ref.key for r in solution.rows), solution.latency_ms, solution
 
     def measure(solution, decided, patience: int = 1):
-        plan = plan_from_blocks(chain, [r.ref for r in solution.rows])
-        merged = build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
-        return probe_speed(run, merged, decided, patience)
+        return probe_speed(run, build_plan_network(run, [r.ref for r in solution.rows]), decided, patience)
 
     run.say(f"landing on x{target:.3f} (band up to x{target * (1 + config.speed_tolerance):.3f}); original "
             f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
@@ -345,7 +440,7 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
     try:
         landing = land_on_target(choose, measure, target=target, full=full, floor=frontier.min_latency_ms,
                                  other=other, original_factor=factor, max_probes=config.max_resolves,
-                                 tolerance=config.speed_tolerance, say=run.say,
+                                 tolerance=config.speed_tolerance, say=run.say, known=known,
                                  retime=lambda solution, decided: measure(solution, decided, RETIME_ROUNDS))
     except InfeasibleBudgetError as e:
         raise InfeasibleBudgetError(
@@ -354,8 +449,7 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
     if landing.overshoot:
         run.say(f"no probed plan landed inside the band; taking the slowest one that meets the target "
                 f"({landing.probe.estimate.describe()})")
-    return Chosen(plan_from_blocks(chain, [r.ref for r in landing.plan.rows]), landing.probe.modelled, target,
-                  landing)
+    return landing
 
 
 # -- stage 6: recovery (SPEC A10) -------------------------------------------------------------------------
@@ -438,6 +532,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         "batch_size": config.batch_size, "input_shape": list(run.input_shape),
         "data_preprocess": (run.splits.train.preprocess.to_dict() if hasattr(run.splits.train, "preprocess")
                             else "built-in data set: its own normalisation, in memory"),
+        "classes": run.classes,
         "target_speedup": config.speedup, "target_latency_ms": target_ms,
         "target_speedup_effective": chosen.target, "speed_tolerance": config.speed_tolerance,
         "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
@@ -448,6 +543,11 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         # interval at or above it
         "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
         "within_band": final.ratio <= upper, "landing_overshoot": chosen.landing.overshoot,
+        "confirmation": chosen.confirmation.to_dict() if chosen.confirmation is not None else None,
+        "relandings": chosen.relandings,
+        # the final timing (after recovery, same structure) inside the interval of the probe that accepted it
+        "final_inside_probe_interval": chosen.landing.probe.estimate.low <= final.ratio
+                                       <= chosen.landing.probe.estimate.high,
         "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
         "importance_base_accuracy": run.base_accuracy,
         "params_before": stats_before["params"], "params_after": stats_after["params"],
@@ -673,12 +773,13 @@ def verify_chosen_plan(original: nn.Module, analysis, plan: Plan, input_shape) -
 
 
 def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,
-            splits=None) -> tuple[ResolvedModel, tuple[int, ...], str]:
+            splits=None) -> tuple[ResolvedModel, tuple[int, ...], str, tuple[str, list[int] | None, int]]:
     """Stage 0: resolve the model and check every input before anything expensive (depthcut.checks):
     the output folder is writable, the data set exists and fits the model's input (channels, size,
     classes), the device exists, and the model runs at the input shape. Returns the model, the (1, C, H, W)
-    input shape and the device."""
-    from .checks import check_data_fits, check_model_accepts, check_output_dir, input_shape_for
+    input shape, the device and how the model's outputs meet the data's classes (checks.class_policy, and
+    the number of outputs)."""
+    from .checks import check_data_fits, check_model_accepts, check_output_dir, class_policy, input_shape_for
     from .data import dataset_info
 
     device = resolve_device(config)
@@ -689,15 +790,20 @@ def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | 
     data_name = config.data if splits is None else "(given splits)"
     input_shape = input_shape_for(config.input_shape, resolved.input_shape, info, data_name)
     check_data_fits(input_shape, info, data_name)
-    check_model_accepts(resolved.model, input_shape, resolved.name, num_classes=info["num_classes"])
-    return resolved, input_shape, device
+    outputs = check_model_accepts(resolved.model, input_shape, resolved.name, num_classes=info["num_classes"])
+    policy, class_index = class_policy(outputs, info, resolved.name, config.adapt_head)
+    return resolved, input_shape, device, (policy, class_index, outputs)
+
+
+def _num_classes(splits) -> int:
+    labels = torch.cat([ds.tensors[1] if hasattr(ds, "tensors") else torch.as_tensor(ds.labels)
+                        for ds in (splits.train, splits.test)])
+    return int(labels.max()) + 1
 
 
 def _splits_info(splits) -> dict:
     x, _ = splits.test[0]
-    labels = torch.cat([ds.tensors[1] if hasattr(ds, "tensors") else torch.as_tensor(ds.labels)
-                        for ds in (splits.train, splits.test)])
-    return {"num_classes": int(labels.max()) + 1, "in_chans": int(x.shape[0]), "image_size": int(x.shape[-1]),
+    return {"num_classes": _num_classes(splits), "in_chans": int(x.shape[0]), "image_size": int(x.shape[-1]),
             "folder": False}
 
 

@@ -108,3 +108,57 @@ class IllConditioned(DigitsNet):
 def ill_conditioned_net() -> nn.Module:
     torch.manual_seed(0)
     return IllConditioned()
+
+
+class DeepStemResNet(nn.Module):
+    """timm's resnet18d in shape, narrowed to run in seconds: a deep stem (three 3x3 convs), max pooling,
+    four stages of two basic blocks (average-pool shortcut downsampling, as resnet-d), global pooling and a
+    1000-way ImageNet classifier. What a user brings from timm, built locally (nothing downloads)."""
+
+    class Basic(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.down = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity(), nn.Conv2d(cin, cout, 1, bias=False),
+                nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(out + (x if self.down is None else self.down(x)))
+
+    def __init__(self, width: int = 8, num_classes: int = 1000):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                  nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                                  nn.Conv2d(w, 2 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        stages, cin = [], 2 * w
+        for i, cout in enumerate((2 * w, 4 * w, 8 * w, 16 * w)):
+            stages += [self.Basic(cin, cout, 1 if i == 0 else 2), self.Basic(cout, cout, 1)]
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.stages(self.stem(x)).mean((2, 3)))
+
+
+def resnet18d_shaped() -> nn.Module:
+    """Random weights, with BatchNorm statistics measured on random images (as a trained network's are
+    measured on its data): features of a useful scale, which a new head can learn from."""
+    torch.manual_seed(0)
+    model = DeepStemResNet()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None                      # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, 32, 32))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    return model.eval()

@@ -258,8 +258,22 @@ def dataset_info(name_or_path: str | os.PathLike, image_size: int | None = None)
         raise DataError(f"unknown data set {str(name_or_path)!r}: not a built-in name "
                         f"({', '.join(BUILTIN)}) and not an existing folder")
     root = path / "train" if (path / "train").is_dir() and (path / "test").is_dir() else path
-    return dict(num_classes=len(_class_dirs(root)), in_chans=3, image_size=image_size,
-                mean=IMAGENET_MEAN, std=IMAGENET_STD, folder=True)
+    classes = [d.name for d in _class_dirs(root)]
+    return dict(num_classes=len(classes), in_chans=3, image_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                folder=True, classes=classes)
+
+
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k WordNet ids in the order of the classes of every ImageNet classifier
+    (torchvision's and timm's: the ids sorted)."""
+    return (Path(__file__).with_name("imagenet_synsets.txt")).read_text().split()
+
+
+def synset_indices(classes: list[str]) -> list[int] | None:
+    """Each class folder's ImageNet-1k index when every folder is named by an ImageNet synset (n01440764, ...),
+    else None."""
+    index = {wnid: i for i, wnid in enumerate(imagenet_synsets())}
+    return [index[c] for c in classes] if classes and all(c in index for c in classes) else None
 
 
 @dataclass
@@ -287,15 +301,37 @@ def _subset(ds: TensorDataset, idx: torch.Tensor) -> TensorDataset:
     return TensorDataset(*(t[idx] for t in ds.tensors))
 
 
-def make_splits(name: str | os.PathLike, finetune_size: int, score_size: int, seed: int = 0,
+FINETUNE_SIZE, SCORE_SIZE = 5000, 2000     # the held-out splits on a data set large enough for both
+MIN_SCORE_SIZE = 10                        # fewer scoring images cannot rank candidates at all
+
+
+def split_sizes(name: str, n: int, finetune_size: int | None, score_size: int | None) -> tuple[int, int]:
+    """The held-out split sizes: as given, or sized from the ``n`` training images (FINETUNE_SIZE and
+    SCORE_SIZE when there are enough, else half and a fifth of them). DataError when they do not fit, or when
+    the data is too small to score anything."""
+    finetune = min(FINETUNE_SIZE, n // 2) if finetune_size is None else int(finetune_size)
+    score = min(SCORE_SIZE, n // 5) if score_size is None else int(score_size)
+    if finetune < 0 or score < 0 or finetune + score > n:
+        raise DataError(f"data set {name!r}: finetune_size={finetune} + score_size={score} exceeds the {n} "
+                        f"training images available")
+    if score_size is None and score < MIN_SCORE_SIZE:
+        raise DataError(f"data set {name!r} has {n} training images: too few to set {MIN_SCORE_SIZE} aside for "
+                        f"scoring candidates; use at least {5 * MIN_SCORE_SIZE}")
+    return finetune, score
+
+
+def make_splits(name: str | os.PathLike, finetune_size: int | None, score_size: int | None, seed: int = 0,
                 train_limit: int | None = None, exclude_from_train: bool = False,
-                image_size: int | tuple[int, int] = 32, preprocess=None, workers: int | None = None) -> DataSplits:
+                image_size: int | tuple[int, int] = 32, preprocess=None, workers: int | None = None,
+                class_index: list[int] | None = None) -> DataSplits:
     """Carve disjoint ``finetune`` / ``score`` subsets out of the training split with a seeded permutation.
 
     Built-in data sets are in-memory tensors. An image folder is streamed (:mod:`depthcut.data.folder`):
     ``train`` and ``finetune`` with the training transforms, ``score`` and ``test`` with the eval transforms,
     at ``image_size`` with the model's ``preprocess`` (normalisation, crop fraction; ImageNet's by default),
-    decoded by ``workers`` DataLoader processes (default: the cores, none for folders under 1,000 images)."""
+    decoded by ``workers`` DataLoader processes (default: the cores, none for folders under 1,000 images).
+    ``class_index`` gives a folder's classes the model's own class indices (the k-th class folder is labelled
+    ``class_index[k]``: ImageNet synset folders scored by an ImageNet classifier)."""
     folder = _canonical(str(name)) not in BUILTIN
     if folder:
         from .folder import ImageFolderData, Preprocess
@@ -305,15 +341,15 @@ def make_splits(name: str | os.PathLike, finetune_size: int, score_size: int, se
             load_dataset(name)          # the one-line "unknown data set" error
         files, labels, classes = folder_files(root, "train")
         test_files, test_labels, _ = folder_files(root, "test")
+        if class_index is not None:
+            labels, test_labels = [class_index[k] for k in labels], [class_index[k] for k in test_labels]
         if workers is None and len(files) + len(test_files) < 1000:
             workers = 0                 # starting worker processes costs more than decoding a few images
         full = ImageFolderData(files, labels, _hw(image_size), True, preprocess or Preprocess(), workers, classes)
     else:
         full = load_dataset(name, "train", image_size=image_size)
     n = len(full) if train_limit is None else min(int(train_limit), len(full))
-    if finetune_size < 0 or score_size < 0 or finetune_size + score_size > n:
-        raise DataError(f"data set {str(name)!r}: finetune_size={finetune_size} + score_size={score_size} "
-                        f"exceeds the {n} training images available")
+    finetune_size, score_size = split_sizes(str(name), n, finetune_size, score_size)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     if folder and n < len(full):
         # a folder lists its files class by class: a limit takes a fixed, seed-independent sample of all

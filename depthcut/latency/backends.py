@@ -284,6 +284,13 @@ class Backend:
     # Whether the runtime has its own intra-op thread pool that ``timing_threads`` sets (ONNX Runtime; such a
     # backend takes a ``threads=`` option); a backend timing with torch's threads takes the config's ``threads``.
     own_threads: bool = False
+    # The smallest relative half-width of a speed-up interval timed on this backend (compare.with_drift): what
+    # the timing moves between measurements minutes apart, which no single timing sees. Measured by
+    # bench/timing_coverage.py on a shared 2-core CPU (the floors that bring its coverage to 0.9).
+    DRIFT = 0.0
+
+    def drift(self) -> float:
+        return self.DRIFT
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous"):
         self.device = torch.device(device)

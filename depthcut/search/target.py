@@ -82,6 +82,7 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
                    *, target: float, full: float, floor: float, other: float, max_probes: int = 8,
                    tolerance: float = 0.10, aim: float = 1.04, original_factor: float = 1.0,
                    retime: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate] | None = None,
+                   known: dict[Hashable, SpeedupEstimate] | None = None,
                    say: Callable[[str], None] = lambda s: None) -> Landing:
     """Probe plans until one meets ``target`` (a speed-up > 1) within ``tolerance``.
 
@@ -92,7 +93,8 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
     ``original_factor`` the original's time over the modelled identity network's; they seed the model before
     the first probe. ``retime(plan, decided)``, when given, is a
     longer timing for the one case a longer timing can settle: the fastest plan measured fast enough but
-    with an interval reaching below the target.
+    with an interval reaching below the target. ``known`` maps plan keys to estimates that stand instead of
+    a new timing (a confirmation that contradicted an earlier landing).
     """
     probes: list[Probe] = []
     tried: dict[Hashable, Probe] = {}
@@ -110,7 +112,8 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
         key, modelled, plan = choose(budget)
         if key in tried:                              # same plan as before: the measurement stands
             return tried[key]
-        p = judged(budget, modelled, measure(plan, decided), plan)
+        est = known[key] if known and key in known else measure(plan, decided)
+        p = judged(budget, modelled, est, plan)
         tried[key] = p
         probes.append(p)
         say(f"plan {len(probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured {p.estimate.describe()} "
