@@ -14,7 +14,7 @@ from depthcut.latency.model import (MAX_SELF_ERROR, LatencyModel, LatencyModelEr
 from depthcut.latency.overhead import row_bytes
 
 
-def test_fit_recovers_the_network_parameters_and_keeps_them_physical():
+def test_fit_recovers_the_network_parameters_of_either_sign():
     rng = random.Random(0)
     other, a, b = 0.4, 0.015, 2e-8
     points = []
@@ -22,10 +22,12 @@ def test_fit_recovers_the_network_parameters_and_keeps_them_physical():
         calls, nbytes, rows = rng.randint(10, 60), rng.uniform(1e6, 2e7), rng.uniform(2.0, 6.0)
         points.append(Point(calls, nbytes, rows, other + rows - a * calls - b * nbytes))
     assert fit(points) == pytest.approx((other, a, b), rel=1e-9)
-    # a negative per-call cost is noise: fixed at 0, the rest refitted
-    wrong = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms + 0.05 * p.calls) for p in points]
-    _, a2, b2 = fit(wrong)
-    assert a2 >= 0 and b2 >= 0
+    # a network paying more per op than a row alone (eager CPU: rows timed in a hot cache) fits a < 0
+    dearer = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms + 0.05 * p.calls) for p in points]
+    assert fit(dearer) == pytest.approx((other, a - 0.05, b), rel=1e-6)
+    # points that cannot tell calls from bytes drop the bytes term
+    same = [Point(10 * k, 1e6 * k, 1.0 + k, 2.0 + 0.5 * k) for k in range(1, 5)]
+    assert fit(same)[2] == 0.0
 
 
 def synthetic(analysis, other=0.3, a=0.012, b=1.5e-8, noise=0.0, seed=0):
@@ -69,8 +71,9 @@ def test_calibrated_model_predicts_every_plan_of_an_additive_network():
 def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
     analysis = analyze_zoo("resnet20")
     rows, _, timer, calls, _ = synthetic(analysis)
-    # rows timed far too fast for the networks: no per-call cost can make them add up
-    fast = {k: (c, t * 0.05) for k, (c, t) in rows.items()}
+    # rows timed far too slow for the networks (a burst of load during the table): the per-call cost that
+    # makes them add up leaves the small rows costing nothing or less
+    fast = {k: (c, t * 20 if c.kernel > 1 else t) for k, (c, t) in rows.items()}
     with pytest.raises(LatencyModelError, match="after 2 calibrations") as err:
         calibrate(fast, analysis.chain.length, time_against_identity=timer, batch_size=1)
     assert "\n" not in str(err.value)
