@@ -43,9 +43,10 @@ data:
 	  echo "dataset-fashion-mnist (idx files under /usr/share/datasets/fashion-mnist/), or use --data mnist|digits"; exit 1; fi
 
 demo: install data
-	$(BIN)/depthcut compress --model resnet20_fmnist --data fashion-mnist --speedup 1.5 \
+	$(BIN)/depthcut compress --model resnet20_fmnist --data fashion-mnist --speedup 2.0 \
 	  --backend onnxruntime --out $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md"
+	@sed -n 5p $(DEMO_OUT)/report.md
 
 test: install data
 	$(BIN)/depthcut env

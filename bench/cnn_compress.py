@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from depthcut.config import LayerMergeConfig  # noqa: E402
-from depthcut.pipeline import compress  # noqa: E402
+from depthcut.compression import compress  # noqa: E402
 
 
 KEYS = ("model", "backend", "batch_size", "target_speedup", "speedup", "speedup_low", "speedup_high", "target_met",

@@ -91,7 +91,7 @@ def control_config(model: str, seed: int, args) -> LayerMergeConfig:
 
 
 def run_one(model: str, method: str, target: float, seed: int, args) -> dict:
-    from depthcut.pipeline import compress
+    from depthcut.compression import compress
 
     cfg = frontier_config(model, method, target, seed, args, landing=True)
     t0 = time.time()
@@ -110,7 +110,7 @@ def fill_importance(args) -> None:
     shared cache (compress's ``shard`` 0/1: entries present are skipped, each written atomically, so a kill
     loses at most the entry being scored). The entries depend on the model and the scoring seed, not on the
     method, target or timing, so one pass per (model, scoring seed) serves every run."""
-    from depthcut.pipeline import compress
+    from depthcut.compression import compress
 
     depth = [m for m in args.methods if get_method(m).kind == "plan"]
     for model in args.models:

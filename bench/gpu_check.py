@@ -156,7 +156,7 @@ def compress_on_device(device: str, quick: bool) -> dict:
     from PIL import Image
 
     from depthcut.config import LayerMergeConfig
-    from depthcut.pipeline import compress
+    from depthcut.compression import compress
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "images"

@@ -28,7 +28,7 @@ from depthcut.data import make_splits  # noqa: E402
 from depthcut.models import resolve_model  # noqa: E402
 from depthcut.cnn.build import is_trivial  # noqa: E402
 from depthcut.importance import importance_store  # noqa: E402
-from depthcut.pipeline import importance_manifest, score_candidates  # noqa: E402
+from depthcut.importance.scorer import importance_manifest, score_candidates  # noqa: E402
 from depthcut.train import evaluate  # noqa: E402
 
 

@@ -32,7 +32,7 @@ def table(executor_name: str, cpus: int, candidates: int) -> tuple[dict[str, flo
     from depthcut.data import make_splits
     from depthcut.importance import importance_store
     from depthcut.models import resolve_model
-    from depthcut.pipeline import importance_manifest, score_candidates
+    from depthcut.importance.scorer import importance_manifest, score_candidates
     from depthcut.train import evaluate
 
     torch.set_num_threads(1)

@@ -101,22 +101,15 @@ class MethodSearch:
     frontier runs filled): the plans the method would choose at any budget, and its recovery."""
 
     def __init__(self, model: str, config):
-        from depthcut.methods import get_method
-        from depthcut.pipeline import analyse, latency_rows, score_candidates, search, start_run
-        from depthcut.train import evaluate
+        from depthcut.compression import Compression
 
-        self.run = run = start_run(model, config, None, None)
-        self.kind = get_method(config.method).kind
+        self.run = run = Compression(model, config)
+        self.kind = run.method.kind
         if self.kind == "model":
             from depthcut.cnn.channels import ChannelFrontier
             self.channels = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
             return
-        run.analysis = analyse(run)
-        run.base_accuracy = evaluate(run.original, run.splits.score)
-        self.rows = latency_rows(run)
-        importance = score_candidates(run.original, run.analysis, self.rows.candidates, run.base_accuracy,
-                                      run.splits, config, self.rows.importance_store, run.resolved.chain_exclude)
-        self.frontier = search(run, self.rows, importance)
+        self.rows, self.frontier = run.rows, run.frontier
         self.by_key = {c.key: c for c in run.analysis.candidates}
         self.modelled: dict[tuple, float] = {}          # plan (sorted block keys) -> its modelled body cost
 
@@ -126,9 +119,8 @@ class MethodSearch:
         return plan_from_blocks(self.run.analysis.chain, [self.by_key[k] for k in blocks])
 
     def network(self, blocks: list[str]) -> torch.nn.Module:
-        from depthcut.cnn.build import build_merged, build_unmerged
-        plan, chain = self.plan(blocks), self.run.analysis.chain
-        return build_merged(build_unmerged(self.run.analysis.gm, chain, plan).eval(), chain, plan).eval()
+        from depthcut.compression import build_plan_network
+        return build_plan_network(self.run, [self.by_key[k] for k in blocks])
 
     def plans_at(self, budgets: list[float]) -> list[list[str]]:
         """The method's own choices at these modelled budgets (distinct plans, as sorted block keys)."""
@@ -146,7 +138,7 @@ class MethodSearch:
         return out
 
     def recover(self, blocks: list[str]) -> float:
-        from depthcut.pipeline import recover
+        from depthcut.compression import recover
         from depthcut.train import evaluate
         _, merged, _ = recover(self.run, self.plan(blocks))
         return evaluate(merged, self.run.splits.test)

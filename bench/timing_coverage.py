@@ -3,7 +3,7 @@
 A landing accepts a plan when its probe's interval is at or above the target; if intervals exclude the truth
 more often than they say, it accepts plans that are not fast enough (a timm resnet18d landed at x1.55
 [1.43, 1.62] and measured x1.06 afterwards). Here the same pair is timed ``--repeats`` times with the protocol
-every probe and the final timing use (``depthcut.pipeline.final_timing``, fresh runtime sessions each time),
+every probe and the final timing use (``depthcut.compression.final_timing``, fresh runtime sessions each time),
 for each timing configuration, the configurations interleaved repeat by repeat so that machine drift hits
 them alike. The long-run ratio of a configuration is the median of its repeats' ratios; the coverage is the
 fraction of repeats whose reported interval contains it. An honest 95 % interval covers it at least 90 % of
@@ -40,7 +40,7 @@ from depthcut.latency import get_backend
 from depthcut.latency.compare import compare_speed
 from depthcut.latency.dominance import macs
 from depthcut.latency.model import calibration_plans
-from depthcut.pipeline import final_timing
+from depthcut.compression import final_timing
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "timing_coverage"

@@ -56,7 +56,7 @@ def scheme_kwargs(name: str) -> dict:
     if spec != "final":
         return spec
     from depthcut.config import LayerMergeConfig
-    from depthcut.pipeline import final_timing
+    from depthcut.compression import final_timing
 
     return final_timing(LayerMergeConfig())
 

@@ -2,19 +2,24 @@
 
 Public verbs (imported lazily so that ``import depthcut`` stays cheap):
 
-- ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge).
+- ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge); the same run as
+  named stages: ``depthcut.Compression(model, config)``.
 - ``depthcut.analyze(model, input_shape)`` — the chain, barriers and candidates of any CNN.
 - ``depthcut.prune(model, tokenizer, PruneConfig(...))`` — transformer depth pruning (blocks or sublayers).
 - ``depthcut.upscale(model, tokenizer, UpscaleConfig(...))`` — SOLAR depth up-scaling.
 
-Every verb returns a result with ``.save_pretrained(dir)``; the CLI is a thin layer over them.
+- ``depthcut.compress_unet(unet, scheduler, images, GenerationConfig(...))`` — LayerMerge on a diffusion U-Net.
+
+Every verb takes ``out=DIR`` and returns a result with ``.save_pretrained(dir)``; ``depthcut.load(dir)`` loads
+any of them back. The CLI is a thin layer over the verbs.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compress": ("depthcut.pipeline", "compress"),
+    "compress": ("depthcut.compression", "compress"),
+    "Compression": ("depthcut.compression", "Compression"),
     "LayerMergeConfig": ("depthcut.config", "LayerMergeConfig"),
     "analyze": ("depthcut.cnn.graph", "analyze"),
     "DepthcutError": ("depthcut.errors", "DepthcutError"),
@@ -22,6 +27,9 @@ _LAZY = {
     "PruneConfig": ("depthcut.llm.prune", "PruneConfig"),
     "upscale": ("depthcut.llm.upscale", "upscale"),
     "UpscaleConfig": ("depthcut.llm.upscale", "UpscaleConfig"),
+    "compress_unet": ("depthcut.diffusion.pipeline", "compress_unet"),
+    "GenerationConfig": ("depthcut.diffusion.pipeline", "GenerationConfig"),
+    "load": ("depthcut.load", "load"),
     # a compressed diffusion U-Net (a diffusers UNet2DModel subclass)
     "DepthcutUNet2DModel": ("depthcut.diffusion.model", "DepthcutUNet2DModel"),
 }

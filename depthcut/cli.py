@@ -53,7 +53,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .config import LayerMergeConfig
-    from .pipeline import compress
+    from .compression import compress
 
     if args.task == "generation":                 # a diffusion U-Net (depthcut.diffusion)
         from .diffusion.cli import compress_generation

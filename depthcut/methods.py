@@ -77,6 +77,19 @@ class Method:
 
         return solve(rows, length, steps=steps, max_latency_ms=full_ms)
 
+    def compress(self, compression, out=None):
+        """Run ``compression``'s stages (depthcut.compression.Compression) and write the result to ``out``.
+        With ``config.shard`` only that shard of the importance table is computed (machines sharing a
+        cache), then it stops."""
+        from .compression import score_shard
+
+        if compression.config.shard:
+            return score_shard(compression, out)
+        result = compression.result()
+        if out is not None:
+            result.save_pretrained(out)
+        return result
+
 
 @register_method
 class LayerMerge(Method):
@@ -162,3 +175,10 @@ class Channel(Method):
     name = "channel"
     summary = "prune channels (Torch-Pruning, L1; global and uniform plans) until the measured latency meets the target"
     kind = "model"
+
+    def compress(self, compression, out=None):
+        """No depth plan: the same inputs, landing on the measured target, recovery, final timing and report,
+        over channel-pruning plans (depthcut.cnn.channels)."""
+        from .compression import compress_width
+
+        return compress_width(compression, out)

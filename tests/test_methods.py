@@ -13,7 +13,7 @@ from depthcut.latency.dominance import macs
 from depthcut.methods import get_method, method_names, natural_blocks
 from depthcut.search.tables import Row
 
-from test_pipeline import config, trained  # noqa: F401  (trained is a fixture)
+from test_compression import config, trained  # noqa: F401  (trained is a fixture)
 
 
 def _chain_of(model):
@@ -122,7 +122,7 @@ def test_layermerge_is_never_worse_than_a_baseline_at_equal_modelled_latency(mbv
 
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_runs_through_compress(trained, tmp_path, name):  # noqa: F811
-    from depthcut.pipeline import compress
+    from depthcut.compression import compress
 
     model, splits = trained
     try:

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from depthcut.cli import main
 from depthcut.data.datasets import imagenet_synsets
 
 from test_user_errors import assert_one_line_error, run_main
@@ -35,11 +34,11 @@ def command(tmp_path, data, *extra, speedup="1.1"):
 
 
 def no_importance_table(monkeypatch):
-    import depthcut.pipeline
+    import depthcut.compression
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the importance table started before the input was judged")
-    monkeypatch.setattr(depthcut.pipeline, "score_candidates", forbidden)
+    monkeypatch.setattr(depthcut.compression, "score_candidates", forbidden)
 
 
 def test_a_1000_class_model_on_four_classes_is_refused_with_how(tmp_path, capsys, monkeypatch):
@@ -96,7 +95,7 @@ def test_a_confirmation_that_contradicts_its_probe_relands_or_stops(tmp_path, ca
                                                                       contradictions, relandings):
     """The chosen plan is timed again on fresh sessions; a confirmation below the target re-lands with that
     timing standing for the plan, and a machine that keeps contradicting itself is one line."""
-    import depthcut.pipeline as P
+    import depthcut.compression as P
     from depthcut.latency.compare import SpeedupEstimate
 
     real, seen = P.probe_speed, []

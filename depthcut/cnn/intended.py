@@ -380,3 +380,42 @@ def _compare(candidate: nn.Module, reference: nn.Module, input_shape: Sequence[i
     if got.shape != want.shape:
         return float("inf")
     return float((got - want).norm() / want.norm().clamp_min(1e-300))
+
+
+class VerificationError(DepthcutError):
+    """The network about to be deployed is not the function the plan intends (a depthcut bug)."""
+
+
+def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """||a(x) - b(x)|| / ||a(x)|| evaluated in float64 on copies: no math mode (TF32 on GPUs, reduced
+    precision reductions) can make a correct merge look wrong or a wrong one look right."""
+    a64, b64 = copy.deepcopy(a).double().eval(), copy.deepcopy(b).double().eval()
+    x64 = x.double().to(next((p.device for p in a64.parameters()), x.device))
+    with torch.no_grad():
+        ya, yb = a64(x64), b64(x64)
+    return float((ya - yb).norm() / ya.norm().clamp_min(1e-300))
+
+
+def verify_for_deployment(original: nn.Module, analysis, plan: Plan, input_shape) -> dict[str, float]:
+    """The plan's rewrite against the intended function (this module), in float64 end to end: every
+    block exact and the whole network within what rounding explains, else VerificationError. Also returns
+    the error of the network that will be deployed (its kernels rounded to the model's dtype; reported)."""
+    from .build import build_merged, build_unmerged, is_trivial
+
+    errors = plan_structure_errors(original, analysis.gm, analysis.chain, plan, input_shape)
+    blocks = ", ".join(b.key for b in plan.blocks if not is_trivial(b))
+    if not structure_ok(errors):
+        raise VerificationError(
+            f"the chosen plan ({blocks}) is not the intended function: largest block error {errors['blocks']:.2e}, "
+            f"whole network {max(errors['merged'], errors['unmerged']):.2e} (rounding explains "
+            f"{errors['allowed']:.1e}), in float64; refusing to deploy it. This is a depthcut bug: please report "
+            f"it with the model")
+    deployed = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
+    checked = check_deployed(deployed, original, analysis.chain, plan, input_shape)
+    if not checked["deployed"] <= checked["allowed"]:
+        raise VerificationError(
+            f"the deployed network of the chosen plan ({blocks}) differs from the intended function by "
+            f"{checked['deployed']:.2e} in float64, above the {checked['allowed']:.1e} that float32 rounding "
+            f"explains (the intended network's own float32 error is {checked['control']:.1e}); refusing to "
+            f"deploy it. This is a depthcut bug: please report it with the model")
+    return {"structure": max(errors["merged"], errors["unmerged"]), "blocks": errors["blocks"], **checked}

@@ -107,7 +107,8 @@ class GenerationResult:
 
 
 def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: GenerationConfig | None = None,
-                  features: nn.Module | None = None, real: torch.Tensor | None = None) -> GenerationResult:
+                  features: nn.Module | None = None, real: torch.Tensor | None = None, *,
+                  out: str | Path | None = None) -> GenerationResult:
     """Compress ``unet`` (a diffusers UNet2DModel; not modified) to ``config.speedup`` measured sampling speed-up.
 
     ``images`` ([N, C, H, W] in [-1, 1]) give the fine-tune, scoring and recovery data (disjoint, in that order);
@@ -181,7 +182,10 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
         "quality": quality,
         "timings_s": dict(stages.timings), "seconds": time.time() - t0,
     }
-    return GenerationResult(model, plan, report, scheduler, samples)
+    result = GenerationResult(model, plan, report, scheduler, samples)
+    if out is not None:
+        result.save_pretrained(out)
+    return result
 
 
 def _importance_store(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, config: GenerationConfig):

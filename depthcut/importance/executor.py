@@ -9,7 +9,7 @@ Three are provided (``get_executor(name)``, ``--executor``):
 - :class:`LocalExecutor` ("local"): sequential, in-process (debuggable; the default).
 - :class:`ProcessExecutor` ("process"): a ``concurrent.futures`` process pool with the *spawn* start method
   (safe with torch and threads). ``fn`` and the items must be picklable: a module-level function, or an
-  instance of a module-level class such as :class:`depthcut.pipeline.CandidateAccuracy`.
+  instance of a module-level class such as :class:`depthcut.importance.scorer.CandidateAccuracy`.
 - :class:`RayExecutor` ("ray"): one Ray task per item on a local or remote cluster (``address``), each with
   its resources (a GPU each where the cluster has GPUs). The function is put in the object store once. A
   worker that dies mid-task is retried by Ray (``max_retries``); a driver that restarts finds every finished

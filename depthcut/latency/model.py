@@ -104,27 +104,68 @@ class Point:
     measured_ms: float
 
 
-def fit(points: Sequence[Point]) -> tuple[float, float, float]:
-    """Least squares of measured = other + rows - a * calls - b * bytes. Returns (other, a, b). Either sign:
-    a runtime that pays a fixed cost per call (ONNX Runtime) gives a, b > 0; eager CPU gives a network *more*
-    per op than a row timed alone, whose input and weights stay in cache across repeats (MobileNetV2: its
-    52 rows sum to 6.9 ms, the network runs 9.1), so there a or b comes out negative. When the points cannot
-    separate calls from bytes, the bytes term goes."""
-    y = np.array([p.measured_ms - p.rows_ms for p in points])
-    ones = np.ones(len(points))
-    calls = np.array([-float(p.calls) for p in points])
-    nbytes = np.array([-p.bytes for p in points])
-    for X, names in ((np.column_stack([ones, calls, nbytes]), "oab"), (np.column_stack([ones, calls]), "oa"),
-                     (ones[:, None], "o")):
-        if len(points) >= X.shape[1] and np.linalg.matrix_rank(X) == X.shape[1]:
-            coef = dict(zip(names, np.linalg.lstsq(X, y, rcond=None)[0]))
-            return float(coef["o"]), float(coef.get("a", 0.0)), float(coef.get("b", 0.0))
-    return 0.0, 0.0, 0.0
+TERMS = ("calls+bytes", "calls", "bytes", "constant")   # the per-call cost's forms, most to least flexible
 
 
-def leave_one_out(points: Sequence[Point]) -> list[tuple[float, float, float]]:
+def _design(points: Sequence[Point], terms: str) -> np.ndarray:
+    columns = [np.ones(len(points))]
+    if "calls" in terms:
+        columns.append(np.array([-float(p.calls) for p in points]))
+    if "bytes" in terms:
+        columns.append(np.array([-p.bytes for p in points]))
+    return np.column_stack(columns)
+
+
+def _solve(points: Sequence[Point], terms: str) -> tuple[float, float, float] | None:
+    """Least squares of measured = other + rows - a * calls - b * bytes with the given terms (None when the
+    points cannot determine them)."""
+    X = _design(points, terms)
+    if len(points) < X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
+        return None
+    coef = list(np.linalg.lstsq(X, np.array([p.measured_ms - p.rows_ms for p in points]), rcond=None)[0])
+    other = float(coef.pop(0))
+    a = float(coef.pop(0)) if "calls" in terms else 0.0
+    b = float(coef.pop(0)) if "bytes" in terms else 0.0
+    return other, a, b
+
+
+def _predict(params: tuple[float, float, float], p: Point) -> float:
+    other, a, b = params
+    return other + p.rows_ms - a * p.calls - b * p.bytes
+
+
+def fit(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]], bool] = lambda f: True
+        ) -> tuple[float, float, float]:
+    """Least squares of measured = other + rows - a * calls - b * bytes. Returns (other, a, b).
+
+    Either sign: a runtime that pays a fixed cost per call (ONNX Runtime) gives a, b > 0; eager CPU gives a
+    network *more* per op than a row timed alone, whose input and weights stay in cache across repeats
+    (MobileNetV2: its 52 rows sum to 6.9 ms, the network runs 9.1), so there a or b comes out negative.
+    Calls and bytes fall together from plan to plan, so a fit with both can trade one against the other; the
+    form (both, calls only, bytes only, a constant) is the one that predicts each network best when fitted
+    on the others (leave-one-out), among those ``plausible`` accepts (every row keeps a positive cost, the
+    time outside the body is not negative)."""
+    best: tuple[float, tuple[float, float, float]] | None = None
+    for terms in TERMS:
+        params = _solve(points, terms)
+        if params is None or not plausible(params):
+            continue
+        held_out = [_solve([q for q in points if q is not p], terms) for p in points]
+        if any(h is None for h in held_out):
+            error = float("inf") if terms != "constant" else 0.0
+        else:
+            error = max(abs(_predict(h, p) / p.measured_ms - 1) for h, p in zip(held_out, points))
+        if best is None or error < best[0] - 1e-12:
+            best = (error, params)
+    return best[1] if best is not None else _solve(points, "constant") or (0.0, 0.0, 0.0)
+
+
+def leave_one_out(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]], bool] = lambda f: True
+                  ) -> list[tuple[float, float, float]]:
     """The fit without each point in turn (how much one network moves it)."""
-    return [fit([p for j, p in enumerate(points) if j != i]) for i in range(len(points))] if len(points) > 3 else []
+    if len(points) <= 3:
+        return []
+    return [fit([p for j, p in enumerate(points) if j != i], plausible) for i in range(len(points))]
 
 
 def plan_point(rows: Sequence[tuple[Candidate, float]], measured_ms: float, batch_size: int | None) -> Point:
@@ -135,9 +176,15 @@ def plan_point(rows: Sequence[tuple[Candidate, float]], measured_ms: float, batc
 
 
 def model_from_points(points: Sequence[Point], names: Sequence[str], batch_size: int | None,
-                      intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1) -> LatencyModel:
-    other, a, b = fit(points)
-    loo = leave_one_out(points)
+                      intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1,
+                      rows: Sequence[tuple[Candidate, float]] = ()) -> LatencyModel:
+    def plausible(params: tuple[float, float, float]) -> bool:
+        """Every row keeps a positive cost in the network, and the time outside the body is not negative."""
+        other, a, b = params
+        return other >= 0 and all(t - a - b * row_bytes(c, batch_size) > 0 for c, t in rows if c.kept and t > 0)
+
+    other, a, b = fit(points, plausible)
+    loo = leave_one_out(points, plausible)
     model = LatencyModel("per-call", a, b, other, batch_size,
                          call_ms_range=(min((f[1] for f in loo), default=a), max((f[1] for f in loo), default=a)),
                          call_ms_per_byte_range=(min((f[2] for f in loo), default=b),
@@ -217,7 +264,8 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
         for e, (_, plan) in zip(estimates, plans[1:]):
             points.append(plan_point([(c, timed[c.key]) for c in plan], identity_ms / e.ratio, batch_size))
             intervals.append((identity_ms / e.high, identity_ms / e.low))
-        model = model_from_points(points, [name for name, _ in plans], batch_size, intervals, attempt)
+        model = model_from_points(points, [name for name, _ in plans], batch_size, intervals, attempt,
+                                  rows=list(rows.values()))
         model.original_factor = 1.0 / against_original.ratio
         found = problems(model, rows)
         if not found:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -303,15 +303,18 @@ class Selection:
     measured_ms: float | None      # the pruned model timed against the budget (budget runs)
 
 
-def prune(model=None, tokenizer=None, config: PruneConfig | None = None) -> PruneResult:
+def prune(model=None, tokenizer=None, config: PruneConfig | None = None, *, out: str | Path | None = None
+          ) -> PruneResult:
     """Make a causal LM shallower (module doc): ``model`` is a module (with its ``tokenizer``; it is not
     modified), a checkpoint folder, a .gguf file or a Hugging Face id in the local cache, or None for
-    ``config.model`` (default: the embedded SmolLM2-135M-Instruct). With ``config.out`` the result is also
-    saved there (:meth:`PruneResult.save_pretrained`).
+    ``config.model`` (default: the embedded SmolLM2-135M-Instruct). With ``out`` (or ``config.out``) the
+    result is also saved there (:meth:`PruneResult.save_pretrained`), as every verb does.
 
     Stages: load and place -> text -> dense PPL -> latency table (budget runs) -> select (auto: choose the
     criterion) -> surgery -> PPL -> heal -> PPL -> lm-eval (optional) -> speed -> report [-> save + verify]."""
     config = config or PruneConfig()
+    if out is not None:
+        config = replace(config, out=str(out))
     run = start_prune(model, tokenizer, config)
     run.texts = read_text(run)
     run.stages.start("ppl_dense", f"dense held-out PPL ({len(run.texts.held_out)} x {config.eval_length} tokens)")

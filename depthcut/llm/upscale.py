@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -111,13 +111,17 @@ class UpscaleResult:
         return out
 
 
-def upscale(model=None, tokenizer=None, config: UpscaleConfig | None = None) -> UpscaleResult:
+def upscale(model=None, tokenizer=None, config: UpscaleConfig | None = None, *, out: str | Path | None = None
+            ) -> UpscaleResult:
     """SOLAR depth up-scaling (module doc). ``model``: a module (not modified), a checkpoint folder, a .gguf,
-    a cached HF id, or None for ``config.model``. Stages: load -> plan -> surgery -> held-out PPL [-> save]."""
+    a cached HF id, or None for ``config.model``. With ``out`` (or ``config.out``) the result is saved there.
+    Stages: load -> plan -> surgery -> held-out PPL [-> save]."""
     from .evaluate import perplexity
     from .text import corpus_source, load_corpus, split_text
 
     config = config or UpscaleConfig()
+    if out is not None:
+        config = replace(config, out=str(out))
     stages = Stages("llm upscale", enabled=config.progress)
     in_memory = model is not None and not isinstance(model, (str, Path))
     name = str(model) if isinstance(model, (str, Path)) else config.model

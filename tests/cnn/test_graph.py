@@ -349,10 +349,6 @@ def test_summary_is_json_ready():
 def test_multibranch_blocks_are_fused_on_a_copy_and_checked():
     """MobileOne-style blocks are fused by their own reparameterize() for the analysis; the caller's model keeps
     its branches, and a reparameterize() that computes something else is not used (the checked replacement)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from corpus import CORPUS, MobileOneLike
 
     from depthcut.cnn.build import is_trivial

@@ -6,7 +6,7 @@ import torch
 
 from depthcut.config import LayerMergeConfig
 from depthcut.errors import DepthcutError
-from depthcut.pipeline import importance_manifest
+from depthcut.importance.scorer import importance_manifest
 from depthcut import zoo
 
 

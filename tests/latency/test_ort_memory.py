@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +16,9 @@ pytest.importorskip("onnxruntime")
 from depthcut.cnn.chain import Candidate  # noqa: E402
 from depthcut.latency import get_backend, latency_table  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 
 PEAK = r"""
 import json, sys
-sys.path.insert(0, sys.argv[1])
 import torch
 from torch import nn
 from depthcut.latency import get_backend
@@ -35,7 +32,7 @@ def high_water_mb():   # this process's peak RSS; getrusage's would include the 
 row = nn.Sequential(nn.Conv2d(512, 1024, 7, padding=3), nn.ReLU()).eval()   # 103 MB of weights
 x = torch.randn(1, 512, 14, 14)
 base = high_water_mb()
-backend = get_backend("onnxruntime", max_transient_gb=float(sys.argv[2]))
+backend = get_backend("onnxruntime", max_transient_gb=float(sys.argv[1]))
 run = backend.prepare(row, x)
 run()
 peak = high_water_mb()
@@ -44,7 +41,7 @@ print(json.dumps({"growth_mb": peak - base, "estimated": len(backend.nchwc_estim
 
 
 def peak_growth(cap_gb: float) -> dict:
-    out = subprocess.run([sys.executable, "-c", PEAK, str(ROOT), str(cap_gb)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", PEAK, str(cap_gb)], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -118,7 +118,8 @@ def test_prune_end_to_end_saves_a_checkpoint_that_reloads_with_identical_logits(
     model, tok = tiny_model("llama", num_layers=6), char_tokenizer()
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     out = tmp_path / "pruned"
-    result = P.prune(model, tok, small_config(corpus, remove=2, criterion="ppl", heal_steps=2, out=str(out)))
+    # out= on the verb, as every verb takes it (the config's out field says the same)
+    result = P.prune(model, tok, small_config(corpus, remove=2, criterion="ppl", heal_steps=2), out=out)
     assert len(result.removed) == 2 and result.model.config.num_hidden_layers == 4
     for name in ("config.json", "model.safetensors", "report.json", "report.md", "prune_config.json"):
         assert (out / name).exists()
@@ -130,8 +131,10 @@ def test_prune_end_to_end_saves_a_checkpoint_that_reloads_with_identical_logits(
     assert report["protocol"]["window"] == 24 and report["protocol"]["bos"] is True
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     x = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(0))
+    import depthcut
     with torch.no_grad():
         assert torch.allclose(reloaded(x).logits, result.model(x).logits, atol=1e-5)
+        assert torch.allclose(depthcut.load(out).eval()(x).logits, result.model(x).logits, atol=1e-5)
     assert AutoTokenizer.from_pretrained(out)("cat").input_ids == tok("cat").input_ids
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in dense_state.items())  # input untouched
     assert P.PruneConfig.from_json((out / "prune_config.json").read_text()).remove == 2

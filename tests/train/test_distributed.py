@@ -27,13 +27,15 @@ class Seen(nn.Module):
 def test_two_gloo_processes_train_like_one_in_a_fresh_process():
     """Forked workers inherit whatever threads the parent runs; after the suite's Ray and lm-eval tests that can
     deadlock a child, so the check runs in a fresh interpreter, as a user's job would."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve()
-    code = f"import sys; sys.path.insert(0, {str(here.parent)!r}); import test_distributed as t; t.check_two_gloo_processes()"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    here = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", "import test_distributed as t; t.check_two_gloo_processes()"],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 

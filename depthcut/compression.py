@@ -1,4 +1,4 @@
-"""``depthcut.compress``: the LayerMerge pipeline end to end, as a sequence of named stages.
+"""``depthcut.compress`` and :class:`Compression`: the LayerMerge pipeline end to end, as named stages.
 
 prepare (check every input) -> analyse -> latency rows (timed, per-call cost removed, dominated rows dropped)
 -> importance -> search (one DP solve: the frontier) -> land on the measured target (probe plans with
@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from . import log
-from .cache import DEFAULT_CACHE_DIR, state_fingerprint
+from .cache import DEFAULT_CACHE_DIR
 from .cnn.build import is_trivial   # a single-conv block keeping its conv: the original network
 from .cnn.chain import Candidate, Plan
 from .config import LayerMergeConfig, resolve_device
-from .errors import DepthcutError, InfeasibleBudgetError
+from .errors import InfeasibleBudgetError
 from .models import ResolvedModel, resolve_model
 
 
@@ -53,27 +53,139 @@ def say(config: LayerMergeConfig, msg: str) -> None:
     log.say(msg, verb="compress", enabled=config.progress)
 
 
-@dataclass
-class Run:
-    """What the stages share: the inputs, checked and placed (stage 0), and what earlier stages found."""
+class Compression:
+    """One model's compression as named stages, each computed once, on first use:
 
-    config: LayerMergeConfig
-    resolved: ResolvedModel
-    original: nn.Module               # a copy of the caller's model on ``device``; never trained
-    input_shape: tuple[int, ...]
-    device: str
-    backend: Any
-    splits: Any
-    cache_dir: Path
-    example: torch.Tensor             # the batch every end-to-end timing uses
-    t_start: float
-    analysis: Any = None
-    base_accuracy: float = float("nan")   # the original's accuracy on the scoring split
-    fit: dict[str, Any] = field(default_factory=dict)   # amp / channels_last for every fine-tune
-    classes: dict[str, Any] = field(default_factory=dict)   # how the model's outputs meet the data's classes
+        inputs (checked, at construction) -> analysis -> rows (latency table and model) -> reachable
+        -> importance -> frontier -> chosen (landed and confirmed) -> verified -> recovered -> final
+        -> report -> result
+
+    Long stages are cached on disk as well (latency rows, the latency model, importance entries: a rerun or
+    a run resumed after a kill recomputes nothing finished). Asking for a stage computes what it needs:
+    ``Compression(model, config).frontier`` scores the importance table and stops there, as ``compare`` and
+    the benchmarks use it. The registered method decides which candidates the rows hold and how the frontier
+    is searched (depthcut.methods); a method that rewrites the model instead (``channel``) runs its own
+    stages through ``Method.compress``.
+    """
+
+    STAGES = ("analysis", "rows", "reachable", "importance", "frontier", "chosen", "verified", "recovered",
+              "final", "report")
+
+    def __init__(self, model: str | nn.Module, config: LayerMergeConfig | None = None, *,
+                 out: str | Path | None = None, splits=None):
+        """Stage 0: check every input before anything expensive; place a copy of the model on the device."""
+        from .data import make_splits
+        from .latency import get_backend
+        from .methods import get_method
+
+        config = config or LayerMergeConfig()
+        self.t_start = time.time()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        resolved, input_shape, device, (policy, class_index, outputs) = prepare(model, config, out, splits)
+        # the caller's model is never moved or changed: everything runs on a copy on the chosen device
+        original = copy.deepcopy(resolved.model).to(device).eval()
+        self.backend = get_backend(config.backend, device=device,
+                                   memory_format="channels_last" if config.channels_last else "contiguous",
+                                   **({"threads": config.timing_threads} if config.timing_threads else {}))
+        if splits is None:
+            splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
+                                 train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
+                                 preprocess=resolved.preprocess, workers=config.data_workers,
+                                 class_index=class_index)
+        if config.finetune_size is None or config.score_size is None:   # sized from the data: say so, key on it
+            config = replace(config, finetune_size=len(splits.finetune), score_size=len(splits.score))
+            say(config, f"held-out splits sized from the data: {config.finetune_size} images for the short "
+                        f"fine-tunes, {config.score_size} for scoring")
+        self.classes: dict[str, Any] = {"policy": policy, "model_outputs": outputs}
+        if policy == "synsets":
+            say(config, f"class folders named by ImageNet synsets: scored as the model's own classes {class_index}")
+            self.classes["imagenet_indices"] = class_index
+        elif policy == "adapt":
+            self.classes["head"] = adapt_classifier(config, original, outputs, splits)
+        self.config, self.resolved, self.original, self.input_shape = config, resolved, original, tuple(input_shape)
+        self.device, self.splits, self.out = device, splits, out
+        self.cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
+        self.example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))   # every end-to-end timing's input
+        self.fit = {"amp": config.amp, "channels_last": config.channels_last}       # every fine-tune's numerics
+        self.method = get_method(config.method)
 
     def say(self, msg: str) -> None:
         say(self.config, msg)
+
+    # -- the stages ------------------------------------------------------------------------------------
+    @cached_property
+    def analysis(self):
+        return analyse(self)
+
+    @cached_property
+    def base_accuracy(self) -> float:
+        """The original's accuracy on the scoring split (the importance scores' reference)."""
+        from .train import evaluate
+
+        return evaluate(self.original, self.splits.score)
+
+    @cached_property
+    def rows(self) -> "LatencyRows":
+        return latency_rows(self)
+
+    @cached_property
+    def reachable(self):
+        return check_reachable(self, self.rows)
+
+    @cached_property
+    def importance(self) -> dict[str, float]:
+        from .importance.scorer import score_candidates
+
+        self.reachable                                      # an unreachable target stops before the table
+        return score_candidates(self.original, self.analysis, self.rows.candidates, self.base_accuracy,
+                                self.splits, self.config, self.rows.importance_store, self.resolved.chain_exclude)
+
+    @cached_property
+    def frontier(self):
+        return search(self, self.rows, self.importance)
+
+    @cached_property
+    def chosen(self) -> "Chosen":
+        return land(self, self.rows, self.frontier)
+
+    @cached_property
+    def verified(self) -> dict[str, float]:
+        from .cnn.intended import verify_for_deployment
+
+        verified = verify_for_deployment(self.original, self.analysis, self.chosen.plan, self.input_shape)
+        self.say(f"plan verified against the intended function: relative error {verified['structure']:.1e} "
+                 f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(self.original.parameters()).dtype}; "
+                 f"allowed {verified['allowed']:.1e}: its own float32 error is {verified['control']:.1e}); "
+                 f"{verified['borders']:.1e} from the original padding at the borders")
+        return verified
+
+    @cached_property
+    def recovered(self) -> tuple[nn.Module, nn.Module, dict[str, float]]:
+        """(unmerged, merged, merge check): recovery runs on a verified plan only."""
+        self.verified
+        return recover(self, self.chosen.plan)
+
+    @cached_property
+    def final(self):
+        return measure_final(self, self.recovered[1])
+
+    @cached_property
+    def report(self) -> dict[str, Any]:
+        return make_report(self, self.rows, self.chosen, self.verified, self.recovered[1], self.recovered[2],
+                           self.final)
+
+    def result(self) -> CompressResult:
+        """Every stage, as the deployable result."""
+        unmerged, merged, _ = self.recovered
+        result = CompressResult(merged, unmerged, self.chosen.plan, self.report,
+                                [(s.latency_ms, s.importance) for s in self.frontier.pareto()], self.example)
+        r = self.report
+        self.say(f"done in {r['seconds']:.0f} s: x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
+                 f"{r['speedup_high']:.2f}] measured on {self.config.backend}, accuracy "
+                 f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}")
+        return result
 
 
 def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
@@ -83,80 +195,10 @@ def compress(model: str | nn.Module, config: LayerMergeConfig | None = None, *,
     ``model`` is an nn.Module or a spec understood by :func:`depthcut.models.resolve_model`. ``splits`` may
     pass pre-built :class:`depthcut.data.DataSplits` (tests do); otherwise ``config.data`` is loaded.
     When ``out`` is given, the merged state dict, plan, ONNX file and reports are written there.
-
-    The stages, each a function below: prepare -> analyse -> latency rows -> importance -> search ->
-    land on the target and verify -> recover -> measure -> export and report.
+    The stages are those of :class:`Compression`; the method runs them (``Method.compress``).
     """
-    from .train import evaluate
-
-    from .methods import get_method
-
-    run = start_run(model, config or LayerMergeConfig(), out, splits)
-    if get_method(run.config.method).kind == "model":   # width baseline: rewrites the model, no depth plan
-        return compress_width(run, out)
-    run.analysis = analyse(run)
-    run.base_accuracy = evaluate(run.original, run.splits.score)
-    if run.config.shard:                               # one machine's share of the importance table, then stop
-        return score_shard(run, out)
-    rows = latency_rows(run)
-    reachable = check_reachable(run, rows)
-    importance = score_candidates(run.original, run.analysis, rows.candidates, run.base_accuracy, run.splits,
-                                  run.config, rows.importance_store, run.resolved.chain_exclude)
-    frontier = search(run, rows, importance)
-    chosen = land(run, rows, frontier)
-    verified = verify_chosen_plan(run.original, run.analysis, chosen.plan, run.input_shape)
-    run.say(f"plan verified against the intended function: relative error {verified['structure']:.1e} "
-            f"(float64 rewrite), {verified['deployed']:.1e} (deployed {next(run.original.parameters()).dtype}; "
-            f"allowed {verified['allowed']:.1e}: its own float32 error is {verified['control']:.1e}); "
-            f"{verified['borders']:.1e} from the original padding at the borders")
-    unmerged, merged, merge_check = recover(run, chosen.plan)
-    final = measure_final(run, merged)
-    report = make_report(run, rows, chosen, verified, merged, merge_check, final)
-    report["reachable"] = reachable.to_dict()
-    result = CompressResult(merged, unmerged, chosen.plan, report,
-                            [(s.latency_ms, s.importance) for s in frontier.pareto()], run.example)
-    if out is not None:
-        result.save_pretrained(out)
-    run.say(f"done in {report['seconds']:.0f} s: x{report['speedup']:.2f} [{report['speedup_low']:.2f}, "
-            f"{report['speedup_high']:.2f}] measured on {run.config.backend}, accuracy "
-            f"{report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
-    return result
-
-
-# -- stage 0: inputs ------------------------------------------------------------------------------------
-def start_run(model, config: LayerMergeConfig, out, splits) -> Run:
-    """Check every input before anything expensive; place a copy of the model on the device."""
-    from .data import make_splits
-    from .latency import get_backend
-
-    t_start = time.time()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    resolved, input_shape, device, (policy, class_index, outputs) = prepare(model, config, out, splits)
-    # the caller's model is never moved or changed: everything runs on a copy on the chosen device
-    original = copy.deepcopy(resolved.model).to(device).eval()
-    backend = get_backend(config.backend, device=device,
-                          memory_format="channels_last" if config.channels_last else "contiguous",
-                          **({"threads": config.timing_threads} if config.timing_threads else {}))
-    if splits is None:
-        splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
-                             train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
-                             preprocess=resolved.preprocess, workers=config.data_workers, class_index=class_index)
-    if config.finetune_size is None or config.score_size is None:   # sized from the data: say so, and key on it
-        config = replace(config, finetune_size=len(splits.finetune), score_size=len(splits.score))
-        say(config, f"held-out splits sized from the data: {config.finetune_size} images for the short "
-                    f"fine-tunes, {config.score_size} for scoring")
-    classes = {"policy": policy, "model_outputs": outputs}
-    if policy == "synsets":
-        say(config, f"class folders named by ImageNet synsets: scored as the model's own classes {class_index}")
-        classes["imagenet_indices"] = class_index
-    elif policy == "adapt":
-        classes["head"] = adapt_classifier(config, original, outputs, splits)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else DEFAULT_CACHE_DIR
-    example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))
-    return Run(config, resolved, original, input_shape, device, backend, splits, cache_dir, example, t_start,
-               fit={"amp": config.amp, "channels_last": config.channels_last}, classes=classes)
+    compression = Compression(model, config, out=out, splits=splits)
+    return compression.method.compress(compression, out)
 
 
 def adapt_classifier(config: LayerMergeConfig, original: nn.Module, outputs: int, splits) -> dict[str, Any]:
@@ -174,7 +216,7 @@ def adapt_classifier(config: LayerMergeConfig, original: nn.Module, outputs: int
 
 
 # -- stage 1: analysis ----------------------------------------------------------------------------------
-def analyse(run: Run):
+def analyse(run: "Compression"):
     from .cnn.graph import analyze
 
     run.say(f"analysing {run.resolved.name} at input {run.input_shape}")
@@ -185,11 +227,12 @@ def analyse(run: Run):
 
 
 # -- stage 1b: a shard of the importance table (machines sharing a cache folder) ------------------------
-def score_shard(run: Run, out=None) -> CompressResult:
+def score_shard(run: "Compression", out=None) -> CompressResult:
     """Compute shard i of n of the importance entries into the shared cache and stop. Every candidate the
     method can use is scored (the latency rows that drop dominated ones belong to the deployment machine, not
     to this one), so the shards together cover whatever the final run needs."""
     from .importance import importance_store
+    from .importance.scorer import importance_manifest, score_candidates
     from .methods import get_method
 
     config, analysis = run.config, run.analysis
@@ -226,10 +269,11 @@ class LatencyRows:
         return sum(self.latency_ms[c.key] for c in self.candidates if is_trivial(c))
 
 
-def latency_rows(run: Run) -> LatencyRows:
+def latency_rows(run: "Compression") -> LatencyRows:
     """Time every candidate's merged conv (cached, resumable), fit the latency model on whole networks, and
     drop candidates no plan could ever pick before they are built in full or scored."""
     from .importance import check_entries, importance_store
+    from .importance.scorer import ACCURACY_RANGE, importance_manifest
     from .latency import latency_table
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
     from .methods import get_method
@@ -263,7 +307,7 @@ def latency_rows(run: Run) -> LatencyRows:
     return LatencyRows(candidates, dominated, latency_ms, model, store)
 
 
-def latency_model(run: Run, candidates: list[Candidate], timed_ms: dict[str, float]):
+def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dict[str, float]):
     """The config's latency model: the rows as timed ("additive"), or calibrated on whole networks
     ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan."""
     from .cache import fingerprint
@@ -297,7 +341,7 @@ def latency_model(run: Run, candidates: list[Candidate], timed_ms: dict[str, flo
 
 
 # -- stage 4: search (SPEC A7) ----------------------------------------------------------------------------
-def search(run: Run, rows: LatencyRows, importance: dict[str, float]):
+def search(run: "Compression", rows: LatencyRows, importance: dict[str, float]):
     """The method's search over the table (the LayerMerge DP: one solve, the whole frontier)."""
     from .methods import get_method
     from .search.tables import Row
@@ -308,7 +352,7 @@ def search(run: Run, rows: LatencyRows, importance: dict[str, float]):
 
 
 # -- stage 5: land on the measured target -----------------------------------------------------------------
-def original_ms(run: Run) -> float:
+def original_ms(run: "Compression") -> float:
     """The original's end-to-end latency (converts a latency target into a speed-up; seeds the model)."""
     from .latency import time_models
 
@@ -319,7 +363,7 @@ def original_ms(run: Run) -> float:
 RETIME_ROUNDS = 4                     # a retimed probe may run this many times the usual rounds
 
 
-def probe_speed(run: Run, candidate: nn.Module, decided, patience: int = 1):
+def probe_speed(run: "Compression", candidate: nn.Module, decided, patience: int = 1):
     """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear
     (``patience`` times the usual rounds at most: a retime of an undecided probe, depthcut.search.target)."""
     from .latency.compare import compare_speed
@@ -331,7 +375,7 @@ def probe_speed(run: Run, candidate: nn.Module, decided, patience: int = 1):
                          rel_width=0.02, decided=decided, sessions=sessions)
 
 
-def target_speedup(run: Run, base_ms: float) -> float:
+def target_speedup(run: "Compression", base_ms: float) -> float:
     c = run.config
     return c.speedup if not c.latency_ms else base_ms / c.latency_ms
 
@@ -346,7 +390,7 @@ class Chosen:
     relandings: int = 0               # landings redone because a confirmation contradicted its probe
 
 
-def build_plan_network(run: Run, blocks) -> nn.Module:
+def build_plan_network(run: "Compression", blocks) -> nn.Module:
     """The merged network of a plan given as its blocks (candidates), as every probe builds it."""
     from .cnn.build import build_merged, build_unmerged, plan_from_blocks
 
@@ -355,7 +399,7 @@ def build_plan_network(run: Run, blocks) -> nn.Module:
     return build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
 
 
-def check_reachable(run: Run, rows: LatencyRows) -> Any:
+def check_reachable(run: "Compression", rows: LatencyRows) -> Any:
     """Before the importance table: the fastest plan the latency table allows (no importance needed: the
     exact minimum-latency path) timed against the original. A target beyond it is refused at once, with the
     reachable maximum, instead of after the table's hours (Amdahl: what the table does not model stays)."""
@@ -383,7 +427,7 @@ def check_reachable(run: Run, rows: LatencyRows) -> Any:
 MAX_RELANDINGS = 2    # landings redone after a contradicting confirmation, before stopping
 
 
-def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
+def land(run: "Compression", rows: LatencyRows, frontier) -> Chosen:
     """Probe plans end to end until one measures inside [target, target * (1 + tolerance)]
     (depthcut.search.target), then time the chosen plan again on fresh sessions: a confirmation whose
     interval misses the target contradicts the probe that accepted the plan, so the landing is redone with the
@@ -413,13 +457,13 @@ def land(run: Run, rows: LatencyRows, frontier) -> Chosen:
         f"--timing-sessions", minimum=confirmation.compressed_ms)
 
 
-def network_plan(run: Run, landing) -> Plan:
+def network_plan(run: "Compression", landing) -> Plan:
     from .cnn.build import plan_from_blocks
 
     return plan_from_blocks(run.analysis.chain, [r.ref for r in landing.plan.rows])
 
 
-def land_once(run: Run, rows: LatencyRows, frontier, base_ms: float, target: float, known: dict):
+def land_once(run: "Compression", rows: LatencyRows, frontier, base_ms: float, target: float, known: dict):
     from .search.target import land_on_target
 
     config = run.config
@@ -453,10 +497,10 @@ def land_once(run: Run, rows: LatencyRows, frontier, base_ms: float, target: flo
 
 
 # -- stage 6: recovery (SPEC A10) -------------------------------------------------------------------------
-def recover(run: Run, plan: Plan) -> tuple[nn.Module, nn.Module, dict[str, float]]:
+def recover(run: "Compression", plan: Plan) -> tuple[nn.Module, nn.Module, dict[str, float]]:
     """Fine-tune the unmerged form (exactly the deployed function), merge, and check the merge."""
     from .cnn.build import build_merged, build_unmerged
-    from .cnn.intended import allowed_error, float32_control
+    from .cnn.intended import VerificationError, allowed_error, float32_control, relative_error
     from .train.distributed import distributed_train
 
     config = run.config
@@ -490,7 +534,7 @@ def final_timing(config: LayerMergeConfig) -> dict[str, Any]:
             "max_rounds": max(20, 5 * sessions, config.timing_rounds), "rel_width": 0.02, "sessions": sessions}
 
 
-def measure_final(run: Run, merged: nn.Module):
+def measure_final(run: "Compression", merged: nn.Module):
     from .latency.compare import compare_speed
 
     return compare_speed(run.original, merged, run.example, run.backend, **final_timing(run.config))
@@ -507,7 +551,7 @@ def predicted_speedup(rows: LatencyRows, modelled_body_ms: float, original_ms: f
 
 
 # -- stage 8: report --------------------------------------------------------------------------------------
-def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
+def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
                 ) -> dict[str, Any]:
     from .cnn.build import count_layers
     from .latency.backends import math_mode
@@ -543,6 +587,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
         # interval at or above it
         "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
         "within_band": final.ratio <= upper, "landing_overshoot": chosen.landing.overshoot,
+        "reachable": run.reachable.to_dict(),
         "confirmation": chosen.confirmation.to_dict() if chosen.confirmation is not None else None,
         "relandings": chosen.relandings,
         # the final timing (after recovery, same structure) inside the interval of the probe that accepted it
@@ -580,7 +625,7 @@ def make_report(run: Run, rows: LatencyRows, chosen: Chosen, verified, merged, m
     }
 
 
-def compress_width(run: Run, out) -> CompressResult:
+def compress_width(run: "Compression", out) -> CompressResult:
     """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
     final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
     from .cnn.build import count_layers
@@ -646,130 +691,6 @@ def compress_width(run: Run, out) -> CompressResult:
     run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at "
             f"channel ratio {landing.plan.ratio:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}")
     return result
-
-
-ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %
-
-
-def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig) -> dict[str, Any]:
-    """Everything that changes an importance entry's value: another checkpoint, split or recipe must never
-    reuse it."""
-    return {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
-            "finetune_size": config.finetune_size, "score_size": config.score_size,
-            "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
-            "batch_size": config.importance_batch_size, "seed": config.scoring_seed,
-            "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs],
-            # the fine-tunes' numerics: channels_last moves an entry by up to ~1.5 points after 20 steps
-            # (MobileNetV2), mixed precision by more; named only when set, so default-recipe stores stay valid
-            **({"channels_last": True} if config.channels_last else {}), **({"amp": config.amp} if config.amp else {})}
-
-
-@dataclass
-class CandidateAccuracy:
-    """The importance proxy of one candidate, as a picklable callable (so that process pools and Ray tasks can
-    run it): build the network with only this block applied, adapt it (short fine-tune, BN re-calibration or
-    nothing) on the fine-tune split, return its accuracy on the disjoint scoring split. Seeded per candidate,
-    so a worker computes the same entry as the driver would.
-
-    It carries the original module, not the traced graph (torch.fx GraphModules of real models do not
-    pickle): a worker re-runs the deterministic analysis once and keeps it."""
-
-    original: nn.Module
-    input_shape: tuple[int, ...]
-    exclude: tuple[str, ...]
-    finetune: Any
-    score: Any
-    config: LayerMergeConfig
-    device: str = "cpu"
-    analysis: Any = field(default=None, repr=False)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "analysis": None}
-
-    def __call__(self, candidate: Candidate) -> float:
-        from .cnn.build import build_unmerged, single_block_plan
-        from .cnn.graph import analyze
-        from .train import evaluate, recalibrate_bn, train
-
-        if self.analysis is None:
-            self.analysis = analyze(self.original, self.input_shape, exclude=self.exclude)
-        config, chain = self.config, self.analysis.chain
-        torch.manual_seed(config.scoring_seed)
-        model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
-        if config.importance == "finetune":
-            train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
-                  batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
-                  amp=config.amp, channels_last=config.channels_last)
-        elif config.importance == "bn-recalibration":
-            recalibrate_bn(model, self.finetune)
-        return evaluate(model.eval(), self.score)
-
-
-def score_candidates(original: nn.Module, analysis, candidates: list[Candidate], base_acc: float, splits,
-                     config: LayerMergeConfig, store, exclude: tuple[str, ...] = ()) -> dict[str, float]:
-    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill), on
-    the configured executor (local, process pool, Ray). With ``config.shard`` only that shard's entries are
-    computed and the table returned holds whatever the shared store has."""
-    from .importance import get_executor, importance_table, score
-
-    todo = [c for c in candidates if not is_trivial(c)]
-    device = str(next(original.parameters()).device)
-    scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune,
-                               splits.score, config, device, analysis)
-    executor = get_executor(config.executor, config.workers, config.ray_address)
-    say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
-                f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached"
-                + (f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "")
-                + (f", on {executor!r}" if config.executor != "local" else ""))
-    accs = importance_table(todo, scorer, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
-                            executor=executor, shard=tuple(config.shard) if config.shard else None)
-    scores = {c.key: 1.0 for c in candidates}        # exp(0): the original network itself
-    for c in todo:
-        if c.key in accs:
-            scores[c.key] = score(accs[c.key], base_acc)
-    return scores
-
-
-class VerificationError(DepthcutError):
-    """The network about to be deployed is not the function the plan intends (a depthcut bug)."""
-
-
-def relative_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
-    """||a(x) - b(x)|| / ||a(x)|| evaluated in float64 on copies: no math mode (TF32 on GPUs, reduced
-    precision reductions) can make a correct merge look wrong or a wrong one look right."""
-    import copy
-
-    a64, b64 = copy.deepcopy(a).double().eval(), copy.deepcopy(b).double().eval()
-    x64 = x.double().to(next((p.device for p in a64.parameters()), x.device))
-    with torch.no_grad():
-        ya, yb = a64(x64), b64(x64)
-    return float((ya - yb).norm() / ya.norm().clamp_min(1e-300))
-
-
-def verify_chosen_plan(original: nn.Module, analysis, plan: Plan, input_shape) -> dict[str, float]:
-    """The plan's rewrite against the intended function (depthcut.cnn.intended), in float64 end to end: every
-    block exact and the whole network within what rounding explains, else VerificationError. Also returns
-    the error of the network that will be deployed (its kernels rounded to the model's dtype; reported)."""
-    from .cnn.build import build_merged, build_unmerged
-    from .cnn.intended import check_deployed, plan_structure_errors, structure_ok
-
-    errors = plan_structure_errors(original, analysis.gm, analysis.chain, plan, input_shape)
-    blocks = ", ".join(b.key for b in plan.blocks if not is_trivial(b))
-    if not structure_ok(errors):
-        raise VerificationError(
-            f"the chosen plan ({blocks}) is not the intended function: largest block error {errors['blocks']:.2e}, "
-            f"whole network {max(errors['merged'], errors['unmerged']):.2e} (rounding explains "
-            f"{errors['allowed']:.1e}), in float64; refusing to deploy it. This is a depthcut bug: please report "
-            f"it with the model")
-    deployed = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
-    checked = check_deployed(deployed, original, analysis.chain, plan, input_shape)
-    if not checked["deployed"] <= checked["allowed"]:
-        raise VerificationError(
-            f"the deployed network of the chosen plan ({blocks}) differs from the intended function by "
-            f"{checked['deployed']:.2e} in float64, above the {checked['allowed']:.1e} that float32 rounding "
-            f"explains (the intended network's own float32 error is {checked['control']:.1e}); refusing to "
-            f"deploy it. This is a depthcut bug: please report it with the model")
-    return {"structure": max(errors["merged"], errors["unmerged"]), "blocks": errors["blocks"], **checked}
 
 
 def prepare(model: str | nn.Module, config: LayerMergeConfig, out: str | Path | None,

@@ -10,7 +10,7 @@ from torch import nn
 from depthcut.config import LayerMergeConfig
 from depthcut.data import make_splits
 from depthcut.errors import DepthcutError, InfeasibleBudgetError
-from depthcut.pipeline import compress
+from depthcut.compression import compress
 from depthcut.report import load_compressed
 from depthcut.train import evaluate, train
 
@@ -88,6 +88,10 @@ def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
         assert key in saved
     # the saved folder rebuilds the merged network from the original + plan + weights
     again = load_compressed(out, model=model)
+    import depthcut
+    assert isinstance(depthcut.load(out, model=model), type(again))          # one loader for every result
+    with pytest.raises(DepthcutError, match="no depthcut result"):
+        depthcut.load(tmp_path)
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(again(x), result.model(x), atol=1e-5)
@@ -145,14 +149,15 @@ def test_recovery_over_two_processes_deploys_a_checked_network(tmp_path):
     """Issue 8: the recovery fine-tune data-parallel over 2 gloo processes; the merge check still holds. In a
     fresh interpreter: forked workers inherit the suite's threads (Ray, lm-eval), and a CI run hung there
     (see tests/train/test_distributed.py)."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    code = (f"import sys; sys.path.insert(0, {str(here)!r}); import conftest, test_pipeline as t; "
-            f"t.check_recovery_over_two_processes({str(tmp_path)!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    here = str(Path(__file__).resolve().parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+    code = f"import conftest, test_compression as t; t.check_recovery_over_two_processes({str(tmp_path)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
@@ -181,10 +186,7 @@ def test_model_without_convolutions_is_a_clear_error(tmp_path):
 
 
 def _se_resnet():
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from cli_models import se_resnet
+    from cli_models import se_resnet      # tests/ is on the path (conftest.py's folder)
     return se_resnet()
 
 
@@ -206,7 +208,7 @@ def test_a_deployed_network_off_its_intended_function_is_refused(tmp_path, monke
     """Issue 28: the deployed network's error is enforced, not only reported: one merged kernel off by 1e-3
     (a bug in rounding, say) on a well-conditioned network stops compress before recovery."""
     import depthcut.cnn.intended as intended
-    from depthcut.pipeline import VerificationError
+    from depthcut.cnn.intended import VerificationError
 
     real = intended.check_deployed
 
@@ -226,7 +228,7 @@ def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):
     rewrite's safety net off, compress must stop with a VerificationError instead of reporting success."""
     import depthcut.cnn.build as build
     import depthcut.cnn.graph as graph
-    from depthcut.pipeline import VerificationError
+    from depthcut.cnn.intended import VerificationError
 
     record = graph._record_skip
     monkeypatch.setattr(graph, "_record_skip", lambda w, n, o, p, foldable=True: record(w, n, o, p, True))
@@ -241,10 +243,10 @@ def test_a_wrong_rewrite_is_refused_before_deployment(tmp_path, monkeypatch):
 
 def test_timing_threads_reach_the_runs_onnxruntime_sessions(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from depthcut.pipeline import start_run
+    from depthcut.compression import Compression
 
     model, splits = trained
     before = torch.get_num_threads()
-    run = start_run(model, config(tmp_path, backend="onnxruntime", timing_threads=1), None, splits)
+    run = Compression(model, config(tmp_path, backend="onnxruntime", timing_threads=1), splits=splits)
     assert run.backend.describe()["threads"] == 1 and run.backend._options().intra_op_num_threads == 1
     assert torch.get_num_threads() == before                    # training keeps its threads

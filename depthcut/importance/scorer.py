@@ -1,0 +1,102 @@
+"""The importance the product scores (SPEC A6): each candidate applied alone to the original network, briefly
+fine-tuned (or BN-recalibrated, or as built) on one held-out split and measured on a second, disjoint one,
+I = exp(Δacc / 100). Entries go through the resumable table (``importance.table``) on any executor."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cache import state_fingerprint
+from ..cnn.build import is_trivial
+from ..cnn.chain import Candidate
+from ..config import LayerMergeConfig
+from ..log import say as log_say
+
+
+def say(config: LayerMergeConfig, msg: str) -> None:
+    log_say(msg, verb="compress", enabled=config.progress)
+
+
+ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %
+
+
+def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig) -> dict[str, Any]:
+    """Everything that changes an importance entry's value: another checkpoint, split or recipe must never
+    reuse it."""
+    return {"model": state_fingerprint(original), "data": config.data, "train_limit": config.train_limit,
+            "finetune_size": config.finetune_size, "score_size": config.score_size,
+            "proxy": config.importance, "steps": config.importance_steps, "lr": config.importance_lr,
+            "batch_size": config.importance_batch_size, "seed": config.scoring_seed,
+            "input_shape": list(analysis.input_shape), "conv_paths": [c.path for c in analysis.chain.convs],
+            # the fine-tunes' numerics: channels_last moves an entry by up to ~1.5 points after 20 steps
+            # (MobileNetV2), mixed precision by more; named only when set, so default-recipe stores stay valid
+            **({"channels_last": True} if config.channels_last else {}), **({"amp": config.amp} if config.amp else {})}
+
+
+@dataclass
+class CandidateAccuracy:
+    """The importance proxy of one candidate, as a picklable callable (so that process pools and Ray tasks can
+    run it): build the network with only this block applied, adapt it (short fine-tune, BN re-calibration or
+    nothing) on the fine-tune split, return its accuracy on the disjoint scoring split. Seeded per candidate,
+    so a worker computes the same entry as the driver would.
+
+    It carries the original module, not the traced graph (torch.fx GraphModules of real models do not
+    pickle): a worker re-runs the deterministic analysis once and keeps it."""
+
+    original: nn.Module
+    input_shape: tuple[int, ...]
+    exclude: tuple[str, ...]
+    finetune: Any
+    score: Any
+    config: LayerMergeConfig
+    device: str = "cpu"
+    analysis: Any = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "analysis": None}
+
+    def __call__(self, candidate: Candidate) -> float:
+        from ..cnn.build import build_unmerged, single_block_plan
+        from ..cnn.graph import analyze
+        from ..train import evaluate, recalibrate_bn, train
+
+        if self.analysis is None:
+            self.analysis = analyze(self.original, self.input_shape, exclude=self.exclude)
+        config, chain = self.config, self.analysis.chain
+        torch.manual_seed(config.scoring_seed)
+        model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
+        if config.importance == "finetune":
+            train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
+                  batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
+                  amp=config.amp, channels_last=config.channels_last)
+        elif config.importance == "bn-recalibration":
+            recalibrate_bn(model, self.finetune)
+        return evaluate(model.eval(), self.score)
+
+
+def score_candidates(original: nn.Module, analysis, candidates: list[Candidate], base_acc: float, splits,
+                     config: LayerMergeConfig, store, exclude: tuple[str, ...] = ()) -> dict[str, float]:
+    """I = exp(Δacc/100) per candidate (SPEC A6), cached per entry in ``store`` (resumable after a kill), on
+    the configured executor (local, process pool, Ray). With ``config.shard`` only that shard's entries are
+    computed and the table returned holds whatever the shared store has."""
+    from . import get_executor, importance_table, score
+
+    todo = [c for c in candidates if not is_trivial(c)]
+    device = str(next(original.parameters()).device)
+    scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune,
+                               splits.score, config, device, analysis)
+    executor = get_executor(config.executor, config.workers, config.ray_address)
+    say(config, f"importance table: {len(todo)} candidates to score ({config.importance}, "
+                f"{config.importance_steps} steps), {sum(c.key in store for c in todo)} already cached"
+                + (f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "")
+                + (f", on {executor!r}" if config.executor != "local" else ""))
+    accs = importance_table(todo, scorer, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
+                            executor=executor, shard=tuple(config.shard) if config.shard else None)
+    scores = {c.key: 1.0 for c in candidates}        # exp(0): the original network itself
+    for c in todo:
+        if c.key in accs:
+            scores[c.key] = score(accs[c.key], base_acc)
+    return scores
