@@ -29,7 +29,7 @@ _LAZY = {
     "UpscaleConfig": ("depthcut.llm.upscale", "UpscaleConfig"),
     "compress_unet": ("depthcut.diffusion.pipeline", "compress_unet"),
     "GenerationConfig": ("depthcut.diffusion.pipeline", "GenerationConfig"),
-    "load": ("depthcut.load", "load"),
+    "load": ("depthcut.saved", "load"),
     # a compressed diffusion U-Net (a diffusers UNet2DModel subclass)
     "DepthcutUNet2DModel": ("depthcut.diffusion.model", "DepthcutUNet2DModel"),
 }

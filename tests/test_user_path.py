@@ -34,11 +34,11 @@ def command(tmp_path, data, *extra, speedup="1.1"):
 
 
 def no_importance_table(monkeypatch):
-    import depthcut.compression
+    import depthcut.importance.scorer
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the importance table started before the input was judged")
-    monkeypatch.setattr(depthcut.compression, "score_candidates", forbidden)
+    monkeypatch.setattr(depthcut.importance.scorer, "score_candidates", forbidden)
 
 
 def test_a_1000_class_model_on_four_classes_is_refused_with_how(tmp_path, capsys, monkeypatch):

@@ -141,15 +141,16 @@ def fit(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]
     Either sign: a runtime that pays a fixed cost per call (ONNX Runtime) gives a, b > 0; eager CPU gives a
     network *more* per op than a row timed alone, whose input and weights stay in cache across repeats
     (MobileNetV2: its 52 rows sum to 6.9 ms, the network runs 9.1), so there a or b comes out negative.
-    Calls and bytes fall together from plan to plan, so a fit with both can trade one against the other; the
-    form (both, calls only, bytes only, a constant) is the one that predicts each network best when fitted
-    on the others (leave-one-out), among those ``plausible`` accepts (every row keeps a positive cost, the
+    Calls and bytes fall together from plan to plan, so a fit with both can trade one against the other
+    (a = -500 us, b = +400 us/MB on one ResNet-34 table): both must have the same sign, and the form (both,
+    calls only, bytes only, a constant) is the one that predicts each network best when fitted on the others
+    (leave-one-out), among those ``plausible`` accepts (every row keeps a positive cost, the
     time outside the body is not negative)."""
     best: tuple[float, tuple[float, float, float]] | None = None
     for terms in TERMS:
         params = _solve(points, terms)
-        if params is None or not plausible(params):
-            continue
+        if params is None or not plausible(params) or params[1] * params[2] < 0:
+            continue                  # opposite signs: calls traded against bytes, fitting noise
         held_out = [_solve([q for q in points if q is not p], terms) for p in points]
         if any(h is None for h in held_out):
             error = float("inf") if terms != "constant" else 0.0

@@ -23,13 +23,17 @@ def test_fit_recovers_the_network_parameters_of_either_sign():
         points.append(Point(calls, nbytes, rows, other + rows - a * calls - b * nbytes))
     assert fit(points) == pytest.approx((other, a, b), rel=1e-9)
     # a network paying more per op than a row alone (eager CPU: rows timed in a hot cache) fits a < 0
-    dearer = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms + 0.05 * p.calls) for p in points]
-    assert fit(dearer) == pytest.approx((other, a - 0.05, b), rel=1e-6)
+    dearer = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms + 0.05 * p.calls + 3e-8 * p.bytes) for p in points]
+    assert fit(dearer) == pytest.approx((other, a - 0.05, b - 3e-8), rel=1e-6)
     # points that cannot tell calls from bytes: a simpler form, which still predicts every one of them
     same = [Point(10 * k, 1e6 * k, 1.0 + k, 2.0 + 0.5 * k) for k in range(1, 5)]
     other2, a2, b2 = fit(same)
     assert a2 == 0.0 or b2 == 0.0
     assert all(other2 + p.rows_ms - a2 * p.calls - b2 * p.bytes == pytest.approx(p.measured_ms) for p in same)
+    # calls traded against bytes with opposite signs is noise, never taken
+    traded = [Point(p.calls, p.bytes, p.rows_ms, p.measured_ms - 0.05 * p.calls + 4e-8 * p.bytes) for p in points]
+    _, a3, b3 = fit(traded)
+    assert a3 * b3 >= 0
     # a form that would leave a row costing nothing is not taken
     assert fit(points, plausible=lambda f: f[1] == 0.0)[1] == 0.0
 
