@@ -51,6 +51,7 @@ TIMM_MODELS = [
     "fbnetc_100", "spnasnet_100", "tinynet_a", "rexnet_100", "hardcorenas_a", "lcnet_050", "ghostnet_100",
     "ese_vovnet19b_dw", "cspresnet50", "cspdarknet53", "darknet53", "convnext_atto", "hrnet_w18_small",
     "xception41", "inception_v3", "mixnet_s", "semnasnet_100", "selecsls42b", "resnest14d", "gernet_s",
+    "nf_resnet26", "resnetv2_50x1_bit",     # weight-standardised convs (ScaledStdConv2d, StdConv2d): issue 28
 ]
 
 

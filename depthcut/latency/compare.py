@@ -105,11 +105,13 @@ class SpeedupEstimate:
 def compare_speed(original: nn.Module, compressed: nn.Module, example_input: torch.Tensor,
                   backend: str | Backend = "eager", *, repeats: int = 5, min_rounds: int = 10,
                   max_rounds: int = 40, rel_width: float = 0.03, warmup: int = 3, sessions: int = 1,
-                  block_rounds: int = 5, decided: Callable[[SpeedupEstimate], bool] | None = None) -> SpeedupEstimate:
+                  block_rounds: int = 5, decided: Callable[[SpeedupEstimate], bool] | None = None,
+                  drift: float | None = None) -> SpeedupEstimate:
     """Time ``original`` against ``compressed`` in interleaved rounds of ``repeats`` calls each until the 95%
     interval of the ratio is narrower than ``rel_width`` (relative) or ``decided(estimate)`` says the answer
     is already clear, with at least ``min_rounds`` and at most ``max_rounds`` rounds. ``sessions`` runtime
-    sessions of each model are prepared and the rounds rotate through them (see the module docstring)."""
+    sessions of each model are prepared and the rounds rotate through them (see the module docstring).
+    ``drift``: the interval's floor (:func:`with_drift`), the backend's own (``Backend.drift``) by default."""
     backend = get_backend(backend)
     with torch.no_grad():
         runners = {"original": backend.prepare_sessions(original, example_input, sessions),
@@ -119,7 +121,7 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example_input: tor
             measure(run, warmup=warmup, repeats=1)
     return paired_rounds(lambda name, session=0: sample_ms(runners[name][session], repeats), min_rounds=min_rounds,
                          max_rounds=max_rounds, rel_width=rel_width, decided=decided, sessions=sessions,
-                         block_rounds=block_rounds, drift=backend.drift())
+                         block_rounds=block_rounds, drift=backend.drift() if drift is None else drift)
 
 
 def paired_rounds(sample: Callable[..., list[float]], *, min_rounds: int = 10, max_rounds: int = 40,
