@@ -278,3 +278,38 @@ def test_every_registered_model_merges_exactly(name):
     with torch.no_grad():
         assert rel_err(merged(x), unmerged(x)) <= 1e-4
         assert torch.equal(build_unmerged(model, analysis.chain, identity_plan(analysis.chain)).eval()(x), model(x))
+
+
+def test_a_merged_conv_has_the_blocks_structure_whatever_the_weights():
+    """Issue 33: timm zero-initialises each residual block's last BatchNorm; the untrained block's merged
+    kernel was then exactly diagonal and built as a depthwise conv, but after recovery as a dense one - the
+    landing timed a cheaper network than the one deployed. The structure now follows the block alone."""
+    from depthcut.cnn.build import build_merged, build_unmerged, plan_from_blocks
+    from depthcut.cnn.graph import analyze
+
+    class Basic(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+            self.c2, self.b2 = nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + x)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), Basic(8), Basic(8)).eval()
+    with torch.no_grad():
+        for block in (model[2], model[3]):
+            block.b2.weight.zero_()                 # timm's zero_init_last
+    analysis = analyze(model, (1, 3, 8, 8))
+    chain = analysis.chain
+    pruned_first = [c for c in analysis.candidates if c.end - c.start == 2 and len(c.kept) == 1 and c.kernel == 3]
+    assert pruned_first, "a block keeping one of its two convs, the skip folded"
+    cand = pruned_first[0]
+    blocks = [cand] + [c for c in analysis.candidates if c.end == c.start + 1 and c.kept == (c.end,)
+                       and not (cand.start < c.end <= cand.end)]
+    plan = plan_from_blocks(chain, blocks)
+    merged = build_merged(build_unmerged(analysis.gm, chain, plan).eval(), chain, plan)
+    convs = [m for m in merged.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+             and m.in_channels == 8]
+    assert all(m.groups == 1 for m in convs)         # dense, as the candidate's row was timed (not depthwise)
+    assert not cand.depthwise
