@@ -4,8 +4,9 @@ Builds the folder the issue was found with - 4 Fashion-MNIST classes as 64x64 RG
 images - and runs the command line on it twice with ``timm:resnet18d@random`` (timm's architecture, its 1000-way
 ImageNet head, random weights: nothing downloads), on ONNX Runtime CPU:
 
-* ``--speedup 1.3``: beyond what the table can reach (the deep stem and the head stay); expected: refused
-  before the importance table, in one line, with the reachable maximum;
+* ``--speedup 1.3``: beyond what the table could reach with the 1000-way head (the deep stem and the head
+  stay); with ``--adapt-head`` the head is 4-way and the report says whether it is still out of reach (then:
+  refused before the importance table, in one line, with the reachable maximum);
 * ``--speedup 1.05``: feasible; expected: a plan landed whose confirmation and final timing agree with the
   probe that accepted it.
 
@@ -101,7 +102,9 @@ def markdown(results: dict) -> str:
              "timm's resnet18d (random weights, 1000-way head) on a folder of 4 Fashion-MNIST classes as 64x64 RGB "
              "PNGs (1,205 train / 249 test), ONNX Runtime CPU, `--adapt-head`, split sizes from the data.", ""]
     refused, landed = results["refused"], results["landed"]
-    lines += ["## x1.3: refused up front", "", f"`{refused['command']}`", "",
+    verdict = ("refused up front" if refused["exit"] else
+               "not refused: with the 4-way head (a 1000-way one no longer runs) the table reaches it")
+    lines += [f"## x1.3: {verdict}", "", f"`{refused['command']}`", "",
               f"exit {refused['exit']} after {refused['seconds']:.0f} s:", "", "```", *refused["stderr"], "```", "",
               "## x1.05: landed", "", f"`{landed['command']}`", "", f"exit {landed['exit']} after "
               f"{landed['seconds']:.0f} s.", ""]
