@@ -37,11 +37,13 @@ class Fixed(nn.Module):
         return self.conv(x)
 
 
-def scripted(monkeypatch, script):
-    """sample_ms returns the next scripted samples for whichever model runs (by its .ms tag)."""
+def scripted(monkeypatch, script, drift=0.0):
+    """sample_ms returns the next scripted samples for whichever model runs (by its .ms tag); the statistics
+    alone, with the backend's drift floor at ``drift``."""
     def prepare(self, module, x):
         return lambda: module.ms
     monkeypatch.setattr("depthcut.latency.backends.EagerBackend.prepare", prepare)
+    monkeypatch.setattr("depthcut.latency.backends.EagerBackend.DRIFT", drift)
     monkeypatch.setattr(compare, "measure", lambda run, **kw: None)
 
     def sample(run, n):
@@ -95,7 +97,9 @@ def test_session_interval_has_its_coverage_on_lognormal_session_effects():
 
 
 def scripted_sessions(monkeypatch, ratio_of_session, calls):
-    """Each prepared session of the compressed model runs at its own speed; the original at 2 ms."""
+    """Each prepared session of the compressed model runs at its own speed; the original at 2 ms. The
+    statistics alone: no drift floor."""
+    monkeypatch.setattr("depthcut.latency.backends.EagerBackend.DRIFT", 0.0)
     counter = {"o": 0, "c": 0}
 
     def prepare(self, module, x):
@@ -180,3 +184,16 @@ def test_compare_many_rejects_what_it_cannot_pair():
         compare.compare_many({"a": [lambda: None]})
     with pytest.raises(ValueError, match="same"):
         compare.compare_many({"original": [lambda: None], "a": [lambda: None, lambda: None]})
+
+
+def test_the_backends_drift_floor_widens_a_steady_interval(monkeypatch):
+    """A steady machine gives a zero-width interval, yet the next timing lands elsewhere: the backend's floor
+    (Backend.drift, measured by bench/timing_coverage.py) keeps the interval at least +-drift wide."""
+    steady = {"o": [[2.0] * 5 for _ in range(20)], "c": [[1.0] * 5 for _ in range(20)]}
+    scripted(monkeypatch, steady, drift=0.03)
+    est = compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=10, max_rounds=20)
+    assert est.ratio == 2.0 and est.low == pytest.approx(2.0 / 1.03) and est.high == pytest.approx(2.06)
+    assert est.rounds == 10                                   # 2 x drift wide is narrow enough to stop
+    scripted(monkeypatch, {"o": [[2.0] * 5 for _ in range(20)], "c": [[1.0] * 5 for _ in range(20)]})
+    assert compare_speed(Fixed("o"), Fixed("c"), torch.zeros(1, 1, 2, 2), "eager", min_rounds=10,
+                         max_rounds=20, drift=0.01).high == pytest.approx(2.02)   # an explicit floor wins
