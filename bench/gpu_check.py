@@ -37,6 +37,7 @@ from depthcut import zoo  # noqa: E402
 from depthcut.cnn.build import build_merged, build_unmerged, fold_batchnorms, is_trivial, plan_from_blocks  # noqa: E402
 from depthcut.cnn.graph import analyze, symbolic_trace  # noqa: E402
 from depthcut.cnn.intended import verify_plan  # noqa: E402
+from depthcut.importance.datafree import datafree_importance  # noqa: E402
 from depthcut.latency import get_backend, latency_table, time_models  # noqa: E402
 from depthcut.latency.backends import math_mode  # noqa: E402
 from depthcut.latency.overhead import call_overhead_ms, in_network_ms  # noqa: E402
@@ -45,25 +46,6 @@ from depthcut.search.tables import Row  # noqa: E402
 
 BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
 PAPER_PYTORCH = {"resnet34": (1.36, 1.56, 1.79), "mobilenet_v2": (1.63, 1.90, 2.18, 2.49)}
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-    return model.eval()
-
-
-def proxy_importance(candidate) -> float:
-    pruned = (candidate.end - candidate.start) - len(candidate.kept)
-    removed_acts = candidate.end - candidate.start - 1
-    return 1.0 - 0.05 * pruned - 0.02 * removed_acts
 
 
 def folded(model: torch.nn.Module) -> torch.nn.Module:
@@ -84,7 +66,7 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
                 row_calls: int | None = None) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
-    model = randomize_bn(entry.create()).to(device)
+    model = zoo.randomize_batchnorm(entry.create()).to(device)
     t0 = time.time()
     analysis = analyze(model, (1, 3, size, size), exclude=entry.chain_exclude, batch_size=batch)
     backend = get_backend("eager", device=device, memory_format=memory_format)
@@ -96,7 +78,7 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
     overhead = call_overhead_ms(backend, analysis.candidates, batch)
     table_s = time.time() - t0
     timed = {c.key: lat[c.key].median_ms for c in analysis.candidates}
-    rows = [Row(c.start, c.end, in_network_ms(c, timed[c.key], overhead, batch), proxy_importance(c), ref=c)
+    rows = [Row(c.start, c.end, in_network_ms(c, timed[c.key], overhead, batch), datafree_importance(c), ref=c)
             for c in analysis.candidates]
     body_ms = sum(r.latency_ms for r in rows if is_trivial(r.ref))
     additive_body_ms = sum(timed[c.key] for c in analysis.candidates if is_trivial(c))

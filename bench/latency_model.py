@@ -6,7 +6,7 @@ one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run fro
 1. the latency table (every non-dominated (block, kernel option) row, PASSES passes on fresh sessions,
    depthcut.latency.table) and the per-call model calibrated on whole networks (depthcut.latency.model);
 2. plans at the papers' budget ratios (ResNet-34 71/60/50 %, MobileNetV2 55/46/38/33 % of the modelled body)
-   from the LayerMerge DP with a data-free importance proxy (bench/gpu_check.py);
+   from the LayerMerge DP with a data-free importance proxy (depthcut.importance.datafree);
 3. each plan measured against the original in paired rounds (ratio, 95 % interval), next to the speed-up the
    model predicts, and what the plain sum of rows (``additive``) would predict.
 
@@ -31,6 +31,7 @@ import torch
 from depthcut import zoo
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
 from depthcut.cnn.graph import analyze
+from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table
 from depthcut.latency.compare import compare_speed
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
@@ -42,29 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
 
 
-def proxy_importance(candidate) -> float:
-    """Data-free: each pruned conv costs 0.05, each removed activation 0.02 (bench/gpu_check.py's proxy)."""
-    pruned = (candidate.end - candidate.start) - len(candidate.kept)
-    return 1.0 - 0.05 * pruned - 0.02 * (candidate.end - candidate.start - 1)
-
-
-def random_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-    return model.eval()
-
-
 def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
-    model = random_bn(entry.create())
+    model = zoo.randomize_batchnorm(entry.create())
     shape = (1, 3, size, size)
     analysis = analyze(model, shape, exclude=entry.chain_exclude, batch_size=1)
     backend = get_backend(backend_name)
@@ -88,7 +70,7 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
                 "table_seconds": table_s, "refused": str(e), "plans": []}
     calibration_s = time.time() - t0 - table_s
     dp = {c.key: model_.row_ms(c, t) for c, t in rows.values()}
-    table = [Row(c.start, c.end, dp[c.key], proxy_importance(c), ref=c) for c in candidates]
+    table = [Row(c.start, c.end, dp[c.key], datafree_importance(c), ref=c) for c in candidates]
     full = sum(dp[c.key] for c in candidates if is_trivial(c))
     additive_full = sum(t for c, t in rows.values() if is_trivial(c))
     frontier = solve(table, analysis.chain.length, steps=2000, max_latency_ms=full)

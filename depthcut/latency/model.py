@@ -33,7 +33,6 @@ from ..cnn.chain import Candidate
 from ..errors import DepthcutError
 from .overhead import row_bytes
 
-KINDS = ("per-call", "additive")
 FRACTIONS = (0.75, 0.55, 0.4, 0.0)   # calibration plans' budgets, fractions of the single-call body (0: fastest)
 MAX_SELF_ERROR = 0.10                 # the model must reproduce its own calibration networks this well
 
@@ -306,10 +305,5 @@ def additive(batch_size: int | None = None) -> LatencyModel:
     return LatencyModel("additive", batch_size=batch_size)
 
 
-def probe_errors(model: LatencyModel, full_body_ms: float, probes: Sequence[Any]) -> list[float]:
-    """The model's relative error on each landing probe: predicted speed-up / measured - 1."""
-    return [model.predicted_speedup(p.modelled, full_body_ms) / p.estimate.ratio - 1 for p in probes]
-
-
-__all__ = ["KINDS", "LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
-           "fit", "leave_one_out", "model_from_points", "network_timer", "probe_errors", "problems"]
+__all__ = ["LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
+           "fit", "leave_one_out", "model_from_points", "network_timer", "problems"]

@@ -111,3 +111,19 @@ def _efficientnet_lite0(**kw):
 
 # A model nobody annotated for depthcut: the pip package's EfficientNet-Lite0 with its ImageNet weights.
 register(ModelEntry("efficientnet_lite0", _efficientnet_lite0))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Seeded, non-trivial BatchNorm statistics and affine parameters, in eval mode: a random-weight network
+    for latency work (latency does not depend on the weights, but a fresh BatchNorm is an identity that hides
+    folding bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+    return model.eval()
