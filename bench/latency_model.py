@@ -35,7 +35,8 @@ from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table
 from depthcut.latency.compare import compare_speed
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
-from depthcut.latency.model import LatencyModelError, calibrate, network_timer
+from depthcut.latency.model import FRACTIONS, LatencyModelError, calibrate, network_timer
+from depthcut.latency.table import PASSES
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
 
@@ -53,8 +54,8 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
     x = torch.randn(shape)
     t0 = time.time()
 
-    def time_rows(cands):
-        return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False)
+    def time_rows(cands, refresh=False):
+        return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False, refresh=refresh)
 
     candidates, _, _ = prune_dominated(analysis.candidates, time_rows, max_importance=2.0, batch_size=1,
                                        bandwidth=measure_bandwidth("cpu", 64))
@@ -63,12 +64,16 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
     rows = {c.key: (c, timed[c.key].median_ms) for c in candidates}
     try:
         model_ = calibrate(rows, analysis.chain.length, batch_size=1, say=print,
-                           time_against_identity=network_timer(analysis, backend, x, model))
+                           time_against_identity=network_timer(analysis, backend, x, model),
+                           retime_rows=lambda: {k: t.median_ms for k, t in time_rows(candidates, True).items()})
     except LatencyModelError as e:      # the sanity checks refused this run's table: recorded, not hidden
         print(f"{name}: refused: {e}", flush=True)
         return {"model": name, "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
                 "table_seconds": table_s, "refused": str(e), "plans": []}
     calibration_s = time.time() - t0 - table_s
+    if model_.attempts > 1:             # the calibration re-timed the table
+        timed = time_rows(candidates)
+        rows = {c.key: (c, timed[c.key].median_ms) for c in candidates}
     dp = {c.key: model_.row_ms(c, t) for c, t in rows.values()}
     table = [Row(c.start, c.end, dp[c.key], datafree_importance(c), ref=c) for c in candidates]
     full = sum(dp[c.key] for c in candidates if is_trivial(c))
@@ -76,6 +81,7 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
     frontier = solve(table, analysis.chain.length, steps=2000, max_latency_ms=full)
     out = {"model": name, "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
            "table_seconds": table_s, "calibration_seconds": calibration_s, "latency_model": model_.to_dict(),
+           "rows_ms": {k: t for k, (_, t) in rows.items()},    # kept so a fit can be re-examined offline
            "plans": []}
     for ratio in BUDGETS[name]:
         solution = frontier.best(ratio * full)
@@ -127,8 +133,8 @@ def markdown(report: dict) -> str:
              f"`python bench/latency_model.py --fresh {report['fresh']} --backend {b}`", "",
              f"{report['cpu']}, {report['threads']} threads, {report['versions']}, batch 1, {report['size']}x"
              f"{report['size']}, random weights, data-free importance proxy. Each run starts from an empty cache: "
-             f"the latency table (every row in 3 passes on fresh sessions) and the per-call model calibrated on "
-             f"whole networks (depthcut.latency.model). Measured = median of paired per-round ratios against the "
+             f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
+             f"{len(FRACTIONS) + 1} whole networks (depthcut.latency.model). Measured = median of paired per-round ratios against the "
              f"original, 95 % interval (depthcut.latency.compare), 4 runtime sessions, 20-60 rounds. Error = predicted / measured - 1.", "",
              "| model | runs | refused by the sanity checks | worst error, per-call model | worst error, plain sum of "
              "rows | measured speed-up monotone in the budget | fitted per-call cost a (us), over the runs |",
@@ -148,6 +154,7 @@ def markdown(report: dict) -> str:
                   "", f"Per-call cost {1e3 * m['call_ms']:.1f} us (leave-one-out {1e3 * m['call_ms_range'][0]:.1f}"
                       f" - {1e3 * m['call_ms_range'][1]:.1f}) + {1e9 * m['call_ms_per_byte']:.1f} us/MB; outside "
                       f"the body {m['other_ms']:.3f} ms; original / identity network x{m['original_factor']:.3f}; "
+                      f"{'table and calibration timed twice (the first failed the sanity checks); ' if m['attempts'] > 1 else ''}"
                       f"largest error on its {len(m['calibration'])} calibration networks "
                       f"{max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in m['calibration']):.1%}.", "",
                   "| budget | measured (95% CI) | rounds | predicted | error | plain sum | error |",

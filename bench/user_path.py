@@ -8,7 +8,9 @@ ImageNet head, random weights: nothing downloads), on ONNX Runtime CPU:
   stay); with ``--adapt-head`` the head is 4-way and the report says whether it is still out of reach (then:
   refused before the importance table, in one line, with the reachable maximum);
 * ``--speedup 1.05``: feasible; expected: a plan landed whose confirmation and final timing agree with the
-  probe that accepted it.
+  probe that accepted it;
+* ``--speedup 2.0``: beyond the fastest plan even with the 4-way head; expected: refused before the importance
+  table, in one line, with the reachable maximum.
 
 Both with ``--adapt-head`` (the folder has 4 classes, the model 1000 outputs) and without the split sizes (sized
 from the data). Needs timm, hence PyPI's torch build (``make coverage`` builds that environment):
@@ -79,7 +81,8 @@ def main() -> None:
             "--backend", "onnxruntime", "--adapt-head", "--importance-steps", "5", "--recovery-epochs", "0.2",
             "--cache-dir", str(work / "cache")]
     results = {"refused": run(base + ["--speedup", "1.3", "--out", str(work / "out-1.3")]),
-               "landed": run(base + ["--speedup", "1.05", "--out", str(work / "out-1.05")])}
+               "landed": run(base + ["--speedup", "1.05", "--out", str(work / "out-1.05")]),
+               "beyond": run(base + ["--speedup", "2.0", "--out", str(work / "out-2.0")])}
     report_path = work / "out-1.05" / "report.json"
     if report_path.exists():
         r = json.loads(report_path.read_text())
@@ -127,6 +130,11 @@ def markdown(results: dict) -> str:
                   f"{r['params_before']:,} -> {r['params_after']:,}."]
     else:
         lines += ["```", *landed["stderr"], "```"]
+    beyond = results.get("beyond")
+    if beyond:
+        lines += ["", f"## x2.0: {'refused up front' if beyond['exit'] else 'not refused'}", "",
+                  f"`{beyond['command']}`", "", f"exit {beyond['exit']} after {beyond['seconds']:.0f} s:", "",
+                  "```", *beyond["stderr"][-1:], "```"]
     return "\n".join(lines) + "\n"
 
 

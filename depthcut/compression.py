@@ -297,6 +297,9 @@ def latency_rows(run: "Compression") -> LatencyRows:
     # correction only favours fewer calls), so the model is fitted on candidates that can matter
     candidates, dominated, timed_ms = prune(usable)
     model = latency_model(run, candidates, timed_ms)
+    if model.attempts > 1:      # the calibration re-timed the table: read what it measured
+        retimed = time_rows(candidates)
+        timed_ms = {c.key: retimed[c.key].median_ms for c in candidates}
     if model.kind == "per-call":
         candidates, more, _ = prune(candidates, in_network=model.row_ms)
         dominated += more
@@ -312,7 +315,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
     ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan."""
     from .cache import fingerprint
     from .errors import CacheError
-    from .latency import latency_store
+    from .latency import latency_store, latency_table
     from .latency.model import additive, calibrate, network_timer, LatencyModel
 
     config = run.config
@@ -328,8 +331,13 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
             raise CacheError(f"cache file {store.path(key)} does not hold a latency model; delete it to "
                              f"recompute") from None
     run.say(f"calibrating the per-call latency model on whole networks ({config.backend})")
+    def retime_rows() -> dict[str, float]:
+        timed = latency_table(candidates, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
+                              progress=config.progress, refresh=True)
+        return {k: t.median_ms for k, t in timed.items()}
+
     model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
-                      batch_size=config.batch_size, say=run.say,
+                      batch_size=config.batch_size, say=run.say, retime_rows=retime_rows,
                       time_against_identity=network_timer(run.analysis, run.backend, run.example, run.original,
                                                           sessions=config.timing_sessions))
     run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .backends import Backend, Runner, get_backend, measure, median_interval, sample_ms
+from .backends import Backend, Runner, get_backend, measure, median_interval, sample_ms, timing_copy
 
 # Student t, two-sided 95 %, by degrees of freedom (the session interval; no scipy dependency)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -113,9 +113,9 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example_input: tor
     sessions of each model are prepared and the rounds rotate through them (see the module docstring).
     ``drift``: the interval's floor (:func:`with_drift`), the backend's own (``Backend.drift``) by default."""
     backend = get_backend(backend)
-    with torch.no_grad():
-        runners = {"original": backend.prepare_sessions(original, example_input, sessions),
-                   "compressed": backend.prepare_sessions(compressed, example_input, sessions)}
+    with torch.no_grad():   # timed with no exact zeros, as training will leave them (timing_copy)
+        runners = {"original": backend.prepare_sessions(timing_copy(original), example_input, sessions),
+                   "compressed": backend.prepare_sessions(timing_copy(compressed), example_input, sessions)}
     for runs in runners.values():
         for run in runs:
             measure(run, warmup=warmup, repeats=1)

@@ -26,10 +26,10 @@ from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint
 from ..cnn.chain import Candidate
 from ..errors import CacheError, DepthcutError
 from ..progress import progress as _progress
-from .backends import Backend, Timing, get_backend, measure, sample_ms
+from .backends import Backend, Timing, get_backend, measure, sample_ms, timing_copy
 
-TABLE_FORMAT = 2       # 2: every row timed in PASSES passes, each on a fresh session, with its interval
-PASSES = 3             # passes over the table; a row's interval spans what its passes saw
+TABLE_FORMAT = 3       # 2: every row timed in PASSES passes, each on a fresh session, with its interval; 3: 5 passes
+PASSES = 5             # passes over the table; a row's interval spans what its passes saw (3 left MobileNetV2 rows 9 % apart between runs)
 REL_WIDTH = 0.05       # a pass samples until its median's 95 % interval is this narrow (relative) ...
 MAX_REPEATS = 8        # ... or this many times ``repeats`` samples
 
@@ -98,7 +98,8 @@ def _read_row(store: EntryStore, key: str) -> Timing:
 def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eager", *,
                   batch_size: int | None = None, cache_dir: str | Path | None = None, warmup: int = 5,
                   repeats: int = 30, min_time_s: float = 0.0, progress: bool = True,
-                  seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH) -> dict[str, Timing]:
+                  seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH,
+                  refresh: bool = False) -> dict[str, Timing]:
     """Time every candidate's merged conv on ``backend``; returns ``{candidate.key: Timing}`` (ms).
 
     A table timed in one quick sweep is a snapshot of one moment of a shared machine: the same MobileNetV2
@@ -109,7 +110,9 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
     spans theirs.
 
     Identity options (``kept == ()``) cost 0. Each pass of each row is cached as soon as it is timed, so an
-    interrupted run resumes where it stopped. ``backend`` is a name ("eager", "compile", "onnxruntime",
+    interrupted run resumes where it stopped; ``refresh`` times every row again and replaces what the cache
+    held (a table timed through a slow phase of the machine, found out by the latency model's sanity checks,
+    depthcut.latency.model.calibrate). ``backend`` is a name ("eager", "compile", "onnxruntime",
     "tensorrt") or a :class:`Backend` instance (e.g. ``get_backend("eager", device="cuda")``).
     """
     backend = get_backend(backend)
@@ -122,7 +125,7 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
             rows.setdefault(row_key(c, batch_size), c)
     done: dict[str, list[dict]] = {}           # passes already timed of rows not yet complete
     for key in rows:                           # a damaged cached row fails now, before any timing
-        if key in store:
+        if key in store and not refresh:
             entry = store[key]
             if _complete(entry):
                 _read_row(store, key)
@@ -215,7 +218,7 @@ def time_models(models: Mapping[str, nn.Module], example_input: torch.Tensor,
     runners = {}
     with torch.no_grad():
         for name in names:
-            runners[name] = backend.prepare(models[name], example_input)
+            runners[name] = backend.prepare(timing_copy(models[name]), example_input)
     for name in names:
         measure(runners[name], warmup=warmup, repeats=1)   # warm every model before any sample counts
     samples: dict[str, list[float]] = {n: [] for n in names}

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from depthcut.cnn.build import is_trivial
-from depthcut.cnn.graph import analyze_zoo
+from depthcut.zoo import analyze_zoo
 from depthcut.latency.dominance import macs, max_accuracy_importance, prune_dominated
 from depthcut.latency.overhead import in_network_ms
 from depthcut.search.layermerge import solve

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from depthcut.cnn.graph import analyze_zoo
+from depthcut.zoo import analyze_zoo
 from depthcut.latency import backends, latency_table
 from depthcut.latency import table as table_mod
 from depthcut.latency.compare import SpeedupEstimate
@@ -36,6 +36,19 @@ def test_fit_recovers_the_network_parameters_of_either_sign():
     assert a3 * b3 >= 0
     # a form that would leave a row costing nothing is not taken
     assert fit(points, plausible=lambda f: f[1] == 0.0)[1] == 0.0
+
+
+def test_a_network_with_nothing_outside_the_body_fits_other_at_zero():
+    """ResNet-20 at 28x28 has almost nothing outside the body: noise put the unconstrained fit's other a few
+    microseconds below zero, every form was refused as implausible, and compress stopped. The bound holds it
+    at 0 and the per-call cost is still found."""
+    rng = random.Random(1)
+    a, points = 0.010, []
+    for calls in (19, 16, 14, 13, 11, 10, 8, 7):
+        rows = 0.028 * calls
+        points.append(Point(calls, 6e4 * calls, rows, (rows - a * calls) * (1 + rng.uniform(-0.01, 0.01)) - 0.002))
+    other, a_fit, _ = fit(points, plausible=lambda f: f[0] >= 0)
+    assert other == 0.0 and a_fit == pytest.approx(a, rel=0.2)
 
 
 def synthetic(analysis, other=0.3, a=0.012, b=1.5e-8, noise=0.0, seed=0):
@@ -86,6 +99,37 @@ def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
         calibrate(fast, analysis.chain.length, time_against_identity=timer, batch_size=1)
     assert "\n" not in str(err.value)
     assert len(calls) == 2 * len(calibration_plans(list(fast.values()), analysis.chain.length))
+
+
+def test_a_table_timed_through_a_slow_phase_is_timed_again_with_the_calibration():
+    analysis = analyze_zoo("resnet20")
+    rows, _, timer, calls, _ = synthetic(analysis)
+    slow = {k: (c, t * 20 if c.kernel > 1 else t) for k, (c, t) in rows.items()}
+    retimed = []
+
+    def retime_rows():
+        retimed.append(1)
+        return {k: t for k, (_, t) in rows.items()}
+    said = []
+    model = calibrate(slow, analysis.chain.length, time_against_identity=timer, batch_size=1,
+                      retime_rows=retime_rows, say=said.append)
+    assert retimed == [1] and model.attempts == 2
+    assert "timing the latency table and the calibration networks again" in said[0]
+    assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
+
+
+def test_refresh_times_every_row_again(tmp_path, monkeypatch):
+    analysis = analyze_zoo("resnet20")
+    rows = [c for c in analysis.candidates if c.kept][:3]
+    fast = dict(warmup=1, repeats=3, progress=False, passes=2, cache_dir=tmp_path)
+    latency_table(rows, "eager", **fast)
+    built = []
+    real = table_mod._time_pass
+    monkeypatch.setattr(table_mod, "_time_pass", lambda c, *a, **k: built.append(c.key) or real(c, *a, **k))
+    latency_table(rows, "eager", **fast)
+    assert built == []                                         # served from the cache
+    latency_table(rows, "eager", refresh=True, **fast)
+    assert len(built) == 2 * len({table_mod.row_key(c) for c in rows})
 
 
 def test_the_sanity_checks_name_what_is_wrong():
