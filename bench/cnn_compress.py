@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut.config import LayerMergeConfig  # noqa: E402
 from depthcut.compression import compress  # noqa: E402

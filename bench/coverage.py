@@ -20,7 +20,6 @@ import argparse
 import gc
 import json
 import random
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks  # noqa: E402

@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 

@@ -22,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one(name: str, cache: str, threads: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    from depthcut.cnn.graph import analyze_zoo
+    from depthcut.zoo import analyze_zoo
     from depthcut.latency import get_backend, latency_table
     from depthcut.latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut import zoo  # noqa: E402
 from depthcut.cnn.build import build_merged, build_unmerged, fold_batchnorms, is_trivial, plan_from_blocks  # noqa: E402

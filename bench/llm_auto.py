@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 from depthcut.llm import criteria as C  # noqa: E402

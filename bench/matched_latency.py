@@ -70,9 +70,7 @@ from pathlib import Path
 
 import torch
 
-SPREAD = 0.03                  # issue 9: all methods within 3 % of each other in measured latency
-AIM = 0.02                     # what the selection aims at: a margin for the drift between timings
-BAND = 0.10                    # the common point first within +10 % of the target (compress's landing band)
+from depthcut.comparison import AIM, BAND, SPREAD, common_point  # noqa: E402 - the selection lives in the package
 SELECT_ROUNDS = 100            # rounds of the coarse selection timing
 NEAR = 3                       # candidates per method timed again around the common point
 COARSE = 0.03                  # the coarse selection timing's error per network, below the target allowed
@@ -340,30 +338,6 @@ def mixed_fills(search, mine: dict[str, dict], speeds: dict[str, float], aims: l
                     if plan not in plans:
                         plans.append(plan)
     return plans
-
-
-def common_point(speedups: dict[str, float], methods: list[str], target: float) -> dict[str, str]:
-    """One candidate per method (names "method/..."), every one at or above ``target``: the choice with the
-    smallest spread, or, among those within AIM (else within SPREAD), the one nearest the target. Choices whose
-    slowest network lies within BAND above the target come first (the comparison is *at* the target: without
-    the band, a tight point at x1.92 beat a 4 %-wide one at x1.55 for the x1.5 target); only without any such
-    choice are the others considered. Each method takes, inside the chosen window, its candidate nearest the
-    window's centre."""
-    items = sorted((r, n) for n, r in speedups.items() if r >= target and n.split("/")[0] in methods)
-    windows = []
-    for i, (low, _) in enumerate(items):
-        for j in range(i, len(items)):
-            if {n.split("/")[0] for _, n in items[i:j + 1]} == set(methods):
-                windows.append((items[j][0] / low - 1, low, items[i:j + 1]))
-                break
-    windows = [w for w in windows if w[2][-1][0] <= target * (1 + BAND)] or windows
-    if not windows:
-        return {}
-    within = [w for w in windows if w[0] <= AIM] or [w for w in windows if w[0] <= SPREAD]
-    _, _, window = min(within, key=lambda w: w[2][-1][0]) if within else min(windows, key=lambda w: w[0])
-    centre = math.sqrt(window[0][0] * window[-1][0])
-    return {m: min((n for _, n in window if n.startswith(m + "/")), key=lambda n: abs(math.log(speedups[n] / centre)))
-            for m in methods}
 
 
 # -- one (model, target, seed) --------------------------------------------------------------------------------

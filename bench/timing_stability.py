@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
 

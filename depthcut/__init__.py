@@ -4,6 +4,8 @@ Public verbs (imported lazily so that ``import depthcut`` stays cheap):
 
 - ``depthcut.compress(model, LayerMergeConfig(...))`` — CNN depth compression (LayerMerge); the same run as
   named stages: ``depthcut.Compression(model, config)``.
+- ``depthcut.compare(model, CompareConfig(...))`` — several methods at the same measured speed-ups, timed
+  jointly: which is most accurate for this model.
 - ``depthcut.analyze(model, input_shape)`` — the chain, barriers and candidates of any CNN.
 - ``depthcut.prune(model, tokenizer, PruneConfig(...))`` — transformer depth pruning (blocks or sublayers).
 - ``depthcut.upscale(model, tokenizer, UpscaleConfig(...))`` — SOLAR depth up-scaling.
@@ -21,6 +23,8 @@ _LAZY = {
     "compress": ("depthcut.compression", "compress"),
     "Compression": ("depthcut.compression", "Compression"),
     "LayerMergeConfig": ("depthcut.config", "LayerMergeConfig"),
+    "compare": ("depthcut.comparison", "compare"),
+    "CompareConfig": ("depthcut.comparison", "CompareConfig"),
     "analyze": ("depthcut.cnn.graph", "analyze"),
     "DepthcutError": ("depthcut.errors", "DepthcutError"),
     "prune": ("depthcut.llm.prune", "prune"),

@@ -9,10 +9,13 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
+from .command import run_command
 from .errors import DepthcutError
 
 
+from .importance.table import PROXIES
 from .methods import get_method, method_names
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -51,36 +54,38 @@ def _shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
+def config_from_args(args: argparse.Namespace, **per_run: Any):
+    """The LayerMergeConfig the shared run options describe (``--config FILE`` instead, when given); flags left
+    out keep the config's defaults. ``per_run``: the fields only one verb sets (speed-up, method...)."""
     from .config import LayerMergeConfig
+
+    if args.config:
+        return LayerMergeConfig.load(args.config)
+    fields = {
+        "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
+        "importance": args.importance, "importance_steps": args.importance_steps,
+        "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
+        "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
+        "importance_seed": args.importance_seed,
+        "threads": args.threads, "timing_threads": args.timing_threads, "progress": not args.quiet,
+        "train_limit": args.train_limit, "finetune_size": args.finetune_size, "score_size": args.score_size,
+        "timing_rounds": args.timing_rounds, "timing_sessions": args.timing_sessions, "device": args.device,
+        "amp": args.amp, "channels_last": args.channels_last or None, "latency_model": args.latency_model,
+        "executor": args.executor, "workers": args.workers, "ray_address": args.address,
+        "recovery_procs": args.recovery_procs, "adapt_head": args.adapt_head or None,
+        "adapt_epochs": args.adapt_epochs, **per_run}
+    return LayerMergeConfig(**{k: v for k, v in fields.items() if v is not None})
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
     from .compression import compress
 
     if args.task == "generation":                 # a diffusion U-Net (depthcut.diffusion)
         from .diffusion.cli import compress_generation
         return compress_generation(args)
 
-    if args.config:
-        config = LayerMergeConfig.load(args.config)
-    else:
-        # flags left out keep the config's defaults (speedup 1.5 unless --latency-ms is given)
-        fields = {k: v for k, v in {
-            "speedup": args.speedup, "latency_ms": args.latency_ms,
-            "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
-            "importance": args.importance, "importance_steps": args.importance_steps,
-            "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
-            "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
-            "importance_seed": args.importance_seed,
-            "threads": args.threads, "timing_threads": args.timing_threads, "progress": not args.quiet,
-            "train_limit": args.train_limit,
-            "finetune_size": args.finetune_size, "score_size": args.score_size,
-            "timing_rounds": args.timing_rounds,
-            "timing_sessions": args.timing_sessions, "device": args.device, "amp": args.amp,
-            "channels_last": args.channels_last or None, "method": args.method,
-            "latency_model": args.latency_model, "executor": args.executor, "workers": args.workers,
-            "ray_address": args.address, "shard": args.shard, "recovery_procs": args.recovery_procs,
-            "adapt_head": args.adapt_head or None, "adapt_epochs": args.adapt_epochs,
-        }.items() if v is not None}
-        config = LayerMergeConfig(**fields)
+    config = config_from_args(args, speedup=args.speedup, latency_ms=args.latency_ms, method=args.method,
+                              shard=args.shard)
     result = compress(args.model or "resnet20_fmnist", config, out=args.out)
     r = result.report
     if "shard" in r:
@@ -91,6 +96,28 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(f"speed-up x{r['speedup']:.2f} [95% CI {r['speedup_low']:.2f}-{r['speedup_high']:.2f}] on {r['backend']} (batch {r['batch_size']}): "
           f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms; accuracy "
           f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}; report in {args.out}/report.md")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .comparison import CompareConfig, compare
+
+    if args.compare_config:
+        config = CompareConfig.load(args.compare_config)
+    else:
+        shared = {k: v for k, v in config_from_args(args).to_dict().items() if k not in ("method", "speedup")}
+        config = CompareConfig(methods=tuple(args.methods), speedups=tuple(args.speedup), seeds=tuple(args.seeds or [args.seed or 0]),
+                               match_tolerance=args.match_tolerance, joint_rounds=args.joint_rounds,
+                               compress={k: v for k, v in shared.items() if k not in ("latency_ms",
+                                         "speed_tolerance", "shard", "seed")})
+    comparison = compare(args.model or "resnet20_fmnist", config, out=args.out,
+                         command="depthcut " + " ".join(getattr(args, "argv", [])))
+    for target in config.speedups:
+        cells = [f"{r['method']} {r['accuracy']:.2f} at x{r['speedup']:.2f}" if r["accuracy"] is not None
+                 else f"{r['method']} did not land" for r in comparison.table(target)]
+        print(f"x{target:g}: " + "; ".join(cells) + f" - most accurate: {comparison.best(target) or 'none'}"
+              + ("" if comparison.matched(target) else " (speeds not matched: see the report)"))
+    print(f"report in {args.out}/report.md")
     return 0
 
 
@@ -119,45 +146,10 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="depthcut", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    e = sub.add_parser("env", help="versions of the packages that change results (for bug reports, CI logs)")
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_env)
-
-    a = sub.add_parser("analyze", help="show the conv chain, barriers and candidate counts of a CNN")
-    a.add_argument("model", help="registered name, package.module:factory, or a torch.export .pt2 file")
-    a.add_argument("--input-shape", type=_shape, default=None, help="N,C,H,W (default: the model's)")
-    a.add_argument("--json", action="store_true", help="machine-readable output")
-    a.set_defaults(func=cmd_analyze)
-
-    c = sub.add_parser("compress", help="LayerMerge: remove activations and convs, merge, recover, export")
-    c.add_argument("--task", default="classification", choices=["classification", "generation"],
-                   help="generation: a diffusion U-Net (diffusers UNet2DModel folder, or the embedded ddpm_fmnist), "
-                        "speed-up of its DDIM sampling loop, Fréchet distance of samples")
-    c.add_argument("--model", default=None, help="default: resnet20_fmnist (classification), ddpm_fmnist "
-                                                 "(generation)")
-    c.add_argument("--sampling-steps", type=int, default=None, help="generation: DDIM steps per timed run (20)")
-    c.add_argument("--recovery-steps", type=int, default=None, help="generation: recovery fine-tune steps (500)")
-    c.add_argument("--recovery-kd-weight", type=float, default=None,
-                   help="generation: weight of the original U-Net's prediction in the recovery target (0)")
-    c.add_argument("--recovery-ema", type=float, default=None,
-                   help="generation: the recovered U-Net is an exponential moving average of its weights over "
-                        "the recovery with this decay (0.999; 0: the last step's weights)")
-    c.add_argument("--importance-reference", default=None, choices=["finetuned", "original"],
-                   help="generation: score a row's fine-tuned loss against the original after the same fine-tune "
-                        "(finetuned, default) or untouched (original)")
-    c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
+def add_run_options(c: argparse.ArgumentParser) -> None:
+    """The options of one compression run (a LayerMergeConfig), shared by ``compress`` and ``compare``."""
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
-    target = c.add_mutually_exclusive_group()
-    target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
-    target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
-    c.add_argument("--method", default=None, choices=method_names(),
-                   help="layermerge (default); baselines through the same pipeline: " + ", ".join(
-                       f"{m}: {get_method(m).summary}" for m in method_names() if m != "layermerge"))
     c.add_argument("--latency-model", default=None, choices=["per-call", "additive"],
                    help="rows minus the runtime's per-call cost (default), or plain sums")
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "
@@ -166,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--channels-last", action="store_true", help="fine-tune and time in channels_last")
     c.add_argument("--batch-size", type=int, default=None)
     c.add_argument("--input-shape", type=_shape, default=None)
-    c.add_argument("--importance", default=None, choices=["finetune", "bn-recalibration", "none"])
+    c.add_argument("--importance", default=None, choices=list(PROXIES),
+                   help="; ".join(f"{name}: {cost}" for name, cost in PROXIES.items()))
     c.add_argument("--importance-steps", type=int, default=None)
     c.add_argument("--finetune-size", type=int, default=None,
                    help="held-out images for the importance fine-tunes (default: min(5000, half the training set))")
@@ -193,9 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "one GPU each on CUDA; default 1)")
     c.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: local "
                    "Ray, or RAY_ADDRESS)")
-    c.add_argument("--shard", type=_shard, default=None, metavar="I/N",
-                   help="compute only shard I of N of the importance table into --cache-dir (shared by the "
-                        "machines), then stop; a run without --shard assembles the table and goes on")
     c.add_argument("--config", default=None, help="a LayerMergeConfig JSON file (overrides the flags)")
     c.add_argument("--cache-dir", default=None)
     c.add_argument("--threads", type=int, default=None)
@@ -206,8 +196,71 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the importance table (default: --seed); fix it to share one table across seeds")
     c.add_argument("--quiet", action="store_true")
     c.add_argument("--out", required=True)
+
+
+def add_compress_command(sub) -> None:
+    c = sub.add_parser("compress", help="LayerMerge: remove activations and convs, merge, recover, export")
+    c.add_argument("--task", default="classification", choices=["classification", "generation"],
+                   help="generation: a diffusion U-Net (diffusers UNet2DModel folder, or the embedded ddpm_fmnist), "
+                        "speed-up of its DDIM sampling loop, Fréchet distance of samples")
+    c.add_argument("--model", default=None, help="default: resnet20_fmnist (classification), ddpm_fmnist "
+                                                 "(generation)")
+    c.add_argument("--sampling-steps", type=int, default=None, help="generation: DDIM steps per timed run (20)")
+    c.add_argument("--recovery-steps", type=int, default=None, help="generation: recovery fine-tune steps (500)")
+    c.add_argument("--recovery-kd-weight", type=float, default=None,
+                   help="generation: weight of the original U-Net's prediction in the recovery target (0)")
+    c.add_argument("--recovery-ema", type=float, default=None,
+                   help="generation: the recovered U-Net is an exponential moving average of its weights over "
+                        "the recovery with this decay (0.999; 0: the last step's weights)")
+    c.add_argument("--importance-reference", default=None, choices=["finetuned", "original"],
+                   help="generation: score a row's fine-tuned loss against the original after the same fine-tune "
+                        "(finetuned, default) or untouched (original)")
+    c.add_argument("--fd-samples", type=int, default=None, help="generation: samples per Fréchet distance (256)")
+    target = c.add_mutually_exclusive_group()
+    target.add_argument("--speedup", type=float, default=None, help="target end-to-end speed-up (default 1.5)")
+    target.add_argument("--latency-ms", type=float, default=None, help="target end-to-end latency in ms")
+    c.add_argument("--method", default=None, choices=method_names(),
+                   help="layermerge (default); baselines through the same pipeline: " + ", ".join(
+                       f"{m}: {get_method(m).summary}" for m in method_names() if m != "layermerge"))
+    c.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="compute only shard I of N of the importance table into --cache-dir (shared by the "
+                        "machines), then stop; a run without --shard assembles the table and goes on")
+    add_run_options(c)
     c.set_defaults(func=cmd_compress)
 
+
+def add_compare_command(sub) -> None:
+    m = sub.add_parser("compare", help="compress with several methods at the same measured speed-ups and report "
+                                       "which is most accurate (each timed with the others in the same rounds)")
+    m.add_argument("--model", default=None, help="default: resnet20_fmnist")
+    m.add_argument("--speedup", type=float, nargs="+", default=[1.5, 2.0], help="target speed-ups (1.5 2.0)")
+    m.add_argument("--methods", nargs="+", default=["layermerge", "channel"], choices=method_names(),
+                   help="registered methods to compare (layermerge channel)")
+    m.add_argument("--seeds", type=int, nargs="+", default=None, help="one run of each method per seed (--seed)")
+    m.add_argument("--match-tolerance", type=float, default=0.03,
+                   help="every method lands within [target, target x (1 + this)] (0.03)")
+    m.add_argument("--joint-rounds", type=int, default=60, help="rounds of each joint timing (60)")
+    m.add_argument("--compare-config", default=None, help="a CompareConfig JSON file (overrides the flags)")
+    add_run_options(m)
+    m.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="depthcut", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("env", help="versions of the packages that change results (for bug reports, CI logs)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_env)
+
+    a = sub.add_parser("analyze", help="show the conv chain, barriers and candidate counts of a CNN")
+    a.add_argument("model", help="registered name, package.module:factory, or a torch.export .pt2 file")
+    a.add_argument("--input-shape", type=_shape, default=None, help="N,C,H,W (default: the model's)")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a.set_defaults(func=cmd_analyze)
+
+    add_compress_command(sub)
+    add_compare_command(sub)
     try:
         from .llm.cli import add_llm_commands
     except ImportError:  # the llm extra is optional
@@ -244,37 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     except DepthcutError as e:
         print(f"depthcut: error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
-    return run_command(build_parser().parse_args(argv))
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed command: user errors become one line on stderr and a non-zero exit code."""
-    try:
-        return int(args.func(args) or 0)
-    except DepthcutError as e:
-        if os.environ.get("DEPTHCUT_DEBUG"):
-            raise
-        print(f"depthcut: error: {' '.join(str(e).split())}", file=sys.stderr)   # always one line
-        return e.exit_code
-    except ImportError as e:
-        extra = _extra_for(getattr(e, "name", None) or "")
-        if extra is None or os.environ.get("DEPTHCUT_DEBUG"):
-            raise
-        print(f"depthcut: error: this command needs {e.name!r}, from the optional extra {extra!r}: "
-              f"pip install 'depthcut[{extra}]' (see the README's Install section)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("depthcut: interrupted; finished table entries are cached and will be reused", file=sys.stderr)
-        return 130
-
-
-# optional dependencies -> the extra of pyproject.toml that installs them
-EXTRAS = {"transformers": "llm", "peft": "llm", "gguf": "llm", "safetensors": "llm", "yaml": "llm",
-          "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "sklearn": "data", "mlxtend": "data"}
-
-
-def _extra_for(module: str) -> str | None:
-    return EXTRAS.get(module.split(".")[0])
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)      # what the user typed, for the reports
+    return run_command(args)
 
 
 if __name__ == "__main__":

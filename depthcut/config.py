@@ -6,11 +6,11 @@ from typing import Any, ClassVar
 
 from .configbase import ConfigBase, at_least
 from .errors import DepthcutError
+from .importance.table import PROXIES     # the importance proxies: defined once, with their costs
 
 CONFIG_VERSION = 1
 DEFAULT_SPEEDUP = 1.5
 
-PROXIES = ("finetune", "bn-recalibration", "none")
 LATENCY_MODELS = ("per-call", "additive")
 
 

@@ -18,7 +18,9 @@ def load(folder: str | Path, model: Any = None) -> Any:
     * a pruned or up-scaled LLM (a Hugging Face checkpoint): the ``transformers`` model, removed sublayers
       re-applied (:func:`depthcut.llm.surgery.load_pruned`);
     * a compressed diffusion U-Net (``unet/`` or a diffusers ``config.json``): the
-      :class:`~depthcut.diffusion.model.DepthcutUNet2DModel`.
+      :class:`~depthcut.diffusion.model.DepthcutUNet2DModel`;
+    * a comparison of methods (``depthcut.compare``): its report as a dict (each run's network is under
+      ``runs/``, loadable with this function).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -27,6 +29,10 @@ def load(folder: str | Path, model: Any = None) -> Any:
         from .report import load_compressed
 
         return load_compressed(folder, model)
+    if _json(folder / "report.json").get("kind") == "depthcut comparison":
+        from .comparison import load_comparison
+
+        return load_comparison(folder)
     if (folder / "pruned_model.pt").exists():
         import torch
 

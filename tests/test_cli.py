@@ -75,3 +75,22 @@ def test_plugins_extend_the_command_line_and_a_broken_one_is_one_line(tmp_path, 
     assert main(["env"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DEPTHCUT_PLUGINS: cannot import plugin module 'no_such_plugin_module'" in err[0]
+
+
+def test_every_optional_extra_is_named_when_its_package_is_missing(capsys):
+    """A command that needs a package of an extra says which extra, in one line, for every extra."""
+    import argparse
+    import tomllib
+    from pathlib import Path
+
+    from depthcut.command import EXTRAS, run_command
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    assert set(extras) - {"dev"} <= set(EXTRAS.values())
+    for module, extra in EXTRAS.items():
+        def needs(args, module=module):
+            raise ImportError(f"No module named {module!r}", name=module)
+        assert run_command(argparse.Namespace(func=needs)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pip install 'depthcut[{extra}]'" in err

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from depthcut.cnn.build import is_trivial
-from depthcut.cnn.graph import analyze_zoo
+from depthcut.zoo import analyze_zoo
 from depthcut.errors import InfeasibleBudgetError
 from depthcut.latency.dominance import macs
 from depthcut.methods import get_method, method_names, natural_blocks

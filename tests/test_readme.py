@@ -30,6 +30,9 @@ SIMULATED = "sleepy-ort"
 SMALL = {
     "compress": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size",
                  "64", "--train-limit", "512", "--timing-rounds", "20", "--quiet", "--backend", SIMULATED],
+    "compare": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size", "64",
+                "--train-limit", "512", "--timing-rounds", "20", "--joint-rounds", "6", "--quiet", "--backend",
+                SIMULATED],
     "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16",
                   "--lm-eval-limit", "4"],
     "llm upscale": ["--eval", "2x64"],
@@ -112,7 +115,7 @@ def test_readme_command_runs(command, tmp_path):
         # An absolute budget depends on the model and the backend: keep the flag, with the value x1.3 needs.
         args[args.index("--latency-ms") + 1] = f"{_original_ms(args) / 1.3:.3f}"
     args += SMALL.get(kind, [])
-    if kind == "compress":
+    if kind in ("compress", "compare"):
         args += ["--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "DEPTHCUT_PLUGINS": "simulated_backend"}

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import DepthcutError, UnsupportedModelError
 from .chain import Candidate, Chain, Plan, Skip
+from .graph import ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES
 from .merge import ConvParams, conv_padding, from_conv, merge_sequence, regroup, to_module
 
 BLOCK_PREFIX = "dc_block"
@@ -462,12 +463,7 @@ def replay(model: nn.Module, plan_json: str | Plan, input_shape: Sequence[int],
 # Statistics for reports
 # ----------------------------------------------------------------------------------------------------------
 
-ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh,
-                      nn.Hardsigmoid, nn.Mish, nn.ELU, nn.PReLU)
-ACTIVATION_FUNCTIONS = {F.relu, F.relu6, F.silu, F.hardswish, F.gelu, F.leaky_relu, F.hardsigmoid, F.mish,
-                        F.elu, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid if hasattr(F, "sigmoid") else
-                        torch.sigmoid}
-ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "tanh"}
+COUNTED_ACTIVATIONS = ACTIVATION_MODULES + (nn.PReLU,)    # the analysis's activations, and PReLU (a barrier there)
 
 
 def count_layers(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)) -> dict[str, int]:
@@ -492,7 +488,7 @@ def count_layers(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224)
             hooks.append(m.register_forward_hook(on_conv))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(on_linear))
-        elif isinstance(m, ACTIVATION_MODULES):
+        elif isinstance(m, COUNTED_ACTIVATIONS):
             hooks.append(m.register_forward_hook(on_act))
     # Functional activations are invisible to hooks; in a GraphModule they are nodes we can count.
     if isinstance(model, fx.GraphModule):

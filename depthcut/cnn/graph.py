@@ -69,6 +69,10 @@ _ACT_FUNCTIONS: dict[Any, str] = {
 }
 _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
                 "tanh": "tanh", "tanh_": "tanh"}
+# the same vocabulary, public: what counts as an activation anywhere in depthcut (count_layers too)
+ACTIVATION_MODULES: tuple[type, ...] = tuple(m for m, _ in _ACT_MODULES)
+ACTIVATION_FUNCTIONS = frozenset(_ACT_FUNCTIONS)
+ACTIVATION_METHODS = frozenset(_ACT_METHODS)
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 _TRANSPARENT_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout)
@@ -78,9 +82,7 @@ _TRANSPARENT_METHODS = {"contiguous"}
 
 def activation_module(kind: str) -> nn.Module:
     """A fresh module for an activation kind found by the analysis (for latency rows and rebuilt blocks)."""
-    table = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish, "gelu": nn.GELU,
-             "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "mish": nn.Mish, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-             "hardsigmoid": nn.Hardsigmoid}
+    table = {name: module for module, name in _ACT_MODULES}
     if kind not in table:
         raise DepthcutError(f"unknown activation kind {kind!r}; known: {', '.join(sorted(table))}")
     return table[kind]()
@@ -893,12 +895,3 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 224, 224), e
     gm = trace(model, shape)
     chain = find_chain(gm, exclude)
     return Analysis(gm, chain, valid_blocks(chain), enumerate_candidates(chain, gm), shape)
-
-
-def analyze_zoo(name: str, input_shape: tuple[int, ...] | None = None, batch_size: int | None = None) -> Analysis:
-    """``analyze`` a registered zoo model with its own input shape and chain exclusions."""
-    from .. import zoo
-
-    entry = zoo.get(name)
-    model = zoo.load(name) if entry.checkpoint.exists() else entry.create().eval()
-    return analyze(model, tuple(input_shape or entry.input_shape), entry.chain_exclude, batch_size)

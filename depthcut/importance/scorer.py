@@ -14,6 +14,7 @@ from ..cnn.build import is_trivial
 from ..cnn.chain import Candidate
 from ..config import LayerMergeConfig
 from ..log import say as log_say
+from .table import Proxy
 
 
 def say(config: LayerMergeConfig, msg: str) -> None:
@@ -68,11 +69,12 @@ class CandidateAccuracy:
         config, chain = self.config, self.analysis.chain
         torch.manual_seed(config.scoring_seed)
         model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
-        if config.importance == "finetune":
+        proxy = Proxy(config.importance)
+        if proxy is Proxy.FINETUNE:
             train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
                   batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
                   amp=config.amp, channels_last=config.channels_last)
-        elif config.importance == "bn-recalibration":
+        elif proxy is Proxy.BN_RECALIBRATION:
             recalibrate_bn(model, self.finetune)
         return evaluate(model.eval(), self.score)
 

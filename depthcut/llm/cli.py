@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from ..command import run_command
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -184,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "llm":
         argv = ["llm", *argv]
-    from ..cli import run_command
-
     return run_command(parser.parse_args(argv))
 
 

@@ -24,10 +24,12 @@ interval still reaches below (a noisy machine, a short timing), it is not infeas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from ..errors import InfeasibleBudgetError
-from ..latency.compare import SpeedupEstimate
+
+if TYPE_CHECKING:        # the search stays free of torch: the estimate is only a type here
+    from ..latency.compare import SpeedupEstimate
 
 
 @dataclass

@@ -113,6 +113,16 @@ def _efficientnet_lite0(**kw):
 register(ModelEntry("efficientnet_lite0", _efficientnet_lite0))
 
 
+def analyze_zoo(name: str, input_shape: tuple[int, ...] | None = None, batch_size: int | None = None):
+    """``depthcut.analyze`` a registered model with its own input shape and chain exclusions (the zoo depends
+    on the analysis, never the other way round)."""
+    from ..cnn.graph import analyze
+
+    entry = get(name)
+    model = load(name) if entry.checkpoint.exists() else entry.create().eval()
+    return analyze(model, tuple(input_shape or entry.input_shape), entry.chain_exclude, batch_size)
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Seeded, non-trivial BatchNorm statistics and affine parameters, in eval mode: a random-weight network
     for latency work (latency does not depend on the weights, but a fresh BatchNorm is an identity that hides

@@ -2,12 +2,9 @@
 the options that contradict each other (one line, before any work)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import cnn_frontier as cf  # noqa: E402
 

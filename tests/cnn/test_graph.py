@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from depthcut.cnn.graph import analyze, analyze_zoo, trace
+from depthcut.cnn.graph import analyze, trace
+from depthcut.zoo import analyze_zoo
 from depthcut.errors import DepthcutError, UnsupportedModelError
 from depthcut.zoo import create, get
 

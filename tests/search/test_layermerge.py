@@ -202,3 +202,12 @@ def test_best_equals_a_fresh_budget_centred_solve(table):
         assert round(got.importance, 9) >= round(fresh.importance, 9)
         coarse_lost += frontier.best(b, refine=False).importance < fresh.importance - 1e-9
     assert coarse_lost > 0     # the instance does exercise the refinement
+
+
+def test_the_search_imports_no_torch():
+    """The search is pure numpy (its package docstring says so): importing it, landing included, pulls no torch."""
+    import subprocess
+    import sys
+    code = ("import sys, depthcut.search, depthcut.search.target; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
