@@ -559,17 +559,28 @@ def predicted_speedup(rows: LatencyRows, modelled_body_ms: float, original_ms: f
 
 
 # -- stage 8: report --------------------------------------------------------------------------------------
-def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
-                ) -> dict[str, Any]:
+def measured_fields(run: "Compression", final, deployed: nn.Module) -> dict[str, Any]:
+    """What every method's report states alike: the final timing, and accuracy, parameters, MACs, convs and
+    activations of the original and the deployed network."""
     from .cnn.build import count_layers
-    from .latency.backends import math_mode
     from .train import evaluate
 
+    acc_before, acc_after = evaluate(run.original, run.splits.test), evaluate(deployed, run.splits.test)
+    before, after = count_layers(run.original, run.input_shape), count_layers(deployed, run.input_shape)
+    return {"latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
+            "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
+            "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
+            "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
+            "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
+            **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
+            **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")}}
+
+
+def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
+                ) -> dict[str, Any]:
+    from .latency.backends import math_mode
+
     config, chain, analysis, plan = run.config, run.analysis.chain, run.analysis, chosen.plan
-    acc_before = evaluate(run.original, run.splits.test)
-    acc_after = evaluate(merged, run.splits.test)
-    stats_before = count_layers(run.original, run.input_shape)
-    stats_after = count_layers(merged, run.input_shape)
     target_ms = config.latency_ms if config.latency_ms else final.original_ms / config.speedup
     plan.meta.update({"model": run.resolved.name, "input_shape": list(run.input_shape), "backend": config.backend,
                       "exclude": list(run.resolved.chain_exclude)})
@@ -587,10 +598,7 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         "classes": run.classes,
         "target_speedup": config.speedup, "target_latency_ms": target_ms,
         "target_speedup_effective": chosen.target, "speed_tolerance": config.speed_tolerance,
-        "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
-        "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
-        "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
-        "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
+        **measured_fields(run, final, merged),
         # met: the final point estimate reaches the target; the probe that chose the plan had its whole 95%
         # interval at or above it
         "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
@@ -601,12 +609,7 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         # the final timing (after recovery, same structure) inside the interval of the probe that accepted it
         "final_inside_probe_interval": chosen.landing.probe.estimate.low <= final.ratio
                                        <= chosen.landing.probe.estimate.high,
-        "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
         "importance_base_accuracy": run.base_accuracy,
-        "params_before": stats_before["params"], "params_after": stats_after["params"],
-        "macs_before": stats_before["macs"], "macs_after": stats_after["macs"],
-        "convs_before": stats_before["convs"], "convs_after": stats_after["convs"],
-        "activations_before": stats_before["activations"], "activations_after": stats_after["activations"],
         "merge_relative_error": merge_check["error"], "merge_float32_control": merge_check["control"],
         "merge_error_allowed": merge_check["allowed"],
         "intended_relative_error": verified["deployed"], "intended_float32_control": verified["control"],
@@ -636,10 +639,9 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
 def compress_width(run: "Compression", out) -> CompressResult:
     """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
     final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
-    from .cnn.build import count_layers
     from .cnn.channels import ChannelFrontier
     from .search.target import land_on_target
-    from .train import evaluate, train
+    from .train import train
 
     config = run.config
     run.say(f"channel pruning (Torch-Pruning, L1; global and uniform plans) of {run.resolved.name}")
@@ -669,8 +671,6 @@ def compress_width(run: "Compression", out) -> CompressResult:
           kd_weight=config.kd_weight, progress=config.progress, seed=config.seed, **run.fit)
     pruned.eval()
     final = measure_final(run, pruned)
-    acc_before, acc_after = evaluate(run.original, run.splits.test), evaluate(pruned, run.splits.test)
-    before, after = count_layers(run.original, run.input_shape), count_layers(pruned, run.input_shape)
     upper = target * (1 + config.speed_tolerance)
     report = {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
@@ -678,17 +678,10 @@ def compress_width(run: "Compression", out) -> CompressResult:
         "timing_threads": run.backend.describe()["threads"], "target_speedup": config.speedup,
         "target_latency_ms": config.latency_ms or final.original_ms / target,
         "target_speedup_effective": target, "speed_tolerance": config.speed_tolerance,
-        "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
-        "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
-        "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
-        "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
+        **measured_fields(run, final, pruned),
         "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
         "within_band": final.ratio <= upper, "landing_overshoot": landing.overshoot,
         "pruning_ratio": landing.plan.ratio, "channel_scope": landing.plan.scope,
-        "accuracy_before": acc_before, "accuracy_after": acc_after,
-        "accuracy_drop": acc_before - acc_after,
-        **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
-        **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")},
         "probes": [p.to_dict() | {"pruning_ratio": p.plan.ratio, "channel_scope": p.plan.scope}
                    for p in landing.probes], "config": config.to_dict(),
         "seconds": time.time() - run.t_start,
@@ -697,7 +690,8 @@ def compress_width(run: "Compression", out) -> CompressResult:
     if out is not None:
         result.save_pretrained(out)
     run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at "
-            f"channel ratio {landing.plan.ratio:.3f}, accuracy {acc_before:.2f} -> {acc_after:.2f}")
+            f"channel ratio {landing.plan.ratio:.3f}, accuracy {report['accuracy_before']:.2f} -> "
+            f"{report['accuracy_after']:.2f}")
     return result
 
 

@@ -107,39 +107,52 @@ def plot_frontier(result, path: Path) -> str | None:
 
 
 def render_markdown(r: dict[str, Any]) -> str:
+    """report.md: the headline, what changed, what was checked, the plan, and how the landing got there."""
+    lines = [f"# depthcut report: {r['model']}", "", *_headline(r), "", *_before_after(r), "", *_verification(r),
+             "", *_plan(r), "", *_landing(r)]
+    if r.get("frontier_png"):
+        lines += ["", f"![frontier]({r['frontier_png']})"]
+    lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _headline(r: dict[str, Any]) -> list[str]:
+    """How the speed-up was timed, and the speed-up and accuracy."""
+    how = (f"Backend **{r['backend']}**, batch {r['batch_size']}, input {tuple(r['input_shape'][1:])}; "
+           f"the speed-up is the median of {r['timing_rounds']} paired rounds (original and compressed alternating"
+           + (f", rotating through {r['timing_sessions']} runtime sessions of each" if r.get("timing_sessions", 1) > 1
+              else "")
+           + "), with its 95% confidence interval"
+           + (" (widened to cover the spread between the sessions' ratios: "
+              + ", ".join(f"x{v:.3f}" for v in r["timing_session_ratios"]) + ")"
+              if len(r.get("timing_session_ratios") or []) > 1 else "")
+           + (f"; {r['timing_outlier_rounds']} outlier rounds" if r.get("timing_outlier_rounds") else "") + ".")
+    result = (f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "
+              + (f"x{r['target_speedup']}" if r.get("target_speedup") else f"{r['target_latency_ms']:.3f} ms")
+              + (", **met**" if r.get("target_met") else ", **missed** in this final timing")
+              + (f", within +{100 * r['speed_tolerance']:.0f}%" if r.get("within_band") else
+                 f", more than {100 * r['speed_tolerance']:.0f}% faster than asked")
+              + f"), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}% "
+                f"({-r['accuracy_drop']:+.2f} points) on the {r['data']} test set.")
+    return [how, "", result]
+
+
+def _before_after(r: dict[str, Any]) -> list[str]:
     def row(name, before, after, fmt="{:,}"):
         return f"| {name} | {fmt.format(before)} | {fmt.format(after)} |"
 
-    lines = [
-        f"# depthcut report: {r['model']}",
-        "",
-        f"Backend **{r['backend']}**, batch {r['batch_size']}, input {tuple(r['input_shape'][1:])}; "
-        f"the speed-up is the median of {r['timing_rounds']} paired rounds (original and compressed alternating"
-        + (f", rotating through {r['timing_sessions']} runtime sessions of each" if r.get("timing_sessions", 1) > 1
-           else "")
-        + "), with its 95% confidence interval"
-        + (" (widened to cover the spread between the sessions' ratios: "
-           + ", ".join(f"x{v:.3f}" for v in r["timing_session_ratios"]) + ")"
-           if len(r.get("timing_session_ratios") or []) > 1 else "")
-        + (f"; {r['timing_outlier_rounds']} outlier rounds" if r.get("timing_outlier_rounds") else "") + ".",
-        "",
-        f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "
-        + (f"x{r['target_speedup']}" if r.get("target_speedup") else f"{r['target_latency_ms']:.3f} ms")
-        + (", **met**" if r.get("target_met") else ", **missed** in this final timing")
-        + (f", within +{100 * r['speed_tolerance']:.0f}%" if r.get("within_band") else
-           f", more than {100 * r['speed_tolerance']:.0f}% faster than asked")
-        + f"), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}% "
-          f"({-r['accuracy_drop']:+.2f} points) on the {r['data']} test set.",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        row("latency (ms)", r["latency_ms_before"], r["latency_ms_after"], "{:.3f}"),
-        row("accuracy (%)", r["accuracy_before"], r["accuracy_after"], "{:.2f}"),
-        row("parameters", r["params_before"], r["params_after"]),
-        row("MACs", r["macs_before"], r["macs_after"]),
-        row("convolutions", r["convs_before"], r["convs_after"]),
-        row("activations", r["activations_before"], r["activations_after"]),
-        "",
+    return ["| | before | after |", "|---|---|---|",
+            row("latency (ms)", r["latency_ms_before"], r["latency_ms_after"], "{:.3f}"),
+            row("accuracy (%)", r["accuracy_before"], r["accuracy_after"], "{:.2f}"),
+            row("parameters", r["params_before"], r["params_after"]),
+            row("MACs", r["macs_before"], r["macs_after"]),
+            row("convolutions", r["convs_before"], r["convs_after"]),
+            row("activations", r["activations_before"], r["activations_after"])]
+
+
+def _verification(r: dict[str, Any]) -> list[str]:
+    """The candidates dropped before scoring, and the checks against the intended function."""
+    return [
         f"Chain: {r['positions']} positions, {r['blocks_valid']} valid blocks, {r['candidates']} candidates, "
         f"{r.get('candidates_dominated', 0)} of them dropped as dominated (no faster than the original convs "
         f"they replace beyond their timings' 95 % intervals, so no plan could pick them; never built in full or "
@@ -157,18 +170,22 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Borders: a merged block pads once, at its input, so near the borders it differs from the original "
         f"convs padding one by one; the intended (and fine-tuned) function is the one with the padding moved. "
         f"Against the original padding the deployed network differs by {r.get('border_relative_error', nan):.1e} "
-        f"(relative, before recovery); a global pool after a block (squeeze-excite) carries it into the interior.",
-        "",
-        "## Plan",
-        "",
-        "| block | convs | kept | merged kernel | stride | activation after |",
-        "|---|---|---|---|---|---|",
-    ]
+        f"(relative, before recovery); a global pool after a block (squeeze-excite) carries it into the interior."]
+
+
+def _plan(r: dict[str, Any]) -> list[str]:
+    lines = ["## Plan", "", "| block | convs | kept | merged kernel | stride | activation after |",
+             "|---|---|---|---|---|---|"]
     for b in r["plan_blocks"]:
         kept = ", ".join(b["kept"]) if b["kept"] else "(identity)"
         convs = ", ".join(b["convs"])
         lines.append(f"| ({b['start']}, {b['end']}) | {convs} | {kept} | {b['kernel']}x{b['kernel']}"
                      f"{' dw' if b['depthwise'] else ''} | {b['stride']} | {b['activation'] or '-'} |")
+    return lines
+
+
+def _landing(r: dict[str, Any]) -> list[str]:
+    """The latency model the DP used, and every probe the landing timed."""
     fit = r.get("latency_model_fit") or {}
     if fit.get("kind") == "per-call":
         described = (f"per-call model: each row's single-call timing minus the runtime's per-call cost, "
@@ -178,24 +195,21 @@ def render_markdown(r: dict[str, Any]) -> str:
                      f"(largest error on them {max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in fit['calibration']):.1%})")
     else:
         described = "additive model: the rows' single-call timings summed, the rest taken from the measured original"
-    lines += ["", "## Landing on the target", "",
-              f"The block latencies ({described}) add up to a model of the network's latency. Each probe below "
-              "timed a real network against the original; the landing corrected the model on what was measured "
-              "and re-solved until a plan's interval met the target and its estimate stayed within the band. "
-              f"The model's error on the probes (predicted / measured - 1): largest "
-              f"{r.get('model_error_largest', nan):.1%}.", "",
-              "| probe | budget (ms) | modelled body (ms) | model's speed-up | error | measured speed-up (95% CI) "
-              "| rounds | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines = ["## Landing on the target", "",
+             f"The block latencies ({described}) add up to a model of the network's latency. Each probe below "
+             "timed a real network against the original; the landing corrected the model on what was measured "
+             "and re-solved until a plan's interval met the target and its estimate stayed within the band. "
+             f"The model's error on the probes (predicted / measured - 1): largest "
+             f"{r.get('model_error_largest', nan):.1%}.", "",
+             "| probe | budget (ms) | modelled body (ms) | model's speed-up | error | measured speed-up (95% CI) "
+             "| rounds | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
         verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
         lines.append(f"| {i} | {a['budget']:.3f} | {a['modelled']:.3f} | x{a.get('predicted', nan):.2f} | "
                      f"{a.get('model_error', nan):+.1%} | x{a['measured_ratio']:.2f} [{a['measured_low']:.2f}, "
                      f"{a['measured_high']:.2f}] | {a['measured_rounds']} | {verdict} |")
-    if r.get("frontier_png"):
-        lines += ["", f"![frontier]({r['frontier_png']})"]
-    lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def load_compressed(folder: str | Path, model: nn.Module | str | None = None) -> nn.Module:
