@@ -165,7 +165,18 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
         stages.start("quality", f"Fréchet distance of {config.fd_samples} samples each")
         samples, quality = _quality(unet, model, scheduler, real if real is not None else rest, features, config)
     stages.end()
-    report = {
+    losses = {"loss_before": base_loss, "importance_reference_loss": reference, "loss_after_recovery": loss_after}
+    report = _report(config, rows, plan, error, landing, full, final, losses, quality, stages, t0)
+    result = GenerationResult(model, plan, report, scheduler, samples)
+    if out is not None:
+        result.save_pretrained(out)
+    return result
+
+
+def _report(config: GenerationConfig, rows, plan, error, landing, full: float, final, losses: dict[str, float],
+            quality, stages, t0: float) -> dict[str, Any]:
+    """report.json of a compressed U-Net: the plan, its checks, the landing, the final timing, the losses."""
+    return {
         "version": CONFIG_VERSION, "config": config.to_dict(), "rows": len(rows),
         "plan": [r.key for r in plan], "merged_blocks": sum(r.span == "conv1+conv2" for r in plan),
         # of those, the blocks left with one 3x3 conv (the other pruned) rather than one 5x5 merge
@@ -178,14 +189,10 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
         "sampling_ms_before": final.original_ms, "sampling_ms_after": final.compressed_ms,
         "sampling_protocol": f"DDIM, {config.sampling_steps} steps, batch {config.batch}, {config.backend}, paired "
                              f"interleaved rounds (median ratio, 95% interval)",
-        "loss_before": base_loss, "importance_reference_loss": reference, "loss_after_recovery": loss_after,
+        **losses,
         "quality": quality,
         "timings_s": dict(stages.timings), "seconds": time.time() - t0,
     }
-    result = GenerationResult(model, plan, report, scheduler, samples)
-    if out is not None:
-        result.save_pretrained(out)
-    return result
 
 
 def _importance_store(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, config: GenerationConfig):

@@ -115,7 +115,13 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     """Register ``llm prune`` and ``llm upscale`` under ``subparsers`` (an argparse subparsers action)."""
     llm = subparsers.add_parser("llm", help="depth pruning and depth up-scaling of Hugging Face causal LMs")
     sub = llm.add_subparsers(dest="llm_command", required=True)
+    _add_prune(sub)
+    _add_upscale(sub)
+    _add_select(sub)
+    return llm
 
+
+def _add_prune(sub) -> None:
     p = sub.add_parser("prune", help="remove decoder blocks/sublayers, LoRA-heal, measure PPL and speed-up")
     p.add_argument("--model", default=None, help="HF checkpoint directory, .gguf file, or a Hugging Face id already in the local HF cache "
                         "(default: embedded SmolLM2-135M)")
@@ -152,6 +158,8 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (checkpoint, report.md, report.json)")
     p.set_defaults(func=cmd_prune)
 
+
+def _add_upscale(sub) -> None:
     u = sub.add_parser("upscale", help="SOLAR depth up-scaling; reports PPL before any training")
     u.add_argument("--model", default=None, help="HF checkpoint directory, .gguf file, or a Hugging Face id already in the local HF cache "
                         "(default: embedded SmolLM2-135M)")
@@ -165,6 +173,8 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     u.add_argument("--quiet", action="store_true", help="no stage lines on stderr")
     u.set_defaults(func=cmd_upscale)
 
+
+def _add_select(sub) -> None:
     s = sub.add_parser("select", help="which blocks a criterion removes, scored with one block in memory at a "
                                       "time (for models that do not fit)")
     s.add_argument("--model", required=True, help="checkpoint folder (safetensors) or a Hugging Face id in the cache")
@@ -176,7 +186,6 @@ def add_llm_commands(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_select)
-    return llm
 
 
 def main(argv: list[str] | None = None) -> int:
