@@ -132,17 +132,15 @@ def joint_timing(model: str, files: dict[str, Path], args) -> dict:
     """Every method's deployed network (``files``: method -> model.onnx) and the original, in the same rounds."""
     from depthcut.config import LayerMergeConfig
     from depthcut.latency import get_backend
-    from depthcut.latency.compare import compare_many
+    from depthcut.latency.compare import time_jointly
     from depthcut.models import resolve_model
 
     sessions = LayerMergeConfig().timing_sessions
     resolved = resolve_model(model)
     x = torch.randn((1,) + tuple(resolved.input_shape[1:]), generator=torch.Generator().manual_seed(0))
-    backend = get_backend("onnxruntime", threads=args.timing_threads)
-    runners = {"original": backend.prepare_sessions(resolved.model.eval(), x, sessions)}
-    runners |= {m: backend.sessions_from_file(f, x, sessions) for m, f in files.items()}
     t0 = time.time()
-    est = compare_many(runners, rounds=args.joint_rounds, block_rounds=5, warmup=5)
+    est = time_jointly(resolved.model.eval(), dict(files), x, get_backend("onnxruntime", threads=args.timing_threads),
+                       sessions=sessions, rounds=args.joint_rounds, drift=0.0)
     ratios = [e.ratio for e in est.values()]
     return {"methods": sorted(files), "rounds": args.joint_rounds, "sessions": sessions,
             "seconds": time.time() - t0, "speedups": {m: e.to_dict() for m, e in est.items()},

@@ -279,18 +279,13 @@ def compare(model: str | nn.Module, config: CompareConfig | None = None, *, out:
 
 def time_jointly(reference, networks: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
     """Every landed network of one (target, seed) against the original in the same rounds, on fresh sessions
-    (the interval floored at the backend's drift: the speed-ups are absolute claims too)."""
-    from .latency.backends import timing_copy
-    from .latency.compare import compare_many, with_drift
+    (depthcut.latency.compare.time_jointly)."""
+    from .latency.compare import time_jointly as timed_together
 
-    sessions = reference.config.timing_sessions
-    backend, example = reference.backend, reference.example
-    runners = {"original": backend.prepare_sessions(timing_copy(reference.original), example, sessions)}
-    for method, result in networks.items():
-        network = timing_copy(result.model.to(reference.device).eval())
-        runners[method] = backend.prepare_sessions(network, example, sessions)
-    estimates = compare_many(runners, rounds=rounds)
-    return {m: with_drift(e, backend.drift()).to_dict() for m, e in estimates.items()}
+    estimates = timed_together(reference.original, {m: r.model.to(reference.device).eval() for m, r in networks.items()},
+                               reference.example, reference.backend, sessions=reference.config.timing_sessions,
+                               rounds=rounds)
+    return {m: e.to_dict() for m, e in estimates.items()}
 
 
 # -- the report -------------------------------------------------------------------------------------------

@@ -234,3 +234,22 @@ def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original
                                          {"original": medians[reference], "compressed": medians[name]},
                                          session_of)
     return out
+
+
+def time_jointly(original: nn.Module, networks: dict[str, Any], example_input: torch.Tensor,
+                 backend: str | Backend = "onnxruntime", *, sessions: int = 4, rounds: int = 60,
+                 warmup: int = 5, drift: float | None = None) -> dict[str, SpeedupEstimate]:
+    """Several networks against ``original`` in the same rounds (:func:`compare_many`), each on ``sessions``
+    fresh runtime sessions: ``networks`` maps a name to an ``nn.Module`` (timed as :func:`timing_copy` gives it)
+    or, on a backend that can load one, an exported file (``sessions_from_file``). Each interval is floored at
+    the backend's drift (``drift`` overrides it): the speed-ups are claims about the network, not only about
+    their order. Shared by ``depthcut compare`` and the frontier benchmark."""
+    backend = get_backend(backend)
+    with torch.no_grad():
+        runners = {"original": backend.prepare_sessions(timing_copy(original), example_input, sessions)}
+        for name, net in networks.items():
+            runners[name] = (backend.sessions_from_file(net, example_input, sessions) if not isinstance(net, nn.Module)
+                             else backend.prepare_sessions(timing_copy(net), example_input, sessions))
+    estimates = compare_many(runners, rounds=rounds, block_rounds=5, warmup=warmup)
+    floor = backend.drift() if drift is None else drift
+    return {name: with_drift(e, floor) for name, e in estimates.items()}

@@ -229,3 +229,14 @@ def test_networks_are_timed_without_exact_zeros_and_left_untouched(monkeypatch):
     monkeypatch.setattr(backend, "prepare_sessions", lambda m, x, n: seen.append(m) or real(m, x, n))
     compare_speed(block, _zero_init_block(), x, backend, min_rounds=2, max_rounds=2)
     assert len(seen) == 2 and all(all(p.any() for p in m.parameters()) for m in seen)
+
+
+def test_several_networks_timed_together_get_their_intervals_floored_at_the_drift():
+    from depthcut.latency.compare import time_jointly
+
+    x = torch.randn(1, 4, 8, 8)
+    nets = {"same": _zero_init_block(), "smaller": nn.Conv2d(4, 4, 1).eval()}
+    est = time_jointly(_zero_init_block(), nets, x, "eager", sessions=2, rounds=10, drift=0.5)   # 5 a session
+    assert set(est) == {"same", "smaller"}
+    for e in est.values():
+        assert e.sessions == 2 and e.low <= e.ratio / 1.5 + 1e-12 and e.high >= e.ratio * 1.5 - 1e-12
