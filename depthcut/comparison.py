@@ -18,7 +18,6 @@ speed-up, whether the speeds matched within the tolerance, and which method is m
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -85,14 +84,6 @@ class CompareConfig(ConfigBase):
     def run_config(self, method: str, speedup: float, seed: int) -> LayerMergeConfig:
         return replace(self.base(), method=method, speedup=speedup, speed_tolerance=self.match_tolerance,
                        seed=seed)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CompareConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DepthcutError(f"unknown compare config field(s): {', '.join(unknown)}")
-        return cls(**d)
 
 
 @dataclass
@@ -249,6 +240,7 @@ def compare(model: str | nn.Module, config: CompareConfig | None = None, *, out:
     for seed in config.seeds:
         for target in config.speedups:
             landed: dict[str, Any] = {}
+            here: list[Run] = []
             reference = None
             for method in config.methods:
                 run_config = config.run_config(method, target, seed)
@@ -265,24 +257,24 @@ def compare(model: str | nn.Module, config: CompareConfig | None = None, *, out:
                     landed[method] = result
                     results[(method, target, seed)] = result
                     reference = reference or compression
-                runs.append(run)
+                here.append(run)
             if reference is not None:
-                joint = time_jointly(reference, landed, config.joint_rounds)
-                for run in runs:
-                    if run.seed == seed and run.target == target and run.method in joint:
-                        run.joint = joint[run.method]
+                joint = joint_speedups(reference, landed, config.joint_rounds)
+                for run in here:
+                    run.joint = joint.get(run.method)
+            runs += here
     comparison = Comparison(config, name, runs, results, time.time() - t0, command)
     if out is not None:
         comparison.save_pretrained(out)
     return comparison
 
 
-def time_jointly(reference, networks: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+def joint_speedups(reference, networks: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
     """Every landed network of one (target, seed) against the original in the same rounds, on fresh sessions
     (depthcut.latency.compare.time_jointly)."""
-    from .latency.compare import time_jointly as timed_together
+    from .latency.compare import time_jointly
 
-    estimates = timed_together(reference.original, {m: r.model.to(reference.device).eval() for m, r in networks.items()},
+    estimates = time_jointly(reference.original, {m: r.model.to(reference.device).eval() for m, r in networks.items()},
                                reference.example, reference.backend, sessions=reference.config.timing_sessions,
                                rounds=rounds)
     return {m: e.to_dict() for m, e in estimates.items()}
@@ -309,7 +301,8 @@ def render_markdown(c: Comparison) -> str:
         lines += [f"## x{target:g}", "",
                   "| method | landed | accuracy before | accuracy after | speed-up (joint, 95 % CI) |",
                   "|---|---|---|---|---|"]
-        for row in c.table(target):
+        rows = c.table(target)
+        for row in rows:
             std = f" ± {row['accuracy_std']:.2f}" if len(cfg.seeds) > 1 and row["accuracy"] is not None else ""
             acc = (f"**{row['accuracy']:.2f}**{std}" if row["method"] == best else
                    f"{_cell(row['accuracy'], '.2f')}{std if row['accuracy'] is not None else ''}")
@@ -318,7 +311,7 @@ def render_markdown(c: Comparison) -> str:
             lines.append(f"| {row['method']} | {row['landed']} of {row['runs']} | "
                          f"{_cell(row['accuracy_before'], '.2f')} | {acc} | {speed} |")
         lines.append("")
-        for row in c.table(target):
+        for row in rows:
             lines += [f"- {row['method']} did not land: {e}" for e in row["errors"]]
         for r in c.at(target):
             if r.landed and not r.report.get("target_met", True):

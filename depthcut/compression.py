@@ -283,9 +283,9 @@ def latency_rows(run: "Compression") -> LatencyRows:
     check_entries(store, ACCURACY_RANGE)   # damaged cache files fail before any timing
     run.say(f"latency table on {config.backend} (batch {config.batch_size})")
 
-    def time_rows(rows: list[Candidate]):
+    def time_rows(rows: list[Candidate], refresh: bool = False):
         return latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
-                             progress=config.progress)
+                             progress=config.progress, refresh=refresh)
 
     # the largest importance any candidate can score follows from the original's accuracy
     usable = get_method(config.method).candidates(analysis.candidates, analysis.chain)
@@ -296,7 +296,7 @@ def latency_rows(run: "Compression") -> LatencyRows:
     # the rows as timed first: a merge dominated there is dominated under any per-call correction (the
     # correction only favours fewer calls), so the model is fitted on candidates that can matter
     candidates, dominated, timed_ms = prune(usable)
-    model = latency_model(run, candidates, timed_ms)
+    model = latency_model(run, candidates, timed_ms, time_rows)
     if model.attempts > 1:      # the calibration re-timed the table: read what it measured
         retimed = time_rows(candidates)
         timed_ms = {c.key: retimed[c.key].median_ms for c in candidates}
@@ -310,12 +310,13 @@ def latency_rows(run: "Compression") -> LatencyRows:
     return LatencyRows(candidates, dominated, latency_ms, model, store)
 
 
-def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dict[str, float]):
+def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dict[str, float], time_rows):
     """The config's latency model: the rows as timed ("additive"), or calibrated on whole networks
-    ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan."""
+    ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan.
+    ``time_rows(rows, refresh=True)`` times the table again when the calibration's sanity checks fail."""
     from .cache import fingerprint
     from .errors import CacheError
-    from .latency import latency_store, latency_table
+    from .latency import latency_store
     from .latency.model import additive, calibrate, network_timer, LatencyModel
 
     config = run.config
@@ -332,9 +333,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
                              f"recompute") from None
     run.say(f"calibrating the per-call latency model on whole networks ({config.backend})")
     def retime_rows() -> dict[str, float]:
-        timed = latency_table(candidates, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
-                              progress=config.progress, refresh=True)
-        return {k: t.median_ms for k, t in timed.items()}
+        return {k: t.median_ms for k, t in time_rows(candidates, refresh=True).items()}
 
     model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
                       batch_size=config.batch_size, say=run.say, retime_rows=retime_rows,

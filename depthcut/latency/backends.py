@@ -53,23 +53,28 @@ def _all_zero(t: torch.Tensor) -> bool:
     return t.is_floating_point() and t.numel() > 0 and not bool(t.any())
 
 
+def _timed_tensors(module: nn.Module):
+    """The tensors whose exact zeros a runtime can exploit: parameters, and BatchNorm means (folded into biases)."""
+    yield from module.named_parameters()
+    yield from ((name, b) for name, b in module.named_buffers() if name.endswith("running_mean"))
+
+
 def timing_copy(module: nn.Module) -> nn.Module:
     """``module`` as it should be timed: a copy whose all-zero weights, biases and BatchNorm means hold small
     random values (``module`` itself when it has none). What a network costs must not depend on its values,
     but a runtime takes shortcuts on exact zeros: timm zero-initialises each residual block's last BatchNorm,
     and ONNX Runtime ran such an untrained resnet18d 13 % faster [10, 18] than the same network after its
     recovery fine-tune (issue 33), so the landing accepted a plan that the recovered weights then missed."""
-    zero = [t for t in module.parameters() if _all_zero(t)]
-    zero += [b for name, b in module.named_buffers() if name.endswith("running_mean") and _all_zero(b)]
+    zero = [name for name, t in _timed_tensors(module) if _all_zero(t)]
     if not zero:
         return module
     timed = copy.deepcopy(module)
+    tensors = dict(_timed_tensors(timed))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        tensors = list(timed.parameters()) + [b for n, b in timed.named_buffers() if n.endswith("running_mean")]
-        for t in tensors:
-            if _all_zero(t):
-                t.copy_((0.01 * torch.randn(t.shape, generator=gen)).to(t.dtype))
+        for name in zero:
+            t = tensors[name]
+            t.copy_((0.01 * torch.randn(t.shape, generator=gen)).to(t.dtype))
     return timed
 
 

@@ -123,17 +123,18 @@ def analyze_zoo(name: str, input_shape: tuple[int, ...] | None = None, batch_siz
     return analyze(model, tuple(input_shape or entry.input_shape), entry.chain_exclude, batch_size)
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+def randomize_batchnorm(model: nn.Module, seed: int = 0, spread: float = 0.1) -> nn.Module:
     """Seeded, non-trivial BatchNorm statistics and affine parameters, in eval mode: a random-weight network
     for latency work (latency does not depend on the weights, but a fresh BatchNorm is an identity that hides
-    folding bugs)."""
+    folding bugs). Means and shifts are N(0, ``spread``), variances and scales U(0.5, 1.5)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(c, generator=gen) * spread)
                 m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=gen) * spread)
     return model.eval()

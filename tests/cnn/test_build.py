@@ -15,7 +15,7 @@ from depthcut.cnn.chain import Plan
 from depthcut.cnn.graph import analyze
 from depthcut.errors import DepthcutError
 from depthcut import zoo as zoo_registry
-from depthcut.zoo import create
+from depthcut.zoo import create, randomize_batchnorm
 
 TOL = 1e-4
 
@@ -49,16 +49,7 @@ MODELS = {   # name -> (factory, input shape, chain exclusions)
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters (fresh BNs are identities and hide folding bugs)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
-    return model.eval()
+    return randomize_batchnorm(model, seed, spread=0.2)
 
 
 @pytest.fixture(scope="module")
