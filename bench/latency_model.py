@@ -7,8 +7,9 @@ one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run fro
    depthcut.latency.table) and the per-call model calibrated on whole networks (depthcut.latency.model);
 2. plans at the papers' budget ratios (ResNet-34 71/60/50 %, MobileNetV2 55/46/38/33 % of the modelled body)
    from the LayerMerge DP with a data-free importance proxy (depthcut.importance.datafree);
-3. each plan measured against the original in paired rounds (ratio, 95 % interval), next to the speed-up the
-   model predicts, and what the plain sum of rows (``additive``) would predict.
+3. the plans measured against the original in the same paired rounds (depthcut.latency.compare.time_jointly:
+   ratio, 95 % interval), next to the speed-up the model predicts, and what the plain sum of rows
+   (``additive``) would predict.
 
 ``--fresh N`` repeats all of it N times, each run in a new empty cache, and reports the worst error over the
 runs and whether the measured speed-up was monotone in the budget in every run.
@@ -33,9 +34,9 @@ from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_fr
 from depthcut.cnn.graph import analyze
 from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table
-from depthcut.latency.compare import compare_speed
+from depthcut.latency.compare import time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
-from depthcut.latency.model import FRACTIONS, LatencyModelError, calibrate, network_timer
+from depthcut.latency.model import FRACTIONS, REGIONS, LatencyModelError, calibrate, network_timer
 from depthcut.latency.table import PASSES
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
@@ -83,18 +84,35 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
            "table_seconds": table_s, "calibration_seconds": calibration_s, "latency_model": model_.to_dict(),
            "rows_ms": {k: t for k, (_, t) in rows.items()},    # kept so a fit can be re-examined offline
            "plans": []}
+    solutions, networks = {}, {}
     for ratio in BUDGETS[name]:
         solution = frontier.best(ratio * full)
         plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
-        merged = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan)
-        est = compare_speed(model, merged, x, backend, repeats=5, min_rounds=20, max_rounds=max_rounds,
-                            rel_width=0.02, sessions=4)
+        solutions[ratio] = solution
+        networks[f"{ratio:.0%}"] = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(),
+                                                analysis.chain, plan).eval()
+    # the identity plan's network too: the original over it, now against at calibration, says how much the
+    # machine moved between the two (eager MobileNetV2 saw x1.105 calibrating; a slow phase can shift it)
+    identity = plan_from_blocks(analysis.chain, [c for c in analysis.candidates if is_trivial(c)])
+    networks["identity"] = build_merged(build_unmerged(analysis.gm, analysis.chain, identity).eval(), analysis.chain,
+                                        identity).eval()
+    # all plans against the original in the same rounds: their order is not left to the machine's drift
+    # between separate measurements
+    measured = time_jointly(model, networks, x, backend, sessions=4, rounds=max_rounds)
+    out["identity_now"] = measured["identity"].to_dict()
+    for ratio, solution in solutions.items():
+        est = measured[f"{ratio:.0%}"]
         predicted = model_.predicted_speedup(solution.latency_ms, full)
         body = sum(rows[r.ref.key][1] for r in solution.rows)
         other = est.original_ms - additive_full            # the plain sum seeded with the measured original
         additive = est.original_ms / (other + body)
+        # the plan against the identity network, both measured now: the model's error without the
+        # original's drift since calibration
+        against_identity = est.ratio / measured["identity"].ratio
         out["plans"].append({"budget_ratio": ratio, "measured": est.to_dict(), "predicted": predicted,
-                             "error": predicted / est.ratio - 1, "additive_predicted": additive,
+                             "error": predicted / est.ratio - 1,
+                             "error_against_identity": predicted / model_.original_factor / against_identity - 1,
+                             "additive_predicted": additive,
                              "additive_error": additive / est.ratio - 1,
                              "blocks": [r.ref.key for r in solution.rows if not is_trivial(r.ref)]})
         print(f"{name} {ratio:.0%}: measured {est.describe()}, predicted x{predicted:.3f} "
@@ -119,6 +137,8 @@ def summary(runs: list[dict]) -> dict:
             s["refused"] += 1
             continue
         s["worst_error"] = max(s["worst_error"], *(abs(p["error"]) for p in run["plans"]))
+        s["worst_error_against_identity"] = max(s.get("worst_error_against_identity", 0.0),
+                                                *(abs(p["error_against_identity"]) for p in run["plans"]))
         s["worst_additive_error"] = max(s["worst_additive_error"], *(abs(p["additive_error"]) for p in run["plans"]))
         s["monotone_runs"] += monotone(run["plans"])
         s["calls_ms"].append(run["latency_model"]["call_ms"])
@@ -134,14 +154,16 @@ def markdown(report: dict) -> str:
              f"{report['cpu']}, {report['threads']} threads, {report['versions']}, batch 1, {report['size']}x"
              f"{report['size']}, random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
-             f"{len(FRACTIONS) + 1} whole networks (depthcut.latency.model). Measured = median of paired per-round ratios against the "
-             f"original, 95 % interval (depthcut.latency.compare), 4 runtime sessions, 20-60 rounds. Error = predicted / measured - 1.", "",
-             "| model | runs | refused by the sanity checks | worst error, per-call model | worst error, plain sum of "
-             "rows | measured speed-up monotone in the budget | fitted per-call cost a (us), over the runs |",
-             "|---|---|---|---|---|---|---|"]
+             f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
+             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Error = predicted / measured - 1.", "",
+             "| model | runs | refused by the sanity checks | worst error, per-call model | worst error against the "
+             "identity network measured with the plans | worst error, plain sum of rows | measured speed-up monotone "
+             "in the budget | fitted per-call cost a (us), over the runs |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in report["summary"].items():
         calls = (f"{1e3 * min(s['calls_ms']):.1f} - {1e3 * max(s['calls_ms']):.1f}" if s["calls_ms"] else "-")
         lines.append(f"| {name} | {s['runs']} | {s['refused']} | **{s['worst_error']:.1%}** | "
+                     f"{s.get('worst_error_against_identity', 0.0):.1%} | "
                      f"{s['worst_additive_error']:.1%} | {s['monotone_runs']} of {s['runs'] - s['refused']} runs | "
                      f"{calls} |")
     for k, run in enumerate(report["runs"]):
@@ -153,16 +175,19 @@ def markdown(report: dict) -> str:
                       f"candidates, table {run['table_seconds']:.0f} s, calibration {run['calibration_seconds']:.0f} s",
                   "", f"Per-call cost {1e3 * m['call_ms']:.1f} us (leave-one-out {1e3 * m['call_ms_range'][0]:.1f}"
                       f" - {1e3 * m['call_ms_range'][1]:.1f}) + {1e9 * m['call_ms_per_byte']:.1f} us/MB; outside "
-                      f"the body {m['other_ms']:.3f} ms; original / identity network x{m['original_factor']:.3f}; "
+                      f"the body {m['other_ms']:.3f} ms; original / identity network x{m['original_factor']:.3f} "
+                      f"calibrating, x{run['identity_now']['ratio']:.3f} [{run['identity_now']['low']:.3f}, "
+                      f"{run['identity_now']['high']:.3f}] with the plans; "
                       f"{'table and calibration timed twice (the first failed the sanity checks); ' if m['attempts'] > 1 else ''}"
                       f"largest error on its {len(m['calibration'])} calibration networks "
                       f"{max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in m['calibration']):.1%}.", "",
-                  "| budget | measured (95% CI) | rounds | predicted | error | plain sum | error |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| budget | measured (95% CI) | rounds | predicted | error | error against the identity network "
+                  "| plain sum | error |",
+                  "|---|---|---|---|---|---|---|---|"]
         for p in run["plans"]:
             e = p["measured"]
             lines.append(f"| {p['budget_ratio']:.0%} | x{e['ratio']:.2f} [{e['low']:.2f}, {e['high']:.2f}] | "
-                         f"{e['rounds']} | x{p['predicted']:.2f} | {p['error']:+.1%} | x{p['additive_predicted']:.2f}"
+                         f"{e['rounds']} | x{p['predicted']:.2f} | {p['error']:+.1%} | {p['error_against_identity']:+.1%} | x{p['additive_predicted']:.2f}"
                          f" | {p['additive_error']:+.1%} |")
         lines.append(f"\nMonotone in the budget: {'yes' if monotone(run['plans']) else 'no'}.")
     return "\n".join(lines) + "\n"
@@ -174,7 +199,7 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--fresh", type=int, default=1, help="runs, each from a new empty cache")
-    ap.add_argument("--max-rounds", type=int, default=60)
+    ap.add_argument("--max-rounds", type=int, default=60, help="paired rounds of the plans' joint timing")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench_latency_model"),
                     help="each run makes its own empty folder under this one")
     ap.add_argument("--out", default=None, help="default: bench/results/latency_model_<backend>")
@@ -186,6 +211,7 @@ def main() -> None:
         versions += f", onnxruntime {onnxruntime.__version__}"
     report = {"backend": args.backend, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
+              "max_rounds": args.max_rounds,
               "runs": []}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     for k in range(args.fresh):

@@ -64,6 +64,7 @@ def config_from_args(args: argparse.Namespace, **per_run: Any):
     fields = {
         "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
         "importance": args.importance, "importance_steps": args.importance_steps,
+        "importance_mode": args.importance_mode, "adaptive_tolerance": args.adaptive_tolerance,
         "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
         "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
         "importance_seed": args.importance_seed,
@@ -161,6 +162,11 @@ def add_run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--importance", default=None, choices=list(PROXIES),
                    help="; ".join(f"{name}: {cost}" for name, cost in PROXIES.items()))
     c.add_argument("--importance-steps", type=int, default=None)
+    c.add_argument("--importance-mode", default=None, choices=["full", "adaptive"],
+                   help="full: fine-tune every candidate (default); adaptive: a cheap score for every candidate, "
+                        "fine-tunes only for a random sample and the candidates that can change the plan")
+    c.add_argument("--adaptive-tolerance", type=float, default=None,
+                   help="accuracy points the adaptive plan may give away to stop refining earlier (default 0)")
     c.add_argument("--finetune-size", type=int, default=None,
                    help="held-out images for the importance fine-tunes (default: min(5000, half the training set))")
     c.add_argument("--score-size", type=int, default=None,

@@ -135,15 +135,22 @@ class Compression:
         return check_reachable(self, self.rows)
 
     @cached_property
-    def importance(self) -> dict[str, float]:
-        from .importance.scorer import score_candidates
+    def importance(self):
+        """Every candidate's importance (the full table), or with ``importance_mode="adaptive"`` the adaptive
+        stage's bounds, which the frontier refines as the search needs (depthcut.importance.adaptive)."""
+        from .importance.scorer import adaptive_importance, score_candidates
 
         self.reachable                                      # an unreachable target stops before the table
+        if self.config.importance_mode == "adaptive":
+            return adaptive_importance(self.original, self.analysis, self.rows.candidates, self.splits, self.config,
+                                       self.rows.importance_store, self.cache_dir, self.resolved.chain_exclude)
         return score_candidates(self.original, self.analysis, self.rows.candidates, self.base_accuracy,
                                 self.splits, self.config, self.rows.importance_store, self.resolved.chain_exclude)
 
     @cached_property
     def frontier(self):
+        if self.config.importance_mode == "adaptive":
+            return adaptive_search(self, self.rows, self.importance)
         return search(self, self.rows, self.importance)
 
     @cached_property
@@ -359,6 +366,25 @@ def search(run: "Compression", rows: LatencyRows, importance: dict[str, float]):
 
 
 # -- stage 5: land on the measured target -----------------------------------------------------------------
+def adaptive_search(run: "Compression", rows: LatencyRows, adaptive):
+    """The method's search with adaptive importance: an :class:`~depthcut.importance.adaptive.AdaptiveFrontier`
+    that fine-tunes the entries each asked budget's answer depends on (``adaptive_tolerance`` points may be
+    given away to stop earlier)."""
+    from .importance import score
+    from .importance.adaptive import AdaptiveFrontier
+    from .methods import get_method
+    from .search.tables import Row
+
+    method, chain = get_method(run.config.method), run.analysis.chain
+    table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
+
+    def solve(scored: list[Row]):
+        return method.search(scored, chain.length, run.config.dp_steps, rows.body_ms(), chain=chain)
+    return AdaptiveFrontier(table, solve, adaptive.bounds, lambda acc: score(acc, run.base_accuracy),
+                            adaptive.refine, tolerance=run.config.adaptive_tolerance / 100, stats=adaptive.stats,
+                            say=run.say)
+
+
 def original_ms(run: "Compression") -> float:
     """The original's end-to-end latency (converts a latency target into a speed-up; seeds the model)."""
     from .latency import time_models
@@ -609,6 +635,9 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         "final_inside_probe_interval": chosen.landing.probe.estimate.low <= final.ratio
                                        <= chosen.landing.probe.estimate.high,
         "importance_base_accuracy": run.base_accuracy,
+        "importance_mode": config.importance_mode,
+        # the adaptive stage's cost: entries fine-tuned (sample + refinements), cheap only, margin, seconds
+        **({"importance_adaptive": run.importance.stats.to_dict()} if config.importance_mode == "adaptive" else {}),
         "merge_relative_error": merge_check["error"], "merge_float32_control": merge_check["control"],
         "merge_error_allowed": merge_check["allowed"],
         "intended_relative_error": verified["deployed"], "intended_float32_control": verified["control"],

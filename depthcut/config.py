@@ -12,6 +12,7 @@ CONFIG_VERSION = 1
 DEFAULT_SPEEDUP = 1.5
 
 LATENCY_MODELS = ("per-call", "additive")
+IMPORTANCE_MODES = ("full", "adaptive")
 
 
 @dataclass
@@ -45,6 +46,10 @@ class LayerMergeConfig(ConfigBase):
     importance_steps: int = 20
     importance_lr: float = 0.01
     importance_batch_size: int = 64
+    # "full": fine-tune every candidate; "adaptive": a cheap score for every candidate, fine-tunes only for a
+    # random sample and the candidates that can change the plan (depthcut.importance.adaptive)
+    importance_mode: str = "full"
+    adaptive_tolerance: float = 0.0           # accuracy points the adaptive plan may give away to stop earlier
     finetune_size: int | None = None          # held-out training images for the short fine-tunes, and a
     score_size: int | None = None             # second, disjoint split for scoring; None: sized from the data
                                               # (min(5000, n/2) and min(2000, n/5) of its n training images)
@@ -111,6 +116,22 @@ class LayerMergeConfig(ConfigBase):
             raise DepthcutError(f"speed_tolerance must be in (0, 1], got {self.speed_tolerance}")
         if self.importance not in PROXIES:
             raise DepthcutError(f"unknown importance proxy {self.importance!r}; choose one of {', '.join(PROXIES)}")
+        if self.importance_mode not in IMPORTANCE_MODES:
+            raise DepthcutError(f"unknown importance mode {self.importance_mode!r}; choose one of "
+                                f"{', '.join(IMPORTANCE_MODES)}")
+        if self.importance_mode == "adaptive":
+            if self.importance != "finetune":
+                raise DepthcutError(f"importance mode 'adaptive' fine-tunes the entries that matter; it needs the "
+                                    f"'finetune' proxy, not {self.importance!r}")
+            if self.shard:
+                raise DepthcutError("importance mode 'adaptive' decides which entries to fine-tune as it goes; "
+                                    "it cannot be split into shards (use the full table for --shard)")
+            method = get_method(self.method)
+            if method.kind == "plan" and not method.exact_search:
+                raise DepthcutError(f"importance mode 'adaptive' needs a search that returns the optimum of its "
+                                    f"scores; method {self.method!r} ranks greedily")
+        if self.adaptive_tolerance < 0:
+            raise DepthcutError(f"adaptive_tolerance must be >= 0 accuracy points, got {self.adaptive_tolerance}")
         if self.batch_size < 1:
             raise DepthcutError(f"batch size must be >= 1, got {self.batch_size}")
         if self.version != CONFIG_VERSION:

@@ -64,6 +64,8 @@ class Method:
     name = "?"
     summary = ""
     kind = "plan"        # "plan": a depth plan over the candidates; "model": rewrites the model itself
+    # the search returns the optimum of its scores (the adaptive importance's branch and bound relies on it)
+    exact_search = True
 
     def uses(self, candidate: Candidate, chain: Chain) -> bool:
         return True
@@ -155,6 +157,7 @@ class GreedyFrontier:
 class DepthShrinker(Method):
     name = "depthshrinker"
     summary = "merge whole residual / inverted-residual blocks, least important first (DepthShrinker-style)"
+    exact_search = False
 
     def uses(self, candidate, chain):
         return _all_kept(candidate) and (candidate.start, candidate.end) in set(natural_blocks(chain))

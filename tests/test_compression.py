@@ -250,3 +250,42 @@ def test_timing_threads_reach_the_runs_onnxruntime_sessions(trained, tmp_path):
     run = Compression(model, config(tmp_path, backend="onnxruntime", timing_threads=1), splits=splits)
     assert run.backend.describe()["threads"] == 1 and run.backend._options().intra_op_num_threads == 1
     assert torch.get_num_threads() == before                    # training keeps its threads
+
+
+def _store_entries(cache, proxy: str) -> dict[str, float]:
+    """key -> metric of the importance stores under ``cache`` whose manifest names ``proxy``."""
+    found = {}
+    for manifest in (cache / "importance").rglob("manifest.json"):
+        if json.loads(manifest.read_text())["proxy"] == proxy:
+            for p in manifest.parent.glob("*.json"):
+                if p.name != "manifest.json":
+                    found[json.loads(p.read_text())["key"]] = json.loads(p.read_text())["value"]["metric"]
+    return found
+
+
+def test_adaptive_importance_fine_tunes_a_part_of_the_table_and_resumes(trained, tmp_path, monkeypatch):
+    """Issue 30: every candidate gets a cheap score; only a random sample and the candidates the search's
+    answers depend on are fine-tuned, each into the full table's own store with the full table's value; the
+    plan landed on has every entry fine-tuned; a rerun on the same cache fine-tunes nothing and lands the
+    same plan."""
+    import depthcut.importance.adaptive as adaptive
+    monkeypatch.setattr(adaptive, "MIN_SAMPLE", 3)
+    model, splits = trained
+    full = compress(model, config(tmp_path / "full", recovery_epochs=0.1), splits=splits)
+    cfg = config(tmp_path / "adaptive", recovery_epochs=0.1, importance_mode="adaptive")
+    result = compress(model, cfg, splits=splits)
+    stats = result.report["importance_adaptive"]
+    want = _store_entries(tmp_path / "full" / "c", "finetune")
+    fine_tuned = _store_entries(tmp_path / "adaptive" / "c", "finetune")
+    cheap = _store_entries(tmp_path / "adaptive" / "c", "bn-recalibration")
+    assert len(cheap) == stats["candidates"] == len(want)                   # a cheap score for every candidate
+    assert len(fine_tuned) == stats["finetuned"] == stats["sampled"] + stats["refined"] < len(want)
+    assert all(fine_tuned[k] == want[k] for k in fine_tuned)                # the full table's own entries
+    chosen = [c.key for c in result.plan.blocks if c.key in want]
+    assert chosen and all(k in fine_tuned for k in chosen)
+    assert stats["cheap_only"] == len(want) - len(fine_tuned) and stats["margin"] >= 0
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "adaptive" / "c" / "importance").rglob("*.json")}
+    again = compress(model, cfg, splits=splits)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps               # nothing recomputed
+    assert again.report["plan_blocks"] == result.report["plan_blocks"]
+    assert full.report["importance_mode"] == "full" and "importance_adaptive" not in full.report

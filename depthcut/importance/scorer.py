@@ -55,6 +55,7 @@ class CandidateAccuracy:
     config: LayerMergeConfig
     device: str = "cpu"
     analysis: Any = field(default=None, repr=False)
+    bn_batches: int = 50                    # BN re-calibration: batches of the fine-tune split
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "analysis": None}
@@ -75,7 +76,7 @@ class CandidateAccuracy:
                   batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
                   amp=config.amp, channels_last=config.channels_last)
         elif proxy is Proxy.BN_RECALIBRATION:
-            recalibrate_bn(model, self.finetune)
+            recalibrate_bn(model, self.finetune, batches=self.bn_batches)
         return evaluate(model.eval(), self.score)
 
 
@@ -102,3 +103,70 @@ def score_candidates(original: nn.Module, analysis, candidates: list[Candidate],
         if c.key in accs:
             scores[c.key] = score(accs[c.key], base_acc)
     return scores
+
+
+# ----------------------------------------------------------------------- adaptive importance (issue 30) ---
+
+CHEAP_BN_BATCHES = 4          # the cheap score: BN statistics from 4 batches of 128 fine-tune images ...
+CHEAP_SCORE_SIZE = 512        # ... and accuracy on the first 512 images of the scoring split
+
+
+@dataclass
+class AdaptiveImportance:
+    """The adaptive importance stage's state (depthcut.importance.adaptive): every candidate's bounds, what
+    it cost so far, and ``refine(candidates)``, which fine-tunes entries into the full table's own store."""
+
+    bounds: Any
+    stats: Any
+    refine: Any
+
+
+def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidate], splits,
+                        config: LayerMergeConfig, store, cache_dir, exclude: tuple[str, ...] = ()
+                        ) -> AdaptiveImportance:
+    """A cheap score for every non-trivial candidate (its own store), the full-recipe entry for a seeded
+    random sample (the full table's store), and the bounds fitted on them; the frontier refines the rest on
+    demand through ``refine``."""
+    import time
+    from dataclasses import replace
+
+    from torch.utils.data import Subset, TensorDataset
+
+    from ..data.datasets import _subset
+    from . import get_executor, importance_store, importance_table
+    from .adaptive import Refinement, calibrate_bounds, sample_keys
+
+    t0 = time.perf_counter()
+    todo = [c for c in candidates if not is_trivial(c)]
+    device = str(next(original.parameters()).device)
+    executor = get_executor(config.executor, config.workers, config.ray_address)
+    full = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune, splits.score,
+                             config, device, analysis)
+    n_cheap = min(CHEAP_SCORE_SIZE, len(splits.score))
+    cheap_scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune,
+                                     (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
+                                      else Subset(splits.score, range(n_cheap))),
+                                     replace(config, importance=Proxy.BN_RECALIBRATION.value, importance_mode="full"), device, analysis,
+                                     bn_batches=CHEAP_BN_BATCHES)
+    manifest = {**importance_manifest(original, analysis, config), "proxy": Proxy.BN_RECALIBRATION.value,
+                "steps": 0, "bn_batches": CHEAP_BN_BATCHES, "score_images": n_cheap}
+    cheap_store = importance_store(manifest, cache_dir)
+    say(config, f"adaptive importance: cheap scores for {len(todo)} candidates (BN statistics from "
+                f"{CHEAP_BN_BATCHES} batches, accuracy on {n_cheap} images), "
+                f"{sum(c.key in cheap_store for c in todo)} already cached")
+    cheap = importance_table(todo, cheap_scorer, store=cheap_store, progress=config.progress,
+                             metric_range=ACCURACY_RANGE, executor=executor)
+
+    def refine(cands: list[Candidate]) -> dict[str, float]:
+        return importance_table(cands, full, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
+                                executor=executor)
+
+    sample = [c for c in todo if c.key in set(sample_keys([c.key for c in todo], config.scoring_seed))]
+    say(config, f"adaptive importance: fine-tuning a random sample of {len(sample)} candidates to calibrate "
+                f"the cheap scores ({sum(c.key in store for c in sample)} already cached)")
+    bounds = calibrate_bounds(cheap, refine(sample))
+    stats = Refinement(candidates=len(todo), sampled=len(sample), margin=bounds.margin,
+                       seconds=time.perf_counter() - t0)
+    say(config, f"adaptive importance: fine-tuned accuracy within +-{bounds.margin:.2f} points of the cheap "
+                f"score's estimate (coverage {stats.coverage:.0%}); the rest is fine-tuned as the search needs it")
+    return AdaptiveImportance(bounds, stats, refine)

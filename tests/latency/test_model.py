@@ -9,7 +9,7 @@ from depthcut.zoo import analyze_zoo
 from depthcut.latency import backends, latency_table
 from depthcut.latency import table as table_mod
 from depthcut.latency.compare import SpeedupEstimate
-from depthcut.latency.model import (MAX_SELF_ERROR, LatencyModel, LatencyModelError, Point, calibrate,
+from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, REGIONS, ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate,
                                     calibration_plans, fit, problems)
 from depthcut.latency.overhead import row_bytes
 
@@ -89,6 +89,28 @@ def test_calibrated_model_predicts_every_plan_of_an_additive_network():
     assert LatencyModel.from_dict(model.to_dict()) == model
 
 
+def test_region_plans_merge_one_part_of_the_chain_and_tell_calls_from_bytes():
+    """Budget plans remove early (wide-activation) and late blocks together, so calls and bytes fall in step;
+    a plan merging only one third of the chain moves them apart (MobileNetV2: the first third removes 12
+    calls and 33 MB, the last 14 calls and 6 MB), which is what lets the fit separate a from b."""
+    analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    rows, _, _, _, identity = synthetic(analysis)
+    length = analysis.chain.length
+    plans = dict(calibration_plans(list(rows.values()), length))
+    regions = [(name, plan) for name, plan in plans.items() if name.startswith("fastest in positions")]
+    assert len(regions) == REGIONS
+    per_call = []
+    for name, plan in regions:
+        lo, hi = map(int, name.rsplit(" ", 1)[1].split("-"))
+        merged = [c for c in plan if c not in identity]
+        assert merged and all(lo <= c.start and c.end <= hi for c in merged)
+        assert [c for c in plan if c.end <= lo or c.start >= hi] == [c for c in identity if c.end <= lo or c.start >= hi]
+        removed_calls = len(identity) - len([c for c in plan if c.kept])
+        removed_bytes = sum(row_bytes(c, 1) for c in identity) - sum(row_bytes(c, 1) for c in plan if c.kept)
+        per_call.append(removed_bytes / removed_calls)
+    assert max(per_call) > 3 * min(per_call)
+
+
 def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
     analysis = analyze_zoo("resnet20")
     rows, _, timer, calls, _ = synthetic(analysis)
@@ -136,14 +158,20 @@ def test_the_sanity_checks_name_what_is_wrong():
     analysis = analyze_zoo("resnet20")
     rows, _, _, _, _ = synthetic(analysis)
     key, (c, t) = next(iter(rows.items()))
+    # a per-call cost above a row's time alone leaves the row its floor, never nothing
     heavy = LatencyModel("per-call", call_ms=10 * t, other_ms=0.1, batch_size=1)
-    assert any("cost nothing or less" in p for p in problems(heavy, rows))
+    assert heavy.row_ms(c, t) == pytest.approx(ROW_FLOOR * t) and heavy.row_ms(c, t) > 0
     negative = LatencyModel("per-call", other_ms=-0.5, batch_size=1)
     assert any("outside the modelled body comes out negative" in p for p in problems(negative, rows))
     off = LatencyModel("per-call", batch_size=1, calibration=[
         {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0 + 2 * MAX_SELF_ERROR, "low_ms": 1.1,
          "high_ms": 1.3}])
     assert any("identity plan's network is modelled at" in p for p in problems(off, rows))
+    missed = LatencyModel("per-call", batch_size=1, calibration=[
+        {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0, "low_ms": 1.0, "high_ms": 1.0},
+        {"network": "fastest", "modelled_ms": 0.3, "measured_ms": 0.3 / (1 + 1.5 * MAX_FIT_ERROR), "low_ms": 0.2,
+         "high_ms": 0.25}])
+    assert any("misses its own fastest network by +30%" in p for p in problems(missed, rows))
     assert problems(LatencyModel("additive", batch_size=1), rows) == []
 
 

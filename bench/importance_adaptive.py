@@ -1,0 +1,165 @@
+"""The importance table at a fraction of its fine-tunes, with the same plans? (issue 30)
+
+For each model and seed, ``depthcut.compress`` runs twice per target speed-up on the same latency table (the
+adaptive run's cache starts from a copy of the full run's latency rows and latency model, so the two differ
+in importance only):
+
+* ``full``: every candidate fine-tuned (the importance table as LayerMerge computes it);
+* ``adaptive``: ``importance_mode="adaptive"`` (depthcut.importance.adaptive): a cheap score for every
+  candidate, a random sample and the candidates the DP's answers depend on fine-tuned. Its targets share one
+  cache, so a later target fine-tunes only the candidates newly in contention.
+
+Reported per (model, seed): fine-tunes used against the full table's entries, the importance stage's wall
+time in each mode (the full table's as computed for the first target; the adaptive one summed over the
+targets), and per target: the landed plan of each mode, its recovered accuracy and fresh measured speed-up,
+and the DP's answer with the adaptive frontier at the budgets the full run landed on (equal to the full
+table's answer, or not).
+
+    python bench/importance_adaptive.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.5 2.0]
+                                        [--seeds 0 1 2] [--recovery-epochs 0.25] [--cache DIR]
+
+Resumable: each (model, seed, mode, target) run is written to ``--out``/runs/ as it finishes and skipped
+when present. Writes ``--out``.json and ``--out``.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.compression import Compression
+from depthcut.config import LayerMergeConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_config(args, model: str, mode: str, target: float, seed: int, cache: Path) -> LayerMergeConfig:
+    return LayerMergeConfig(speedup=target, data="fashion-mnist", seed=seed, importance_mode=mode,
+                            recovery_epochs=args.recovery_epochs, channels_last=True, cache_dir=str(cache),
+                            progress=not args.quiet)
+
+
+def one_run(args, model: str, mode: str, target: float, seed: int, cache: Path) -> dict:
+    compression = Compression(model, run_config(args, model, mode, target, seed, cache))
+    t0 = time.time()
+    compression.importance
+    importance_s = time.time() - t0
+    result = compression.result()
+    r = result.report
+    out = {"model": model, "mode": mode, "target": target, "seed": seed,
+           "plan": [c.key for c in result.plan.blocks if not (c.end == c.start + 1 and tuple(c.kept) == (c.end,))],
+           "modelled_body_ms": r["chosen_modelled_body_ms"], "accuracy_before": r["accuracy_before"],
+           "accuracy_after": r["accuracy_after"], "speedup": r["speedup"], "speedup_low": r["speedup_low"],
+           "speedup_high": r["speedup_high"], "target_met": r["target_met"],
+           "importance_seconds": importance_s, "candidates": r["candidates"] - r["candidates_dominated"]}
+    out["finetuned_entries_after"] = finetuned_entries(cache)     # in this cache, over the targets so far
+    if mode == "adaptive":
+        out["adaptive"] = r["importance_adaptive"]
+        out["importance_seconds"] = r["importance_adaptive"]["seconds"]
+    return out, compression
+
+
+def same_budget_plans(args, model: str, seed: int, cache: Path, budgets: list[float]) -> list[list[str]]:
+    """The adaptive frontier's answers at ``budgets`` (after its own runs: refines what they need)."""
+    compression = Compression(model, run_config(args, model, "adaptive", args.targets[0], seed, cache))
+    return [[r.ref.key for r in compression.frontier.best(b).rows
+             if not (r.ref.end == r.ref.start + 1 and tuple(r.ref.kept) == (r.ref.end,))] for b in budgets]
+
+
+def finetuned_entries(cache: Path) -> int:
+    """Fine-tuned entries stored under ``cache`` (the importance stores whose proxy is the fine-tune)."""
+    n = 0
+    for manifest in (cache / "importance").rglob("manifest.json"):
+        if json.loads(manifest.read_text()).get("proxy") == "finetune":
+            n += sum(1 for p in manifest.parent.glob("*.json") if p.name != "manifest.json")
+    return n
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Adaptive importance against the full table: `{report['command']}`", "",
+             f"{report['machine']}. Each (model, seed): both modes on one latency table; recovery "
+             f"{report['recovery_epochs']} epochs for both. Fine-tunes: entries fine-tuned over all targets of "
+             f"the seed, against the full table's. Stage time: the importance stage's wall time.", "",
+             "| model | seed | fine-tunes (adaptive / full) | stage time adaptive / full | x shorter | margin "
+             "(points) |", "|---|---|---|---|---|---|"]
+    for s in report["seeds"]:
+        lines.append(f"| {s['model']} | {s['seed']} | {s['finetuned']} / {s['full_entries']} "
+                     f"({s['finetuned'] / s['full_entries']:.0%}) | {s['adaptive_seconds']:.0f} s / "
+                     f"{s['full_seconds']:.0f} s | x{s['full_seconds'] / max(s['adaptive_seconds'], 1e-9):.1f} | "
+                     f"{s['margin']:.2f} |")
+    lines += ["", "| model | target | seed | same plan landed | DP answer at the full run's budget equal | "
+                  "accuracy full / adaptive | speed-up full / adaptive |", "|---|---|---|---|---|---|---|"]
+    for t in report["targets"]:
+        lines.append(f"| {t['model']} | x{t['target']:g} | {t['seed']} | {'yes' if t['same_landed'] else 'no'} | "
+                     f"{'yes' if t['same_at_budget'] else 'no'} | {t['full']['accuracy_after']:.2f} / "
+                     f"{t['adaptive']['accuracy_after']:.2f} | x{t['full']['speedup']:.2f} / "
+                     f"x{t['adaptive']['speedup']:.2f} |")
+    lines += ["", "Mean over seeds:", "", "| model | target | accuracy full | accuracy adaptive | difference |",
+              "|---|---|---|---|---|"]
+    for model, target in dict.fromkeys((t["model"], t["target"]) for t in report["targets"]):
+        rows = [t for t in report["targets"] if t["model"] == model and t["target"] == target]
+        full = statistics.mean(t["full"]["accuracy_after"] for t in rows)
+        adaptive = statistics.mean(t["adaptive"]["accuracy_after"] for t in rows)
+        lines.append(f"| {model} | x{target:g} | {full:.2f} | {adaptive:.2f} | {adaptive - full:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20_fmnist", "mobilenet_v2_fmnist"])
+    ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--recovery-epochs", type=float, default=0.25)
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "importance_adaptive"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "importance_adaptive"))
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    import platform
+
+    import torch
+    out, cache = Path(args.out), Path(args.cache)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    report = {"command": "python bench/importance_adaptive.py " + " ".join(
+                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in vars(args).items() if k in ("models", "targets", "seeds", "recovery_epochs")),
+              "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+              "recovery_epochs": args.recovery_epochs, "seeds": [], "targets": []}
+    for model in args.models:
+        for seed in args.seeds:
+            full_cache, adaptive_cache = cache / f"{model}-s{seed}-full", cache / f"{model}-s{seed}-adaptive"
+            runs = {}
+            for mode, where in (("full", full_cache), ("adaptive", adaptive_cache)):
+                if mode == "adaptive" and not (adaptive_cache / "latency").exists():
+                    shutil.copytree(full_cache / "latency", adaptive_cache / "latency")   # the same latency table
+                for target in args.targets:
+                    path = out / "runs" / f"{model}-s{seed}-{mode}-x{target:g}.json"
+                    if not path.exists():
+                        run, _ = one_run(args, model, mode, target, seed, where)
+                        atomic_write_json(path, run)
+                    runs[(mode, target)] = json.loads(path.read_text())
+            finetuned = runs[("adaptive", args.targets[-1])]["finetuned_entries_after"]   # the runs' own, before ...
+            budgets = [runs[("full", t)]["modelled_body_ms"] for t in args.targets]
+            at_budget = same_budget_plans(args, model, seed, adaptive_cache, budgets)   # ... this adds its own
+            report["seeds"].append({
+                "model": model, "seed": seed, "full_entries": finetuned_entries(full_cache),
+                "finetuned": finetuned, "finetuned_with_comparison": finetuned_entries(adaptive_cache),
+                "full_seconds": runs[("full", args.targets[0])]["importance_seconds"],
+                "adaptive_seconds": sum(runs[("adaptive", t)]["importance_seconds"] for t in args.targets),
+                "margin": runs[("adaptive", args.targets[0])]["adaptive"]["margin"]})
+            for target, plan in zip(args.targets, at_budget):
+                full, adaptive = runs[("full", target)], runs[("adaptive", target)]
+                report["targets"].append({"model": model, "target": target, "seed": seed, "full": full,
+                                          "adaptive": adaptive, "same_landed": full["plan"] == adaptive["plan"],
+                                          "same_at_budget": sorted(plan) == sorted(full["plan"]),
+                                          "adaptive_at_full_budget": plan})
+            atomic_write_json(out.with_suffix(".json"), report)        # after every seed: a partial report
+            atomic_write_text(out.with_suffix(".md"), markdown(report))
+    print(f"wrote {out}.md")
+
+
+if __name__ == "__main__":
+    main()
