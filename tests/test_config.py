@@ -93,3 +93,21 @@ def test_device_defaults_to_the_cpu_without_a_gpu_and_cuda_is_checked(monkeypatc
     for bad in ("gpu", "cuda:x", "cpu:0"):
         with pytest.raises(DepthcutError, match="device must be"):
             LayerMergeConfig(device=bad)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"importance_mode": "sometimes"}, "unknown importance mode 'sometimes'"),
+    ({"importance_mode": "adaptive", "importance": "bn-recalibration"}, "needs the 'finetune' proxy"),
+    ({"importance_mode": "adaptive", "shard": (0, 2)}, "cannot be split into shards"),
+    ({"importance_mode": "adaptive", "method": "depthshrinker"}, "ranks greedily"),
+    ({"adaptive_tolerance": -0.1}, "adaptive_tolerance must be >= 0"),
+])
+def test_adaptive_importance_refuses_what_it_cannot_do_in_one_line(fields, message):
+    with pytest.raises(DepthcutError, match=message) as err:
+        LayerMergeConfig(**fields)
+    assert "\n" not in str(err.value)
+
+
+def test_adaptive_importance_is_accepted_where_the_search_is_exact_or_unused():
+    for method in ("layermerge", "two-stage", "layer-pruning", "channel"):
+        assert LayerMergeConfig(importance_mode="adaptive", method=method).importance_mode == "adaptive"

@@ -155,11 +155,11 @@ def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidat
                 f"{CHEAP_BN_BATCHES} batches, accuracy on {n_cheap} images), "
                 f"{sum(c.key in cheap_store for c in todo)} already cached")
     cheap = importance_table(todo, cheap_scorer, store=cheap_store, progress=config.progress,
-                             metric_range=ACCURACY_RANGE, executor=executor)
+                             metric_range=ACCURACY_RANGE, executor=executor, desc="importance (cheap)")
 
     def refine(cands: list[Candidate]) -> dict[str, float]:
         return importance_table(cands, full, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
-                                executor=executor)
+                                executor=executor, desc="importance (fine-tuned)")
 
     sample = [c for c in todo if c.key in set(sample_keys([c.key for c in todo], config.scoring_seed))]
     say(config, f"adaptive importance: fine-tuning a random sample of {len(sample)} candidates to calibrate "

@@ -221,8 +221,10 @@ def check_entries(store: EntryStore, metric_range: tuple[float, float] = (-math.
 def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candidate], float], *,
                      store: EntryStore, executor: Executor | None = None, progress: bool = True,
                      shard: tuple[int, int] | None = None,
-                     metric_range: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float]:
-    """Compute ``{candidate.key: score_fn(candidate)}``, resuming from and writing to ``store``.
+                     metric_range: tuple[float, float] = (-math.inf, math.inf),
+                     desc: str = "importance") -> dict[str, float]:
+    """Compute ``{candidate.key: score_fn(candidate)}``, resuming from and writing to ``store`` (``desc``
+    names the progress bar).
 
     Every metric, cached or new, must be finite and lie in ``metric_range`` (accuracy: (0, 100)); a cached
     entry outside it is a damaged file and raises :class:`CacheError` naming it before anything is computed.
@@ -239,7 +241,7 @@ def importance_table(candidates: Iterable[Candidate], score_fn: Callable[[Candid
             if (shard is None or in_shard(key, shard)) and key not in store]
     check_entries(store, metric_range)        # a damaged cached entry fails now, before any compute
 
-    bar = _progress(total=len(todo), desc="importance", enabled=progress, unit="entry")
+    bar = _progress(total=len(todo), desc=desc, enabled=progress, unit="entry")
     failures: list[tuple[Candidate, Failed]] = []
     try:
         for cand, outcome in executor.map(_Timed(score_fn), todo):
