@@ -75,6 +75,36 @@ def cosine_lr(step: int, total: int, lr: float, warmup: int = 0) -> float:
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _step_budget(steps: int | None, epochs: float | None, per_epoch: int) -> int:
+    """Optimizer steps to take: ``steps``, else ``epochs`` (default 1) passes of ``per_epoch`` batches.
+    epochs=0 means no training (a deployment without recovery); any positive budget takes a step at least."""
+    if steps is not None:
+        return steps
+    epochs = 1.0 if epochs is None else epochs
+    return max(1, round(epochs * per_epoch)) if epochs > 0 else 0
+
+
+def _batch_loss(model: nn.Module, teacher: nn.Module | None, x: torch.Tensor, y: torch.Tensor,
+                label_smoothing: float, kd_weight: float, kd_temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, cross-entropy) of one batch: ``(1 - kd_weight) * CE + kd_weight * KL(teacher || student)`` with a
+    teacher, the cross-entropy alone without one (logits in float32 under autocast)."""
+    logits = model(x)
+    ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    if teacher is None or kd_weight <= 0:
+        return ce, ce
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    return (1 - kd_weight) * ce + kd_weight * distillation_loss(logits.float(), teacher_logits.float(),
+                                                                kd_temperature), ce
+
+
+def _checked(value: float, desc: str, step: int, lr: float) -> float:
+    """A step's loss, or one line naming the step and learning rate where training diverged."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{desc}: loss became {value} at step {step} (lr {lr:g}); lower the learning rate")
+    return value
+
+
 def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps: int | None = None,
           lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5, nesterov: bool = True,
           batch_size: int = 128, schedule: str = "cosine", warmup_steps: int = 0,
@@ -108,11 +138,7 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
     if channels_last:
         model.to(memory_format=torch.channels_last)
     batches = loader(data, batch_size, shuffle=True, seed=seed, drop_last=len(data) > batch_size)
-    per_epoch = max(1, len(batches))
-    if steps is None:
-        epochs = 1.0 if epochs is None else epochs
-        # epochs=0 means no training (a deployment without recovery); any positive budget takes a step at least
-        steps = max(1, round(epochs * per_epoch)) if epochs > 0 else 0
+    steps = _step_budget(steps, epochs, per_epoch=max(1, len(batches)))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                                 nesterov=nesterov and momentum > 0)
     aug_gen = torch.Generator().manual_seed(seed + 1)
@@ -159,22 +185,12 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
                     x, y = x[rank::world], y[rank::world]
                 x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = model(x)
-                    ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-                    loss = ce
-                    if teacher is not None and kd_weight > 0:
-                        with torch.no_grad():
-                            teacher_logits = teacher(x)
-                        loss = (1 - kd_weight) * ce + kd_weight * distillation_loss(
-                            logits.float(), teacher_logits.float(), kd_temperature)
+                    loss, ce = _batch_loss(model, teacher, x, y, label_smoothing, kd_weight, kd_temperature)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"{desc}: loss became {value} at step {step} (lr {step_lr:g}); "
-                                             f"lower the learning rate")
+                value = _checked(loss.item(), desc, step, step_lr)
                 history["loss"].append(value)
                 history["ce"].append(ce.item())
                 history["lr"].append(step_lr)
