@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 
@@ -52,7 +53,7 @@ def one_run(args, model: str, mode: str, target: float, seed: int, cache: Path) 
     result = compression.result()
     r = result.report
     out = {"model": model, "mode": mode, "target": target, "seed": seed,
-           "plan": [c.key for c in result.plan.blocks if not (c.end == c.start + 1 and tuple(c.kept) == (c.end,))],
+           "plan": [c.key for c in result.plan.blocks if not is_trivial(c)],
            "modelled_body_ms": r["chosen_modelled_body_ms"], "accuracy_before": r["accuracy_before"],
            "accuracy_after": r["accuracy_after"], "speedup": r["speedup"], "speedup_low": r["speedup_low"],
            "speedup_high": r["speedup_high"], "target_met": r["target_met"],
@@ -61,7 +62,7 @@ def one_run(args, model: str, mode: str, target: float, seed: int, cache: Path) 
     if mode == "adaptive":
         out["adaptive"] = r["importance_adaptive"]
         out["importance_seconds"] = r["importance_adaptive"]["seconds"]
-    return out, compression
+    return out
 
 
 def same_budget_plans(args, model: str, seed: int, mode: str, cache: Path, budgets: list[float]
@@ -70,8 +71,7 @@ def same_budget_plans(args, model: str, seed: int, mode: str, cache: Path, budge
     these budgets need). The landings probe measured plans, so equal tables can land apart; the DP's answer
     at one budget is what the two importance stages must agree on."""
     compression = Compression(model, run_config(args, model, mode, args.targets[0], seed, cache))
-    return [sorted(r.ref.key for r in compression.frontier.best(b).rows
-                   if not (r.ref.end == r.ref.start + 1 and tuple(r.ref.kept) == (r.ref.end,))) for b in budgets]
+    return [sorted(r.ref.key for r in compression.frontier.best(b).rows if not is_trivial(r.ref)) for b in budgets]
 
 
 def finetuned_entries(cache: Path) -> int:
@@ -145,7 +145,7 @@ def main() -> None:
                 for target in args.targets:
                     path = out / "runs" / f"{model}-s{seed}-{mode}-x{target:g}.json"
                     if not path.exists():
-                        run, _ = one_run(args, model, mode, target, seed, where)
+                        run = one_run(args, model, mode, target, seed, where)
                         atomic_write_json(path, run)
                     runs[(mode, target)] = json.loads(path.read_text())
             finetuned = runs[("adaptive", args.targets[-1])]["finetuned_entries_after"]   # the runs' own, before ...

@@ -84,18 +84,15 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
            "table_seconds": table_s, "calibration_seconds": calibration_s, "latency_model": model_.to_dict(),
            "rows_ms": {k: t for k, (_, t) in rows.items()},    # kept so a fit can be re-examined offline
            "plans": []}
-    solutions, networks = {}, {}
-    for ratio in BUDGETS[name]:
-        solution = frontier.best(ratio * full)
-        plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
-        solutions[ratio] = solution
-        networks[f"{ratio:.0%}"] = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(),
-                                                analysis.chain, plan).eval()
+    def network(blocks):
+        plan = plan_from_blocks(analysis.chain, blocks)
+        return build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan).eval()
+
+    solutions = {ratio: frontier.best(ratio * full) for ratio in BUDGETS[name]}
+    networks = {f"{ratio:.0%}": network([r.ref for r in s.rows]) for ratio, s in solutions.items()}
     # the identity plan's network too: the original over it, now against at calibration, says how much the
     # machine moved between the two (eager MobileNetV2 saw x1.105 calibrating; a slow phase can shift it)
-    identity = plan_from_blocks(analysis.chain, [c for c in analysis.candidates if is_trivial(c)])
-    networks["identity"] = build_merged(build_unmerged(analysis.gm, analysis.chain, identity).eval(), analysis.chain,
-                                        identity).eval()
+    networks["identity"] = network([c for c in analysis.candidates if is_trivial(c)])
     # all plans against the original in the same rounds: their order is not left to the machine's drift
     # between separate measurements
     measured = time_jointly(model, networks, x, backend, sessions=4, rounds=max_rounds)

@@ -34,11 +34,10 @@ import bisect
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from ..cnn.chain import Candidate
-from ..errors import DepthcutError
 
 COVERAGE = 0.9            # each unrefined entry's interval holds with at least this probability
 SAMPLE_FRACTION = 0.05    # of the candidates fine-tuned at random to calibrate the bound ...
@@ -173,13 +172,10 @@ class AdaptiveFrontier:
         self._solved: dict[tuple[str, int], Any] = {}
 
     def _scored(self, row: Any, side: str) -> Any:
-        from dataclasses import replace
-
         key = row.ref.key
         if key not in self.bounds.estimate:     # an identity row, or one the table does not score
             return row
-        acc = {"high": self.bounds.high, "low": self.bounds.low, "point": self.bounds.point}[side](key)
-        return replace(row, importance=self.to_importance(acc))
+        return replace(row, importance=self.to_importance(getattr(self.bounds, side)(key)))
 
     def frontier(self, side: str) -> Any:
         """The search with unrefined entries at their optimistic ("high"), pessimistic ("low") or point value."""
@@ -214,10 +210,7 @@ class AdaptiveFrontier:
                 self.stats.rounds += 1
                 self.say(f"adaptive importance at {budget_ms:.4g} ms: fine-tuning {len(todo)} candidates of the "
                          f"optimistic plan ({self.stats.finetuned} of {self.stats.candidates} fine-tuned so far)")
-                found = self._refine(todo)
-                missing = [c.key for c in todo if c.key not in found]
-                if missing:
-                    raise DepthcutError(f"adaptive importance: no fine-tuned entry came back for {missing[0]}")
+                found = self._refine(todo)      # the importance table returns every entry or raises
                 self.bounds.exact.update({c.key: found[c.key] for c in todo})
                 self.stats.refined += len(todo)
         finally:

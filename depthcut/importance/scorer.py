@@ -143,11 +143,10 @@ def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidat
     full = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune, splits.score,
                              config, device, analysis)
     n_cheap = min(CHEAP_SCORE_SIZE, len(splits.score))
-    cheap_scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune,
-                                     (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
-                                      else Subset(splits.score, range(n_cheap))),
-                                     replace(config, importance=Proxy.BN_RECALIBRATION.value, importance_mode="full"), device, analysis,
-                                     bn_batches=CHEAP_BN_BATCHES)
+    first = (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
+             else Subset(splits.score, range(n_cheap)))
+    cheap_scorer = replace(full, score=first, bn_batches=CHEAP_BN_BATCHES,
+                           config=replace(config, importance=Proxy.BN_RECALIBRATION.value, importance_mode="full"))
     manifest = {**importance_manifest(original, analysis, config), "proxy": Proxy.BN_RECALIBRATION.value,
                 "steps": 0, "bn_batches": CHEAP_BN_BATCHES, "score_images": n_cheap}
     cheap_store = importance_store(manifest, cache_dir)
@@ -161,7 +160,8 @@ def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidat
         return importance_table(cands, full, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
                                 executor=executor, desc="importance (fine-tuned)")
 
-    sample = [c for c in todo if c.key in set(sample_keys([c.key for c in todo], config.scoring_seed))]
+    sampled = set(sample_keys([c.key for c in todo], config.scoring_seed))
+    sample = [c for c in todo if c.key in sampled]
     say(config, f"adaptive importance: fine-tuning a random sample of {len(sample)} candidates to calibrate "
                 f"the cheap scores ({sum(c.key in store for c in sample)} already cached)")
     bounds = calibrate_bounds(cheap, refine(sample))

@@ -117,9 +117,6 @@ class Point:
     measured_ms: float
 
 
-TERMS = ("calls+bytes", "calls", "bytes", "constant")   # the per-call cost's forms
-
-
 def _design(points: Sequence[Point], terms: str) -> np.ndarray:
     columns = [np.ones(len(points))]
     if "calls" in terms:
@@ -194,11 +191,11 @@ def plan_point(rows: Sequence[tuple[Candidate, float]], measured_ms: float, batc
                  rows_ms=sum(t for _, t in kept), measured_ms=measured_ms)
 
 
-def model_from_points(points: Sequence[Point], names: Sequence[str], batch_size: int | None,
-                      intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1,
-                      plans: Sequence[Sequence[tuple[Candidate, float]]] | None = None) -> LatencyModel:
+def model_from_points(points: Sequence[Point], plans: Sequence[Sequence[tuple[Candidate, float]]],
+                      names: Sequence[str], batch_size: int | None,
+                      intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1) -> LatencyModel:
     """The fitted model; ``plans`` (each point's (candidate, single-call ms) rows) model each calibration
-    network as the DP will, rows floored at ROW_FLOOR of their time alone (else the linear fit is reported)."""
+    network as the DP will, rows floored at ROW_FLOOR of their time alone."""
     def plausible(params: tuple[float, float, float]) -> bool:
         """The time outside the body is not negative (rows cannot go below their floor)."""
         return params[0] >= 0
@@ -212,16 +209,14 @@ def model_from_points(points: Sequence[Point], names: Sequence[str], batch_size:
                          attempts=attempts)
     for i, (name, p) in enumerate(zip(names, points)):
         low, high = intervals[i] if intervals else (p.measured_ms, p.measured_ms)
-        modelled = (other + sum(model.row_ms(c, t) for c, t in plans[i]) if plans is not None
-                    else other + p.rows_ms - a * p.calls - b * p.bytes)
         model.calibration.append({"network": name, "calls": p.calls, "bytes": p.bytes, "rows_ms": p.rows_ms,
                                   "measured_ms": p.measured_ms, "low_ms": low, "high_ms": high,
-                                  "modelled_ms": modelled})
+                                  "modelled_ms": other + sum(model.row_ms(c, t) for c, t in plans[i])})
     return model
 
 
-def problems(model: LatencyModel, rows: Mapping[str, tuple[Candidate, float]]) -> list[str]:
-    """What makes ``model`` unusable for the DP (empty: usable). ``rows``: key -> (candidate, single-call ms)."""
+def problems(model: LatencyModel) -> list[str]:
+    """What makes ``model`` unusable for the DP (empty: usable)."""
     found = []
     if model.other_ms < 0:
         found.append(f"the time outside the modelled body comes out negative ({model.other_ms:.4f} ms)")
@@ -305,10 +300,10 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
         for e, (_, plan) in zip(estimates, plans[1:]):
             points.append(plan_point([(c, timed[c.key]) for c in plan], identity_ms / e.ratio, batch_size))
             intervals.append((identity_ms / e.high, identity_ms / e.low))
-        model = model_from_points(points, [name for name, _ in plans], batch_size, intervals, attempt,
-                                  plans=[[(c, timed[c.key]) for c in plan] for _, plan in plans])
+        model = model_from_points(points, [[(c, timed[c.key]) for c in plan] for _, plan in plans],
+                                  [name for name, _ in plans], batch_size, intervals, attempt)
         model.original_factor = 1.0 / against_original.ratio
-        found = problems(model, rows)
+        found = problems(model)
         if not found:
             return model
         again = "the latency table and the calibration networks" if retime_rows else "the calibration networks"

@@ -162,17 +162,17 @@ def test_the_sanity_checks_name_what_is_wrong():
     heavy = LatencyModel("per-call", call_ms=10 * t, other_ms=0.1, batch_size=1)
     assert heavy.row_ms(c, t) == pytest.approx(ROW_FLOOR * t) and heavy.row_ms(c, t) > 0
     negative = LatencyModel("per-call", other_ms=-0.5, batch_size=1)
-    assert any("outside the modelled body comes out negative" in p for p in problems(negative, rows))
+    assert any("outside the modelled body comes out negative" in p for p in problems(negative))
     off = LatencyModel("per-call", batch_size=1, calibration=[
         {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0 + 2 * MAX_SELF_ERROR, "low_ms": 1.1,
          "high_ms": 1.3}])
-    assert any("identity plan's network is modelled at" in p for p in problems(off, rows))
+    assert any("identity plan's network is modelled at" in p for p in problems(off))
     missed = LatencyModel("per-call", batch_size=1, calibration=[
         {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0, "low_ms": 1.0, "high_ms": 1.0},
         {"network": "fastest", "modelled_ms": 0.3, "measured_ms": 0.3 / (1 + 1.5 * MAX_FIT_ERROR), "low_ms": 0.2,
          "high_ms": 0.25}])
-    assert any("misses its own fastest network by +30%" in p for p in problems(missed, rows))
-    assert problems(LatencyModel("additive", batch_size=1), rows) == []
+    assert any("misses its own fastest network by +30%" in p for p in problems(missed))
+    assert problems(LatencyModel("additive", batch_size=1)) == []
 
 
 def test_measure_samples_until_the_median_is_known(monkeypatch):
