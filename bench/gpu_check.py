@@ -9,8 +9,11 @@ convs):
    unmerged body latency) from the LayerMerge DP, with a data-free importance proxy (every block 1, minus
    0.05 per pruned conv and 0.02 per removed activation: the budget alone decides; real importance needs
    data and does not change what is timed here);
-3. each plan's network measured end to end against the original and against the BN-folded original, in one
-   interleaved run per plan (medians), next to the speed-up the additive table predicts;
+   The DP's rows are the pipeline's default latency model: per-call costs calibrated on whole networks
+   (depthcut.latency.model, issue 32), checked by its sanity checks.
+3. every plan's network, the BN-folded original and the identity plan's network measured against the original
+   in one joint run of paired rounds (depthcut.latency.compare.time_jointly: medians, 95 % intervals), next to
+   the speed-up the calibrated model predicts and the one the plain sum of rows predicts;
 4. the exactness of each merge on the GPU: against the intended function in float64 (the check depthcut
    runs) and merged vs unmerged in float32 with TF32 on (what a float32 check would see);
 5. ``depthcut.compress`` end to end on CUDA: the CIFAR ResNet-20 on a generated 2-class image folder,
@@ -39,7 +42,8 @@ from depthcut.cnn.intended import verify_plan  # noqa: E402
 from depthcut.importance.datafree import datafree_importance  # noqa: E402
 from depthcut.latency import get_backend, latency_table, time_models  # noqa: E402
 from depthcut.latency.backends import math_mode  # noqa: E402
-from depthcut.latency.overhead import call_overhead_ms, in_network_ms  # noqa: E402
+from depthcut.latency.compare import time_jointly  # noqa: E402
+from depthcut.latency.model import calibrate, network_timer  # noqa: E402
 from depthcut.search.layermerge import solve  # noqa: E402
 from depthcut.search.tables import Row  # noqa: E402
 
@@ -71,53 +75,76 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
     backend = get_backend("eager", device=device, memory_format=memory_format)
     if row_calls is not None:       # 1: the pre-issue-8 timing, one synchronised call per sample
         backend.row_calls = row_calls
-    lat = latency_table(analysis.candidates, backend, batch_size=batch, cache_dir=cache, progress=False,
-                        repeats=20)
-    # the pipeline's default latency model: each row minus the runtime's per-call cost
-    overhead = call_overhead_ms(backend, analysis.candidates, batch)
+
+    def time_rows(candidates, refresh=False):
+        return latency_table(candidates, backend, batch_size=batch, cache_dir=cache, progress=False,
+                             repeats=20, refresh=refresh)
+
+    lat = time_rows(analysis.candidates)
     table_s = time.time() - t0
     timed = {c.key: lat[c.key].median_ms for c in analysis.candidates}
-    rows = [Row(c.start, c.end, in_network_ms(c, timed[c.key], overhead, batch), datafree_importance(c), ref=c)
+    x_cpu = torch.randn(batch, 3, size, size)     # the timings' input (each backend places its own copy)
+    # the pipeline's default latency model: calibrated on whole networks (depthcut.latency.model, issue 32)
+    model_ = calibrate({c.key: (c, timed[c.key]) for c in analysis.candidates}, analysis.chain.length,
+                       batch_size=batch, say=print, time_against_identity=network_timer(analysis, backend, x_cpu, model),
+                       retime_rows=lambda: {k: t.median_ms for k, t in time_rows(analysis.candidates, True).items()})
+    calibration_s = time.time() - t0 - table_s
+    if model_.attempts > 1:         # the calibration re-timed the table
+        lat = time_rows(analysis.candidates)
+        timed = {c.key: lat[c.key].median_ms for c in analysis.candidates}
+    rows = [Row(c.start, c.end, model_.row_ms(c, timed[c.key]), datafree_importance(c), ref=c)
             for c in analysis.candidates]
     body_ms = sum(r.latency_ms for r in rows if is_trivial(r.ref))
     additive_body_ms = sum(timed[c.key] for c in analysis.candidates if is_trivial(c))
     frontier = solve(rows, analysis.chain.length, steps=2000, max_latency_ms=body_ms)
-    x = torch.randn(batch, 3, size, size, device=device)
-    bn_folded = folded(model)
+    x = x_cpu[:8].to(device)
     out = {"model": name, "memory_format": memory_format, "positions": analysis.chain.length,
-           "candidates": len(analysis.candidates), "table_seconds": table_s, "table_body_ms": body_ms,
-           "additive_body_ms": additive_body_ms, "row_calls": backend.row_calls,
-           "call_overhead_us": 1e3 * overhead[0], "call_overhead_us_per_mb": 1e9 * overhead[1], "plans": []}
-    for ratio, paper in zip(BUDGETS[name], PAPER_PYTORCH[name]):
-        solution = frontier.best(ratio * body_ms)
-        plan = plan_from_blocks(analysis.chain, [r.ref for r in solution.rows])
+           "candidates": len(analysis.candidates), "table_seconds": table_s, "calibration_seconds": calibration_s,
+           "table_body_ms": body_ms, "additive_body_ms": additive_body_ms, "row_calls": backend.row_calls,
+           "latency_model": model_.to_dict(), "call_overhead_us": 1e3 * model_.call_ms,
+           "call_overhead_us_per_mb": 1e9 * model_.call_ms_per_byte, "plans": []}
+    solutions = {ratio: frontier.best(ratio * body_ms) for ratio in BUDGETS[name]}
+
+    def build(blocks):
+        plan = plan_from_blocks(analysis.chain, blocks)
         unmerged = build_unmerged(analysis.gm, analysis.chain, plan).eval()
-        merged = build_merged(unmerged, analysis.chain, plan)
-        t = time_models({"original": model, "bn_folded": bn_folded, "merged": merged}, x, backend,
-                        rounds=rounds, repeats=5)
-        e2e = t["original"].median_ms
-        predicted = e2e / (e2e - body_ms + solution.latency_ms)
+        return plan, unmerged, build_merged(unmerged, analysis.chain, plan)
+
+    built = {ratio: build([r.ref for r in solution.rows]) for ratio, solution in solutions.items()}
+    # every plan, the BN-folded original and the identity plan's network against the original in the same
+    # paired rounds (medians, 95 % intervals): the plans' order is not left to drift between separate runs
+    networks = {f"{ratio:.0%}": merged for ratio, (_, _, merged) in built.items()}
+    networks["bn_folded"] = folded(model)
+    networks["identity"] = build([c for c in analysis.candidates if is_trivial(c)])[2]
+    measured = time_jointly(model, networks, x_cpu, backend, sessions=2, rounds=rounds)
+    out["bn_folded"] = measured["bn_folded"].to_dict()
+    out["identity_now"] = measured["identity"].to_dict()
+    for (ratio, solution), paper in zip(solutions.items(), PAPER_PYTORCH[name]):
+        plan, unmerged, merged = built[ratio]
+        est = measured[f"{ratio:.0%}"]
+        predicted = model_.predicted_speedup(solution.latency_ms, body_ms)
+        e2e = est.original_ms
         plan_additive_ms = sum(timed[r.ref.key] for r in solution.rows)
         predicted_additive = e2e / (e2e - additive_body_ms + plan_additive_ms)
-        measured = e2e / t["merged"].median_ms
         out["plans"].append({
-            "budget_ratio": ratio, "paper_pytorch_speedup": paper,
-            "modelled_body_ms": solution.latency_ms, "original_ms": e2e, "bn_folded_ms": t["bn_folded"].median_ms,
-            "merged_ms": t["merged"].median_ms, "speedup": measured,
-            "speedup_vs_bn_folded": t["bn_folded"].median_ms / t["merged"].median_ms,
-            "predicted_speedup": predicted, "prediction_error": predicted / measured - 1,
+            "budget_ratio": ratio, "paper_pytorch_speedup": paper, "measured": est.to_dict(),
+            "modelled_body_ms": solution.latency_ms, "original_ms": e2e,
+            "speedup": est.ratio, "low": est.low, "high": est.high,
+            "speedup_vs_bn_folded": est.ratio / measured["bn_folded"].ratio,
+            "predicted_speedup": predicted, "prediction_error": predicted / est.ratio - 1,
             "predicted_speedup_additive": predicted_additive,
-            "prediction_error_additive": predicted_additive / measured - 1,
+            "prediction_error_additive": predicted_additive / est.ratio - 1,
             "blocks": sum(not is_trivial(b) for b in plan.blocks),
             "intended_error_float64": verify_plan(merged, model, analysis.chain, plan, (1, 3, size, size)),
-            "merged_vs_unmerged_float32": float32_error(merged, unmerged, x[:8]),
+            "merged_vs_unmerged_float32": float32_error(merged, unmerged, x),
         })
         p = out["plans"][-1]
         if compile_ratio is not None and abs(ratio - compile_ratio) < 1e-9:
-            p["compile"] = compiled_speedup(model, merged, x, device, memory_format, rounds)
-        print(f"{name} {ratio:.0%}: x{measured:.2f} (predicted x{predicted:.2f}, paper x{paper}), "
-              f"vs BN-folded x{p['speedup_vs_bn_folded']:.2f}; intended error {p['intended_error_float64']:.1e} "
-              f"(float64), merged vs unmerged {p['merged_vs_unmerged_float32']:.1e} (float32)", flush=True)
+            p["compile"] = compiled_speedup(model, merged, x_cpu.to(device), device, memory_format, rounds)
+        print(f"{name} {ratio:.0%}: {est.describe()} (predicted x{predicted:.2f}, additive x{predicted_additive:.2f}, "
+              f"paper x{paper}), vs BN-folded x{p['speedup_vs_bn_folded']:.2f}; intended error "
+              f"{p['intended_error_float64']:.1e} (float64), merged vs unmerged {p['merged_vs_unmerged_float32']:.1e} "
+              f"(float32)", flush=True)
     return out
 
 
@@ -163,21 +190,23 @@ def compress_on_device(device: str, quick: bool) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['device_name']}): `{report.get('command', 'python bench/gpu_check.py')}`", "",
-             f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, CUDA eager, "
+             f"torch {report['torch']}, batch {report['batch']}, {report['size']}x{report['size']}, eager on {report['device']}, "
              f"memory format {report.get('memory_format', 'contiguous')}, "
              f"math mode {report['math_mode']}. Random weights; plans from a data-free importance proxy "
-             f"(bench/gpu_check.py docstring). Speed-ups are ratios of medians from one interleaved run per plan.",
-             "Plans are solved on the pipeline's default latency model (each row minus the runtime's per-call cost); "
-             "'predicted' is that model, 'additive' the raw sum of row timings. Rows are timed as `row calls` "
-             "calls queued back to back per sample (1 = one synchronised call per sample).",
-             "", "| model | row calls | budget | measured speed-up | predicted | error | additive | error | vs BN-folded "
-             "| paper (PyTorch, 2080 Ti) | intended error (float64) | merged vs unmerged (float32, TF32) |",
+             f"(bench/gpu_check.py docstring). Every plan, the BN-folded original and the identity plan's network "
+             f"are timed against the original in one joint run of paired rounds (medians; 95 % interval).",
+             "Plans are solved on the pipeline's default latency model (per-call costs calibrated on whole networks, "
+             "depthcut.latency.model); 'predicted' is that model, 'additive' the raw sum of row timings seeded with "
+             "the measured original. Rows are timed as `row calls` calls queued back to back per sample.",
+             "", "| model | row calls | budget | measured speed-up [95 %] | predicted | error | additive | error "
+             "| vs BN-folded | paper (PyTorch, 2080 Ti) | intended error (float64) | merged vs unmerged (float32, TF32) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         for p in m["plans"]:
             additive = (f"x{p['predicted_speedup_additive']:.2f} | {p['prediction_error_additive']:+.1%}"
                         if "predicted_speedup_additive" in p else "- | -")
-            lines.append(f"| {m['model']} | {m.get('row_calls', 1)} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} "
+            lines.append(f"| {m['model']} | {m.get('row_calls', 1)} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f}"
+                         + (f" [{p['low']:.2f}, {p['high']:.2f}]" if "low" in p else "") + " "
                          f"| x{p['predicted_speedup']:.2f} | {p['prediction_error']:+.1%} | {additive} "
                          f"| x{p['speedup_vs_bn_folded']:.2f} | x{p['paper_pytorch_speedup']} "
                          f"| {p['intended_error_float64']:.1e} | {p['merged_vs_unmerged_float32']:.1e} |")
@@ -191,14 +220,19 @@ def markdown(report: dict) -> str:
             lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{p['speedup']:.2f} | x{c['speedup']:.2f} | "
                          f"{c['original_ms']:.2f} | {c['merged_ms']:.2f} | "
                          f"{', '.join(f'{v:.0f}' for v in c['compile_seconds'])} |")
-    lines += ["", "| model | row calls | positions | candidates | table time s | table body ms | additive body ms "
-              "| per-call cost |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | row calls | positions | candidates | table time s | calibration s | table body ms "
+              "| additive body ms | per-call cost | outside the body ms | model's largest error on its networks "
+              "| original / identity (calibration, now) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in report["models"]:
         cost = (f"{m['call_overhead_us']:.1f} us + {m['call_overhead_us_per_mb']:.2f} us/MB"
                 if "call_overhead_us" in m else "-")
+        lm = m.get("latency_model")
+        fit = (f"{lm['other_ms']:.2f} | {max(abs(c['modelled_ms'] / c['measured_ms'] - 1) for c in lm['calibration']):.1%} "
+               f"({len(lm['calibration'])} networks) | x{lm['original_factor']:.3f}, "
+               f"x{m['identity_now']['ratio']:.3f}" if lm else "- | - | -")
         lines.append(f"| {m['model']} | {m.get('row_calls', 1)} | {m['positions']} | {m['candidates']} | "
-                     f"{m['table_seconds']:.0f} | {m['table_body_ms']:.2f} | {m.get('additive_body_ms', m['table_body_ms']):.2f} "
-                     f"| {cost} |")
+                     f"{m['table_seconds']:.0f} | {m.get('calibration_seconds', 0):.0f} | {m['table_body_ms']:.2f} "
+                     f"| {m.get('additive_body_ms', m['table_body_ms']):.2f} | {cost} | {fit} |")
     c = report.get("compress")
     if c:
         lines += ["", f"`depthcut.compress` on {c['device']} ({c['device_name']}): x{c['speedup']:.2f} "
