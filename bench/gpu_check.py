@@ -242,6 +242,27 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def runs_markdown(paths: list[str]) -> str:
+    """Several fresh runs (each its own empty cache) side by side: per plan the lowest and highest measured
+    speed-up, and the worst error of the calibrated and of the additive model over the runs."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    lines = [f"# GPU check over {len(reports)} fresh runs ({reports[0]['device_name']})", "",
+             "Runs: " + ", ".join(f"`{r.get('command', '?')}`" for r in reports) + ". Each run timed its own "
+             "latency table and calibrated its own model from an empty cache; the worst error over the runs is "
+             "reported.", "",
+             "| model | budget | measured speed-up (lowest - highest) | worst error, calibrated model "
+             "| worst error, additive | paper (PyTorch, 2080 Ti) |", "|---|---|---|---|---|---|"]
+    for i, m in enumerate(reports[0]["models"]):
+        for j, p in enumerate(m["plans"]):
+            same = [r["models"][i]["plans"][j] for r in reports]
+            worst = max((q["prediction_error"] for q in same), key=abs)
+            worst_add = max((q["prediction_error_additive"] for q in same), key=abs)
+            lines.append(f"| {m['model']} | {p['budget_ratio']:.0%} | x{min(q['speedup'] for q in same):.2f} - "
+                         f"x{max(q['speedup'] for q in same):.2f} | {worst:+.1%} | {worst_add:+.1%} "
+                         f"| x{p['paper_pytorch_speedup']} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
@@ -258,7 +279,12 @@ def main() -> None:
     ap.add_argument("--skip-compress", action="store_true", help="leave out the end-to-end compress run")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a CPU dry run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
+    ap.add_argument("--summarize", nargs="+", metavar="JSON",
+                    help="write --out.md from these runs' JSON files (worst error over the runs) and exit")
     args = ap.parse_args()
+    if args.summarize:
+        Path(args.out).with_suffix(".md").write_text(runs_markdown(args.summarize))
+        return
     if args.device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     report = {"command": " ".join(["python bench/gpu_check.py"] + sys.argv[1:]), "device": args.device,
