@@ -116,7 +116,7 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
     """Drop dominated candidates (module docstring). ``time_rows(candidates) -> {key: Timing or ms}`` measures
     rows (the cached latency table). ``bandwidth`` (bytes/ms, :func:`measure_bandwidth`) adds the memory bound
     for weights larger than any cache. ``in_network(candidate, timed_ms)`` maps a row's timing to what the DP
-    sees (depthcut.latency.overhead); dominance is decided on those values, and the MAC bound uses their rate
+    sees (depthcut.latency.model); dominance is decided on those values, and the MAC bound uses their rate
     (the weight bound holds in a network as in a single call: the weights are read either way). Returns (kept candidates, dominated ones with their reasons, DP ms of every
     kept candidate)."""
     candidates = list(candidates)

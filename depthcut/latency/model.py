@@ -34,7 +34,6 @@ import numpy as np
 
 from ..cnn.chain import Candidate
 from ..errors import DepthcutError
-from .overhead import row_bytes
 
 # calibration plans' budgets, fractions of the single-call body (0: fastest): as many networks as the fit
 # has noise to average (four left MobileNetV2's fitted bytes term 0 - 23 us/MB apart between fresh runs), as
@@ -47,6 +46,14 @@ MAX_FIT_ERROR = 0.20                  # ... and every other calibration network 
 # through all rows, and can exceed the smallest rows' time alone (MobileNetV2's 32-channel 1x1 convs at
 # 28x28 time 21 us; one fit gave a = 21 us + 13.6 us/MB), which would make them free for the DP
 ROW_FLOOR = 0.1
+
+
+def row_bytes(candidate: Candidate, batch_size: int | None = None) -> float:
+    """Bytes of the row's input and output tensors (float32): what the per-byte part of a call moves."""
+    n = batch_size or candidate.input_shape[0]
+    h, w = candidate.input_shape[2:]
+    oh, ow = -(-h // candidate.stride), -(-w // candidate.stride)
+    return 4.0 * n * (candidate.in_channels * h * w + candidate.out_channels * oh * ow)
 
 
 class LatencyModelError(DepthcutError):
@@ -343,4 +350,4 @@ def additive(batch_size: int | None = None) -> LatencyModel:
 
 
 __all__ = ["LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
-           "fit", "leave_one_out", "model_from_points", "network_timer", "problems"]
+           "fit", "leave_one_out", "model_from_points", "network_timer", "problems", "row_bytes"]

@@ -9,7 +9,7 @@ import pytest
 from depthcut.cnn.build import is_trivial
 from depthcut.zoo import analyze_zoo
 from depthcut.latency.dominance import macs, max_accuracy_importance, prune_dominated
-from depthcut.latency.overhead import in_network_ms
+from depthcut.latency.model import LatencyModel
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
 
@@ -31,11 +31,11 @@ def frontier_values(candidates, latency, importance, length, body_ms, budgets):
     ("resnet20", 92.0, None), ("resnet50", 75.0, None), ("resnet20", 20.0, None),
     ("resnet20", 92.0, (0.015, 2e-9)), ("resnet50", 75.0, (0.018, 1e-8))])
 def test_frontier_is_unchanged_by_dropping_dominated_candidates(name, base_accuracy, overhead):
-    """``overhead``: the DP sees rows minus the per-call cost (depthcut.latency.overhead), as compress does."""
+    """``overhead`` (a, b): the DP sees rows minus the per-call cost (depthcut.latency.model), as compress does."""
     analysis = analyze_zoo(name, input_shape=(1, 3, 64, 64) if name == "resnet50" else None)
     candidates, length = analysis.candidates, analysis.chain.length
     timed_ms = synthetic_latency(candidates)
-    in_network = None if overhead is None else (lambda c, t: in_network_ms(c, t, overhead))
+    in_network = None if overhead is None else LatencyModel("per-call", *overhead).row_ms
     latency = timed_ms if overhead is None else {c.key: in_network(c, t) for c in candidates
                                                  for k, t in [(c.key, timed_ms.get(c.key, 0.0))] if c.kept}
     timed: list[str] = []

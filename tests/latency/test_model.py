@@ -10,8 +10,7 @@ from depthcut.latency import backends, latency_table
 from depthcut.latency import table as table_mod
 from depthcut.latency.compare import SpeedupEstimate
 from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, REGIONS, ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate,
-                                    calibration_plans, fit, problems)
-from depthcut.latency.overhead import row_bytes
+                                    calibration_plans, fit, problems, row_bytes)
 
 
 def test_fit_recovers_the_network_parameters_of_either_sign():
