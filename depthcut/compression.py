@@ -110,9 +110,19 @@ class Compression:
         self.example = torch.randn((config.batch_size,) + tuple(input_shape[1:]))   # every end-to-end timing's input
         self.fit = {"amp": config.amp, "channels_last": config.channels_last}       # every fine-tune's numerics
         self.method = get_method(config.method)
+        self.teacher = original       # what recovery distils from (the joint method sets the unpruned original)
 
     def say(self, msg: str) -> None:
         say(self.config, msg)
+
+    def use(self, **stages: Any) -> "Compression":
+        """Stand in stages computed elsewhere (``rows=``, ``importance=``): the stages after them use these.
+        The joint depth + width method gives each width's run the original width's importance table."""
+        unknown = set(stages) - set(self.STAGES)
+        if unknown:
+            raise ValueError(f"not a stage of Compression: {', '.join(sorted(unknown))}")
+        self.__dict__.update(stages)      # what a cached_property would have stored
+        return self
 
     # -- the stages ------------------------------------------------------------------------------------
     @cached_property
@@ -543,7 +553,7 @@ def recover(run: "Compression", plan: Plan) -> tuple[nn.Module, nn.Module, dict[
     unmerged = build_unmerged(run.analysis.gm, run.analysis.chain, plan)
     distributed_train(unmerged, run.splits.train, config.recovery_procs, epochs=config.recovery_epochs,
                       lr=config.recovery_lr, batch_size=config.recovery_batch_size,
-                      teacher=run.original if config.distill else None, kd_weight=config.kd_weight,
+                      teacher=run.teacher if config.distill else None, kd_weight=config.kd_weight,
                       progress=config.progress, seed=config.seed, **run.fit)
     unmerged.eval()
     merged = build_merged(unmerged, run.analysis.chain, plan).eval()

@@ -22,6 +22,10 @@ Registered (SPEC A9; compare them at equal *measured* latency):
   channel        width instead of depth: Torch-Pruning's L1 channel pruning, the ratio found so that the
                  measured latency lands on the target (depthcut.cnn.channels). It rewrites the model instead
                  of choosing a depth plan (``kind = "model"``): no latency table, importance table or plan.
+  layermerge+channel
+                 depth and width together (depthcut.joint): a few channel plans, the LayerMerge DP at each
+                 width over rows timed at that width, one importance table; the width whose best depth plan
+                 is predicted most accurate at the target is landed, verified, recovered.
 
     @register_method
     class MyMethod(Method): name = "my-method"; ...
@@ -185,3 +189,16 @@ class Channel(Method):
         from .compression import compress_width
 
         return compress_width(compression, out)
+
+
+@register_method
+class LayerMergeChannel(Method):
+    name = "layermerge+channel"
+    summary = ("depth and width together: the LayerMerge DP at each of a few channel widths, the width predicted "
+               "most accurate at the target landed (depthcut.joint)")
+    kind = "model"
+
+    def compress(self, compression, out=None):
+        from .joint import compress_joint
+
+        return compress_joint(compression, out)

@@ -39,7 +39,7 @@ PLAN_METHODS = [m for m in method_names() if get_method(m).kind == "plan"]
 
 def test_every_registered_method_has_a_rule_here():
     assert sorted(PLAN_METHODS) == sorted(RULES)
-    assert set(method_names()) - set(PLAN_METHODS) == {"channel"}
+    assert set(method_names()) - set(PLAN_METHODS) == {"channel", "layermerge+channel"}
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,10 @@ def test_every_method_runs_through_compress(trained, tmp_path, name):  # noqa: F
                                                              for p in r["probes"]}
         return
     assert r["intended_structure_error"] < 1e-9
+    if name == "layermerge+channel":                  # depth and width: a width option and its landed depth plan
+        assert r["width"]["name"] in [w["name"] for w in r["width_options"]]
+        assert r["probes"] and r["plan_blocks"]
+        return
     chosen = sorted(c.key for c in result.plan.blocks)
     assert chosen in [sorted(p["blocks"]) for p in r["probes"]]
     # the plan's blocks obey the method's rule

@@ -1,0 +1,245 @@
+"""Depth and width chosen together under one measured latency budget (issue 29): the ``layermerge+channel``
+method.
+
+Neither family wins everywhere at equal measured latency: removing depth pays where layers are many and thin
+(MobileNetV2's launches and memory round-trips), removing width where a few wide layers dominate (ResNet-20's
+last stage). The best network at a budget is often a mix, so this method searches both:
+
+* **Width options**: a few channel plans of the original (Torch-Pruning L1, depthcut.cnn.channels; uniform and
+  global ratios of WIDTH_RATIOS, duplicates by channel counts dropped, the unpruned network first). Torch-
+  Pruning's dependency graph keeps the channels a residual add or a depthwise conv ties together consistent.
+* **Depth at each width, exactly**: for each width option, the LayerMerge stages of the width-pruned network
+  (its latency rows timed at those widths, its per-call model calibrated on its own networks), and the
+  LayerMerge DP over them: one frontier per width.
+* **One importance table**: a depth candidate's damage is measured once, on the original width (the LayerMerge
+  table, resumable as ever); a width option's damage is one more entry of the same store, the width-pruned
+  network fine-tuned with the table's recipe. A plan at width w is predicted at
+
+      accuracy(w, plan) = base + Δ_width(w) + Σ over the plan's changed blocks of Δ_depth(block)
+
+  with Δ_width(w) = acc(w fine-tuned) - acc(original fine-tuned alike), and Δ_depth from the table
+  (I = exp(Δacc / 100)). The additivity of the two damages is the approximation (the DP inside a width is
+  exact on its table); a block's damage at a narrower width is taken to be its damage at full width.
+* **The choice**: at the target latency each width's frontier gives its best depth plan under the budget its
+  own calibrated model leaves for the body; the width with the highest predicted accuracy is landed on the
+  measured target (the same landing as LayerMerge's, on the width-pruned network), verified against its
+  intended function (the width-pruned network with only the depth plan's changes), recovered (distilling from
+  the original when asked) and measured against the original.
+
+Extra cost over the LayerMerge table: one fine-tune per width option plus one for the original, and a latency
+table and calibration per width (reported as ``joint_cost``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .cnn.build import is_trivial
+from .compression import original_ms
+from .errors import InfeasibleBudgetError
+
+WIDTH_RATIOS = (0.125, 0.25, 0.375, 0.5)    # channel-pruning ratios offered, in both scopes
+WIDTH_SCOPES = ("uniform", "global")
+
+
+@dataclass
+class WidthOption:
+    """One width of the network: its channel plan, the pruned network, and what the table says of it."""
+
+    name: str                           # "original", "uniform-0.25", ...
+    ratio: float
+    scope: str | None
+    model: nn.Module = field(repr=False)
+    accuracy: float | None = None       # fine-tuned with the importance recipe, on the scoring split
+    run: Any = field(default=None, repr=False)     # its Compression (latency rows, frontier)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ratio": self.ratio, "scope": self.scope, "finetuned_accuracy": self.accuracy}
+
+
+def width_options(original: nn.Module, example: torch.Tensor) -> list[WidthOption]:
+    """The unpruned network and every distinct channel plan of WIDTH_RATIOS x WIDTH_SCOPES (distinct by the
+    channels each coupled group keeps)."""
+    from .cnn.channels import channel_counts, group_roots, prune_channels
+
+    roots = group_roots(original, example)
+    options = [WidthOption("original", 0.0, None, copy.deepcopy(original).cpu().eval())]
+    seen = {tuple(channel_counts(options[0].model, roots).values())}
+    for scope in WIDTH_SCOPES:
+        for ratio in WIDTH_RATIOS:
+            pruned = prune_channels(original, example, ratio, scope)
+            counts = tuple(channel_counts(pruned, roots).values())
+            if counts not in seen:
+                seen.add(counts)
+                options.append(WidthOption(f"{scope}-{ratio:g}", ratio, scope, pruned))
+    return options
+
+
+def finetuned_accuracy(run, option: WidthOption) -> float:
+    """The width option's network fine-tuned with the importance table's recipe and scored on the scoring
+    split: an entry of the importance table's kind (same recipe, seeds and atomic, resumable store), kept in a
+    store of its own beside the original's table."""
+    from .importance import importance_store
+    from .importance.scorer import ACCURACY_RANGE, importance_manifest
+    from .importance.table import _read_entry
+    from .train import evaluate, train
+
+    config = run.config
+    store = importance_store({**importance_manifest(run.original, run.analysis, config), "entries": "width options"},
+                             run.cache_dir)
+    key = f"width-{option.name}"
+    if key not in store:
+        t0 = time.perf_counter()
+        torch.manual_seed(config.scoring_seed)
+        model = copy.deepcopy(option.model).to(run.device)
+        train(model, run.splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
+              batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
+              amp=config.amp, channels_last=config.channels_last)
+        store[key] = {"metric": evaluate(model.eval(), run.splits.score), "seconds": time.perf_counter() - t0,
+                      "width": option.to_dict()}
+    return _read_entry(store, key, ACCURACY_RANGE)
+
+
+def depth_damage(importance: dict[str, float], key: str) -> float:
+    """Δacc of one candidate, in points, from its importance I = exp(Δacc / 100)."""
+    return 100.0 * math.log(importance[key])
+
+
+@dataclass
+class WidthChoice:
+    """What one width option offers at the target: its best depth plan and the accuracy predicted for it."""
+
+    option: WidthOption
+    budget_ms: float | None             # the body budget its calibrated model leaves (None: out of reach)
+    solution: Any = None
+    predicted_accuracy: float | None = None
+    predicted_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        blocks = [r.ref.key for r in self.solution.rows if not is_trivial(r.ref)] if self.solution else None
+        return {**self.option.to_dict(), "body_budget_ms": self.budget_ms, "predicted_accuracy":
+                self.predicted_accuracy, "predicted_ms": self.predicted_ms, "depth_blocks": blocks}
+
+
+def width_run(run, option: WidthOption, target_ms: float):
+    """The LayerMerge stages of one width option's network, aimed at the original's target latency."""
+    from .compression import Compression
+
+    config = replace(run.config, method="layermerge", speedup=None, latency_ms=target_ms, importance_mode="full",
+                     input_shape=tuple(run.input_shape))
+    inner = Compression(option.model, config, splits=run.splits)
+    inner.teacher = run.original          # recovery distils from the original, not from the pruned network
+    return inner
+
+
+def choose_width(run, options: list[WidthOption], importance: dict[str, float], target_ms: float,
+                 base_finetuned: float) -> list[WidthChoice]:
+    """Every width option's best depth plan at ``target_ms`` end to end, with its predicted accuracy (module
+    docstring). A width's candidates take the original width's entry of the same block and kernel option; one
+    the original's table does not hold (dropped there as dominated) is left out."""
+    choices = []
+    for option in options:
+        inner = option.run
+        rows = inner.rows
+        kept = [c for c in rows.candidates if is_trivial(c) or c.key in importance]
+        inner.use(rows=replace(rows, candidates=kept),
+                  importance={c.key: 1.0 if is_trivial(c) else importance[c.key] for c in kept})
+        # a plan's network costs the time outside the body plus its modelled body (the calibrated model knows
+        # the former; the plain sum takes it from the measured network)
+        other = rows.model.other_ms if rows.model.kind == "per-call" else original_ms(inner) - rows.body_ms()
+        budget = target_ms - other
+        frontier = inner.frontier
+        if budget < frontier.min_latency_ms:
+            choices.append(WidthChoice(option, None))
+            continue
+        solution = frontier.best(budget)
+        damage = sum(depth_damage(importance, r.ref.key) for r in solution.rows if not is_trivial(r.ref))
+        width = option.accuracy - base_finetuned
+        choices.append(WidthChoice(option, budget, solution, run.base_accuracy + width + damage,
+                                   other + solution.latency_ms))
+    return choices
+
+
+def compress_joint(run, out=None):
+    """The ``layermerge+channel`` method's run (module docstring)."""
+    from .compression import CompressResult, _block_row, measure_final, measured_fields, target_speedup
+
+    config = run.config
+    t0 = time.time()
+    base_ms = original_ms(run)
+    target = target_speedup(run, base_ms)
+    target_ms = base_ms / target
+    run.say(f"joint depth + width: the original's importance table, then width options at x{target:.3f} "
+            f"({target_ms:.3f} ms)")
+    importance = run.importance                        # the LayerMerge table on the original width
+    table_s = time.time() - t0
+    options = width_options(run.original, run.example)
+    run.say(f"{len(options)} width options: {', '.join(o.name for o in options)}")
+    base_finetuned = finetuned_accuracy(run, options[0])
+    for option in options[1:]:
+        option.accuracy = finetuned_accuracy(run, option)
+    options[0].accuracy = base_finetuned
+    width_s = time.time() - t0 - table_s
+    for option in options:
+        run.say(f"width {option.name}: latency rows and model")
+        option.run = width_run(run, option, target_ms)
+    choices = choose_width(run, options, importance, target_ms, base_finetuned)
+    rows_s = time.time() - t0 - table_s - width_s
+    for c in choices:
+        run.say(f"  {c.option.name}: " + (f"predicted {c.predicted_accuracy:.2f} % at {c.predicted_ms:.3f} ms "
+                                          f"({len(c.to_dict()['depth_blocks'])} blocks changed)"
+                                          if c.solution else "the target is beyond its fastest plan"))
+    ranked = sorted((c for c in choices if c.solution), key=lambda c: -c.predicted_accuracy)
+    if not ranked:
+        raise InfeasibleBudgetError(f"x{target:.3f} is out of reach for every width option of "
+                                    f"{run.resolved.name} on {config.backend} (widths pruned up to "
+                                    f"{max(WIDTH_RATIOS):.0%}, in the latency model)", minimum=target_ms)
+    chosen = landed = None
+    for choice in ranked:              # the best predicted width whose depth plan lands on the measured target
+        try:
+            landed = choice.option.run.chosen
+            chosen = choice
+            break
+        except InfeasibleBudgetError as e:
+            run.say(f"width {choice.option.name} does not land: {e}")
+    if chosen is None:
+        raise InfeasibleBudgetError(f"no width option of {run.resolved.name} lands on x{target:.3f} on "
+                                    f"{config.backend}", minimum=target_ms)
+    inner = chosen.option.run
+    run.say(f"width {chosen.option.name} chosen (predicted {chosen.predicted_accuracy:.2f} %)")
+    verified = inner.verified
+    unmerged, merged, merge_check = inner.recovered
+    final = measure_final(run, merged)
+    report = {
+        "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
+        "method": config.method, "batch_size": config.batch_size, "input_shape": list(run.input_shape),
+        "target_speedup": config.speedup, "target_latency_ms": config.latency_ms or target_ms,
+        "target_speedup_effective": target, "speed_tolerance": config.speed_tolerance,
+        **measured_fields(run, final, merged),
+        "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
+        "within_band": final.ratio <= target * (1 + config.speed_tolerance),
+        "width": chosen.option.to_dict(), "pruning_ratio": chosen.option.ratio, "channel_scope": chosen.option.scope,
+        "width_options": [c.to_dict() for c in choices],
+        "plan_blocks": [_block_row(b, inner.analysis.chain) for b in inner.chosen.plan.blocks],
+        "intended_structure_error": verified["structure"], "intended_relative_error": verified["deployed"],
+        "merge_relative_error": merge_check["error"],
+        "probes": [p.to_dict() for p in landed.landing.probes],
+        "joint_cost": {"importance_seconds": table_s, "width_finetunes": len(options),
+                       "width_seconds": width_s, "width_rows_seconds": rows_s,
+                       "depth_entries": sum(1 for k in importance if importance[k] != 1.0)},
+        "config": config.to_dict(), "seconds": time.time() - run.t_start,
+    }
+    result = CompressResult(merged, unmerged, None, report, [], run.example)
+    if out is not None:
+        result.save_pretrained(out)
+    run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at width "
+            f"{chosen.option.name} with {len(chosen.to_dict()['depth_blocks'])} depth blocks changed, accuracy "
+            f"{report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
+    return result
+

@@ -1,0 +1,60 @@
+"""The joint depth + width method (depthcut.joint, issue 29): width options, one importance table, the
+LayerMerge DP at each width, the best predicted width landed on the measured target and verified."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from depthcut import load
+from depthcut.compression import compress
+from depthcut.importance import score
+from depthcut.joint import depth_damage, width_options
+
+from test_compression import config, trained  # noqa: F401  (trained is a fixture)
+
+pytest.importorskip("torch_pruning")
+
+
+def test_width_options_start_with_the_original_and_differ_in_their_channels(trained):  # noqa: F811
+    from depthcut.cnn.channels import channel_counts, group_roots
+
+    model, _ = trained
+    x = torch.randn(1, 1, 8, 8)
+    options = width_options(model, x)
+    assert options[0].name == "original" and options[0].scope is None
+    assert sum(p.numel() for p in options[0].model.parameters()) == sum(p.numel() for p in model.parameters())
+    roots = group_roots(model, x)
+    counts = [tuple(channel_counts(o.model, roots).values()) for o in options]
+    assert len(set(counts)) == len(counts) > 2               # no two options are the same network
+    for o in options[1:]:                                     # every other option is narrower somewhere
+        assert all(a <= b for a, b in zip(channel_counts(o.model, roots).values(), counts[0]))
+    assert model.training is False and options[0].model is not model      # the caller's model is not touched
+
+
+@pytest.mark.parametrize("acc, base", [(90.0, 92.5), (92.5, 92.5), (50.0, 99.0)])
+def test_depth_damage_reads_the_points_back_from_an_importance(acc, base):
+    assert depth_damage({"k": score(acc, base)}, "k") == pytest.approx(acc - base, abs=1e-9)
+
+
+def test_joint_method_lands_the_best_predicted_width_verified_and_reloads(trained, tmp_path):  # noqa: F811
+    model, splits = trained
+    out = tmp_path / "out"
+    result = compress(model, config(tmp_path, method="layermerge+channel", speedup=1.5, backend="sleepy-macs"),
+                      splits=splits, out=out)
+    r = result.report
+    assert r["method"] == "layermerge+channel" and r["target_met"] and r["speedup"] >= 1.5
+    # the deployed network is the chosen width with only its depth plan's changes
+    assert r["intended_structure_error"] < 1e-9 and r["merge_relative_error"] <= 1e-4
+    options = r["width_options"]
+    assert options[0]["name"] == "original" and len({o["name"] for o in options}) == len(options)
+    reachable = [o for o in options if o["predicted_accuracy"] is not None]
+    assert reachable, "some width must reach x1.5 on this backend"
+    best = max(reachable, key=lambda o: o["predicted_accuracy"])
+    assert r["width"]["name"] == best["name"]               # landed at once: the best predicted width
+    for o in reachable:                                       # each plan fits the target in its width's model
+        assert o["predicted_ms"] <= r["target_latency_ms"] + 1e-9
+    assert r["joint_cost"]["width_finetunes"] == len(options)
+    assert (out / "report.md").exists() and "depth and width" in (out / "report.md").read_text()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(load(out)(x), result.model.cpu()(x), atol=1e-6)
