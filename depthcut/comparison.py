@@ -113,12 +113,13 @@ class Run:
 
 
 def plan_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """A run's plan in a line: a depth plan's changed blocks (positions, kernel, convs kept) or a width plan's
-    pruning ratio."""
+    """A run's plan in a line: a depth plan's changed blocks (positions, kernel, convs kept) and, for depth and
+    width together, its width option; or a width plan's pruning ratio."""
     if "plan_blocks" in report:
         changed = [b for b in report["plan_blocks"] if b["merged"] or len(b["kept"]) != len(b["convs"])]
         return {"blocks": [f"{b['start']}-{b['end']} k{b['kernel']} kept {len(b['kept'])}/{len(b['convs'])}"
-                           for b in changed], "convs": report.get("convs_after")}
+                           for b in changed], "convs": report.get("convs_after"),
+                **({"width": report["width"]["name"]} if "width" in report else {})}
     return {"pruning_ratio": report.get("pruning_ratio"), "scope": report.get("channel_scope")}
 
 

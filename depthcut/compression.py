@@ -35,16 +35,20 @@ class CompressResult:
     report: dict[str, Any]
     frontier: list[tuple[float, float]] = field(default_factory=list)  # (modelled body ms, importance)
     example: torch.Tensor | None = field(default=None, repr=False)      # the input the ONNX export traces
+    # the network the plan applies to, when it is not the original (depth and width: the width-pruned one)
+    base: nn.Module | None = field(default=None, repr=False)
 
     def save_pretrained(self, out: str | Path) -> Path:
         """Write the deployable result to ``out``: state dicts and plan (or the pruned module for the channel
         baseline), ``model.onnx``, ``report.json`` / ``report.md``; ``depthcut.report.load_compressed(out)``
         rebuilds it. ``compress(..., out=DIR)`` calls this."""
-        from .report import write_outputs, write_width_outputs
+        from .report import write_joint_outputs, write_outputs, write_width_outputs
 
         out = Path(out)
         example = self.example if self.example is not None else torch.randn(self.report["input_shape"])
-        (write_outputs if self.plan is not None else write_width_outputs)(self, out, example)
+        writer = (write_joint_outputs if self.base is not None else write_outputs if self.plan is not None
+                  else write_width_outputs)
+        writer(self, out, example)
         return out
 
 

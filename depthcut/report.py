@@ -36,46 +36,65 @@ def write_outputs(result, out: Path, example: torch.Tensor) -> None:
 
 
 def write_width_outputs(result, out: Path, example: torch.Tensor) -> None:
-    """The folder of a method that rewrites the model (channel pruning, depth + width): the network (its shapes
-    differ from the original, so the whole module is pickled), ONNX and the report."""
+    """The channel baseline's folder: the pruned module (its shapes differ from the original, so the whole
+    module is pickled), ONNX and the report."""
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.model.cpu(), out / "pruned_model.pt")
     report = dict(result.report)
     report["onnx"] = export_onnx(result.model, example, out / "model.onnx")
     atomic_write_json(out / "report.json", report)
     r = report
-    if "width_options" in r:      # the joint depth + width method (depthcut.joint)
-        changed = [b for b in r["plan_blocks"] if b["merged"] or len(b["kept"]) != len(b["convs"])]
-        head = [f"# depthcut report: {r['model']}, depth and width ({r['method']})", "",
-                f"Backend **{r['backend']}**, batch {r['batch_size']}; width {r['width']['name']} (Torch-Pruning L1), "
-                f"{len(changed)} depth blocks changed: "
-                + (", ".join(f"{b['start']}-{b['end']} k{b['kernel']}" for b in changed) or "none") + ".", "",
-                "| width option | fine-tuned accuracy | predicted accuracy at the target | predicted ms | depth blocks |",
-                "|---|---|---|---|---|"]
-        for w in r["width_options"]:
-            pred = f"{w['predicted_accuracy']:.2f}" if w["predicted_accuracy"] is not None else "out of reach"
-            ms = f"{w['predicted_ms']:.3f}" if w["predicted_ms"] is not None else "-"
-            head.append(f"| {w['name']} | {w['finetuned_accuracy']:.2f} | {pred} | {ms} | "
-                        f"{len(w['depth_blocks']) if w['depth_blocks'] is not None else '-'} |")
-        head.append("")
-    else:
-        head = [f"# depthcut report: {r['model']}, channel pruning (baseline)", "",
-                f"Backend **{r['backend']}**, batch {r['batch_size']}; Torch-Pruning L1, ratio {r['pruning_ratio']:.3f} "
-                f"of every prunable layer's channels (the classifier's outputs kept).", ""]
-    lines = [*head,
-             f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "
+    head = [f"# depthcut report: {r['model']}, channel pruning (baseline)", "",
+            f"Backend **{r['backend']}**, batch {r['batch_size']}; Torch-Pruning L1, ratio {r['pruning_ratio']:.3f} "
+            f"of every prunable layer's channels (the classifier's outputs kept).", ""]
+    atomic_write_text(out / "report.md", "\n".join(head + _outcome_lines(r, "MAC budget | MACs of the least pruning "
+                                                                            "that fits")) + "\n")
+
+
+def write_joint_outputs(result, out: Path, example: torch.Tensor) -> None:
+    """Depth and width together (depthcut.joint): the width-pruned network the plan applies to (its shapes
+    differ from the original, so the module is pickled; a merged torch.fx graph of a real model does not
+    pickle), the plan and the merged and unmerged weights (``load_compressed`` replays the plan on the
+    width-pruned network), ONNX and the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result.base.cpu(), out / "width_model.pt")
+    torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, out / "merged_state_dict.pt")
+    torch.save({k: v.cpu() for k, v in result.unmerged.state_dict().items()}, out / "unmerged_state_dict.pt")
+    atomic_write_text(out / "plan.json", result.plan.to_json())
+    report = dict(result.report)
+    report["onnx"] = export_onnx(result.model, example, out / "model.onnx")
+    atomic_write_json(out / "report.json", report)
+    r = report
+    changed = [b for b in r["plan_blocks"] if b["merged"] or len(b["kept"]) != len(b["convs"])]
+    head = [f"# depthcut report: {r['model']}, depth and width ({r['method']})", "",
+            f"Backend **{r['backend']}**, batch {r['batch_size']}; width {r['width']['name']} (Torch-Pruning L1), "
+            f"{len(changed)} depth blocks changed: "
+            + (", ".join(f"{b['start']}-{b['end']} k{b['kernel']}" for b in changed) or "none") + ".", "",
+            "| width option | fine-tuned accuracy | predicted accuracy at the target | predicted ms | depth blocks "
+            "| finalist accuracy |", "|---|---|---|---|---|---|"]
+    for w in r["width_options"]:
+        pred = f"{w['predicted_accuracy']:.2f}" if w["predicted_accuracy"] is not None else "out of reach"
+        ms = f"{w['predicted_ms']:.3f}" if w["predicted_ms"] is not None else "-"
+        final = f"{w['finalist_accuracy']:.2f}" if w.get("finalist_accuracy") is not None else "-"
+        head.append(f"| {w['name']} | {w['finetuned_accuracy']:.2f} | {pred} | {ms} | "
+                    f"{len(w['depth_blocks']) if w['depth_blocks'] is not None else '-'} | {final} |")
+    atomic_write_text(out / "report.md", "\n".join(head + [""] + _outcome_lines(r, "body budget ms | modelled body "
+                                                                                   "ms")) + "\n")
+
+
+def _outcome_lines(r: dict, budget: str) -> list[str]:
+    """Speed-up, accuracy, sizes and the landing's probes, as a method that rewrites the model reports them."""
+    lines = [f"**Speed-up {r['speedup']:.2f}x** [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] (target "
              f"x{r['target_speedup_effective']:.2f}), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}%.",
              "", "| | before | after |", "|---|---|---|"]
     for k in ("params", "macs", "convs", "activations"):
         lines.append(f"| {k} | {r[k + '_before']:,} | {r[k + '_after']:,} |")
-    budget = ("body budget ms | modelled body ms" if "width_options" in r
-              else "MAC budget | MACs of the least pruning that fits")
     lines += ["", f"| probe | {budget} | measured speed-up (95% CI) | verdict |", "|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
         verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
         lines.append(f"| {i} | {a['budget']:.4g} | {a['modelled']:.4g} | x{a['measured_ratio']:.2f} "
                      f"[{a['measured_low']:.2f}, {a['measured_high']:.2f}] | {verdict} |")
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    return lines
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> str | None:
@@ -242,7 +261,10 @@ def load_compressed(folder: str | Path, model: nn.Module | str | None = None) ->
             raise DepthcutError(f"{p} is missing: {folder} is not a depthcut output folder")
     plan_json = plan_path.read_text()
     meta = json.loads(plan_json).get("meta", {})
-    base = resolve_model(model if model is not None else meta.get("model", "")).model
+    if model is None and (folder / "width_model.pt").exists():    # depth and width: the plan's own network
+        base = torch.load(folder / "width_model.pt", map_location="cpu", weights_only=False)
+    else:
+        base = resolve_model(model if model is not None else meta.get("model", "")).model
     merged = replay(base, plan_json, tuple(meta["input_shape"]))
     merged.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return merged.eval()

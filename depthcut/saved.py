@@ -12,7 +12,8 @@ def load(folder: str | Path, model: Any = None) -> Any:
     """The network a depthcut result saved in ``folder``:
 
     * a compressed CNN (``plan.json``): the merged ``nn.Module``, the plan replayed on the original ``model``
-      (given, or resolved from the plan's recorded name) with the merged weights
+      (given, or resolved from the plan's recorded name; for depth and width together, the saved
+      ``width_model.pt``) with the merged weights
       (:func:`depthcut.report.load_compressed`);
     * a channel-pruned CNN (``pruned_model.pt``): the pruned module;
     * a pruned or up-scaled LLM (a Hugging Face checkpoint): the ``transformers`` model, removed sublayers
