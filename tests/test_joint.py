@@ -49,8 +49,16 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
     assert options[0]["name"] == "original" and len({o["name"] for o in options}) == len(options)
     reachable = [o for o in options if o["predicted_accuracy"] is not None]
     assert reachable, "some width must reach x1.5 on this backend"
-    assert all(o["finalist_accuracy"] is not None for o in reachable)   # every reachable width's plan was tried
-    best = max(reachable, key=lambda o: o["finalist_accuracy"])
+    # successive halving: every reachable width's plan fine-tuned in the first round, the better half (at least
+    # 2) in the next, and the landed width is the best of the last round it reached
+    rounds = sorted({int(k) for o in reachable for k in o["finalist_rounds"]})
+    entered = [[o for o in reachable if str(k) in o["finalist_rounds"]] for k in rounds]
+    assert len(entered[0]) == len(reachable)
+    for before, after, k in zip(entered, entered[1:], rounds):
+        assert len(after) == max(2, (len(before) + 1) // 2) or len(before) == 1
+        cut = min(o["finalist_rounds"][str(k)] for o in after)
+        assert all(o["finalist_rounds"][str(k)] <= cut for o in before if o not in after)
+    best = max(entered[-1], key=lambda o: o["finalist_rounds"][str(rounds[-1])])
     assert r["width"]["name"] == best["name"]               # landed at once: the most accurate finalist
     for o in reachable:                                       # each plan fits the target in its width's model
         assert o["predicted_ms"] <= r["target_latency_ms"] + 1e-9
