@@ -61,10 +61,12 @@ class WidthOption:
     scope: str | None
     model: nn.Module = field(repr=False)
     accuracy: float | None = None       # fine-tuned with the importance recipe, on the scoring split
+    speedup: Any = None                 # its SpeedupEstimate over the original (None: the original itself)
     run: Any = field(default=None, repr=False)     # its Compression (latency rows, frontier)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ratio": self.ratio, "scope": self.scope, "finetuned_accuracy": self.accuracy}
+        return {"name": self.name, "ratio": self.ratio, "scope": self.scope, "finetuned_accuracy": self.accuracy,
+                "speedup": self.speedup.to_dict() if self.speedup is not None else None}
 
 
 def width_options(original: nn.Module, example: torch.Tensor) -> list[WidthOption]:
@@ -186,7 +188,7 @@ class WidthChoice:
     budget_ms: float | None             # the body budget its calibrated model leaves (None: out of reach)
     solution: Any = None
     predicted_accuracy: float | None = None
-    predicted_ms: float | None = None
+    predicted_speedup: float | None = None     # over the original: the width's measured x r times its model's
     rounds: dict[int, float] = field(default_factory=dict)     # finalist accuracy after each round's steps
 
     @property
@@ -197,27 +199,37 @@ class WidthChoice:
     def to_dict(self) -> dict[str, Any]:
         blocks = [r.ref.key for r in self.solution.rows if not is_trivial(r.ref)] if self.solution else None
         return {**self.option.to_dict(), "body_budget_ms": self.budget_ms, "predicted_accuracy":
-                self.predicted_accuracy, "predicted_ms": self.predicted_ms, "depth_blocks": blocks,
+                self.predicted_accuracy, "predicted_speedup": self.predicted_speedup, "depth_blocks": blocks,
                 "finalist_accuracy": self.finalist_accuracy,
                 "finalist_rounds": {str(k): v for k, v in self.rounds.items()}}
 
 
-def width_run(run, option: WidthOption, target_ms: float):
-    """The LayerMerge stages of one width option's network, aimed at the original's target latency."""
+def width_speedup(run, option: WidthOption):
+    """The width option's network against the original in paired rounds (1 for the original itself): targets
+    pass from the original to a width as ratios timed together, never as absolute times taken minutes apart."""
+    from .compression import probe_speed
+
+    return None if option.scope is None else probe_speed(run, option.model.to(run.device), decided=None)
+
+
+def width_run(run, option: WidthOption, target: float):
+    """The LayerMerge stages of one width option's network, aimed at the original's target: x``target`` over
+    the original is x(target / r) over a width measuring x r."""
     from .compression import Compression
 
-    config = replace(run.config, method="layermerge", speedup=None, latency_ms=target_ms, importance_mode="full",
+    r = option.speedup.ratio if option.speedup is not None else 1.0
+    config = replace(run.config, method="layermerge", speedup=target / r, latency_ms=None, importance_mode="full",
                      input_shape=tuple(run.input_shape))
     inner = Compression(option.model, config, splits=run.splits)
     inner.teacher = run.original          # recovery distils from the original, not from the pruned network
     return inner
 
 
-def choose_width(run, options: list[WidthOption], importance: dict[str, float], target_ms: float,
+def choose_width(run, options: list[WidthOption], importance: dict[str, float], target: float,
                  base_finetuned: float) -> list[WidthChoice]:
-    """Every width option's best depth plan at ``target_ms`` end to end, with its predicted accuracy (module
-    docstring). A width's candidates take the original width's entry of the same block and kernel option; one
-    the original's table does not hold (dropped there as dominated) is left out."""
+    """Every width option's best depth plan at x``target`` over the original, with its predicted accuracy
+    (module docstring). A width's candidates take the original width's entry of the same block and kernel
+    option; one the original's table does not hold (dropped there as dominated) is left out."""
     choices = []
     for option in options:
         inner = option.run
@@ -225,10 +237,15 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
         kept = [c for c in rows.candidates if is_trivial(c) or c.key in importance]
         inner.use(rows=replace(rows, candidates=kept),
                   importance={c.key: 1.0 if is_trivial(c) else importance[c.key] for c in kept})
-        # a plan's network costs the time outside the body plus its modelled body (the calibrated model knows
-        # the former; the plain sum takes it from the measured network)
-        other = rows.model.other_ms if rows.model.kind == "per-call" else original_ms(inner) - rows.body_ms()
-        budget = target_ms - other
+        # the body budget at which the width's own model predicts x(target / r) over the width's network: with
+        # network(body) = other + body, speed-up = factor * network(full) / network(body)
+        model, full = rows.model, rows.body_ms()
+        if model.kind == "per-call":
+            other, factor = model.other_ms, model.original_factor
+        else:
+            other, factor = original_ms(inner) - full, 1.0
+        wanted = inner.config.speedup
+        budget = factor * (other + full) / wanted - other
         frontier = inner.frontier
         if budget < frontier.min_latency_ms:
             choices.append(WidthChoice(option, None))
@@ -236,8 +253,9 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
         solution = frontier.best(budget)
         damage = sum(depth_damage(importance, r.ref.key) for r in solution.rows if not is_trivial(r.ref))
         width = option.accuracy - base_finetuned
+        r = option.speedup.ratio if option.speedup is not None else 1.0
         choices.append(WidthChoice(option, budget, solution, run.base_accuracy + width + damage,
-                                   other + solution.latency_ms))
+                                   r * factor * (other + full) / (other + solution.latency_ms)))
     return choices
 
 
@@ -262,12 +280,20 @@ def compress_joint(run, out=None):
     options[0].accuracy = base_finetuned
     width_s = time.time() - t0 - table_s
     for option in options:
-        run.say(f"width {option.name}: latency rows and model")
-        option.run = width_run(run, option, target_ms)
-    choices = choose_width(run, options, importance, target_ms, base_finetuned)
+        option.speedup = width_speedup(run, option)
+        if option.speedup is not None:
+            run.say(f"width {option.name}: {option.speedup.describe()} over the original")
+    # a width already faster than the target on its own is narrower than it needs to be: a wider option with a
+    # depth plan, or a width just wide enough, covers that latency; it is reported, not offered
+    too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= target]
+    options = [o for o in options if o not in too_fast]
+    for option in options:
+        run.say(f"width {option.name}: latency rows and model, aiming at x{target / (option.speedup.ratio if option.speedup else 1):.3f} over it")
+        option.run = width_run(run, option, target)
+    choices = choose_width(run, options, importance, target, base_finetuned)
     rows_s = time.time() - t0 - table_s - width_s
     for c in choices:
-        run.say(f"  {c.option.name}: " + (f"predicted {c.predicted_accuracy:.2f} % at {c.predicted_ms:.3f} ms "
+        run.say(f"  {c.option.name}: " + (f"predicted {c.predicted_accuracy:.2f} % at x{c.predicted_speedup:.3f} "
                                           f"({len(c.to_dict()['depth_blocks'])} blocks changed)"
                                           if c.solution else "the target is beyond its fastest plan"))
     reachable = [c for c in choices if c.solution]
@@ -310,6 +336,7 @@ def compress_joint(run, out=None):
         "within_band": final.ratio <= target * (1 + config.speed_tolerance),
         "width": chosen.option.to_dict(), "pruning_ratio": chosen.option.ratio, "channel_scope": chosen.option.scope,
         "width_options": [c.to_dict() for c in choices],
+        "widths_faster_than_the_target": [o.to_dict() for o in too_fast],
         "plan_blocks": [_block_row(b, inner.analysis.chain) for b in inner.chosen.plan.blocks],
         "intended_structure_error": verified["structure"], "intended_relative_error": verified["deployed"],
         "merge_relative_error": merge_check["error"],

@@ -12,7 +12,7 @@ original block with
 and everything else unchanged (norm1, SiLU, the shortcut, ``output_scale_factor``). Because the embedding is
 added on the padded map and conv2 is then unpadded, conv2 sees a spatially constant map there: its contribution
 is conv2's kernel summed over space times the embedding, so the merged block is ONE conv plus a projected
-embedding: ``MergedResnetBlock`` (kernel composition as depthcut.cnn.merge, in float64). :func:`intended_block`
+embedding: ``MergedResnetBlock`` (the kernels composed by depthcut.cnn.merge, in float64). :func:`intended_block`
 computes the intended function from the original block's own modules, without any composed kernel, so that a
 wrong merge cannot agree with it.
 """
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cnn.merge import ConvParams, compose
 from ..errors import DepthcutError
 from .unet import Row
 
@@ -31,15 +32,6 @@ from .unet import Row
 def postnorm_for(channels: int) -> nn.GroupNorm:
     """LayerMerge's new GroupNorm after a merged conv: 32 groups, or one per channel when 32 does not divide C."""
     return nn.GroupNorm(32 if channels % 32 == 0 else channels, channels)
-
-
-def compose(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """y = conv2(conv1(x)) (both unpadded, stride 1) as one conv: K = k1 + k2 - 1 (SPEC A4), float64."""
-    w1, b1, w2, b2 = (t.double() for t in (w1, b1, w2, b2))
-    k2 = w2.shape[-1]
-    w = F.conv2d(w1.transpose(0, 1), w2.flip(-1, -2), padding=k2 - 1).transpose(0, 1)
-    b = b2 + w2.sum((2, 3)) @ b1
-    return w, b
 
 
 class MergedResnetBlock(nn.Module):
@@ -71,7 +63,8 @@ class MergedResnetBlock(nn.Module):
         zero = lambda c: c.bias if c.bias is not None else torch.zeros(c.out_channels)  # noqa: E731
         with torch.no_grad():
             if row.kept == ("conv1", "conv2"):
-                w, b = compose(c1.weight, zero(c1), c2.weight, zero(c2))
+                merged = compose(ConvParams(c1.weight, zero(c1)), ConvParams(c2.weight, zero(c2)))   # unpadded
+                w, b = merged.weight, merged.bias
                 through = c2.weight.double().sum((2, 3))            # what conv2 does to a constant map
             elif row.kept == ("conv1",):
                 w, b = c1.weight.double(), zero(c1).double()
