@@ -678,18 +678,14 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
     }
 
 
-def compress_width(run: "Compression", out) -> CompressResult:
-    """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
-    final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
+def land_width(run: "Compression", target: float):
+    """The least channel pruning (depthcut.cnn.channels: global and uniform plans, budgets in MACs) that
+    measures at or above x``target`` over the original, landed like a depth plan (depthcut.search.target)."""
     from .cnn.channels import ChannelFrontier
     from .search.target import land_on_target
-    from .train import train
 
     config = run.config
-    run.say(f"channel pruning (Torch-Pruning, L1; global and uniform plans) of {run.resolved.name}")
     frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
-    base_ms = original_ms(run)
-    target = target_speedup(run, base_ms)
 
     def choose(budget_macs: float):
         plan = frontier.best(budget_macs)
@@ -699,12 +695,24 @@ def compress_width(run: "Compression", out) -> CompressResult:
         return probe_speed(run, plan.model.to(run.device), decided)
 
     try:
-        landing = land_on_target(choose, measure, target=target, full=frontier.full, floor=frontier.min_latency_ms,
-                                 other=0.0, max_probes=config.max_resolves, tolerance=config.speed_tolerance,
-                                 say=run.say)
+        return land_on_target(choose, measure, target=target, full=frontier.full, floor=frontier.min_latency_ms,
+                              other=0.0, max_probes=config.max_resolves, tolerance=config.speed_tolerance,
+                              say=run.say)
     except InfeasibleBudgetError as e:
         raise InfeasibleBudgetError(f"{e} end to end on {config.backend} (batch {config.batch_size}; channel "
                                     f"pruning up to 90%)", minimum=e.minimum) from None
+
+
+def compress_width(run: "Compression", out) -> CompressResult:
+    """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
+    final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
+    from .train import train
+
+    config = run.config
+    run.say(f"channel pruning (Torch-Pruning, L1; global and uniform plans) of {run.resolved.name}")
+    base_ms = original_ms(run)
+    target = target_speedup(run, base_ms)
+    landing = land_width(run, target)
     pruned = landing.plan.model.to(run.device)
     run.say(f"recovery fine-tune: {config.recovery_epochs} epochs at pruning ratio {landing.plan.ratio:.3f} "
             f"({landing.plan.scope})")

@@ -6,8 +6,11 @@ Neither family wins everywhere at equal measured latency: removing depth pays wh
 last stage). The best network at a budget is often a mix, so this method searches both:
 
 * **Width options**: a few channel plans of the original (Torch-Pruning L1, depthcut.cnn.channels; uniform and
-  global ratios of WIDTH_RATIOS, duplicates by channel counts dropped, the unpruned network first). Torch-
-  Pruning's dependency graph keeps the channels a residual add or a depthwise conv ties together consistent.
+  global ratios of WIDTH_RATIOS, duplicates by channel counts dropped, the unpruned network first), each timed
+  against the original in paired rounds; one already faster than the target alone is dropped, and the least
+  pruning that meets the target alone (the channel method's own landing) is added, with no depth change: the
+  channel method's network is always a finalist. Torch-Pruning's dependency graph keeps the channels a
+  residual add or a depthwise conv ties together consistent.
 * **Depth at each width, exactly**: for each width option, the LayerMerge stages of the width-pruned network
   (its latency rows timed at those widths, its per-call model calibrated on its own networks), and the
   LayerMerge DP over them: one frontier per width.
@@ -62,6 +65,7 @@ class WidthOption:
     model: nn.Module = field(repr=False)
     accuracy: float | None = None       # fine-tuned with the importance recipe, on the scoring split
     speedup: Any = None                 # its SpeedupEstimate over the original (None: the original itself)
+    landing: Any = None                 # the channel landing that found it (the width that meets the target alone)
     run: Any = field(default=None, repr=False)     # its Compression (latency rows, frontier)
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,13 +219,18 @@ def width_speedup(run, option: WidthOption):
 def width_run(run, option: WidthOption, target: float):
     """The LayerMerge stages of one width option's network, aimed at the original's target: x``target`` over
     the original is x(target / r) over a width measuring x r."""
-    from .compression import Compression
+    from .cnn.build import plan_from_blocks
+    from .compression import Chosen, Compression
 
     r = option.speedup.ratio if option.speedup is not None else 1.0
-    config = replace(run.config, method="layermerge", speedup=target / r, latency_ms=None, importance_mode="full",
-                     input_shape=tuple(run.input_shape))
+    config = replace(run.config, method="layermerge", speedup=max(1.0, target / r), latency_ms=None,
+                     importance_mode="full", input_shape=tuple(run.input_shape))
     inner = Compression(option.model, config, splits=run.splits)
     inner.teacher = run.original          # recovery distils from the original, not from the pruned network
+    if option.landing is not None:        # meets the target alone: its depth plan is the identity, landed already
+        identity = [c for c in inner.analysis.candidates if is_trivial(c)]
+        inner.use(chosen=Chosen(plan_from_blocks(inner.analysis.chain, identity), 0.0, 1.0, option.landing,
+                                option.landing.probe.estimate))
     return inner
 
 
@@ -261,7 +270,8 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
 
 def compress_joint(run, out=None):
     """The ``layermerge+channel`` method's run (module docstring)."""
-    from .compression import CompressResult, _block_row, measure_final, measured_fields, target_speedup
+    from .compression import (CompressResult, _block_row, land_width, measure_final, measured_fields,
+                              target_speedup)
 
     config = run.config
     t0 = time.time()
@@ -287,6 +297,14 @@ def compress_joint(run, out=None):
     # depth plan, or a width just wide enough, covers that latency; it is reported, not offered
     too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= target]
     options = [o for o in options if o not in too_fast]
+    # ... and the least channel pruning that meets the target alone (the channel method's own landing) is one
+    # more option: with no depth change it is the channel method's network, so the finalists include it
+    landing = land_width(run, target)
+    alone = WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
+                        landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
+                        landing=landing)
+    alone.accuracy = finetuned_accuracy(run, alone)
+    options.append(alone)
     for option in options:
         run.say(f"width {option.name}: latency rows and model, aiming at x{target / (option.speedup.ratio if option.speedup else 1):.3f} over it")
         option.run = width_run(run, option, target)

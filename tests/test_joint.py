@@ -64,6 +64,10 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
         assert o["predicted_speedup"] >= 1.5 * (1 - 1e-9)
     for o in r["widths_faster_than_the_target"]:              # too narrow already: not offered
         assert o["speedup"]["ratio"] >= 1.5
+    # the channel method's own network (the least pruning that meets the target alone) is always a finalist,
+    # with no depth change
+    alone = [o for o in options if o["name"].endswith("-landed")]
+    assert len(alone) == 1 and alone[0]["speedup"]["ratio"] >= 1.5 and alone[0]["depth_blocks"] == []
     assert r["joint_cost"]["width_finetunes"] == len(options)
     assert (out / "report.md").exists() and "depth and width" in (out / "report.md").read_text()
     # the folder rebuilds the deployed network: the plan replayed on the saved width-pruned network
