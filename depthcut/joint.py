@@ -234,6 +234,16 @@ def width_run(run, option: WidthOption, target: float):
     return inner
 
 
+def identity_solution(inner):
+    """The plan that changes nothing (every block its own conv), as a DP solution over ``inner``'s rows."""
+    from .search.layermerge import Solution
+    from .search.tables import Row
+
+    rows = [Row(c.start, c.end, inner.rows.latency_ms[c.key], 1.0, ref=c)
+            for c in sorted((c for c in inner.rows.candidates if is_trivial(c)), key=lambda c: c.start)]
+    return Solution(rows, sum(r.latency_ms for r in rows), float(len(rows)))
+
+
 def choose_width(run, options: list[WidthOption], importance: dict[str, float], target: float,
                  base_finetuned: float) -> list[WidthChoice]:
     """Every width option's best depth plan at x``target`` over the original, with its predicted accuracy
@@ -259,7 +269,9 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
         if budget < frontier.min_latency_ms:
             choices.append(WidthChoice(option, None))
             continue
-        solution = frontier.best(budget)
+        # the width that meets the target alone deploys with no depth change (the DP could still prefer a merge
+        # whose short fine-tune scored above the original, I > 1: what is tried must be what is deployed)
+        solution = identity_solution(inner) if option.landing is not None else frontier.best(budget)
         damage = sum(depth_damage(importance, r.ref.key) for r in solution.rows if not is_trivial(r.ref))
         width = option.accuracy - base_finetuned
         r = option.speedup.ratio if option.speedup is not None else 1.0
@@ -268,86 +280,112 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
     return choices
 
 
-def compress_joint(run, out=None):
-    """The ``layermerge+channel`` method's run (module docstring)."""
-    from .compression import (CompressResult, _block_row, land_width, measure_final, measured_fields,
-                              target_speedup)
+def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], list[WidthOption]]:
+    """Stage 1: the width options, each fine-tuned once (its damage) and timed against the original; those
+    already faster than the target alone are set aside (narrower than needed: a wider option with a depth plan,
+    or a width just wide enough, covers that latency), and the channel method's own landing, the least pruning
+    that meets the target alone, is added. Returns (offered, set aside)."""
+    from .compression import land_width
 
-    config = run.config
-    t0 = time.time()
-    base_ms = original_ms(run)
-    target = target_speedup(run, base_ms)
-    target_ms = base_ms / target
-    run.say(f"joint depth + width: the original's importance table, then width options at x{target:.3f} "
-            f"({target_ms:.3f} ms)")
-    importance = run.importance                        # the LayerMerge table on the original width
-    table_s = time.time() - t0
     options = width_options(run.original, run.example)
     run.say(f"{len(options)} width options: {', '.join(o.name for o in options)}")
-    base_finetuned = finetuned_accuracy(run, options[0])
-    for option in options[1:]:
-        option.accuracy = finetuned_accuracy(run, option)
-    options[0].accuracy = base_finetuned
-    width_s = time.time() - t0 - table_s
     for option in options:
+        option.accuracy = finetuned_accuracy(run, option)
         option.speedup = width_speedup(run, option)
         if option.speedup is not None:
             run.say(f"width {option.name}: {option.speedup.describe()} over the original")
-    # a width already faster than the target on its own is narrower than it needs to be: a wider option with a
-    # depth plan, or a width just wide enough, covers that latency; it is reported, not offered
     too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= target]
     options = [o for o in options if o not in too_fast]
-    # ... and the least channel pruning that meets the target alone (the channel method's own landing) is one
-    # more option: with no depth change it is the channel method's network, so the finalists include it
     landing = land_width(run, target)
     alone = WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
                         landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
                         landing=landing)
     alone.accuracy = finetuned_accuracy(run, alone)
-    options.append(alone)
+    clock["widths"] = time.time() - clock["start"]
+    return options + [alone], too_fast
+
+
+def finalists(run, choices: list[WidthChoice], target: float) -> list[WidthChoice]:
+    """Stage 3: the reachable widths' plans ranked by successive halving (the winner first, then the rest by
+    how far they got and how well they did there)."""
+    reachable = [c for c in choices if c.solution]
+    if not reachable:
+        raise InfeasibleBudgetError(f"x{target:.3f} is out of reach for every width option of "
+                                    f"{run.resolved.name} on {run.config.backend} (widths pruned up to "
+                                    f"{max(WIDTH_RATIOS):.0%}, in the latency model)")
+    best = successive_halving(run, reachable)
+    return [best] + sorted((c for c in reachable if c is not best), key=lambda c: (-max(c.rounds),
+                                                                                 -c.finalist_accuracy))
+
+
+def land_best(run, ranked: list[WidthChoice], target: float) -> WidthChoice:
+    """Stage 4: the first finalist whose depth plan lands on the measured target (LayerMerge's landing on the
+    width's network)."""
+    for choice in ranked:
+        try:
+            choice.option.run.chosen
+        except InfeasibleBudgetError as e:
+            run.say(f"width {choice.option.name} does not land: {e}")
+            continue
+        run.say(f"width {choice.option.name} chosen (finalist {choice.finalist_accuracy:.2f} %, predicted "
+                f"{choice.predicted_accuracy:.2f} %)")
+        return choice
+    raise InfeasibleBudgetError(f"no width option of {run.resolved.name} lands on x{target:.3f} on "
+                                f"{run.config.backend}")
+
+
+def compress_joint(run, out=None):
+    """The ``layermerge+channel`` method's run (module docstring): the original's importance table, the
+    offered widths, each width's best depth plan, the finalists, the landing, then verification, recovery and
+    the final timing on the winner's own run."""
+    from .compression import target_speedup
+
+    clock = {"start": time.time()}
+    target = target_speedup(run, original_ms(run))
+    run.say(f"joint depth + width at x{target:.3f}: the original's importance table, then width options")
+    importance = run.importance                        # the LayerMerge table on the original width
+    clock["table"] = time.time() - clock["start"]
+    options, too_fast = offered_widths(run, target, clock)
+    base_finetuned = options[0].accuracy
     for option in options:
-        run.say(f"width {option.name}: latency rows and model, aiming at x{target / (option.speedup.ratio if option.speedup else 1):.3f} over it")
+        run.say(f"width {option.name}: latency rows and model, aiming at x"
+                f"{target / (option.speedup.ratio if option.speedup else 1):.3f} over it")
         option.run = width_run(run, option, target)
     choices = choose_width(run, options, importance, target, base_finetuned)
-    rows_s = time.time() - t0 - table_s - width_s
+    clock["rows"] = time.time() - clock["start"]
     for c in choices:
         run.say(f"  {c.option.name}: " + (f"predicted {c.predicted_accuracy:.2f} % at x{c.predicted_speedup:.3f} "
                                           f"({len(c.to_dict()['depth_blocks'])} blocks changed)"
                                           if c.solution else "the target is beyond its fastest plan"))
-    reachable = [c for c in choices if c.solution]
-    if reachable:
-        best = successive_halving(run, reachable)
-        # the winner first, then the rest by how far they got and how well they did there
-        ranked = [best] + sorted((c for c in reachable if c is not best),
-                                 key=lambda c: (-max(c.rounds), -c.finalist_accuracy))
-    else:
-        ranked = []
-    finalist_s = time.time() - t0 - table_s - width_s - rows_s
-    if not ranked:
-        raise InfeasibleBudgetError(f"x{target:.3f} is out of reach for every width option of "
-                                    f"{run.resolved.name} on {config.backend} (widths pruned up to "
-                                    f"{max(WIDTH_RATIOS):.0%}, in the latency model)", minimum=target_ms)
-    chosen = landed = None
-    for choice in ranked:              # the best predicted width whose depth plan lands on the measured target
-        try:
-            landed = choice.option.run.chosen
-            chosen = choice
-            break
-        except InfeasibleBudgetError as e:
-            run.say(f"width {choice.option.name} does not land: {e}")
-    if chosen is None:
-        raise InfeasibleBudgetError(f"no width option of {run.resolved.name} lands on x{target:.3f} on "
-                                    f"{config.backend}", minimum=target_ms)
-    inner = chosen.option.run
-    run.say(f"width {chosen.option.name} chosen (finalist {chosen.finalist_accuracy:.2f} %, predicted "
-            f"{chosen.predicted_accuracy:.2f} %)")
+    ranked = finalists(run, choices, target)
+    clock["finalists"] = time.time() - clock["start"]
+    chosen = land_best(run, ranked, target)
+    result = joint_result(run, chosen, choices, too_fast, importance, target, clock)
+    if out is not None:
+        result.save_pretrained(out)
+    r = result.report
+    run.say(f"done in {r['seconds']:.0f} s: x{r['speedup']:.2f} [{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] "
+            f"at width {chosen.option.name} with {len(chosen.to_dict()['depth_blocks'])} depth blocks changed, "
+            f"accuracy {r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}")
+    return result
+
+
+def joint_result(run, chosen: WidthChoice, choices: list[WidthChoice], too_fast: list[WidthOption],
+                 importance: dict[str, float], target: float, clock: dict):
+    """Stage 5: the winner verified against its intended function, recovered, timed against the original, and
+    the report (every width's prediction and finalist rounds, the extra cost)."""
+    from .compression import CompressResult, _block_row, measure_final, measured_fields
+
+    config, inner = run.config, chosen.option.run
     verified = inner.verified
     unmerged, merged, merge_check = inner.recovered
     final = measure_final(run, merged)
+    reachable = [c for c in choices if c.solution]
+    plan = inner.chosen.plan
     report = {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "method": config.method, "batch_size": config.batch_size, "input_shape": list(run.input_shape),
-        "target_speedup": config.speedup, "target_latency_ms": config.latency_ms or target_ms,
+        "target_speedup": config.speedup, "target_latency_ms": config.latency_ms or final.original_ms / target,
         "target_speedup_effective": target, "speed_tolerance": config.speed_tolerance,
         **measured_fields(run, final, merged),
         "target_met": (final.compressed_ms <= config.latency_ms if config.latency_ms else final.ratio >= target),
@@ -355,24 +393,18 @@ def compress_joint(run, out=None):
         "width": chosen.option.to_dict(), "pruning_ratio": chosen.option.ratio, "channel_scope": chosen.option.scope,
         "width_options": [c.to_dict() for c in choices],
         "widths_faster_than_the_target": [o.to_dict() for o in too_fast],
-        "plan_blocks": [_block_row(b, inner.analysis.chain) for b in inner.chosen.plan.blocks],
+        "plan_blocks": [_block_row(b, inner.analysis.chain) for b in plan.blocks],
         "intended_structure_error": verified["structure"], "intended_relative_error": verified["deployed"],
         "merge_relative_error": merge_check["error"],
-        "probes": [p.to_dict() for p in landed.landing.probes],
-        "joint_cost": {"importance_seconds": table_s, "width_finetunes": len(options),
-                       "width_seconds": width_s, "width_rows_seconds": rows_s, "finalists": len(reachable),
-                       "finalist_steps": sum(k for c in reachable for k in c.rounds), "finalist_seconds": finalist_s,
+        "probes": [p.to_dict() for p in inner.chosen.landing.probes],
+        "joint_cost": {"importance_seconds": clock["table"], "width_finetunes": len(choices) + len(too_fast),
+                       "width_seconds": clock["widths"] - clock["table"],
+                       "width_rows_seconds": clock["rows"] - clock["widths"], "finalists": len(reachable),
+                       "finalist_steps": sum(k for c in reachable for k in c.rounds),
+                       "finalist_seconds": clock["finalists"] - clock["rows"],
                        "depth_entries": sum(1 for k in importance if importance[k] != 1.0)},
         "config": config.to_dict(), "seconds": time.time() - run.t_start,
     }
-    plan = inner.chosen.plan
     plan.meta.update({"model": run.resolved.name, "input_shape": list(run.input_shape), "backend": config.backend,
                       "exclude": list(run.resolved.chain_exclude), "width": chosen.option.name})
-    result = CompressResult(merged, unmerged, plan, report, [], run.example, base=copy.deepcopy(inner.original).cpu())
-    if out is not None:
-        result.save_pretrained(out)
-    run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at width "
-            f"{chosen.option.name} with {len(chosen.to_dict()['depth_blocks'])} depth blocks changed, accuracy "
-            f"{report['accuracy_before']:.2f} -> {report['accuracy_after']:.2f}")
-    return result
-
+    return CompressResult(merged, unmerged, plan, report, [], run.example, base=copy.deepcopy(inner.original).cpu())
