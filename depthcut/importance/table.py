@@ -99,52 +99,6 @@ def recalibrate_bn(model: Any, batches: Iterable[Any], num_batches: int | None =
     return recalibrate_bn_on(model, batches, num_batches)
 
 
-@dataclass
-class ProxyScore:
-    """``score_fn`` for :func:`importance_table`: build the candidate model, adapt it with the proxy,
-    evaluate. Picklable (hence usable with ProcessExecutor) when its callables are module-level."""
-
-    build_candidate_model: Callable[[Candidate], Any]
-    train_fn: Callable[[Any], Any] | None
-    eval_fn: Callable[[Any], float]
-    proxy: Proxy = Proxy.FINETUNE
-    calibration_data: Iterable[Any] | None = None
-    calibration_batches: int | None = 8
-
-    def __call__(self, candidate: Candidate) -> float:
-        model = self.build_candidate_model(candidate)
-        if self.proxy is Proxy.FINETUNE:
-            out = self.train_fn(model)  # type: ignore[misc]
-            model = out if out is not None else model   # train_fn may return the trained model
-        elif self.proxy is Proxy.BN_RECALIBRATION:
-            recalibrate_bn(model, self.calibration_data, self.calibration_batches)  # type: ignore[arg-type]
-        if hasattr(model, "eval"):
-            model.eval()
-        return float(self.eval_fn(model))
-
-
-def make_score_fn(build_candidate_model: Callable[[Candidate], Any], train_fn: Callable[[Any], Any] | None,
-                  eval_fn: Callable[[Any], float], proxy: str | Proxy = Proxy.FINETUNE, *,
-                  calibration_data: Iterable[Any] | None = None,
-                  calibration_batches: int | None = 8) -> ProxyScore:
-    """Compose ``candidate -> metric`` from the pipeline's pieces and a :class:`Proxy`.
-
-    ``build_candidate_model(candidate)`` returns a fresh model with only that block applied;
-    ``train_fn(model)`` fine-tunes it in place (or returns the trained model); ``eval_fn(model)`` returns
-    accuracy in % (or a loss). ``calibration_data`` (re-iterable: list or DataLoader) feeds BN re-calibration.
-    """
-    try:
-        proxy = Proxy(proxy)
-    except ValueError:
-        raise DepthcutError(f"unknown importance proxy {proxy!r}; choose one of: {', '.join(PROXIES)}") from None
-    if proxy is Proxy.FINETUNE and train_fn is None:
-        raise DepthcutError("importance proxy 'finetune' needs a train_fn")
-    if proxy is Proxy.BN_RECALIBRATION and calibration_data is None:
-        raise DepthcutError("importance proxy 'bn-recalibration' needs calibration_data (a list of batches "
-                            "or a DataLoader)")
-    return ProxyScore(build_candidate_model, train_fn, eval_fn, proxy, calibration_data, calibration_batches)
-
-
 # -------------------------------------------------------------------------------------------- table ---
 
 def importance_store(manifest: Mapping[str, Any], cache_dir: str | Path | None = None) -> EntryStore:

@@ -17,7 +17,7 @@ from depthcut.cache import EntryStore
 from depthcut.cnn.chain import Candidate
 from depthcut.errors import CacheError, DepthcutError
 from depthcut.importance import (ImportanceTaskError, LocalExecutor, ProcessExecutor, Proxy, RayExecutor,
-                                 get_executor, importance_scores, importance_store, importance_table, in_shard, make_score_fn, recalibrate_bn, score, score_loss)
+                                 get_executor, importance_scores, importance_store, importance_table, in_shard, recalibrate_bn, score, score_loss)
 
 MANIFEST = {"model": "toy", "proxy": "none"}
 
@@ -215,37 +215,40 @@ def test_scores():
 
 # ------------------------------------------------------------------------------------------ proxies ---
 
-def _toy_pieces(log):
-    import torch
-    from torch import nn
-
-    def build(c):
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2))
-
-    def train(model):
-        log.append("train")
-
-    def evaluate(model):
-        log.append("eval")
-        assert not model.training
-        return float(model[1].running_mean.sum())      # exposes whether BN stats were recomputed
-    data = [torch.randn(4, 2, 3, 3) + 3.0 for _ in range(3)]
-    return build, train, evaluate, data
-
-
 @pytest.mark.parametrize("proxy", list(Proxy))
-def test_proxies_compose(proxy):
+def test_the_scorer_applies_its_proxy_to_the_candidate_alone(proxy, monkeypatch):
+    """depthcut's scorer (CandidateAccuracy): the network with only the candidate applied, adapted by the
+    configured proxy (a short fine-tune, BatchNorm statistics re-estimated, or nothing), scored on the scoring
+    split."""
+    import torch
+
+    import depthcut.train as training
+    from depthcut.cnn.build import build_unmerged, single_block_plan
+    from depthcut.cnn.graph import analyze
+    from depthcut.config import LayerMergeConfig
+    from depthcut.data import make_splits
+    from depthcut.importance.scorer import CandidateAccuracy
+    from test_compression import TinyNet
+
+    splits = make_splits("digits", finetune_size=64, score_size=64, seed=0)
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    analysis = analyze(model, (1, 1, 8, 8))
+    candidate = next(c for c in analysis.candidates if c.end - c.start == 2)
     log: list[str] = []
-    build, train, evaluate, data = _toy_pieces(log)
-    fn = make_score_fn(build, train, evaluate, proxy.value, calibration_data=data, calibration_batches=2)
-    value = fn(Candidate(0, 1, (1,), 1, 1, False, 2, 2, (1, 2, 3, 3), None))
-    if proxy is Proxy.FINETUNE:
-        assert log == ["train", "eval"] and value == 0.0
-    elif proxy is Proxy.NONE:
-        assert log == ["eval"] and value == 0.0
-    else:
-        assert log == ["eval"] and value != 0.0         # stats now follow the data (mean ~ shifted by +3)
+    real_train, real_recal = training.train, training.recalibrate_bn
+    monkeypatch.setattr(training, "train", lambda net, *a, **k: (log.append("train"), real_train(net, *a, **k))[1])
+    monkeypatch.setattr(training, "recalibrate_bn",
+                        lambda net, *a, **k: (log.append("bn"), real_recal(net, *a, **k))[1])
+    config = LayerMergeConfig(data="digits", importance=proxy.value, importance_steps=2, input_shape=(1, 1, 8, 8),
+                              progress=False)
+    scorer = CandidateAccuracy(model, (1, 1, 8, 8), (), splits.finetune, splits.score, config)
+    accuracy = scorer(candidate)
+    assert log == {Proxy.FINETUNE: ["train"], Proxy.BN_RECALIBRATION: ["bn"], Proxy.NONE: []}[proxy]
+    if proxy is Proxy.NONE:            # nothing adapted: exactly the network with the block applied, as built
+        built = build_unmerged(analysis.gm, analysis.chain, single_block_plan(analysis.chain, candidate)).eval()
+        assert accuracy == training.evaluate(built, splits.score)
+    assert 0.0 <= accuracy <= 100.0
 
 
 def test_bn_recalibration_is_exact_average_without_gradient_steps():
@@ -266,10 +269,3 @@ def test_bn_recalibration_is_exact_average_without_gradient_steps():
         recalibrate_bn(model, iter([]))
 
 
-def test_make_score_fn_validates():
-    with pytest.raises(DepthcutError, match="unknown importance proxy 'magic'"):
-        make_score_fn(lambda c: None, None, lambda m: 0.0, "magic")
-    with pytest.raises(DepthcutError, match="train_fn"):
-        make_score_fn(lambda c: None, None, lambda m: 0.0, "finetune")
-    with pytest.raises(DepthcutError, match="calibration_data"):
-        make_score_fn(lambda c: None, None, lambda m: 0.0, "bn-recalibration")
