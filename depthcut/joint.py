@@ -201,6 +201,7 @@ class WidthChoice:
     predicted_speedup: float | None = None     # over the original: the width's measured x r times its model's
     rounds: dict[int, float] = field(default_factory=dict)     # finalist accuracy after each round's steps
     recovered_accuracy: float | None = None    # on the scoring split after the full recovery (the last round)
+    recovery_seconds: float | None = None
 
     @property
     def finalist_accuracy(self) -> float | None:
@@ -336,8 +337,10 @@ def recover_best(run, ranked: list[WidthChoice], target: float) -> WidthChoice:
         except InfeasibleBudgetError as e:
             run.say(f"width {choice.option.name} does not land: {e}")
             continue
+        t0 = time.time()
         choice.option.run.verified
         choice.recovered_accuracy = evaluate(choice.option.run.recovered[1], run.splits.score)
+        choice.recovery_seconds = time.time() - t0
         run.say(f"  {choice.option.name}: {choice.recovered_accuracy:.2f} % on the scoring split after recovery")
         recovered.append(choice)
         if len(recovered) == RECOVERED:
@@ -420,6 +423,8 @@ def joint_result(run, chosen: WidthChoice, choices: list[WidthChoice], too_fast:
                        "finalist_steps": sum(k for c in reachable for k in c.rounds),
                        "finalist_seconds": clock["finalists"] - clock["rows"],
                        "recovered_finalists": sum(c.recovered_accuracy is not None for c in reachable),
+                       # the finalists recovered but not deployed: what recovery as the last round costs
+                       "extra_recovery_seconds": sum(c.recovery_seconds or 0.0 for c in reachable if c is not chosen),
                        "depth_entries": sum(1 for k in importance if importance[k] != 1.0)},
         "config": config.to_dict(), "seconds": time.time() - run.t_start,
     }

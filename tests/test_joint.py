@@ -62,6 +62,7 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
     # split after recovery is deployed
     recovered = [o for o in reachable if o["recovered_scoring_accuracy"] is not None]
     assert 1 <= len(recovered) <= 2 and r["joint_cost"]["recovered_finalists"] == len(recovered)
+    assert (r["joint_cost"]["extra_recovery_seconds"] > 0) == (len(recovered) == 2)
     last = sorted(entered[-1], key=lambda o: -o["finalist_rounds"][str(rounds[-1])])
     assert [o["name"] for o in recovered] == [o["name"] for o in last[:len(recovered)]] or len(last) < 2
     best = max(recovered, key=lambda o: o["recovered_scoring_accuracy"])
