@@ -70,6 +70,11 @@ class WidthOption:
     landing: Any = None                 # the channel landing that found it (the width that meets the target alone)
     run: Any = field(default=None, repr=False)     # its Compression (latency rows, frontier)
 
+    @property
+    def over_original(self) -> float:
+        """Its measured speed-up over the original (1 for the original itself)."""
+        return self.speedup.ratio if self.speedup is not None else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ratio": self.ratio, "scope": self.scope, "finetuned_accuracy": self.accuracy,
                 "speedup": self.speedup.to_dict() if self.speedup is not None else None}
@@ -93,24 +98,30 @@ def width_options(original: nn.Module, example: torch.Tensor) -> list[WidthOptio
     return options
 
 
-def finetuned_accuracy(run, option: WidthOption) -> float:
-    """The width option's network fine-tuned with the importance table's recipe and scored on the scoring
-    split: an entry of the importance table's kind, in the width store (:func:`width_store`)."""
+def scored_entry(run, key: str, build, steps: int, teacher=None, **meta) -> float:
+    """One entry of the width store: ``build()``'s network fine-tuned ``steps`` with the importance table's
+    recipe (seeded alike, distilling from ``teacher`` when given) and scored on the scoring split; computed once,
+    atomically, and read back from the store afterwards (resumable)."""
     from .train import evaluate, train
 
-    config = run.config
-    store = width_store(run)
-    key = f"width-{option.name}"
+    config, store = run.config, width_store(run)
     if key not in store:
         t0 = time.perf_counter()
         torch.manual_seed(config.scoring_seed)
-        model = copy.deepcopy(option.model).to(run.device)
-        train(model, run.splits.finetune, steps=config.importance_steps, lr=config.importance_lr,
+        model = build().to(run.device)
+        train(model, run.splits.finetune, steps=steps, lr=config.importance_lr,
               batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
-              amp=config.amp, channels_last=config.channels_last)
+              teacher=teacher, kd_weight=config.kd_weight, amp=config.amp, channels_last=config.channels_last)
         store[key] = {"metric": evaluate(model.eval(), run.splits.score), "seconds": time.perf_counter() - t0,
-                      "width": option.to_dict()}
+                      **meta}
     return read_entry(store, key)
+
+
+def finetuned_accuracy(run, option: WidthOption) -> float:
+    """The width option's network fine-tuned with the importance table's recipe and scored on the scoring
+    split: an entry of the importance table's kind, in the width store (:func:`width_store`)."""
+    return scored_entry(run, f"width-{option.name}", lambda: copy.deepcopy(option.model), run.config.importance_steps,
+                        width=option.to_dict())
 
 
 # successive halving over the finalists: every one fine-tuned for 5x the importance table's steps, the better
@@ -147,24 +158,14 @@ def finalist_accuracy(run, choice: "WidthChoice", steps: int) -> float:
     block recovers within them, so summed damages favour depth."""
     from .cache import fingerprint
     from .cnn.build import build_unmerged, plan_from_blocks
-    from .train import evaluate, train
 
     config, inner = run.config, choice.option.run
-    blocks = [r.ref for r in choice.solution.rows]
-    store = width_store(run)
-    key = f"finalist-{choice.option.name}-{steps}-" + fingerprint(sorted(c.key for c in blocks))
-    if key not in store:
-        t0 = time.perf_counter()
-        torch.manual_seed(config.scoring_seed)
-        plan = plan_from_blocks(inner.analysis.chain, blocks)
-        model = build_unmerged(inner.analysis.gm, inner.analysis.chain, plan).to(run.device)
-        train(model, run.splits.finetune, steps=steps, lr=config.importance_lr,
-              batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,
-              teacher=run.original if config.distill else None, kd_weight=config.kd_weight,
-              amp=config.amp, channels_last=config.channels_last)
-        store[key] = {"metric": evaluate(model.eval(), run.splits.score), "seconds": time.perf_counter() - t0,
-                      "width": choice.option.to_dict(), "blocks": sorted(c.key for c in blocks)}
-    return read_entry(store, key)
+    blocks = sorted(c.key for c in (r.ref for r in choice.solution.rows))
+    plan = plan_from_blocks(inner.analysis.chain, [r.ref for r in choice.solution.rows])
+    return scored_entry(run, f"finalist-{choice.option.name}-{steps}-" + fingerprint(blocks),
+                        lambda: build_unmerged(inner.analysis.gm, inner.analysis.chain, plan), steps,
+                        teacher=run.original if config.distill else None, width=choice.option.to_dict(),
+                        blocks=blocks)
 
 
 def width_store(run):
@@ -231,8 +232,7 @@ def width_run(run, option: WidthOption, target: float):
     from .cnn.build import plan_from_blocks
     from .compression import Chosen, Compression
 
-    r = option.speedup.ratio if option.speedup is not None else 1.0
-    config = replace(run.config, method="layermerge", speedup=max(1.0, target / r), latency_ms=None,
+    config = replace(run.config, method="layermerge", speedup=max(1.0, target / option.over_original), latency_ms=None,
                      importance_mode="full", input_shape=tuple(run.input_shape))
     inner = Compression(option.model, config, splits=run.splits)
     inner.teacher = run.original          # recovery distils from the original, not from the pruned network
@@ -283,9 +283,8 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
         solution = identity_solution(inner) if option.landing is not None else frontier.best(budget)
         damage = sum(depth_damage(importance, r.ref.key) for r in solution.rows if not is_trivial(r.ref))
         width = option.accuracy - base_finetuned
-        r = option.speedup.ratio if option.speedup is not None else 1.0
         choices.append(WidthChoice(option, budget, solution, run.base_accuracy + width + damage,
-                                   r * factor * (other + full) / (other + solution.latency_ms)))
+                                   option.over_original * factor * (other + full) / (other + solution.latency_ms)))
     return choices
 
 
@@ -369,7 +368,7 @@ def compress_joint(run, out=None):
     base_finetuned = options[0].accuracy
     for option in options:
         run.say(f"width {option.name}: latency rows and model, aiming at x"
-                f"{target / (option.speedup.ratio if option.speedup else 1):.3f} over it")
+                f"{target / option.over_original:.3f} over it")
         option.run = width_run(run, option, target)
     choices = choose_width(run, options, importance, target, base_finetuned)
     clock["rows"] = time.time() - clock["start"]
