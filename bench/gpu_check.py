@@ -86,7 +86,7 @@ def check_model(name: str, device: str, batch: int, size: int, rounds: int, cach
     x_cpu = torch.randn(batch, 3, size, size)     # the timings' input (each backend places its own copy)
     # the pipeline's default latency model: calibrated on whole networks (depthcut.latency.model, issue 32)
     model_ = calibrate({c.key: (c, timed[c.key]) for c in analysis.candidates}, analysis.chain.length,
-                       batch_size=batch, say=print, time_against_identity=network_timer(analysis, backend, x_cpu, model),
+                       batch_size=batch, say=print, time_networks=network_timer(analysis, backend, x_cpu, model),
                        retime_rows=lambda: {k: t.median_ms for k, t in time_rows(analysis.candidates, True).items()})
     calibration_s = time.time() - t0 - table_s
     if model_.attempts > 1:         # the calibration re-timed the table

@@ -65,7 +65,7 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
     rows = {c.key: (c, timed[c.key].median_ms) for c in candidates}
     try:
         model_ = calibrate(rows, analysis.chain.length, batch_size=1, say=print,
-                           time_against_identity=network_timer(analysis, backend, x, model),
+                           time_networks=network_timer(analysis, backend, x, model),
                            retime_rows=lambda: {k: t.median_ms for k, t in time_rows(candidates, True).items()})
     except LatencyModelError as e:      # the sanity checks refused this run's table: recorded, not hidden
         print(f"{name}: refused: {e}", flush=True)

@@ -358,7 +358,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
 
     model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
                       batch_size=config.batch_size, say=run.say, retime_rows=retime_rows,
-                      time_against_identity=network_timer(run.analysis, run.backend, run.example, run.original,
+                      time_networks=network_timer(run.analysis, run.backend, run.example, run.original,
                                                           sessions=config.timing_sessions))
     run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
             f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the body "
@@ -615,6 +615,28 @@ def measured_fields(run: "Compression", final, deployed: nn.Module) -> dict[str,
             **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")}}
 
 
+def _verification_fields(verified: dict[str, Any], merge_check: dict[str, Any]) -> dict[str, Any]:
+    """The merge's and the built network's errors against the intended function, with their allowances."""
+    return {"merge_relative_error": merge_check["error"], "merge_float32_control": merge_check["control"],
+            "merge_error_allowed": merge_check["allowed"],
+            "intended_relative_error": verified["deployed"], "intended_float32_control": verified["control"],
+            "intended_error_allowed": verified["allowed"], "border_relative_error": verified["borders"],
+            "intended_structure_error": verified["structure"]}
+
+
+def _probe_fields(rows: LatencyRows, chosen: Chosen, final) -> dict[str, Any]:
+    """Every landing probe with the latency model's prediction and error on it, and the largest error. Each
+    probe names its plan's blocks, so that any probed plan can be rebuilt and timed again (e.g. next to other
+    methods' networks in one joint timing)."""
+    probes = chosen.landing.probes
+    predictions = [predicted_speedup(rows, p.modelled, final.original_ms) for p in probes]
+    return {"probes": [p.to_dict() | {"blocks": [r.ref.key for r in p.plan.rows], "predicted": predicted,
+                                      "model_error": predicted / p.estimate.ratio - 1}
+                       for p, predicted in zip(probes, predictions)],
+            "model_error_largest": max((abs(v / p.estimate.ratio - 1) for p, v in zip(probes, predictions)),
+                                       default=0.0)}
+
+
 def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified, merged, merge_check, final
                 ) -> dict[str, Any]:
     from .latency.backends import math_mode
@@ -625,7 +647,6 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
                       "exclude": list(run.resolved.chain_exclude)})
     upper = chosen.target * (1 + config.speed_tolerance)
     described = run.backend.describe()
-    predictions = [predicted_speedup(rows, p.modelled, final.original_ms) for p in chosen.landing.probes]
     return {
         "model": run.resolved.name, "data": config.data, "backend": config.backend, "device": str(run.device),
         "device_name": described["device"], "timing_threads": described["threads"],
@@ -652,11 +673,7 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         "importance_mode": config.importance_mode,
         # the adaptive stage's cost: entries fine-tuned (sample + refinements), cheap only, margin, seconds
         **({"importance_adaptive": run.importance.stats.to_dict()} if config.importance_mode == "adaptive" else {}),
-        "merge_relative_error": merge_check["error"], "merge_float32_control": merge_check["control"],
-        "merge_error_allowed": merge_check["allowed"],
-        "intended_relative_error": verified["deployed"], "intended_float32_control": verified["control"],
-        "intended_error_allowed": verified["allowed"], "border_relative_error": verified["borders"],
-        "intended_structure_error": verified["structure"],
+        **_verification_fields(verified, merge_check),
         "positions": chain.length, "blocks_valid": len(analysis.blocks), "candidates": len(analysis.candidates),
         "candidates_dominated": len(rows.dominated),
         "dominated": [d.to_dict() for d in rows.dominated],
@@ -664,13 +681,7 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         "call_overhead_ms": rows.model.call_ms, "call_overhead_ms_per_mb": rows.model.call_ms_per_byte * 2**20,
         "latency_model_fit": rows.model.to_dict(),
         "plan_blocks": [_block_row(c, chain) for c in plan.blocks],
-        # each probe names its plan's blocks, so that any probed plan can be rebuilt and timed again (e.g. next
-        # to other methods' networks in one joint timing)
-        "probes": [p.to_dict() | {"blocks": [r.ref.key for r in p.plan.rows], "predicted": predicted,
-                                  "model_error": predicted / p.estimate.ratio - 1}
-                   for p, predicted in zip(chosen.landing.probes, predictions)],
-        "model_error_largest": max((abs(v / p.estimate.ratio - 1)
-                                    for p, v in zip(chosen.landing.probes, predictions)), default=0.0),
+        **_probe_fields(rows, chosen, final),
         "chosen_modelled_body_ms": chosen.modelled_ms,
         "modelled_body_ms_identity": rows.body_ms(),
         "config": config.to_dict(),

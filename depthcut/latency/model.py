@@ -13,7 +13,8 @@ a few microseconds per row decided whether a plan was predicted at x2 or at a ne
 fitted where they act, on whole networks: the network of the identity plan, networks of latency-only plans
 with fewer and fewer rows (the DP maximising the number of blocks under falling budgets, no importance
 needed) and the fastest plan inside each third of the chain (early blocks move many bytes per call, late ones
-few: these plans tell a from b) are each timed against the identity in paired rounds (depthcut.latency.compare), and
+few: these plans tell a from b) are timed against the identity, all in the same paired rounds
+(depthcut.latency.compare.time_jointly), and
 ``other``, ``a`` and ``b`` are the least-squares fit of the measured times. The leave-one-out fits give the
 overhead's range, and the fit's error on its own networks is reported.
 
@@ -280,18 +281,22 @@ def calibration_plans(rows: Sequence[tuple[Candidate, float]], length: int,
 
 
 def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
-              time_against_identity: Callable[[list[Candidate] | None], Any],
+              time_networks: Callable[[dict[str, list[Candidate] | None]], Mapping[str, Any]],
               batch_size: int | None = None, retries: int = 1,
               retime_rows: Callable[[], Mapping[str, float]] | None = None,
               say: Callable[[str], None] = lambda s: None) -> LatencyModel:
     """Fit the per-call model on whole networks (module docstring). ``rows``: candidate key -> (candidate,
-    single-call ms) of every candidate the DP may use; ``time_against_identity(plan)`` times the identity
-    plan's network against ``plan``'s (the original's for None) in paired rounds: a SpeedupEstimate whose
-    ratio is identity / other. Re-times up to ``retries`` times when a sanity check fails, then raises
-    :class:`LatencyModelError`. A re-time takes the rows again too when ``retime_rows`` is given (it returns
-    key -> single-call ms, replacing the cached table): a slow phase of a shared machine can last the whole
-    table (one fresh MobileNetV2 table on ONNX Runtime came out 50 % slower than the networks it models, and
-    no per-call cost could reconcile them), and the caller reads the table again afterwards."""
+    single-call ms) of every candidate the DP may use; ``time_networks(plans)`` times the identity plan's
+    network against every plan's network of ``plans`` (name -> blocks; None: the original network) *in the same
+    rounds*, and returns name -> SpeedupEstimate whose ratio is identity / that network (:func:`network_timer`).
+    One joint timing, not one per network: timed one after another, the networks saw different states of a
+    shared machine, and that drift went into the fit (one MobileNetV2 calibration on ONNX Runtime measured
+    the original at x0.981 of the identity network, the plans' joint timing minutes later at x1.016, and
+    the model missed the plans by 10.7 %). Re-times up to ``retries`` times when a sanity check fails, then
+    raises :class:`LatencyModelError`. A re-time takes the rows again too when ``retime_rows`` is given (it
+    returns key -> single-call ms, replacing the cached table): a slow phase of a shared machine can last the
+    whole table (one fresh MobileNetV2 table on ONNX Runtime came out 50 % slower than the networks it
+    models, and no per-call cost could reconcile them), and the caller reads the table again afterwards."""
     found: list[str] = []
     for attempt in range(1, retries + 2):
         if attempt > 1 and retime_rows is not None:
@@ -299,17 +304,17 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
             rows = {k: (c, fresh[k]) for k, (c, _) in rows.items()}
         plans = calibration_plans(list(rows.values()), length)
         timed = {c.key: t for c, t in rows.values()}
-        against_original = time_against_identity(None)
-        estimates = [time_against_identity(plan) for _, plan in plans[1:]]
-        identity_ms = statistics.median([against_original.original_ms] + [e.original_ms for e in estimates])
+        estimates = time_networks({ORIGINAL: None, **{name: plan for name, plan in plans[1:]}})
+        identity_ms = statistics.median(e.original_ms for e in estimates.values())
         points = [plan_point([(c, timed[c.key]) for c in plans[0][1]], identity_ms, batch_size)]
         intervals = [(identity_ms, identity_ms)]
-        for e, (_, plan) in zip(estimates, plans[1:]):
+        for name, plan in plans[1:]:
+            e = estimates[name]
             points.append(plan_point([(c, timed[c.key]) for c in plan], identity_ms / e.ratio, batch_size))
             intervals.append((identity_ms / e.high, identity_ms / e.low))
         model = model_from_points(points, [[(c, timed[c.key]) for c in plan] for _, plan in plans],
                                   [name for name, _ in plans], batch_size, intervals, attempt)
-        model.original_factor = 1.0 / against_original.ratio
+        model.original_factor = 1.0 / estimates[ORIGINAL].ratio
         found = problems(model)
         if not found:
             return model
@@ -321,26 +326,26 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
         f"{found[0]}; time again on a quieter machine, or use --latency-model additive")
 
 
+ORIGINAL = "the original network"     # its name among the calibration networks (time_jointly keeps "original")
+CALIBRATION_ROUNDS = 40               # paired rounds of the calibration networks' joint timing
+
+
 def network_timer(analysis: Any, backend: Any, example: Any, original: Any, sessions: int = 2,
-                  max_rounds: int = 30) -> Callable[[list[Candidate] | None], Any]:
-    """``time_against_identity`` for :func:`calibrate`: builds plans' networks from ``analysis`` (as the
-    landing does) and times each against the identity plan's network, the identity built once."""
+                  rounds: int = CALIBRATION_ROUNDS) -> Callable[[dict[str, list[Candidate] | None]], dict[str, Any]]:
+    """``time_networks`` for :func:`calibrate`: builds the plans' networks from ``analysis`` (as the landing
+    does) and times them and the original against the identity plan's network in the same paired rounds
+    (depthcut.latency.compare.time_jointly), each on ``sessions`` fresh runtime sessions."""
     from ..cnn.build import build_merged, build_unmerged, plan_from_blocks
-    from .compare import compare_speed
+    from .compare import time_jointly
 
     def build(blocks: list[Candidate]):
         plan = plan_from_blocks(analysis.chain, blocks)
         return build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan).eval()
 
-    built: dict[str, Any] = {}
-
-    def timer(blocks: list[Candidate] | None):
-        if "identity" not in built:
-            identity = [c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
-            built["identity"] = build(identity)
-        other = original if blocks is None else build(blocks)
-        return compare_speed(built["identity"], other, example, backend, repeats=5, min_rounds=10,
-                             max_rounds=max_rounds, rel_width=0.02, sessions=sessions)
+    def timer(plans: dict[str, list[Candidate] | None]) -> dict[str, Any]:
+        identity = build([c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)])
+        networks = {name: original if blocks is None else build(blocks) for name, blocks in plans.items()}
+        return time_jointly(identity, networks, example, backend, sessions=sessions, rounds=rounds)
     return timer
 
 

@@ -9,7 +9,7 @@ from depthcut.zoo import analyze_zoo
 from depthcut.latency import backends, latency_table
 from depthcut.latency import table as table_mod
 from depthcut.latency.compare import SpeedupEstimate
-from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, REGIONS, ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate,
+from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, ORIGINAL, REGIONS, ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate,
                                     calibration_plans, fit, problems, row_bytes)
 
 
@@ -62,24 +62,29 @@ def synthetic(analysis, other=0.3, a=0.012, b=1.5e-8, noise=0.0, seed=0):
     identity = [c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
     calls = []
 
-    def timer(blocks):
-        calls.append(blocks)
+    def one(blocks):
         t_id = network_ms(identity)
         t = t_id * 1.05 if blocks is None else network_ms(blocks)       # the original: 5 % slower (BN)
         r = t_id / t * (1 + rng.uniform(-noise, noise))
         return SpeedupEstimate(r, r * 0.99, r * 1.01, 10, 0, t_id, t, t)
+
+    def timer(plans):                   # one joint timing of every network (depthcut.latency.model.network_timer)
+        calls.append(plans)
+        return {name: one(blocks) for name, blocks in plans.items()}
     return rows, network_ms, timer, calls, identity
 
 
 def test_calibrated_model_predicts_every_plan_of_an_additive_network():
     analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
     rows, network_ms, timer, calls, identity = synthetic(analysis)
-    model = calibrate(rows, analysis.chain.length, time_against_identity=timer, batch_size=1)
+    model = calibrate(rows, analysis.chain.length, time_networks=timer, batch_size=1)
     assert model.kind == "per-call" and model.attempts == 1
     assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
     assert model.original_factor == pytest.approx(1.05) and model.self_error < 1e-9
     plans = calibration_plans(list(rows.values()), analysis.chain.length)
-    assert len(calls) == len(plans) and len({len(p) for _, p in plans}) == len(plans)   # fewer rows each time
+    # one joint timing: the original and every plan but the identity (the reference), fewer rows each time
+    assert len(calls) == 1 and list(calls[0]) == [ORIGINAL] + [name for name, _ in plans[1:]]
+    assert calls[0][ORIGINAL] is None and len({len(p) for _, p in plans}) == len(plans)
     full = sum(model.row_ms(c, rows[c.key][1]) for c in identity)
     for _, plan in plans:
         body = sum(model.row_ms(c, rows[c.key][1]) for c in plan)
@@ -117,9 +122,9 @@ def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
     # makes them add up leaves the small rows costing nothing or less
     fast = {k: (c, t * 20 if c.kernel > 1 else t) for k, (c, t) in rows.items()}
     with pytest.raises(LatencyModelError, match="after 2 calibrations") as err:
-        calibrate(fast, analysis.chain.length, time_against_identity=timer, batch_size=1)
+        calibrate(fast, analysis.chain.length, time_networks=timer, batch_size=1)
     assert "\n" not in str(err.value)
-    assert len(calls) == 2 * len(calibration_plans(list(fast.values()), analysis.chain.length))
+    assert len(calls) == 2              # one joint timing per calibration
 
 
 def test_a_table_timed_through_a_slow_phase_is_timed_again_with_the_calibration():
@@ -132,7 +137,7 @@ def test_a_table_timed_through_a_slow_phase_is_timed_again_with_the_calibration(
         retimed.append(1)
         return {k: t for k, (_, t) in rows.items()}
     said = []
-    model = calibrate(slow, analysis.chain.length, time_against_identity=timer, batch_size=1,
+    model = calibrate(slow, analysis.chain.length, time_networks=timer, batch_size=1,
                       retime_rows=retime_rows, say=said.append)
     assert retimed == [1] and model.attempts == 2
     assert "timing the latency table and the calibration networks again" in said[0]
