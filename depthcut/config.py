@@ -114,24 +114,7 @@ class LayerMergeConfig(ConfigBase):
                                 f"{', '.join(LATENCY_MODELS)}")
         if not 0 < self.speed_tolerance <= 1:
             raise DepthcutError(f"speed_tolerance must be in (0, 1], got {self.speed_tolerance}")
-        if self.importance not in PROXIES:
-            raise DepthcutError(f"unknown importance proxy {self.importance!r}; choose one of {', '.join(PROXIES)}")
-        if self.importance_mode not in IMPORTANCE_MODES:
-            raise DepthcutError(f"unknown importance mode {self.importance_mode!r}; choose one of "
-                                f"{', '.join(IMPORTANCE_MODES)}")
-        if self.importance_mode == "adaptive":
-            if self.importance != "finetune":
-                raise DepthcutError(f"importance mode 'adaptive' fine-tunes the entries that matter; it needs the "
-                                    f"'finetune' proxy, not {self.importance!r}")
-            if self.shard:
-                raise DepthcutError("importance mode 'adaptive' decides which entries to fine-tune as it goes; "
-                                    "it cannot be split into shards (use the full table for --shard)")
-            method = get_method(self.method)
-            if method.kind == "plan" and not method.exact_search:
-                raise DepthcutError(f"importance mode 'adaptive' needs a search that returns the optimum of its "
-                                    f"scores; method {self.method!r} ranks greedily")
-        if self.adaptive_tolerance < 0:
-            raise DepthcutError(f"adaptive_tolerance must be >= 0 accuracy points, got {self.adaptive_tolerance}")
+        self._validate_importance()
         if self.batch_size < 1:
             raise DepthcutError(f"batch size must be >= 1, got {self.batch_size}")
         if self.version != CONFIG_VERSION:
@@ -162,6 +145,29 @@ class LayerMergeConfig(ConfigBase):
                                 f"Runtime does; the {self.backend!r} backend times with torch's threads (set threads)")
         if self.input_shape is not None and (len(self.input_shape) != 4 or min(self.input_shape) < 1):
             raise DepthcutError(f"input_shape must be N,C,H,W with positive sizes, got {self.input_shape}")
+
+    def _validate_importance(self) -> None:
+        """The importance proxy and mode, and what adaptive mode needs (the finetune proxy, no shards, an
+        exact search)."""
+        from .methods import get_method
+        if self.importance not in PROXIES:
+            raise DepthcutError(f"unknown importance proxy {self.importance!r}; choose one of {', '.join(PROXIES)}")
+        if self.importance_mode not in IMPORTANCE_MODES:
+            raise DepthcutError(f"unknown importance mode {self.importance_mode!r}; choose one of "
+                                f"{', '.join(IMPORTANCE_MODES)}")
+        if self.importance_mode == "adaptive":
+            if self.importance != "finetune":
+                raise DepthcutError(f"importance mode 'adaptive' fine-tunes the entries that matter; it needs the "
+                                    f"'finetune' proxy, not {self.importance!r}")
+            if self.shard:
+                raise DepthcutError("importance mode 'adaptive' decides which entries to fine-tune as it goes; "
+                                    "it cannot be split into shards (use the full table for --shard)")
+            method = get_method(self.method)
+            if method.kind == "plan" and not method.exact_search:
+                raise DepthcutError(f"importance mode 'adaptive' needs a search that returns the optimum of its "
+                                    f"scores; method {self.method!r} ranks greedily")
+        if self.adaptive_tolerance < 0:
+            raise DepthcutError(f"adaptive_tolerance must be >= 0 accuracy points, got {self.adaptive_tolerance}")
 
 
 def _valid_device(text: str) -> bool:

@@ -117,7 +117,6 @@ def _apply_block(gm: fx.GraphModule, nodes: dict[str, fx.Node], chain: Chain, bl
     specs = chain.convs[start:end]
     block_input = nodes[specs[0].node].args[0]
     contained = [s for s in chain.skips if s.folded_by(start, end)]
-    adds = [nodes[s.add_node] for s in contained]
     # the value at `end` (before its activation): the last contained add ending there, else c_end's output
     ends_here = [nodes[s.add_node] for s in contained if s.end == end]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
@@ -136,26 +135,38 @@ def _apply_block(gm: fx.GraphModule, nodes: dict[str, fx.Node], chain: Chain, bl
 
     if not move_padding:
         return block_input.name, out.name
-    # 3. padding moved to the block input: T over the kept convs, which then run unpadded
-    kept = [spec for p, spec in zip(range(start + 1, end + 1), specs) if p in block.kept]
+    # 3. padding moved to the block input and 4. residual adds inside the block centre-cropped
+    _pad_block_input(gm, [spec for p, spec in zip(range(start + 1, end + 1), specs) if p in block.kept],
+                     block_input, out, order)
+    _crop_residuals(gm, nodes, contained)
+    return block_input.name, out.name
+
+
+def _pad_block_input(gm: fx.GraphModule, kept: list, block_input: fx.Node, out: fx.Node,
+                     order: dict[fx.Node, int]) -> None:
+    """The kept convs' padding as one pad of the block input (T over them), the convs then unpadded."""
     total, scale = 0, 1
     for spec in kept:
         conv = gm.get_submodule(spec.path)
         total += scale * conv_padding(conv)
         scale *= conv.stride[0]
         conv.padding = (0, 0)
+    if not total:
+        return
     members = _between(block_input, out)
-    if total:
-        first_member = min(members, key=order.get) if members else out
-        with gm.graph.inserting_before(first_member):
-            padded = gm.graph.call_function(F.pad, (block_input, [total] * 4))
-        for user in list(block_input.users):
-            if user in members:
-                user.replace_input_with(block_input, padded)
+    first_member = min(members, key=order.get) if members else out
+    with gm.graph.inserting_before(first_member):
+        padded = gm.graph.call_function(F.pad, (block_input, [total] * 4))
+    for user in list(block_input.users):
+        if user in members:
+            user.replace_input_with(block_input, padded)
 
-    # 4. residual adds inside the block: centre-crop operands (projections: crop their input first)
+
+def _crop_residuals(gm: fx.GraphModule, nodes: dict[str, fx.Node], contained: list) -> None:
+    """Centre-crop the operands of the residual adds inside a block (the unpadded main path is smaller);
+    a projection shortcut crops its input first, then re-runs its own ops."""
     projections = {s.add_node: s for s in contained if s.projection}
-    for add in adds:
+    for add in (nodes[s.add_node] for s in contained):
         skip = projections.get(add.name)
         a, b = add.args[:2]
         if skip is None:
@@ -175,7 +186,6 @@ def _apply_block(gm: fx.GraphModule, nodes: dict[str, fx.Node], chain: Chain, bl
             for op in _chain_between(proj_node, branch):
                 new = gm.graph.node_copy(op, lambda n, new=new, op=op: new if n is op.args[0] else n)
         add.replace_input_with(branch, new)
-    return block_input.name, out.name
 
 
 def _reaches(node: fx.Node, target: fx.Node) -> bool:

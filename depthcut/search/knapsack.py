@@ -33,6 +33,39 @@ def knapsack(values: Sequence[float], costs_ms: Sequence[float], budget_ms: floa
     (its size) x budget/steps of the budget); raises :class:`InfeasibleBudgetError` with the cheapest possible cost
     when nothing fits.
     """
+    values_a, costs_a, forced, free, need = _checked(values, costs_ms, forced, forbidden, count)
+
+    # Cheapest feasible choice, exactly: the forced items plus (for a count) the cheapest free ones.
+    cheapest = tuple(sorted(forced + sorted(free, key=lambda i: costs_a[i])[:need or 0]))
+    minimum = math.fsum(costs_a[list(cheapest)]) if cheapest else 0.0
+    if budget_ms is not None and minimum > budget_ms:
+        raise InfeasibleBudgetError(f"no selection meets the latency budget {budget_ms:.6g} ms: the minimum "
+                                    f"achievable latency is {minimum:.6g} ms", minimum=minimum)
+
+    if budget_ms is None:
+        g, capacity = np.zeros(len(values_a), dtype=np.int64), 0     # no budget: only the count matters
+    else:
+        P = steps / budget_ms if budget_ms > 0 else 1.0
+        g = np.ceil(costs_a * P).astype(np.int64)
+        # floor(P * budget) is `steps` by definition; computing it in floats can give steps - 1.
+        capacity = (steps if budget_ms > 0 else 0) - int(g[forced].sum())
+    picked = _grid_dp(values_a, costs_a, g, free, need, capacity) if capacity >= 0 else None
+    if picked is None:                  # fits truly, not after rounding up: the only safe pick
+        return cheapest, _sum(costs_a, cheapest), _sum(values_a, cheapest)
+    chosen = tuple(sorted(forced + picked))
+    best = (chosen, _sum(costs_a, chosen), _sum(values_a, chosen))
+    if budget_ms is not None and best[1] > budget_ms:
+        best = (tuple(), math.inf, -math.inf)   # float rounding in ceil at the very edge: never overshoot
+    if len(cheapest) or best[1] == math.inf:    # the exact cheapest pick may beat a coarse grid
+        alt_v, alt_c = _sum(values_a, cheapest), _sum(costs_a, cheapest)
+        if alt_v > best[2] or (alt_v == best[2] and alt_c < best[1]):
+            best = (cheapest, alt_c, alt_v)
+    return best
+
+
+def _checked(values: Sequence[float], costs_ms: Sequence[float], forced: Iterable[int], forbidden: Iterable[int],
+             count: int | None) -> tuple[np.ndarray, np.ndarray, list[int], list[int], int | None]:
+    """The items as arrays, the forced ones, the free ones and how many free ones to pick (None: any)."""
     n = len(values)
     if len(costs_ms) != n:
         raise ValueError(f"{n} values but {len(costs_ms)} costs")
@@ -50,25 +83,13 @@ def knapsack(values: Sequence[float], costs_ms: Sequence[float], budget_ms: floa
     if need is not None and not 0 <= need <= len(free):
         raise ValueError(f"cannot choose exactly {count} of {n} items with {len(forced)} forced and "
                          f"{len(forbidden)} forbidden")
+    return values_a, costs_a, forced, free, need
 
-    # Cheapest feasible choice, exactly: the forced items plus (for a count) the cheapest free ones.
-    cheapest = sorted(free, key=lambda i: costs_a[i])[:need or 0]
-    minimum = math.fsum(costs_a[forced]) + math.fsum(costs_a[cheapest])
-    if budget_ms is not None and minimum > budget_ms:
-        raise InfeasibleBudgetError(f"no selection meets the latency budget {budget_ms:.6g} ms: the minimum "
-                                    f"achievable latency is {minimum:.6g} ms", minimum=minimum)
 
-    if budget_ms is None:
-        g, capacity = np.zeros(n, dtype=np.int64), 0        # no budget: only the count matters
-    else:
-        P = steps / budget_ms if budget_ms > 0 else 1.0
-        g = np.ceil(costs_a * P).astype(np.int64)
-        # floor(P * budget) is `steps` by definition; computing it in floats can give steps - 1.
-        capacity = (steps if budget_ms > 0 else 0) - int(g[forced].sum())
-    if capacity < 0:
-        chosen = tuple(sorted(forced + cheapest))   # fits truly, not after rounding up: the only safe pick
-        return chosen, _sum(costs_a, chosen), _sum(values_a, chosen)
-
+def _grid_dp(values: np.ndarray, costs: np.ndarray, g: np.ndarray, free: list[int], need: int | None,
+             capacity: int) -> list[int] | None:
+    """The free items of the best value within ``capacity`` grid steps (item i costs ``g[i]`` steps), exactly
+    ``need`` of them when given; ties go to the lower true cost. None when no choice fits."""
     rows_c = 1 if need is None else need + 1             # dp over (items chosen, steps used)
     S = capacity + 1
     val = np.full((rows_c, S), -np.inf)
@@ -82,7 +103,7 @@ def knapsack(values: Sequence[float], costs_ms: Sequence[float], budget_ms: floa
         # Taking item i moves from count c-1 (or c, without a count) and t - gi to (c, t).
         src_v = val[:-1, : S - gi] if need is not None else val[:, : S - gi]
         src_l = lat[:-1, : S - gi] if need is not None else lat[:, : S - gi]
-        cand_v, cand_l = src_v + values_a[i], src_l + costs_a[i]
+        cand_v, cand_l = src_v + values[i], src_l + costs[i]
         dst = (slice(1, None) if need is not None else slice(None), slice(gi, None))
         better = (cand_v > val[dst]) | ((cand_v == val[dst]) & (cand_l < lat[dst]))
         take[k][dst] = better
@@ -90,24 +111,14 @@ def knapsack(values: Sequence[float], costs_ms: Sequence[float], budget_ms: floa
         lat[dst] = np.where(better, cand_l, lat[dst])
     c = rows_c - 1
     if val[c, capacity] == -np.inf:
-        chosen = tuple(sorted(forced + cheapest))
-        return chosen, _sum(costs_a, chosen), _sum(values_a, chosen)
+        return None
     picked, t = [], capacity
     for k in range(len(free) - 1, -1, -1):
         if take[k, c, t]:
             picked.append(free[k])
             t -= int(g[free[k]])
             c -= 1 if need is not None else 0
-    chosen = tuple(sorted(forced + picked))
-    best = (chosen, _sum(costs_a, chosen), _sum(values_a, chosen))
-    if budget_ms is not None and best[1] > budget_ms:
-        best = (tuple(), math.inf, -math.inf)   # float rounding in ceil at the very edge: never overshoot
-    if cheapest or forced or best[1] == math.inf:   # the exact cheapest pick may beat a coarse grid
-        alt = tuple(sorted(forced + cheapest))
-        alt_v, alt_c = _sum(values_a, alt), _sum(costs_a, alt)
-        if alt_v > best[2] or (alt_v == best[2] and alt_c < best[1]):
-            best = (alt, alt_c, alt_v)
-    return best
+    return picked
 
 
 def _sum(a: np.ndarray, idx: Sequence[int]) -> float:

@@ -98,88 +98,106 @@ def land_on_target(choose: Callable[[float], tuple[Hashable, float, Any]],
     with an interval reaching below the target. ``known`` maps plan keys to estimates that stand instead of
     a new timing (a confirmation that contradicted an earlier landing).
     """
-    probes: list[Probe] = []
-    tried: dict[Hashable, Probe] = {}
-    upper = target * (1.0 + tolerance)
-    goal = 1.0 / (target * aim)
+    search = _Search(choose, measure, target=target, tolerance=tolerance, goal=1.0 / (target * aim), full=full,
+                     floor=floor, retime=retime, known=known or {}, say=say)
+    # first budget: the additive model seeded with the measured cost outside the table
+    budget = max(floor, min(full, search.goal * original_factor * (other + full) - other))
+    for _ in range(2 * max_probes):                  # a cached probe (same plan) does not count
+        if len(search.probes) >= max_probes:
+            break
+        try:
+            p = search.probe(budget)
+        except InfeasibleBudgetError:
+            p = search.probe(floor)
+        if p.lands:
+            return Landing(p.plan, p, search.probes, overshoot=False)
+        budget = search.next_budget()
+        if budget is None:
+            break
+    met = [p for p in search.probes if p.meets] or [search.fastest_that_meets()]
+    best = max(met, key=lambda q: q.budget)            # the most important plan that met
+    return Landing(best.plan, best, search.probes, overshoot=not best.lands)
 
-    def decided(e: SpeedupEstimate) -> bool:
-        return e.high < target or e.low > upper or (e.low >= target and e.high <= upper)
 
-    def judged(budget: float, modelled: float, est: SpeedupEstimate, plan) -> Probe:
-        return Probe(budget, modelled, est, meets=est.low >= target, lands=est.low >= target and est.ratio <= upper,
-                     plan=plan)
+@dataclass
+class _Search:
+    """The probes of one landing: which plans were timed, what they measured, where to look next."""
 
-    def probe(budget: float) -> Probe:
-        key, modelled, plan = choose(budget)
-        if key in tried:                              # same plan as before: the measurement stands
-            return tried[key]
-        est = known[key] if known and key in known else measure(plan, decided)
-        p = judged(budget, modelled, est, plan)
-        tried[key] = p
-        probes.append(p)
-        say(f"plan {len(probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured {p.estimate.describe()} "
-            f"-> {'lands in' if p.lands else 'meets' if p.meets else 'misses'} the target x{target:.2f}"
-            + (f" (band up to x{upper:.2f})" if p.meets and not p.lands else ""))
+    choose: Callable[[float], tuple[Hashable, float, Any]]
+    measure: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate]
+    target: float
+    tolerance: float
+    goal: float                       # the measured fraction of the original's latency aimed at
+    full: float
+    floor: float
+    retime: Callable[[Any, Callable[[SpeedupEstimate], bool]], SpeedupEstimate] | None
+    known: dict[Hashable, SpeedupEstimate]
+    say: Callable[[str], None]
+    probes: list[Probe] = field(default_factory=list)
+    tried: dict[Hashable, Probe] = field(default_factory=dict)
+
+    @property
+    def upper(self) -> float:
+        return self.target * (1.0 + self.tolerance)
+
+    def decided(self, e: SpeedupEstimate) -> bool:
+        """The interval is clear of the band's edges: a longer timing would not change the verdict."""
+        return e.high < self.target or e.low > self.upper or (e.low >= self.target and e.high <= self.upper)
+
+    def judged(self, budget: float, modelled: float, est: SpeedupEstimate, plan) -> Probe:
+        meets = est.low >= self.target
+        return Probe(budget, modelled, est, meets=meets, lands=meets and est.ratio <= self.upper, plan=plan)
+
+    def probe(self, budget: float) -> Probe:
+        key, modelled, plan = self.choose(budget)
+        if key in self.tried:                         # same plan as before: the measurement stands
+            return self.tried[key]
+        est = self.known[key] if key in self.known else self.measure(plan, self.decided)
+        p = self.judged(budget, modelled, est, plan)
+        self.tried[key] = p
+        self.probes.append(p)
+        self.say(f"plan {len(self.probes)}: modelled {modelled:.3f} at budget {budget:.3f}, measured "
+                 f"{p.estimate.describe()} -> {'lands in' if p.lands else 'meets' if p.meets else 'misses'} the "
+                 f"target x{self.target:.2f}" + (f" (band up to x{self.upper:.2f})" if p.meets and not p.lands else ""))
         return p
 
-    def next_budget() -> float | None:
+    def next_budget(self) -> float | None:
         """The calibrated model's budget, kept strictly between the largest budget known to meet and the
         smallest known to miss; when it picks a plan already tried, bisect. None: nothing untried is left."""
-        lo = max((p.budget for p in probes if p.meets), default=floor)
-        hi = min((p.budget for p in probes if not p.meets), default=full)
-        line = calibrate(probes, full, goal)
-        want = (goal - line[0]) / line[1] if line is not None else (lo + hi) / 2
+        lo = max((p.budget for p in self.probes if p.meets), default=self.floor)
+        hi = min((p.budget for p in self.probes if not p.meets), default=self.full)
+        line = calibrate(self.probes, self.full, self.goal)
+        want = (self.goal - line[0]) / line[1] if line is not None else (lo + hi) / 2
         if not lo < want < hi:
             want = (lo + hi) / 2                      # the model points outside what is known: bisect
         for _ in range(40):                           # choose() is one DP query: cheap
-            key = choose(want)[0]
-            if key not in tried:
+            key = self.choose(want)[0]
+            if key not in self.tried:
                 return want
-            if tried[key].meets:                      # that plan is fast enough: look slower
+            if self.tried[key].meets:                 # that plan is fast enough: look slower
                 lo = max(lo, want)
             else:
                 hi = min(hi, want)
-            if hi - lo <= 1e-9 * max(full, 1e-12):
+            if hi - lo <= 1e-9 * max(self.full, 1e-12):
                 return None
             want = (lo + hi) / 2
         return None
 
-    def remeasure(p: Probe) -> Probe:
-        """Undecided (estimate >= target, interval below it): time the plan again, longer; that decides."""
-        say(f"the fastest plan measured {p.estimate.describe()}: fast enough but undecided; timing it longer")
-        q = judged(p.budget, p.modelled, retime(p.plan, decided), p.plan)
-        est = q.estimate
-        probes.append(q)
-        say(f"plan {len(probes)} (the fastest again, longer): measured {est.describe()} -> "
-            f"{'meets' if q.meets else 'misses'} the target x{target:.2f}")
-        return q
-
-    # first budget: the additive model seeded with the measured cost outside the table
-    budget = max(floor, min(full, goal * original_factor * (other + full) - other))
-    for _ in range(2 * max_probes):                  # a cached probe (same plan) does not count
-        if len(probes) >= max_probes:
-            break
-        try:
-            p = probe(budget)
-        except InfeasibleBudgetError:
-            p = probe(floor)
-        if p.lands:
-            return Landing(p.plan, p, probes, overshoot=False)
-        budget = next_budget()
-        if budget is None:
-            break
-    met = [p for p in probes if p.meets]
-    if not met:                                        # last resort: the fastest plan there is
-        p = probe(floor)
-        if not p.meets and retime is not None and p.estimate.ratio >= target:
-            p = remeasure(p)
+    def fastest_that_meets(self) -> Probe:
+        """Nothing met: the fastest plan there is decides feasibility. Measured fast enough but with an
+        interval reaching below the target, it is undecided, not infeasible: timed once more, longer (with a
+        ``retime``), and that timing decides."""
+        p = self.probe(self.floor)
+        if not p.meets and self.retime is not None and p.estimate.ratio >= self.target:
+            self.say(f"the fastest plan measured {p.estimate.describe()}: fast enough but undecided; timing it longer")
+            p = self.judged(p.budget, p.modelled, self.retime(p.plan, self.decided), p.plan)
+            self.probes.append(p)
+            self.say(f"plan {len(self.probes)} (the fastest again, longer): measured {p.estimate.describe()} -> "
+                     f"{'meets' if p.meets else 'misses'} the target x{self.target:.2f}")
         if not p.meets:
             e = p.estimate
             raise InfeasibleBudgetError(
-                f"no plan reaches x{target:.3f} (its 95% interval at or above the target): the fastest plan "
-                f"measures {e.compressed_ms:.3f} ms vs "
-                f"{e.original_ms:.3f} ms for the original ({e.describe()})", minimum=e.compressed_ms)
-        met = [p]
-    best = max(met, key=lambda q: q.budget)
-    return Landing(best.plan, best, probes, overshoot=not best.lands)
+                f"no plan reaches x{self.target:.3f} (its 95% interval at or above the target): the fastest plan "
+                f"measures {e.compressed_ms:.3f} ms vs {e.original_ms:.3f} ms for the original ({e.describe()})",
+                minimum=e.compressed_ms)
+        return p

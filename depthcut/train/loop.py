@@ -156,22 +156,10 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
                                                           unit="step") as bar:
         torch.manual_seed(seed)
         step, epoch_losses = 0, []
-
         rank, world = _rank_and_world()
-
-        def position() -> float:  # how far through the schedule we are, in [0, 1]
-            fraction = step / steps
-            if max_seconds is not None:
-                fraction = max(fraction, (time.perf_counter() - start) / max_seconds)
-                if world > 1:     # every rank takes the same number of steps, or the all-reduce waits forever
-                    agreed = torch.tensor([fraction], dtype=torch.float64)
-                    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
-                    fraction = float(agreed)
-            return fraction
-
-        while position() < 1.0:
+        while _position(step, steps, start, max_seconds, world) < 1.0:
             for x, y in batches:
-                fraction = position()
+                fraction = _position(step, steps, start, max_seconds, world)
                 if fraction >= 1.0:
                     break
                 step_lr = lr
@@ -179,11 +167,7 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
                     step_lr = cosine_lr(max(step, round(fraction * steps)), steps, lr, warmup_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = step_lr
-                if augment is not None:
-                    x = augment(x, aug_gen)
-                if world > 1:     # data parallel: this rank's share of the same global batch
-                    x, y = x[rank::world], y[rank::world]
-                x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
+                x, y = _batch(x, y, augment, aug_gen, rank, world, device, memory_format)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss, ce = _batch_loss(model, teacher, x, y, label_smoothing, kd_weight, kd_temperature)
                 optimizer.zero_grad(set_to_none=True)
@@ -206,6 +190,29 @@ def train(model: nn.Module, data: Dataset, *, epochs: float | None = None, steps
     history["steps"] = step
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def _position(step: int, steps: int, start: float, max_seconds: float | None, world: int) -> float:
+    """How far through the schedule training is, in [0, 1]: steps taken, or the time spent when that is
+    further (``max_seconds``)."""
+    fraction = step / steps
+    if max_seconds is not None:
+        fraction = max(fraction, (time.perf_counter() - start) / max_seconds)
+        if world > 1:     # every rank takes the same number of steps, or the all-reduce waits forever
+            agreed = torch.tensor([fraction], dtype=torch.float64)
+            torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+            fraction = float(agreed)
+    return fraction
+
+
+def _batch(x: torch.Tensor, y: torch.Tensor, augment: Callable | None, generator: torch.Generator, rank: int,
+           world: int, device: torch.device, memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch, augmented, this rank's share of it, on the model's device."""
+    if augment is not None:
+        x = augment(x, generator)
+    if world > 1:         # data parallel: this rank's share of the same global batch
+        x, y = x[rank::world], y[rank::world]
+    return x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device)
 
 
 @torch.no_grad()
