@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -147,24 +148,24 @@ def row_module(unet: nn.Module, row: Row) -> nn.Module | None:
     return nn.Sequential(conv, postnorm_for(row.out_channels)) if row.span == "conv1+conv2" else conv
 
 
-def latency_rows(unet: nn.Module, rows: list[Row], backend="eager", batch: int = 1, repeats: int = 20
-                 ) -> dict[str, float]:
-    """Median ms of every row's run-time module on its input shape (batch ``batch``); identity rows 0 ms."""
-    from ..latency import get_backend
-    from ..latency.table import measure
+def latency_rows(unet: nn.Module, rows: list[Row], backend="eager", batch: int = 1,
+                 cache_dir: str | Path | None = None, progress: bool = False, **how) -> dict[str, float]:
+    """Median ms of every row's run-time module on its input shape (batch ``batch``); identity rows 0 ms.
+    Timed and cached as the CNN's rows are (depthcut.latency.table.time_rows: passes on fresh sessions, each
+    pass cached, resumable; ``how`` its options), keyed by what is timed, so equal rows share one timing."""
+    from ..latency.table import RowSpec, time_rows
 
-    backend = get_backend(backend)
-    out: dict[str, float] = {}
-    for row in rows:
-        module = row_module(unet, row)
-        if module is None:
-            out[row.key] = 0.0
-            continue
-        x = torch.randn((batch, *row.input_shape[1:]))
-        with torch.no_grad():
-            out[row.key] = measure(backend.prepare(module.eval(), x), warmup=3, repeats=repeats,
-                                 queued=backend.row_calls).median_ms
-    return out
+    specs = {row.key: RowSpec(_row_key(row, batch), lambda row=row: row_module(unet, row),
+                              (batch, *row.input_shape[1:])) for row in rows if row.kept}
+    timed = time_rows(specs.values(), backend, batch_size=batch, cache_dir=cache_dir, progress=progress, **how)
+    return {row.key: timed[specs[row.key].key].median_ms if row.kept else 0.0 for row in rows}
+
+
+def _row_key(row: Row, batch: int) -> str:
+    """What a U-Net row runs (row_module): its conv, the postnorm of a merged row, and its input shape."""
+    shape = "x".join(map(str, (batch, *row.input_shape[1:])))
+    return (f"unet-conv{row.in_channels}-{row.out_channels}-k{row.kernel}-s{row.stride}"
+            f"{'-postnorm' if row.span == 'conv1+conv2' else ''}-in{shape}")
 
 
 @torch.no_grad()

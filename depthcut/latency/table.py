@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -96,11 +97,43 @@ def _read_row(store: EntryStore, key: str) -> Timing:
 
 
 def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eager", *,
-                  batch_size: int | None = None, cache_dir: str | Path | None = None, warmup: int = 5,
-                  repeats: int = 30, min_time_s: float = 0.0, progress: bool = True,
-                  seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH,
-                  refresh: bool = False) -> dict[str, Timing]:
+                  batch_size: int | None = None, cache_dir: str | Path | None = None,
+                  progress: bool = True, **how: Any) -> dict[str, Timing]:
     """Time every candidate's merged conv on ``backend``; returns ``{candidate.key: Timing}`` (ms).
+
+    Candidates with the same :func:`row_key` share one row; identity options (``kept == ()``) cost 0. The
+    rows are timed by :func:`time_rows` (``how``: its warmup, repeats, passes, ... and ``refresh``).
+    ``backend`` is a name ("eager", "compile", "onnxruntime", "tensorrt") or a :class:`Backend` instance
+    (e.g. ``get_backend("eager", device="cuda")``).
+    """
+    candidates = list(candidates)
+    specs: dict[str, RowSpec] = {}
+    for c in candidates:
+        if c.kept:
+            key = row_key(c, batch_size)
+            specs.setdefault(key, RowSpec(key, lambda c=c: build_merged_conv(c), row_shape(c, batch_size)))
+    timed = time_rows(specs.values(), backend, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
+                      **how)
+    return {c.key: timed[row_key(c, batch_size)] if c.kept else Timing.zero() for c in candidates}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of a latency table: ``key`` names what is timed (the module's structure and its input shape,
+    never where it sits in a network: rows that compute alike share a timing), ``build()`` makes the module,
+    ``input_shape`` is the input it is timed on."""
+
+    key: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+
+
+def time_rows(specs: Iterable[RowSpec], backend: str | Backend = "eager", *, batch_size: int | None = None,
+              cache_dir: str | Path | None = None, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
+              progress: bool = True, seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH,
+              refresh: bool = False) -> dict[str, Timing]:
+    """Time every row on ``backend`` into the latency cache; returns ``{spec.key: Timing}`` (ms). The one
+    way rows are timed: CNN candidates (:func:`latency_table`) and the diffusion U-Net's rows alike.
 
     A table timed in one quick sweep is a snapshot of one moment of a shared machine: the same MobileNetV2
     table timed five times gave per-call fits 8x apart (issue 32). So every row is timed in ``passes`` passes
@@ -109,20 +142,14 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
     MAX_REPEATS x ``repeats`` samples). A row's median is the median of its passes' medians, its interval
     spans theirs.
 
-    Identity options (``kept == ()``) cost 0. Each pass of each row is cached as soon as it is timed, so an
-    interrupted run resumes where it stopped; ``refresh`` times every row again and replaces what the cache
-    held (a table timed through a slow phase of the machine, found out by the latency model's sanity checks,
-    depthcut.latency.model.calibrate). ``backend`` is a name ("eager", "compile", "onnxruntime",
-    "tensorrt") or a :class:`Backend` instance (e.g. ``get_backend("eager", device="cuda")``).
+    Each pass of each row is cached as soon as it is timed (``batch_size`` is part of the cache's manifest),
+    so an interrupted run resumes where it stopped; ``refresh`` times every row again and replaces what the
+    cache held (a table timed through a slow phase of the machine, found out by the latency model's sanity
+    checks, depthcut.latency.model.calibrate).
     """
     backend = get_backend(backend)
-    candidates = list(candidates)
     store = latency_store(backend, batch_size, cache_dir)
-
-    rows: dict[str, Candidate] = {}            # row key -> one representative candidate
-    for c in candidates:
-        if c.kept:
-            rows.setdefault(row_key(c, batch_size), c)
+    rows = {spec.key: spec for spec in specs}
     done: dict[str, list[dict]] = {}           # passes already timed of rows not yet complete
     for key in rows:                           # a damaged cached row fails now, before any timing
         if key in store and not refresh:
@@ -140,25 +167,20 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
     try:
         for p in range(passes):                # pass p over every row that has p passes so far
             for key in [k for k, timed in done.items() if len(timed) == p]:
-                done[key].append(_time_pass(rows[key], backend, batch_size, gen, warmup=warmup, repeats=repeats,
+                done[key].append(_time_pass(rows[key], backend, gen, warmup=warmup, repeats=repeats,
                                             min_time_s=min_time_s, rel_width=rel_width))
                 store[key] = _combined(done[key]) if len(done[key]) >= passes else {"passes": done[key]}
                 bar.update(1)
     finally:
         bar.close()
-
-    table: dict[str, Timing] = {}
-    for c in candidates:
-        table[c.key] = _read_row(store, row_key(c, batch_size)) if c.kept else Timing.zero()
-    return table
+    return {key: _read_row(store, key) for key in rows}
 
 
-def _time_pass(c: Candidate, backend: Backend, batch_size: int | None, gen: torch.Generator,
-               **how: Any) -> dict[str, Any]:
+def _time_pass(spec: RowSpec, backend: Backend, gen: torch.Generator, **how: Any) -> dict[str, Any]:
     """One pass of one row on a fresh session: a Timing's fields (scaled where the backend can only time the
     row another way, with the raw median kept)."""
-    module = build_merged_conv(c)
-    x = torch.randn(row_shape(c, batch_size), generator=gen)
+    module = spec.build().eval()
+    x = torch.randn(spec.input_shape, generator=gen)
     with torch.no_grad():
         runner = backend.prepare(module, x)
         timing = measure(runner, warmup=how["warmup"], repeats=how["repeats"], min_time_s=how["min_time_s"],

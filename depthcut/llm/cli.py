@@ -44,7 +44,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                       threads=args.threads, device=args.device, dtype=args.dtype, progress=not args.quiet)
         optional = {"criterion": args.criterion, "heal_steps": args.heal_steps, "prompt_len": args.prompt_len,
                     "latency_rounds": args.rounds, "lm_eval_include": args.lm_eval_include,
-                    "lm_eval_limit": args.lm_eval_limit,
+                    "lm_eval_limit": args.lm_eval_limit, "cache_dir": args.cache_dir,
                     "protect": tuple(args.protect) if args.protect is not None else None,
                     "lm_eval_tasks": tuple(args.lm_eval) if args.lm_eval else None}
         fields.update({k: v for k, v in optional.items() if v is not None})
@@ -143,6 +143,8 @@ def _add_prune(sub) -> None:
     p.add_argument("--prompt-len", type=int, default=None, help="prefill prompt length for timing (default 128)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="torch threads while timing")
+    p.add_argument("--cache-dir", default=None,
+                   help="latency cache of budget runs (default: $DEPTHCUT_CACHE or ~/.cache/depthcut)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="load, score, heal, time and save in this precision")

@@ -105,6 +105,25 @@ def layer_type(model, index: int) -> str:
     return str(types[index]) if types and len(set(types)) > 1 else "all"
 
 
+def _group_of(model, i: int, kind: str) -> str:
+    """The timing group of unit (i, kind): its kind and, for blocks and attention, its layer type."""
+    return f"{kind}:{layer_type(model, i) if kind in ('block', 'attn') else 'all'}"
+
+
+def _timing_groups(model, kinds: list[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Each group's members (layer indices) and the members skipped to time it: every other one, never
+    block 0 (it keeps the KV cache's length right); a group of block 0 alone is not timed."""
+    members: dict[str, list[int]] = {}
+    for kind in kinds:
+        for i in range(num_blocks(model)):
+            members.setdefault(_group_of(model, i, kind), []).append(i)
+    skips = {}
+    for group, idx in members.items():
+        chosen = [i for i in idx[1::2] if i != 0] or [i for i in idx if i != 0][:1]
+        if chosen:
+            skips[group] = chosen
+    return members, skips
+
 def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: str = "block",
                  rounds: int = 5, warmup: int = 1, threads: int | None = None) -> dict:
     """Per-unit latency (ms) for prefill and decode, by timing the model with every other unit skipped.
@@ -119,22 +138,9 @@ def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: st
     "overhead_prefill_ms", "overhead_decode_ms", "protocol"}, where overhead = full − Σ units (embeddings,
     final norm, LM head: what no removal can save).
     """
-    L = num_blocks(model)
     kinds = {"block": ["block"], "sublayer": ["attn", "mlp"]}[unit]
     prompt = _prompt(model, prompt_len)
-
-    def group_of(i: int, kind: str) -> str:
-        return f"{kind}:{layer_type(model, i) if kind in ('block', 'attn') else 'all'}"
-
-    members: dict[str, list[int]] = {}
-    for kind in kinds:
-        for i in range(L):
-            members.setdefault(group_of(i, kind), []).append(i)
-    skips = {}
-    for group, idx in members.items():
-        chosen = [i for i in idx[1::2] if i != 0] or [i for i in idx if i != 0][:1]
-        if chosen:
-            skips[group] = chosen
+    members, skips = _timing_groups(model, kinds)
 
     def runner(skip: list[Unit]):
         def run():
@@ -158,8 +164,8 @@ def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: st
             if g.startswith(kind + ":") and g not in per_group:
                 per_group[g] = mean
     units = all_units(model, unit)
-    prefill = [per_group[group_of(u[0], u[1])][0] for u in units]
-    decode = [per_group[group_of(u[0], u[1])][1] for u in units]
+    prefill = [per_group[_group_of(model, *u)][0] for u in units]
+    decode = [per_group[_group_of(model, *u)][1] for u in units]
     return {
         "unit": unit, "units": units, "prefill_ms": prefill, "decode_ms": decode,
         "groups": {g: {"members": members[g], "skipped": skips.get(g, []), "prefill_ms": per_group[g][0],
@@ -170,6 +176,29 @@ def unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: st
         "protocol": protocol,
     }
 
+
+def cached_unit_latency(model, prompt_len: int = 128, decode_tokens: int = 16, unit: str = "block", *,
+                        rounds: int = 5, threads: int | None = None, cache_dir=None) -> dict:
+    """:func:`unit_latency` through the latency cache, next to the CNN's rows: keyed by what the timing
+    depends on - the model's architecture (its config, not its weights), dtype, device, threads and the
+    protocol - so a budget run started again reads it instead of timing the model again."""
+    from pathlib import Path
+
+    from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint
+
+    device = model_device(model)
+    manifest = {"table": "llm-unit-latency", "format": 1, "backend": f"torch-eager-{device.type}",
+                "device": describe(device), "torch": torch.__version__, "threads": threads or torch.get_num_threads()}
+    root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    store = EntryStore(root / "latency" / fingerprint(manifest), manifest)
+    key = "units-" + fingerprint({"config": model.config.to_dict(), "dtype": str(model_dtype(model)),
+                                  "prompt_len": prompt_len, "decode_tokens": decode_tokens, "unit": unit,
+                                  "rounds": rounds})
+    if key not in store:
+        store[key] = unit_latency(model, prompt_len, decode_tokens, unit, rounds=rounds, threads=threads)
+    table = dict(store[key])
+    table["units"] = [tuple(u) for u in table["units"]]   # JSON keeps (index, kind) as a list
+    return table
 
 def measure_throughput(models: dict, tokenizer=None, prompt_len: int = 128, new_tokens: int = 32,
                        rounds: int = 5, warmup: int = 1, threads: int | None = None) -> dict:

@@ -34,7 +34,7 @@ from ..log import Stages
 from . import criteria as C
 from .evaluate import eval_windows, perplexity_of_windows, protocol as ppl_protocol
 from .device import TOLERANCE, describe, model_device, model_dtype, resolve_device, resolve_dtype, tolerance
-from .latency import measure_throughput, predicted_ms, unit_latency
+from .latency import cached_unit_latency, measure_throughput, predicted_ms
 from .text import calibration_windows, load_corpus, split_text
 from ..search.knapsack import select_units as knapsack_select
 
@@ -92,6 +92,7 @@ class PruneConfig(ConfigBase):
     progress: bool = True                # stage lines on the "depthcut" logger (depthcut.log)
     seed: int = 0
     out: str | None = None
+    cache_dir: str | None = None         # per-unit latency of budget runs (None: $DEPTHCUT_CACHE or ~/.cache/depthcut)
     version: int = CONFIG_VERSION
 
     KIND: ClassVar[str] = "prune config"
@@ -416,8 +417,8 @@ def latency_table(run: PruneRun) -> None:
         return
     phase = config.latency_phase
     run.stages.start("latency_table", f"per-{config.unit} latency ({phase}, prompt {config.prompt_len})")
-    run.latency = unit_latency(run.model, config.prompt_len, min(config.decode_tokens, 16), config.unit,
-                               rounds=config.latency_rounds, threads=config.threads)
+    run.latency = cached_unit_latency(run.model, config.prompt_len, min(config.decode_tokens, 16), config.unit,
+                                      rounds=config.latency_rounds, threads=config.threads, cache_dir=config.cache_dir)
     full = run.latency[f"full_{phase}_ms"]
     run.need_ms = full - config.latency_budget_ms
     if run.need_ms <= 0:

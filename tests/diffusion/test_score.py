@@ -60,11 +60,20 @@ def test_row_importance_is_one_for_an_original_conv_and_seeded_for_a_merge(unet,
     assert first == S.row_importance(unet, merge, images[:8], images[8:], sched, base, steps=2) and first > 0
 
 
-def test_latency_rows_cost_nothing_for_identities_and_time_the_rest(unet):
+def test_latency_rows_cost_nothing_for_identities_and_time_the_rest(unet, tmp_path, monkeypatch):
     rows = enumerate_rows(unet)
-    ms = S.latency_rows(unet, rows, "eager", repeats=2)
+    built = []
+    real = S.row_module
+    monkeypatch.setattr(S, "row_module", lambda u, r: built.append(r.key) or real(u, r))
+    ms = S.latency_rows(unet, rows, "eager", cache_dir=tmp_path, repeats=2, passes=2)
     assert set(ms) == {r.key for r in rows}
     assert all((ms[r.key] == 0.0) == (not r.kept) for r in rows) and all(v >= 0 for v in ms.values())
+    # timed through the latency cache (depthcut.latency.table.time_rows): rows that run the same conv on the
+    # same input share one timing, and a second call times nothing
+    distinct = {S._row_key(r, 1) for r in rows if r.kept}
+    assert len(built) == 2 * len(distinct) < 2 * sum(r.kept != () for r in rows)
+    assert S.latency_rows(unet, rows, "eager", cache_dir=tmp_path, repeats=2, passes=2) == ms
+    assert len(built) == 2 * len(distinct)
     merged = next(r for r in rows if r.kept == ("conv1", "conv2"))
     module = S.row_module(unet, merged)
     assert module[0].kernel_size == (5, 5) and isinstance(module[1], torch.nn.GroupNorm)

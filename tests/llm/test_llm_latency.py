@@ -136,3 +136,23 @@ def test_budget_selection_refuses_an_infeasible_budget_with_the_minimum(tiny_mod
     assert info.value.minimum == pytest.approx(2.0)
     removed, _ = select_units(model, None, crit, "block", (0, 0), None, 4.0, table, "decode")
     assert len(removed) == 3 and (1, "block") in removed
+
+
+def test_cached_unit_latency_times_once_per_architecture(tiny_model, monkeypatch, tmp_path):
+    """Budget runs read the per-unit latency from the latency cache: the same architecture, dtype and
+    protocol is timed once (a second model with other weights reads it), another architecture again."""
+    calls = []
+    real = lat.unit_latency
+    monkeypatch.setattr(lat, "unit_latency", lambda m, *a, **k: calls.append(m) or real(m, *a, **k))
+    model = tiny_model("llama", num_layers=4)
+    how = dict(prompt_len=6, decode_tokens=1, unit="block", rounds=1, threads=1, cache_dir=tmp_path)
+    first = lat.cached_unit_latency(model, **how)
+    assert len(calls) == 1 and all(isinstance(u, tuple) for u in first["units"])
+    other_weights = tiny_model("llama", num_layers=4)
+    with torch.no_grad():
+        for p in other_weights.parameters():
+            p.mul_(2)
+    assert lat.cached_unit_latency(other_weights, **how) == first and len(calls) == 1
+    assert set(first) >= {"units", "prefill_ms", "decode_ms", "full_prefill_ms", "protocol"}
+    lat.cached_unit_latency(tiny_model("llama", num_layers=3), **how)
+    assert len(calls) == 2

@@ -221,7 +221,7 @@ def test_prune_lands_on_a_latency_budget_by_measurement(tiny_model, corpus, monk
     calibrates and removes 5 (7.5 ms), never stopping at a plan whose interval misses the budget."""
     model = tiny_model("llama", num_layers=6)
     units = P.C.all_units(model, "block")
-    monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 6, full=10.0))
+    monkeypatch.setattr(P, "cached_unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 6, full=10.0))
     calls = fake_pairs(monkeypatch, saving)
     result = P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=7.6, criterion="magnitude",
                                                            protect=(0, 0)))
@@ -242,7 +242,7 @@ def test_version_1_prune_configs_still_load():
 def test_infeasible_budget_names_the_minimum(tiny_model, corpus, monkeypatch):
     model = tiny_model("llama", num_layers=8)
     units = P.C.all_units(model, "block")
-    monkeypatch.setattr(P, "unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 8, full=10.0))
+    monkeypatch.setattr(P, "cached_unit_latency", lambda *a, **k: fake_latency(units, [1.0] * 8, full=10.0))
     with pytest.raises(InfeasibleBudgetError, match=r"at best 8\.00 ms \(minimum achievable\)") as info:
         P.prune(model, char_tokenizer(), small_config(corpus, latency_budget_ms=5.0, criterion="mag+"))
     assert info.value.minimum == pytest.approx(8.0)  # mag+ keeps blocks 0-3 and 6-7: only 2 ms to save
