@@ -166,7 +166,8 @@ def add_run_options(c: argparse.ArgumentParser) -> None:
                    help="full: fine-tune every candidate (default); adaptive: a cheap score for every candidate, "
                         "fine-tunes only for a random sample and the candidates that can change the plan")
     c.add_argument("--adaptive-tolerance", type=float, default=None,
-                   help="accuracy points the adaptive plan may give away to stop refining earlier (default 0)")
+                   help="accuracy points (generation: importance) the adaptive plan may give away to stop "
+                        "refining earlier (default 0)")
     c.add_argument("--finetune-size", type=int, default=None,
                    help="held-out images for the importance fine-tunes (default: min(5000, half the training set))")
     c.add_argument("--score-size", type=int, default=None,

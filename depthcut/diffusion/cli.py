@@ -101,6 +101,8 @@ def compress_generation(args: argparse.Namespace) -> int:
         "recovery_kd_weight": getattr(args, "recovery_kd_weight", None),
         "recovery_ema": getattr(args, "recovery_ema", None),
         "importance_reference": getattr(args, "importance_reference", None),
+        "importance_mode": getattr(args, "importance_mode", None),
+        "adaptive_tolerance": getattr(args, "adaptive_tolerance", None),
         "progress": not args.quiet, "fd_samples": args.fd_samples,
         "cache_dir": getattr(args, "cache_dir", None)}.items() if v is not None}
     config = GenerationConfig(**fields)                 # bad values: one line, before anything loads

@@ -24,6 +24,7 @@ from .unet import Row
 
 CONFIG_VERSION = 1
 REFERENCES = ("finetuned", "original")
+IMPORTANCE_MODES = ("full", "adaptive")
 
 
 @dataclass
@@ -39,6 +40,11 @@ class GenerationConfig(ConfigBase):
     # what a row's fine-tuned loss is scored against: "finetuned", the original through the same fine-tune
     # (score.finetuned_loss: the score measures the row, not the fine-tune), or "original", its loss untouched
     importance_reference: str = "finetuned"
+    # "full": every row fine-tuned; "adaptive": a cheap score for every row (its loss with no fine-tune), a
+    # fine-tuned random sample bounding the rest, and only the rows that can change the DP's plan fine-tuned
+    # (depthcut.importance.adaptive, as for classifiers)
+    importance_mode: str = "full"
+    adaptive_tolerance: float = 0.0      # importance the adaptive plan may give away to stop refining earlier
     finetune_size: int = 500
     score_size: int = 500
     recovery_steps: int = 500
@@ -75,6 +81,10 @@ class GenerationConfig(ConfigBase):
         if self.importance_reference not in REFERENCES:
             raise DepthcutError(f"config field 'importance_reference' must be one of {', '.join(REFERENCES)}, got "
                                 f"{self.importance_reference!r}")
+        if self.importance_mode not in IMPORTANCE_MODES:
+            raise DepthcutError(f"config field 'importance_mode' must be one of {', '.join(IMPORTANCE_MODES)}, got "
+                                f"{self.importance_mode!r}")
+        at_least("adaptive_tolerance", self.adaptive_tolerance, 0.0)
         if not 0 <= self.recovery_ema < 1:
             raise DepthcutError(f"config field 'recovery_ema' must be in [0, 1), got {self.recovery_ema}")
 
@@ -106,6 +116,20 @@ class GenerationResult:
         return out
 
 
+def _recover(model: nn.Module, unet: nn.Module, scheduler, data: torch.Tensor, held: torch.Tensor,
+             config: GenerationConfig, stages: Stages) -> float:
+    """The recovery fine-tune of the compressed U-Net (distilled from the original, with an EMA of the
+    weights, as configured); returns its denoising loss on the held-out images."""
+    from . import score as S
+
+    stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps"
+                             + (f", distilling from the original (weight {config.recovery_kd_weight})"
+                                if config.recovery_kd_weight else "")
+                             + (f", EMA {config.recovery_ema} of the weights" if config.recovery_ema else ""))
+    S.finetune(model, data, scheduler, config.recovery_steps, config.recovery_lr,
+               seed=config.seed, teacher=unet, kd_weight=config.recovery_kd_weight, ema=config.recovery_ema)
+    return S.denoising_loss(model, held, scheduler, seed=config.seed + 1)
+
 def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: GenerationConfig | None = None,
                   features: nn.Module | None = None, real: torch.Tensor | None = None, *,
                   out: str | Path | None = None) -> GenerationResult:
@@ -117,6 +141,7 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     pass a test split)."""
     from . import score as S
     from .model import DepthcutUNet2DModel
+    from .search import frontier
     from .unet import enumerate_rows
 
     config = config or GenerationConfig()
@@ -133,30 +158,29 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     stages.say(f"{len(rows)} rows over {sum(r.kind == 'resnet' for r in rows) // 4} ResNet blocks")
 
     stages.start("latency", f"latency rows on {config.backend} (batch {config.batch})")
-    latency = S.latency_rows(unet, rows, config.backend, batch=config.batch)
+    latency = S.latency_rows(unet, rows, config.backend, batch=config.batch, cache_dir=config.cache_dir,
+                             progress=config.progress)
 
     stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
                                f"{n_sc} held-out images")
     base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
     reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
     stages.say(f"reference loss {reference:.5f} ({config.importance_reference}; the original's {base_loss:.5f})")
-    importance = importance_table(unet, rows, finetune, held, scheduler, base_loss, config)
+    if config.importance_mode == "adaptive":
+        front = adaptive_frontier(unet, rows, latency, finetune, held, scheduler, base_loss, config, stages.say)
+    else:
+        front = frontier(rows, latency, importance_table(unet, rows, finetune, held, scheduler, base_loss, config),
+                         steps=config.dp_steps)
 
     stages.start("search", "LayerMerge DP over the rows, then landing on the measured sampling speed-up")
-    landing, full = _land(unet, scheduler, rows, latency, importance, config, stages)
+    landing, full = _land(unet, scheduler, rows, latency, front, config, stages)
     plan = [r.ref for r in landing.plan.rows]
     model = DepthcutUNet2DModel.from_unet(unet, plan)
     error = _check_intended(unet, plan, model)
     stages.say(f"compressed U-Net equals the plan's intended function: relative error {error['structure']:.1e} "
                f"(float64 rewrite), {error['deployed']:.1e} (deployed, {model.dtype})")
 
-    stages.start("recovery", f"recovery fine-tune: {config.recovery_steps} steps"
-                             + (f", distilling from the original (weight {config.recovery_kd_weight})"
-                                if config.recovery_kd_weight else "")
-                             + (f", EMA {config.recovery_ema} of the weights" if config.recovery_ema else ""))
-    S.finetune(model, rest if len(rest) else finetune, scheduler, config.recovery_steps, config.recovery_lr,
-               seed=config.seed, teacher=unet, kd_weight=config.recovery_kd_weight, ema=config.recovery_ema)
-    loss_after = S.denoising_loss(model, held, scheduler, seed=config.seed + 1)
+    loss_after = _recover(model, unet, scheduler, rest if len(rest) else finetune, held, config, stages)
 
     stages.start("measure", "final sampling speed-up")
     final = S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
@@ -167,6 +191,8 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     stages.end()
     losses = {"loss_before": base_loss, "importance_reference_loss": reference, "loss_after_recovery": loss_after}
     report = _report(config, rows, plan, error, landing, full, final, losses, quality, stages, t0)
+    if config.importance_mode == "adaptive":    # entries fine-tuned (sample + refinements), cheap only, seconds
+        report["importance_adaptive"] = front.stats.to_dict()
     result = GenerationResult(model, plan, report, scheduler, samples)
     if out is not None:
         result.save_pretrained(out)
@@ -195,16 +221,18 @@ def _report(config: GenerationConfig, rows, plan, error, landing, full: float, f
     }
 
 
-def _importance_store(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, config: GenerationConfig):
+def _importance_store(unet, finetune: torch.Tensor, held: torch.Tensor, scheduler, config: GenerationConfig,
+                      cheap: bool = False):
     """The cache of one importance table: the manifest pins everything the scores depend on (weights, data,
-    scheduler, recipe, reference, seed)."""
+    scheduler, recipe, reference, seed). ``cheap``: the adaptive mode's cheap scores (no fine-tune, against the
+    original's loss), in their own store."""
     from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, state_fingerprint
 
     manifest = {"table": "diffusion-importance", "format": 2, "unet": state_fingerprint(unet),
                 "images": state_fingerprint({"finetune": finetune, "held": held}),
                 "scheduler": {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")},
-                "steps": config.importance_steps, "lr": config.importance_lr,
-                "reference": config.importance_reference, "seed": config.seed}
+                "steps": 0 if cheap else config.importance_steps, "lr": config.importance_lr,
+                "reference": "original" if cheap else config.importance_reference, "seed": config.seed}
     root = Path(config.cache_dir) if config.cache_dir is not None else DEFAULT_CACHE_DIR
     return EntryStore(root / "importance" / fingerprint(manifest), manifest)
 
@@ -244,13 +272,61 @@ def importance_table(unet, rows, finetune: torch.Tensor, held: torch.Tensor, sch
     return {r.key: float(store[r.key]) for r in rows}
 
 
-def _land(unet, scheduler, rows, latency, importance, config: GenerationConfig, stages: Stages):
+def scored_rows(rows) -> list:
+    """The rows whose importance takes a fine-tune: a merged block and a removed conv (an original single conv
+    changes nothing and scores exactly 1)."""
+    return [r for r in rows if r.span == "conv1+conv2" or not r.kept]
+
+
+def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
+                      config: GenerationConfig, say=lambda s: None):
+    """The DP's frontier with the adaptive importance stage (depthcut.importance.adaptive): every scored row's
+    cheap score (its loss with the row applied and no fine-tune, against the original's), a seeded random
+    sample fine-tuned with the full recipe to bound the rest, then only the rows of the contending plans
+    fine-tuned as the landing asks for budgets. A fine-tuned entry is the full table's (same store, same
+    recipe, same seed), so a killed run resumes and a later full run reuses it."""
+    from ..importance.adaptive import AdaptiveFrontier, Refinement, calibrate_bounds, sample_keys
+    from ..search.layermerge import solve
+    from . import score as S
+    from .search import search_rows
+
+    store = _importance_store(unet, finetune, held, scheduler, config)
+    cheap_store = _importance_store(unet, finetune, held, scheduler, config, cheap=True)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config, store)
+    scored = scored_rows(rows)
+
+    def refine(todo) -> dict[str, float]:
+        for row in todo:
+            if row.key not in store:
+                store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference,
+                                                  config.importance_steps, config.importance_lr, config.seed)
+        return {row.key: float(store[row.key]) for row in todo}
+
+    t0 = time.perf_counter()
+    for row in scored:
+        if row.key not in cheap_store:
+            cheap_store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, base_loss, 0,
+                                                    config.importance_lr, config.seed)
+    by_key = {r.key: r for r in scored}
+    sample = refine([by_key[k] for k in sample_keys(list(by_key), config.seed)])
+    bounds = calibrate_bounds({k: float(cheap_store[k]) for k in by_key}, sample)
+    stats = Refinement(candidates=len(scored), sampled=len(sample), margin=bounds.margin,
+                       seconds=time.perf_counter() - t0)
+    say(f"adaptive importance: {len(scored)} rows scored cheaply, {len(sample)} fine-tuned at random; "
+        f"margin {bounds.margin:.4f} importance")
+    point = {r.key: bounds.point(r.key) if r.key in by_key else 1.0 for r in rows}
+    table, length = search_rows(rows, latency, point)
+    return AdaptiveFrontier(table, lambda t: solve(t, length, steps=config.dp_steps), bounds,
+                            to_importance=lambda v: min(1.0, v), refine=refine,
+                            tolerance=config.adaptive_tolerance, stats=stats, say=say)
+
+
+def _land(unet, scheduler, rows, latency, front, config: GenerationConfig, stages: Stages):
+    """Land on the measured sampling speed-up over ``front`` (the DP's frontier, or the adaptive one)."""
     from ..search.target import land_on_target
     from . import score as S
     from .model import DepthcutUNet2DModel
-    from .search import frontier
 
-    front = frontier(rows, latency, importance, steps=config.dp_steps)
     full = sum(latency[r.key] for r in rows if r.span in ("conv1", "conv2", "conv") and r.kept)
     fastest = min((s.latency_ms for s in front.pareto()), default=full)
 

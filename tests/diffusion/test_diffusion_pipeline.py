@@ -13,6 +13,7 @@ from diffusers import DDIMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 from depthcut.diffusion import pipeline as P  # noqa: E402
 from depthcut.diffusion import score as S  # noqa: E402
 from depthcut.diffusion.merge import MergedResnetBlock  # noqa: E402
+from depthcut.diffusion.unet import enumerate_rows  # noqa: E402
 from depthcut.latency.compare import SpeedupEstimate  # noqa: E402
 
 from test_unet import SMALL  # noqa: E402
@@ -191,3 +192,45 @@ def test_rows_are_scored_against_the_configured_reference(monkeypatch, tmp_path,
     assert set(references) == {0.25 if reference == "finetuned" else 1.0}
     assert finetunes == ([[]] if reference == "finetuned" else [])   # the original, no row applied, once
     assert P.importance_reference(unet, images[:8], images[8:], DDPMScheduler(), 1.0, config) == references[0]
+
+
+def test_adaptive_importance_fine_tunes_fewer_rows_and_shares_the_full_tables_entries(monkeypatch, tmp_path):
+    """importance_mode="adaptive" on the U-Net (issue 30): every scored row gets a cheap score (no fine-tune),
+    only a random sample and the rows of contending plans are fine-tuned, and each fine-tuned entry is the
+    full table's own (same store: a full table run afterwards fine-tunes only the rest). A rerun from the
+    caches fine-tunes nothing and lands on the same plan."""
+    scripted_speed(monkeypatch)
+    calls = []
+    real = S.row_importance
+
+    def counting(unet, row, *args, **kwargs):
+        calls.append((row.key, args[4] if len(args) > 4 else kwargs.get("steps")))
+        return real(unet, row, *args, **kwargs)
+    monkeypatch.setattr(S, "row_importance", counting)
+    torch.manual_seed(0)
+    unet = UNet2DModel(**SMALL).eval()
+    images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    config = P.GenerationConfig(speedup=1.15, batch=2, sampling_steps=2, importance_steps=1, finetune_size=8,
+                                score_size=8, recovery_steps=1, progress=False, importance_mode="adaptive",
+                                importance_reference="original", cache_dir=str(tmp_path / "cache"))
+    r = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config).report
+    rows = enumerate_rows(unet, batch=2)
+    scored = P.scored_rows(rows)
+    stats = r["importance_adaptive"]
+    finetuned = [k for k, steps in calls if steps == 1]
+    assert stats["candidates"] == len(scored) and stats["finetuned"] == len(finetuned) == len(set(finetuned))
+    assert 0 < stats["finetuned"] < len(scored) and stats["cheap_only"] == len(scored) - stats["finetuned"]
+    assert sorted(k for k, steps in calls if steps == 0) == sorted(row.key for row in scored)
+    assert r["speedup_low"] >= 1.15 and r["intended_structure_error"] < 1e-12
+    # the same caches: nothing is fine-tuned or scored again, and the plan is the same
+    calls.clear()
+    again = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config).report
+    assert calls == [] and again["plan"] == r["plan"]
+    # the full table reads the adaptive run's entries and fine-tunes only the rows it did not
+    full_config = P.GenerationConfig(**{**config.to_dict(), "importance_mode": "full"})
+    base = S.denoising_loss(unet, images[8:16], DDPMScheduler(num_train_timesteps=50), seed=1)
+    P.importance_table(unet, rows, images[:8], images[8:16], DDPMScheduler(num_train_timesteps=50), base,
+                       full_config)
+    scored_keys = {row.key for row in scored}
+    assert not set(k for k, _ in calls) & set(finetuned)
+    assert len([k for k, steps in calls if steps == 1 and k in scored_keys]) == len(scored) - len(finetuned)
