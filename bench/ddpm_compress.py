@@ -9,6 +9,9 @@ finishes and skipped when present (resumable); ``--out``.md gets the table and t
 with the Fréchet distance within 10% of the original's).
 
     python bench/ddpm_compress.py [--targets 1.25 1.4] [--recovery-steps 2000] [--fd-samples 512]
+
+``--importance-mode adaptive`` (issue 30) fine-tunes only the rows that can change the plan; its runs go to
+their own ``--out`` (bench/results/ddpm_adaptive), and the table states how many rows were fine-tuned.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main() -> None:
     ap.add_argument("--recovery-ema", type=float, default=0.999)
     ap.add_argument("--recovery-kd-weight", type=float, default=0.0)
     ap.add_argument("--importance-reference", default="finetuned", choices=["finetuned", "original"])
+    ap.add_argument("--importance-mode", default="full", choices=["full", "adaptive"])
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--fd-samples", type=int, default=512)
@@ -52,7 +56,8 @@ def main() -> None:
         config = GenerationConfig(speedup=target, batch=args.batch, sampling_steps=args.sampling_steps,
                                   importance_steps=args.importance_steps, recovery_steps=args.recovery_steps,
                                   recovery_ema=args.recovery_ema, recovery_kd_weight=args.recovery_kd_weight,
-                                  importance_reference=args.importance_reference, fd_samples=args.fd_samples)
+                                  importance_reference=args.importance_reference, fd_samples=args.fd_samples,
+                                  importance_mode=args.importance_mode)
         if path.exists():
             if same_recipe(json.loads(path.read_text()).get("config", {}), config.to_dict()):
                 continue                                # done with this recipe
@@ -62,33 +67,36 @@ def main() -> None:
                                    real=images_for("fashion-mnist", unet, "test"))
             # the compressed U-Net and its pipeline (weights, ~17 MB) go to the cache; the results keep the
             # report and the sample grid
-            saved = result.save_pretrained(ROOT / ".cache" / "ddpm_compress" / f"x{target}")
+            saved = result.save_pretrained(ROOT / ".cache" / out.name / f"x{target}")
             for name in ("report.md", "samples.png"):
                 shutil.copy(saved / name, out / "runs" / f"x{target}-{name}")
             atomic_write_json(path, result.report)
         except InfeasibleBudgetError as e:
             atomic_write_json(path, {"infeasible": str(e), "config": config.to_dict()})
-    lines = ["# LayerMerge on the embedded Fashion-MNIST DDPM (`python bench/ddpm_compress.py`)", "",
+    command = "python bench/ddpm_compress.py" + (f" --importance-mode {args.importance_mode} --out "
+                                                 f"{Path(args.out).relative_to(ROOT) if Path(args.out).is_relative_to(ROOT) else args.out}"
+                                                 if args.importance_mode != "full" else "")
+    lines = [f"# LayerMerge on the embedded Fashion-MNIST DDPM (`{command}`)", "",
              "Sampling: DDIM, CPU eager, paired interleaved rounds (median ratio, 95% interval). Quality: Fréchet "
              "distance to held-out Fashion-MNIST images in the embedded classifier's feature space (not Inception "
              "FID).", "",
              "Per run: `runs/x<target>-report.md` (stages, probes, plan) and `runs/x<target>-samples.png` "
              "(original vs compressed).", "",
-             "| target | recipe (importance reference; recovery) | measured speed-up (95% CI) | merged blocks | "
-             "identity up-samplers | FD original | "
-             "FD compressed | ratio | bar met |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| target | recipe (importance reference; recovery) | importance | measured speed-up (95% CI) | "
+             "merged blocks | identity up-samplers | FD original | FD compressed | ratio | bar met |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [(f"x{t}", out / "runs" / f"x{t}.json") for t in args.targets]
     runs += [(f"x{p.stem.split('-')[0][1:]} (superseded)", p)
              for p in sorted((out / "runs" / "superseded").glob("*.json"))]
     for label, run in runs:
         r = json.loads(run.read_text())
         if "infeasible" in r:
-            lines.append(f"| {label} | {recipe(r['config'])} | infeasible: {r['infeasible']} | | | | | | no |")
+            lines.append(f"| {label} | {recipe(r['config'])} | | infeasible: {r['infeasible']} | | | | | | no |")
             continue
         q = r["quality"]
         met = r["speedup"] >= 1.25 and q["fd_ratio"] <= 1.10
-        lines.append(f"| {label} | {recipe(r['config'])} | x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
+        lines.append(f"| {label} | {recipe(r['config'])} | {importance_cell(r)} | x{r['speedup']:.2f} "
+                     f"[{r['speedup_low']:.2f}, "
                      f"{r['speedup_high']:.2f}] | {r['merged_blocks']} | {r.get('identity_upsamplers', '')} | "
                      f"{q['fd_original']:.3f} | {q['fd_compressed']:.3f} | "
                      f"{q['fd_ratio']:.3f} | {'yes' if met else 'no'} |")
@@ -124,6 +132,15 @@ def recipe(config: dict) -> str:
     if config.get("recovery_kd_weight"):
         out += f", KD {config['recovery_kd_weight']:g}"
     return out
+
+
+def importance_cell(report: dict) -> str:
+    """How the importance was computed: the full table, or adaptive with its fine-tune count."""
+    a = report.get("importance_adaptive")
+    if not a:
+        return "full table"
+    return (f"adaptive: {a['finetuned']} of {a['candidates']} rows fine-tuned ({a['sampled']} sampled, "
+            f"{a['refined']} refined), margin {a['margin']:.3f}, {a['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
