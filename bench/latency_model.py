@@ -14,7 +14,7 @@ one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run fro
 ``--fresh N`` repeats all of it N times, each run in a new empty cache, and reports the worst error over the
 runs and whether the measured speed-up was monotone in the budget in every run.
 
-    python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager] [--models resnet34,mobilenet_v2]
+    python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--models resnet34,mobilenet_v2]
 
 Writes bench/results/latency_model_<backend>.{json,md}.
 """
@@ -193,7 +193,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet34,mobilenet_v2")
-    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager"])
+    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager", "openvino"])
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--fresh", type=int, default=1, help="runs, each from a new empty cache")
     ap.add_argument("--max-rounds", type=int, default=60, help="paired rounds of the plans' joint timing")
@@ -203,9 +203,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or ROOT / "bench" / "results" / f"latency_model_{args.backend}")
     versions = f"torch {torch.__version__}"
-    if args.backend == "onnxruntime":
-        import onnxruntime
-        versions += f", onnxruntime {onnxruntime.__version__}"
+    if args.backend in ("onnxruntime", "openvino"):
+        versions += f", {args.backend} {get_backend(args.backend).version()}"
     report = {"backend": args.backend, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
               "max_rounds": args.max_rounds,

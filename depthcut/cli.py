@@ -150,7 +150,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 def add_run_options(c: argparse.ArgumentParser) -> None:
     """The options of one compression run (a LayerMergeConfig), shared by ``compress`` and ``compare``."""
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
-    c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, tensorrt")
+    c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, openvino, tensorrt")
     c.add_argument("--latency-model", default=None, choices=["per-call", "additive"],
                    help="rows minus the runtime's per-call cost (default), or plain sums")
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "

@@ -33,7 +33,8 @@ def run_command(args: argparse.Namespace) -> int:
 # optional dependencies -> the extra of pyproject.toml that installs them
 EXTRAS = {"transformers": "llm", "peft": "llm", "gguf": "llm", "safetensors": "llm", "yaml": "llm",
           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "sklearn": "data", "mlxtend": "data",
-          "torch_pruning": "baselines", "lm_eval": "eval", "ray": "ray", "diffusers": "diffusion"}
+          "torch_pruning": "baselines", "lm_eval": "eval", "ray": "ray", "diffusers": "diffusion",
+          "openvino": "openvino"}
 
 
 def _extra_for(module: str) -> str | None:

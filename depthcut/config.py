@@ -175,7 +175,7 @@ def _valid_device(text: str) -> bool:
     return kind in ("cpu", "cuda") and (not index or (kind == "cuda" and index.isdigit()))
 
 
-CPU_ONLY_BACKENDS = ("onnxruntime",)
+CPU_ONLY_BACKENDS = ("onnxruntime", "openvino")
 
 
 def resolve_device(config: LayerMergeConfig) -> str:

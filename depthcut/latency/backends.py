@@ -676,6 +676,112 @@ class OnnxRuntimeBackend(Backend):
         return min(1.0, times[True] / times[False])
 
 
+# activation kind -> OpenVINO op on the conv output (a latency row built as an OpenVINO graph directly)
+_OV_ACTS = {nn.ReLU: "relu", nn.ReLU6: "clamp6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SiLU: "swish",
+            nn.Hardswish: "hswish", nn.Hardsigmoid: "hsigmoid", nn.Identity: None}
+
+
+def conv_row_openvino(module: nn.Module, input_shape: tuple[int, ...]):
+    """A latency row - ``nn.Sequential(Conv2d, activation)`` - as an OpenVINO model built from its opset (the
+    weights as constants, no export: the table has hundreds of rows); None for anything else (then the
+    module is exported to ONNX and read, as whole networks are)."""
+    if not (isinstance(module, nn.Sequential) and len(module) == 2 and type(module[0]) is nn.Conv2d
+            and type(module[1]) in _OV_ACTS and isinstance(module[0].padding, tuple)):
+        return None
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    conv: nn.Conv2d = module[0]
+    x = ops.parameter(list(input_shape), ov.Type.f32, name="x")
+    w = conv.weight.detach().cpu().float().numpy()
+    how = dict(strides=list(conv.stride), pads_begin=list(conv.padding), pads_end=list(conv.padding),
+               dilations=list(conv.dilation))
+    if conv.groups == 1:
+        y = ops.convolution(x, ops.constant(w), **how)
+    else:
+        g = conv.groups
+        y = ops.group_convolution(x, ops.constant(w.reshape(g, w.shape[0] // g, *w.shape[1:])), **how)
+    if conv.bias is not None:
+        y = ops.add(y, ops.constant(conv.bias.detach().cpu().float().numpy().reshape(1, -1, 1, 1)))
+    act = _OV_ACTS[type(module[1])]
+    if act == "clamp6":
+        y = ops.clamp(y, 0.0, 6.0)
+    elif act is not None:
+        y = getattr(ops, act)(y)
+    return ov.Model([y], [x], "row")
+
+
+@register_backend("openvino")
+class OpenVINOBackend(Backend):
+    """Intel OpenVINO Runtime on CPU: latency rows built as OpenVINO graphs, networks read from their exported
+    ONNX (as deployed), compiled with the LATENCY hint, one stream, ``threads`` inference threads (default:
+    torch's) and float32 inference precision (a CPU with bf16 or AMX units would otherwise run in bf16).
+    Each compiled model is a session; depthcut.latency.compare interleaves them as for ONNX Runtime."""
+
+    own_threads = True
+    DRIFT = 0.02     # assumed as ONNX Runtime's at the machine's threads until bench/timing_coverage.py measures it
+
+    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
+                 threads: int | None = None):
+        super().__init__(device, memory_format)
+        self.memory_format = "contiguous"    # an exported graph has no memory format (as for ONNX Runtime)
+        if threads is not None and threads < 1:
+            raise DepthcutError(f"openvino threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "threads": self.intra_op_threads(), "performance_hint": "LATENCY",
+                "num_streams": 1, "inference_precision": "f32"}
+
+    def missing(self) -> str:
+        if self.device.type != "cpu":
+            return f"the openvino backend runs on CPU only here (got device {self.device})"
+        return "" if importlib.util.find_spec("openvino") else "package openvino is not installed " \
+                                                                 "(pip install depthcut[openvino])"
+
+    def version(self) -> str:
+        return importlib.import_module("openvino").__version__
+
+    def intra_op_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def _runner(self, model, example_input: torch.Tensor) -> Runner:
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
+                  "INFERENCE_NUM_THREADS": str(self.intra_op_threads()), "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = ov.Core().compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        feed = {0: example_input.detach().cpu().float().numpy()}
+
+        def run() -> Any:
+            return list(request.infer(feed, share_inputs=True).values())   # as ONNX Runtime: a list of outputs
+        run.keepalive = (compiled, request, feed)   # type: ignore[attr-defined]
+        return run
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        row = conv_row_openvino(module, tuple(example_input.shape))
+        if row is not None:
+            return self._runner(row, example_input)
+        return self.prepare_sessions(module, example_input, 1)[0]
+
+    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """One export, ``n`` compiled models (a latency row, built without an export, simply n times)."""
+        if conv_row_openvino(module, tuple(example_input.shape)) is not None:
+            return super().prepare_sessions(module, example_input, n)
+        with tempfile.TemporaryDirectory(prefix="depthcut-ov-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(module, example_input, path)
+            return self.sessions_from_file(path, example_input, n)
+
+    def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
+        """``n`` runners of an exported ``.onnx`` file (read once; the model is in memory afterwards)."""
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        return [self._runner(model, example_input) for _ in range(n)]
+
+
 @register_backend("tensorrt")
 class TensorRTBackend(Backend):
     """NVIDIA TensorRT (fp32 engine built from ONNX). Needs CUDA and the ``tensorrt`` Python package.

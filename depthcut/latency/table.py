@@ -103,7 +103,7 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
 
     Candidates with the same :func:`row_key` share one row; identity options (``kept == ()``) cost 0. The
     rows are timed by :func:`time_rows` (``how``: its warmup, repeats, passes, ... and ``refresh``).
-    ``backend`` is a name ("eager", "compile", "onnxruntime", "tensorrt") or a :class:`Backend` instance
+    ``backend`` is a name ("eager", "compile", "onnxruntime", "openvino", "tensorrt") or a :class:`Backend` instance
     (e.g. ``get_backend("eager", device="cuda")``).
     """
     candidates = list(candidates)

@@ -1,0 +1,95 @@
+"""The OpenVINO latency backend (issue 31), each check in a fresh interpreter.
+
+OpenVINO's CPU plugin brings its own TBB thread pool and ONNX frontend; in one pytest process with
+scikit-learn's data loaders and ONNX Runtime loaded, a later ``subprocess.run`` (a fork) crashed the process
+(SIGSEGV) after an OpenVINO model had been read from ONNX. The checks therefore run in their own interpreter,
+as a user's timing run does, and the suite's process never loads OpenVINO."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from depthcut.errors import DepthcutError
+from depthcut.latency import BackendUnavailableError, get_backend
+from depthcut.latency import backends
+
+needs_openvino = pytest.mark.skipif(not get_backend("openvino", check=False).available(),
+                                    reason="openvino not installed")
+
+
+def run_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@needs_openvino
+def test_openvino_rows_compute_the_row():
+    """Rows are built from OpenVINO's opset, not exported: they must compute the row's function (conv,
+    grouped or not, strided, bias, every activation the analysis records)."""
+    print(run_python("""
+        import torch
+        from torch import nn
+        from depthcut.latency import get_backend
+        from depthcut.latency.backends import conv_row_openvino
+        backend = get_backend("openvino")
+        for act in (nn.ReLU(), nn.ReLU6(), nn.Sigmoid(), nn.Tanh(), nn.SiLU(), nn.Hardswish(), nn.Hardsigmoid(),
+                    nn.Identity()):
+            for groups, stride, kernel in ((1, 1, 3), (8, 2, 5), (1, 2, 1)):
+                row = nn.Sequential(nn.Conv2d(8, 16, kernel, stride=stride, padding=kernel // 2, groups=groups),
+                                    act).eval()
+                x = torch.randn(2, 8, 9, 9)
+                assert conv_row_openvino(row, tuple(x.shape)) is not None
+                out = torch.as_tensor(backend.prepare(row, x)()[0])
+                torch.testing.assert_close(out, row(x).detach(), rtol=1e-4, atol=1e-5)
+        print("rows ok")
+    """))
+
+
+@needs_openvino
+def test_openvino_sessions_tables_and_fingerprint(tmp_path):
+    """Networks: one ONNX export, n independent compiled models computing the network. The latency table
+    deduplicates and caches its rows on OpenVINO as on the other backends, under its own fingerprint."""
+    run_python(f"""
+        import torch
+        from torch import nn
+        from depthcut.cnn.chain import Candidate
+        from depthcut.latency import get_backend, latency_store, latency_table
+        from depthcut.latency import backends
+        exports = []
+        real = backends.export_onnx
+        backends.export_onnx = lambda *a, **k: (exports.append(1), real(*a, **k))[1]
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+        x = torch.randn(1, 3, 8, 8)
+        runners = get_backend("openvino").prepare_sessions(net, x, 3)
+        assert len({{id(r) for r in runners}}) == 3 and len(exports) == 1
+        for run in runners:
+            torch.testing.assert_close(torch.as_tensor(run()[0]), net(x).detach(), rtol=1e-4, atol=1e-5)
+        c = Candidate(start=0, end=2, kept=(0, 1), kernel=5, stride=1, depthwise=False, in_channels=16,
+                      out_channels=32, input_shape=(1, 16, 8, 8), activation="relu")
+        twin = Candidate(start=2, end=4, kept=(2, 3), kernel=5, stride=1, depthwise=False, in_channels=16,
+                         out_channels=32, input_shape=(1, 16, 8, 8), activation="relu")
+        how = dict(cache_dir={str(tmp_path)!r}, repeats=3, warmup=1, passes=2, progress=False)
+        table = latency_table([c, twin], "openvino", **how)
+        assert table[c.key] == table[twin.key] and table[c.key].median_ms > 0
+        assert latency_table([c, twin], "openvino", **how) == table
+        described = get_backend("openvino", threads=1).describe()
+        assert (described["backend"], described["threads"], described["inference_precision"]) == ("openvino", 1, "f32")
+        assert latency_store(get_backend("openvino"), 1, {str(tmp_path)!r}).dir != latency_store(
+            get_backend("onnxruntime"), 1, {str(tmp_path)!r}).dir
+    """)
+
+
+def test_a_missing_openvino_names_its_extra_in_one_line(monkeypatch):
+    assert backends.has_own_threads("openvino")              # timing_threads sets its inference threads
+    real = backends.importlib.util.find_spec
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    with pytest.raises(BackendUnavailableError) as e:
+        get_backend("openvino")
+    assert "pip install depthcut[openvino]" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DepthcutError, match="threads must be >= 1"):
+        get_backend("openvino", check=False, threads=0)
