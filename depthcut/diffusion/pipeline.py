@@ -286,6 +286,7 @@ def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.T
     fine-tuned as the landing asks for budgets. A fine-tuned entry is the full table's (same store, same
     recipe, same seed), so a killed run resumes and a later full run reuses it."""
     from ..importance.adaptive import AdaptiveFrontier, Refinement, calibrate_bounds, sample_keys
+    from ..progress import progress
     from ..search.layermerge import solve
     from . import score as S
     from .search import search_rows
@@ -296,14 +297,14 @@ def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.T
     scored = scored_rows(rows)
 
     def refine(todo) -> dict[str, float]:
-        for row in todo:
+        for row in progress(todo, desc="importance (fine-tuned)", enabled=config.progress, unit="row"):
             if row.key not in store:
                 store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference,
                                                   config.importance_steps, config.importance_lr, config.seed)
         return {row.key: float(store[row.key]) for row in todo}
 
     t0 = time.perf_counter()
-    for row in scored:
+    for row in progress(scored, desc="importance (cheap)", enabled=config.progress, unit="row"):
         if row.key not in cheap_store:
             cheap_store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, base_loss, 0,
                                                     config.importance_lr, config.seed)
