@@ -89,8 +89,10 @@ def summarise(config: str, drift: float, estimates: list[dict], seconds: list[fl
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Coverage of the 95 % speed-up intervals: `python bench/timing_coverage.py --repeats "
-             f"{report['repeats']}`", "",
+    command = f"python bench/timing_coverage.py --repeats {report['repeats']}"
+    if report.get("command_extra"):
+        command += " " + report["command_extra"]
+    lines = [f"# Coverage of the 95 % speed-up intervals: `{command}`", "",
              f"{report['model']} against a latency-only LayerMerge plan of it ({len(report['plan'])} merged blocks), "
              f"{report['cpu']}, torch {report['torch']}, default threads {report['threads']}. Each configuration "
              f"timed the pair {report['repeats']} times with the final-timing protocol (fresh sessions each time; "
@@ -132,7 +134,10 @@ def main() -> None:
         print(f"repeat {k + 1}/{args.repeats}: " + ", ".join(f"{c} x{results[c][-1]['ratio']:.3f} "
                                                              f"[{results[c][-1]['low']:.3f}, {results[c][-1]['high']:.3f}]"
                                                              for c in args.configs), flush=True)
+    extra = ("" if args.configs == list(CONFIGS) else "--configs " + " ".join(args.configs)) + (
+        "" if Path(args.out) == OUT else f" --out {Path(args.out).relative_to(ROOT) if Path(args.out).is_relative_to(ROOT) else args.out}")
     report = {"model": "resnet20_fmnist", "plan": plan, "repeats": args.repeats, "cpu": platform.machine(),
+              "command_extra": extra.strip(),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "protocol": ", ".join(f"{k} {v}" for k, v in how.items()),
               "configs": [summarise(c, backends[c].drift(), results[c], seconds[c]) for c in args.configs]}
