@@ -260,22 +260,30 @@ def importance_table(unet, rows, finetune: torch.Tensor, held: torch.Tensor, sch
                      config: GenerationConfig) -> dict[str, float]:
     """Every row's importance, each entry written atomically to the cache as it finishes: the table is the
     expensive stage (one short fine-tune per merged row), so a killed run resumes where it stopped."""
+    store = _importance_store(unet, finetune, held, scheduler, config)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config, store)
+    return _scored_into(store, rows, "importance", unet, finetune, held, scheduler, reference, config)
+
+
+def _scored_into(store, rows, desc: str, unet, finetune: torch.Tensor, held: torch.Tensor, scheduler,
+                 reference: float, config: GenerationConfig, steps: int | None = None) -> dict[str, float]:
+    """Each row's importance (``steps`` fine-tune steps, default the config's), computed into ``store`` where
+    it is missing, each entry written atomically as it finishes, so a killed run resumes where it stopped."""
     from ..progress import progress
     from . import score as S
 
-    store = _importance_store(unet, finetune, held, scheduler, config)
-    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config, store)
-    todo = [r for r in rows if r.key not in store]
-    for row in progress(todo, desc="importance", enabled=config.progress, unit="row"):
-        store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference, config.importance_steps,
+    steps = config.importance_steps if steps is None else steps
+    for row in progress([r for r in rows if r.key not in store], desc=desc, enabled=config.progress, unit="row"):
+        store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference, steps,
                                           config.importance_lr, config.seed)
     return {r.key: float(store[r.key]) for r in rows}
 
 
 def scored_rows(rows) -> list:
-    """The rows whose importance takes a fine-tune: a merged block and a removed conv (an original single conv
-    changes nothing and scores exactly 1)."""
-    return [r for r in rows if r.span == "conv1+conv2" or not r.kept]
+    """The rows whose importance takes a fine-tune (depthcut.diffusion.score.takes_finetune)."""
+    from .score import takes_finetune
+
+    return [r for r in rows if takes_finetune(r)]
 
 
 def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.Tensor, scheduler, base_loss: float,
@@ -286,9 +294,7 @@ def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.T
     fine-tuned as the landing asks for budgets. A fine-tuned entry is the full table's (same store, same
     recipe, same seed), so a killed run resumes and a later full run reuses it."""
     from ..importance.adaptive import AdaptiveFrontier, Refinement, calibrate_bounds, sample_keys
-    from ..progress import progress
     from ..search.layermerge import solve
-    from . import score as S
     from .search import search_rows
 
     store = _importance_store(unet, finetune, held, scheduler, config)
@@ -297,20 +303,15 @@ def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.T
     scored = scored_rows(rows)
 
     def refine(todo) -> dict[str, float]:
-        for row in progress(todo, desc="importance (fine-tuned)", enabled=config.progress, unit="row"):
-            if row.key not in store:
-                store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, reference,
-                                                  config.importance_steps, config.importance_lr, config.seed)
-        return {row.key: float(store[row.key]) for row in todo}
+        return _scored_into(store, todo, "importance (fine-tuned)", unet, finetune, held, scheduler, reference,
+                            config)
 
     t0 = time.perf_counter()
-    for row in progress(scored, desc="importance (cheap)", enabled=config.progress, unit="row"):
-        if row.key not in cheap_store:
-            cheap_store[row.key] = S.row_importance(unet, row, finetune, held, scheduler, base_loss, 0,
-                                                    config.importance_lr, config.seed)
+    cheap = _scored_into(cheap_store, scored, "importance (cheap)", unet, finetune, held, scheduler, base_loss,
+                         config, steps=0)
     by_key = {r.key: r for r in scored}
     sample = refine([by_key[k] for k in sample_keys(list(by_key), config.seed)])
-    bounds = calibrate_bounds({k: float(cheap_store[k]) for k in by_key}, sample)
+    bounds = calibrate_bounds(cheap, sample)
     stats = Refinement(candidates=len(scored), sampled=len(sample), margin=bounds.margin,
                        seconds=time.perf_counter() - t0)
     say(f"adaptive importance: {len(scored)} rows scored cheaply, {len(sample)} fine-tuned at random; "

@@ -127,12 +127,18 @@ def finetuned_loss(unet: nn.Module, rows: list[Row], train_images: torch.Tensor,
     return denoising_loss(model, score_images, scheduler, seed=seed + 1)
 
 
+def takes_finetune(row: Row) -> bool:
+    """Whether a row's importance takes a fine-tune: a merged block or a removed conv (an original single conv
+    changes nothing and scores exactly 1)."""
+    return row.span == "conv1+conv2" or not row.kept
+
+
 def row_importance(unet: nn.Module, row: Row, train_images: torch.Tensor, score_images: torch.Tensor, scheduler,
                    base_loss: float, steps: int = 100, lr: float = 2e-4, seed: int = 0) -> float:
     """Importance of one row: only that row applied (the rest of the U-Net as it is), fine-tuned ``steps``
     steps, scored on ``score_images`` against ``base_loss``. An original single conv changes nothing and scores
     exp(0) = 1."""
-    if row.span != "conv1+conv2" and row.kept:
+    if not takes_finetune(row):
         return 1.0
     loss = finetuned_loss(unet, [row], train_images, score_images, scheduler, steps, lr, seed)
     return importance(loss, base_loss)

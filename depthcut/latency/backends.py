@@ -474,13 +474,19 @@ _ONNX_ACTS = {
 }
 
 
+def is_plain_row(module: nn.Module, activations: dict) -> bool:
+    """A latency row as the table builds it - ``nn.Sequential(Conv2d, activation)`` - with an activation the
+    runtime's graph builder knows (``activations``): what a backend may build directly instead of exporting."""
+    return (isinstance(module, nn.Sequential) and len(module) == 2 and type(module[0]) is nn.Conv2d
+            and type(module[1]) in activations and isinstance(module[0].padding, tuple))
+
+
 def conv_row_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict] | None:
     """A latency row - ``nn.Sequential(Conv2d, activation)`` - as (serialized ONNX graph whose weights are
     marked external, {name: weight array}) for ONNX Runtime's ``add_external_initializers``: the weights are
     used in place, never copied into a protobuf (through torch.onnx a 420 MB merged kernel of ResNet-152 costs
     ~3 GB). None for anything else (then the exporter is used)."""
-    if not (isinstance(module, nn.Sequential) and len(module) == 2 and type(module[0]) is nn.Conv2d
-            and type(module[1]) in _ONNX_ACTS and isinstance(module[0].padding, tuple)):
+    if not is_plain_row(module, _ONNX_ACTS):
         return None
     from onnx import TensorProto, helper, numpy_helper
 
@@ -527,8 +533,49 @@ def _np_scalar(value: float):
     return np.array(value, dtype=np.float32)
 
 
+class CpuRuntimeBackend(Backend):
+    """A CPU inference runtime with its own thread pool (``threads``, default torch's: ``timing_threads``),
+    reading exported graphs (no memory format of its own), from an optional package (``package``, installed by
+    the ``extra``). Its drift floors: bench/results/timing_coverage*.md."""
+
+    own_threads = True
+    package = extra = "?"
+
+    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
+                 threads: int | None = None):
+        super().__init__(device, memory_format)
+        # an exported graph has no memory format (the runtime picks its own layouts): channels_last fine-tunes
+        # time, and share latency tables, exactly as contiguous ones
+        self.memory_format = "contiguous"
+        if threads is not None and threads < 1:
+            raise DepthcutError(f"{self.name} threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def drift(self) -> float:
+        """bench/results/timing_coverage.md: at 1 thread the intervals held without a floor (0.95); at the
+        machine's 2 threads they held 0.90 on a quiet machine and the repeats spread 3.6 %. OpenVINO
+        (timing_coverage_openvino.md, two runs of 20 repeats) held at least 0.95 / 0.90 with no floor at all:
+        there these floors are margin."""
+        return 0.005 if self.intra_op_threads() == 1 else 0.02
+
+    def missing(self) -> str:
+        if self.device.type != "cpu":
+            return f"the {self.name} backend runs on CPU only (got device {self.device})"
+        return "" if importlib.util.find_spec(self.package) else \
+            f"package {self.package} is not installed (pip install depthcut[{self.extra}])"
+
+    def version(self) -> str:
+        return importlib.import_module(self.package).__version__
+
+    def intra_op_threads(self) -> int:
+        return self.threads or torch.get_num_threads()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "threads": self.intra_op_threads()}
+
+
 @register_backend("onnxruntime")
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(CpuRuntimeBackend):
     """ONNX Runtime, CPUExecutionProvider, all graph optimisations, intra-op threads = ``threads`` (default:
     torch's threads).
 
@@ -542,12 +589,7 @@ class OnnxRuntimeBackend(Backend):
     gave per-round ratios from x0.46 to x2.9 with spinning, and within 4% without (issue 9).
     """
 
-    own_threads = True
-
-    def drift(self) -> float:
-        """bench/results/timing_coverage.md: at 1 thread the intervals held without a floor (0.95); at the
-        machine's 2 threads they held 0.90 on a quiet machine and the repeats spread 3.6 %."""
-        return 0.005 if self.intra_op_threads() == 1 else 0.02
+    package, extra = "onnxruntime", "onnx"
 
     # ONNX Runtime's NchwcTransformer reorders a conv's weights into its blocked layout when the session is
     # created and holds about 5x the weights while it does (measured 4.9x on rows of 30 MB to 410 MB); for
@@ -560,33 +602,15 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
                  max_transient_gb: float | None = None, threads: int | None = None):
-        super().__init__(device, memory_format)
-        # an exported graph has no memory format (ONNX Runtime picks its own layouts): channels_last fine-tunes
-        # time, and share latency tables, exactly as contiguous ones
-        self.memory_format = "contiguous"
-        if threads is not None and threads < 1:
-            raise DepthcutError(f"onnxruntime threads must be >= 1, got {threads}")
-        self.threads = threads
+        super().__init__(device, memory_format, threads)
         if max_transient_gb is None:
             max_transient_gb = float(os.environ.get("DEPTHCUT_ORT_MAX_TRANSIENT_GB", "2"))
         self.max_transient_bytes = int(max_transient_gb * 2**30)
         self.nchwc_estimated_rows: list[dict[str, float]] = []
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.intra_op_threads(), "intra_op_spinning": False,
+        return {**super().describe(), "intra_op_spinning": False,
                 "nchwc_transient_cap_gb": round(self.max_transient_bytes / 2**30, 3)}
-
-    def missing(self) -> str:
-        if self.device.type != "cpu":
-            return f"the onnxruntime backend runs on CPU only (got device {self.device})"
-        return "" if importlib.util.find_spec("onnxruntime") else "package onnxruntime is not installed " \
-                                                                   "(pip install depthcut[onnx])"
-
-    def version(self) -> str:
-        return importlib.import_module("onnxruntime").__version__
-
-    def intra_op_threads(self) -> int:
-        return self.threads or torch.get_num_threads()
 
     def _options(self, nchwc: bool = True):
         import onnxruntime as ort
@@ -635,7 +659,7 @@ class OnnxRuntimeBackend(Backend):
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
-        if conv_row_onnx(module, tuple(example_input.shape)) is not None:
+        if is_plain_row(module, _ONNX_ACTS):
             return super().prepare_sessions(module, example_input, n)
         return self._exported_sessions(module, example_input, n)
 
@@ -685,8 +709,7 @@ def conv_row_openvino(module: nn.Module, input_shape: tuple[int, ...]):
     """A latency row - ``nn.Sequential(Conv2d, activation)`` - as an OpenVINO model built from its opset (the
     weights as constants, no export: the table has hundreds of rows); None for anything else (then the
     module is exported to ONNX and read, as whole networks are)."""
-    if not (isinstance(module, nn.Sequential) and len(module) == 2 and type(module[0]) is nn.Conv2d
-            and type(module[1]) in _OV_ACTS and isinstance(module[0].padding, tuple)):
+    if not is_plain_row(module, _OV_ACTS):
         return None
     import openvino as ov
     import openvino.opset13 as ops
@@ -712,43 +735,16 @@ def conv_row_openvino(module: nn.Module, input_shape: tuple[int, ...]):
 
 
 @register_backend("openvino")
-class OpenVINOBackend(Backend):
+class OpenVINOBackend(CpuRuntimeBackend):
     """Intel OpenVINO Runtime on CPU: latency rows built as OpenVINO graphs, networks read from their exported
     ONNX (as deployed), compiled with the LATENCY hint, one stream, ``threads`` inference threads (default:
     torch's) and float32 inference precision (a CPU with bf16 or AMX units would otherwise run in bf16).
     Each compiled model is a session; depthcut.latency.compare interleaves them as for ONNX Runtime."""
 
-    own_threads = True
-
-    def drift(self) -> float:
-        """As ONNX Runtime's. bench/timing_coverage.py on OpenVINO (bench/results/timing_coverage_openvino.md,
-        the second of two runs of 20 repeats): without a floor the intervals held at least 0.95 at the
-        machine's 2 threads and 0.90 at 1 thread in both runs, so these floors are margin."""
-        return 0.005 if self.intra_op_threads() == 1 else 0.02
-
-    def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
-                 threads: int | None = None):
-        super().__init__(device, memory_format)
-        self.memory_format = "contiguous"    # an exported graph has no memory format (as for ONNX Runtime)
-        if threads is not None and threads < 1:
-            raise DepthcutError(f"openvino threads must be >= 1, got {threads}")
-        self.threads = threads
+    package = extra = "openvino"
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.intra_op_threads(), "performance_hint": "LATENCY",
-                "num_streams": 1, "inference_precision": "f32"}
-
-    def missing(self) -> str:
-        if self.device.type != "cpu":
-            return f"the openvino backend runs on CPU only here (got device {self.device})"
-        return "" if importlib.util.find_spec("openvino") else "package openvino is not installed " \
-                                                                 "(pip install depthcut[openvino])"
-
-    def version(self) -> str:
-        return importlib.import_module("openvino").__version__
-
-    def intra_op_threads(self) -> int:
-        return self.threads or torch.get_num_threads()
+        return {**super().describe(), "performance_hint": "LATENCY", "num_streams": 1, "inference_precision": "f32"}
 
     def _runner(self, model, example_input: torch.Tensor) -> Runner:
         import openvino as ov
@@ -772,7 +768,7 @@ class OpenVINOBackend(Backend):
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """One export, ``n`` compiled models (a latency row, built without an export, simply n times)."""
-        if conv_row_openvino(module, tuple(example_input.shape)) is not None:
+        if is_plain_row(module, _OV_ACTS):
             return super().prepare_sessions(module, example_input, n)
         with tempfile.TemporaryDirectory(prefix="depthcut-ov-") as tmp:
             path = os.path.join(tmp, "model.onnx")
