@@ -62,7 +62,7 @@ def config_from_args(args: argparse.Namespace, **per_run: Any):
     if args.config:
         return LayerMergeConfig.load(args.config)
     fields = {
-        "backend": args.backend, "batch_size": args.batch_size, "data": args.data,
+        "backend": args.backend, "quantize": args.quantize, "batch_size": args.batch_size, "data": args.data,
         "importance": args.importance, "importance_steps": args.importance_steps,
         "importance_mode": args.importance_mode, "adaptive_tolerance": args.adaptive_tolerance,
         "recovery_epochs": args.recovery_epochs, "distill": not args.no_distill,
@@ -96,7 +96,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         return 0
     print(f"speed-up x{r['speedup']:.2f} [95% CI {r['speedup_low']:.2f}-{r['speedup_high']:.2f}] on {r['backend']} (batch {r['batch_size']}): "
           f"{r['latency_ms_before']:.3f} -> {r['latency_ms_after']:.3f} ms; accuracy "
-          f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}; report in {args.out}/report.md")
+          f"{r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}"
+          + (f" (int8: {r['int8']['accuracy_int8_before']:.2f} -> {r['int8']['accuracy_int8_after']:.2f})"
+             if r.get("int8") else "") + f"; report in {args.out}/report.md")
     return 0
 
 
@@ -151,6 +153,8 @@ def add_run_options(c: argparse.ArgumentParser) -> None:
     """The options of one compression run (a LayerMergeConfig), shared by ``compress`` and ``compare``."""
     c.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, digits, or an image folder")
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, openvino, tensorrt")
+    c.add_argument("--quantize", default=None, choices=["int8"],
+                   help="deploy int8 (onnxruntime / openvino): tables, landing and timing measure int8 networks")
     c.add_argument("--latency-model", default=None, choices=["per-call", "additive"],
                    help="rows minus the runtime's per-call cost (default), or plain sums")
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "

@@ -37,6 +37,8 @@ class CompressResult:
     example: torch.Tensor | None = field(default=None, repr=False)      # the input the ONNX export traces
     # the network the plan applies to, when it is not the original (depth and width: the width-pruned one)
     base: nn.Module | None = field(default=None, repr=False)
+    # with ``quantize="int8"``: the deployed network quantized, as a QDQ ONNX file's bytes (model_int8.onnx)
+    int8_onnx: bytes | None = field(default=None, repr=False)
 
     def save_pretrained(self, out: str | Path) -> Path:
         """Write the deployable result to ``out``: state dicts and plan (or the pruned module for the channel
@@ -45,6 +47,11 @@ class CompressResult:
         from .report import write_joint_outputs, write_outputs, write_width_outputs
 
         out = Path(out)
+        if self.int8_onnx is not None:
+            from .cache import atomic_write_text
+
+            atomic_write_text(out / "model_int8.onnx", self.int8_onnx)
+            self.report["onnx_int8"] = "model_int8.onnx"
         example = self.example if self.example is not None else torch.randn(self.report["input_shape"])
         writer = (write_joint_outputs if self.base is not None else write_outputs if self.plan is not None
                   else write_width_outputs)
@@ -92,7 +99,9 @@ class Compression:
         original = copy.deepcopy(resolved.model).to(device).eval()
         self.backend = get_backend(config.backend, device=device,
                                    memory_format="channels_last" if config.channels_last else "contiguous",
-                                   **({"threads": config.timing_threads} if config.timing_threads else {}))
+                                   **({"threads": config.timing_threads} if config.timing_threads else {}),
+                                   **({"quantize": config.quantize} if config.quantize else {}))
+        self.int8_onnx: bytes | None = None      # the deployed int8 file, once measured_fields has made it
         if splits is None:
             splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
                                  train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
@@ -201,7 +210,8 @@ class Compression:
         """Every stage, as the deployable result."""
         unmerged, merged, _ = self.recovered
         result = CompressResult(merged, unmerged, self.chosen.plan, self.report,
-                                [(s.latency_ms, s.importance) for s in self.frontier.pareto()], self.example)
+                                [(s.latency_ms, s.importance) for s in self.frontier.pareto()], self.example,
+                                int8_onnx=self.int8_onnx)
         r = self.report
         self.say(f"done in {r['seconds']:.0f} s: x{r['speedup']:.2f} [{r['speedup_low']:.2f}, "
                  f"{r['speedup_high']:.2f}] measured on {self.config.backend}, accuracy "
@@ -606,13 +616,58 @@ def measured_fields(run: "Compression", final, deployed: nn.Module) -> dict[str,
 
     acc_before, acc_after = evaluate(run.original, run.splits.test), evaluate(deployed, run.splits.test)
     before, after = count_layers(run.original, run.input_shape), count_layers(deployed, run.input_shape)
-    return {"latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
+    int8 = {"int8": int8_fields(run, deployed)} if run.config.quantize else {}
+    return {**int8,"latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
             "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
             "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
             "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
             "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
             **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
             **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")}}
+
+
+def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
+    """int8 deployment (``quantize="int8"``): the original and the deployed network - the latter checked
+    against its intended function in float before this - quantized on the same images of the scoring split,
+    their accuracy on the test split run by the backend's runtime, how each follows its float network, and the
+    four networks (float and int8, original and deployed) timed in the same rounds against the float original.
+    The deployed file is kept for ``save_pretrained`` (``run.int8_onnx``)."""
+    from .latency import get_backend
+    from .latency.compare import compare_many, with_drift
+    from .latency.quantize import Int8Deployment, agreement, calibration_batches
+
+    config = run.config
+    batches = calibration_batches(run.splits.score)
+    run.say(f"int8: quantizing the original and the deployed network on {sum(map(len, batches))} images of "
+            f"the scoring split")
+    networks = {"original": copy.deepcopy(run.original).cpu().eval(), "deployed": copy.deepcopy(deployed).cpu().eval()}
+    files = Int8Deployment(networks, run.example, batches)
+    run.int8_onnx = files.files["deployed"].read_bytes()
+    follows = {name: agreement(networks[name], run.backend.predictor(files.files[name]), run.splits.test)
+               for name in networks}
+    floating = get_backend(config.backend, device=run.device,
+                           **({"threads": config.timing_threads} if config.timing_threads else {}))
+    sessions = config.timing_sessions
+    # each file with its batch fixed to the timing input's, as a deployment at that batch would be
+    runners = {f"{kind} {name}": floating.sessions_from_file(files.fixed(name, kind, run.example.shape[0]),
+                                                            run.example, sessions)
+               for name in networks for kind in ("float", "int8")}
+    run.say("int8: timing the float and int8 networks in the same rounds")
+    timed = compare_many(runners, reference="float original", rounds=max(20, 5 * sessions))
+    timed = {name: with_drift(e, floating.drift()) for name, e in timed.items()}
+    described = run.backend.describe()
+    return {"quantizer": described["quantizer"], "calibration_images": files.calibration_images,
+            "accuracy_float_before": follows["original"]["accuracy_float"],
+            "accuracy_float_after": follows["deployed"]["accuracy_float"],
+            "accuracy_int8_before": follows["original"]["accuracy_int8"],
+            "accuracy_int8_after": follows["deployed"]["accuracy_int8"],
+            "top1_agreement_before": follows["original"]["top1_agreement"],
+            "top1_agreement_after": follows["deployed"]["top1_agreement"],
+            "relative_error_before": follows["original"]["relative_error"],
+            "relative_error_after": follows["deployed"]["relative_error"],
+            # against the float original, one joint timing; int8 deployed over int8 original is their quotient
+            "speedups_over_float_original": {name: e.to_dict() for name, e in timed.items()},
+            "speedup_int8_over_int8_original": timed["int8 deployed"].ratio / timed["int8 original"].ratio}
 
 
 def _verification_fields(verified: dict[str, Any], merge_check: dict[str, Any]) -> dict[str, Any]:
@@ -747,7 +802,7 @@ def compress_width(run: "Compression", out) -> CompressResult:
                    for p in landing.probes], "config": config.to_dict(),
         "seconds": time.time() - run.t_start,
     }
-    result = CompressResult(pruned, pruned, None, report, [], run.example)
+    result = CompressResult(pruned, pruned, None, report, [], run.example, int8_onnx=run.int8_onnx)
     if out is not None:
         result.save_pretrained(out)
     run.say(f"done in {report['seconds']:.0f} s: x{final.ratio:.2f} [{final.low:.2f}, {final.high:.2f}] at "

@@ -30,6 +30,9 @@ class LayerMergeConfig(ConfigBase):
 
     method: str = "layermerge"
     backend: str = "onnxruntime"
+    # "int8": the network is deployed quantized (post-training static, calibrated on the scoring split): the
+    # latency rows, the landing and the final timing measure int8 networks (depthcut.latency.quantize)
+    quantize: str | None = None
     # where everything runs (tables, fine-tunes, evaluation, timings); None: "cuda" when a GPU is present and
     # the backend can use it, else "cpu"
     device: str | None = None
@@ -139,7 +142,12 @@ class LayerMergeConfig(ConfigBase):
         at_least("recovery_procs", self.recovery_procs, 1)
         if self.shard is not None and not (len(self.shard) == 2 and 0 <= self.shard[0] < self.shard[1]):
             raise DepthcutError(f"shard must be i/n with 0 <= i < n, got {'/'.join(map(str, self.shard))}")
-        from .latency.backends import has_own_threads
+        from .latency.backends import can_quantize, has_own_threads
+        from .latency.quantize import check_quantize
+        check_quantize(self.quantize)
+        if self.quantize and not can_quantize(self.backend):
+            raise DepthcutError(f"quantize={self.quantize!r} needs a backend that runs int8 networks "
+                                f"(onnxruntime or openvino), not {self.backend!r}")
         if self.timing_threads is not None and not has_own_threads(self.backend):
             raise DepthcutError(f"timing_threads sets the thread pool of a runtime that has its own, as ONNX "
                                 f"Runtime does; the {self.backend!r} backend times with torch's threads (set threads)")

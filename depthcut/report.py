@@ -151,8 +151,8 @@ def plot_frontier(result, path: Path) -> str | None:
 
 def render_markdown(r: dict[str, Any]) -> str:
     """report.md: the headline, what changed, what was checked, the plan, and how the landing got there."""
-    lines = [f"# depthcut report: {r['model']}", "", *_headline(r), "", *_before_after(r), "", *_verification(r),
-             "", *_plan(r), "", *_landing(r)]
+    lines = [f"# depthcut report: {r['model']}", "", *_headline(r), "", *_before_after(r), "", *_int8(r),
+             *_verification(r), "", *_plan(r), "", *_landing(r)]
     if r.get("frontier_png"):
         lines += ["", f"![frontier]({r['frontier_png']})"]
     lines += ["", f"Finished in {r['seconds']:.0f} s.", ""]
@@ -191,6 +191,31 @@ def _before_after(r: dict[str, Any]) -> list[str]:
             row("MACs", r["macs_before"], r["macs_after"]),
             row("convolutions", r["convs_before"], r["convs_after"]),
             row("activations", r["activations_before"], r["activations_after"])]
+
+
+def _int8(r: dict[str, Any]) -> list[str]:
+    """With ``quantize="int8"``: float and int8, before and after, and the four networks' joint timing."""
+    q = r.get("int8")
+    if not q:
+        return []
+    timed = q["speedups_over_float_original"]
+
+    def speed(name):
+        e = timed[name]
+        return f"x{e['ratio']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+    return ["## int8 deployment", "",
+            f"The original and the deployed network quantized ({q['quantizer']}) on {q['calibration_images']} images "
+            f"of the scoring split, run by {r['backend']}; the latency rows, the landing and the speed-up above "
+            f"measured int8 networks (against the int8 original). Speed-ups against the float32 original come from "
+            f"one timing of all four networks.", "",
+            "| | float32 original | int8 original | float32 deployed | int8 deployed |", "|---|---|---|---|---|",
+            f"| accuracy (%) | {q['accuracy_float_before']:.2f} | {q['accuracy_int8_before']:.2f} | "
+            f"{q['accuracy_float_after']:.2f} | {q['accuracy_int8_after']:.2f} |",
+            f"| speed-up over the float32 original | x1 | {speed('int8 original')} | {speed('float deployed')} | "
+            f"{speed('int8 deployed')} |",
+            f"| int8 agreement with its float32 network (top-1 %, relative error) | | {q['top1_agreement_before']:.2f}, "
+            f"{q['relative_error_before']:.1e} | | {q['top1_agreement_after']:.2f}, {q['relative_error_after']:.1e} |",
+            ""]
 
 
 def _verification(r: dict[str, Any]) -> list[str]:

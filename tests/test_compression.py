@@ -289,3 +289,33 @@ def test_adaptive_importance_fine_tunes_a_part_of_the_table_and_resumes(trained,
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps               # nothing recomputed
     assert again.report["plan_blocks"] == result.report["plan_blocks"]
     assert full.report["importance_mode"] == "full" and "importance_adaptive" not in full.report
+
+
+def test_int8_deployment_times_int8_networks_and_reports_both_precisions(trained, tmp_path):
+    """quantize="int8": the latency rows are timed quantized (their own cache), and the report gives float32
+    and int8 accuracy of the original and the deployed network, how the int8 networks follow their float ones,
+    and the speed-ups of all four against the float32 original; model_int8.onnx is the network measured."""
+    pytest.importorskip("onnxruntime")
+    from depthcut.latency.quantize import agreement, onnx_predictor
+
+    model, splits = trained
+    out = tmp_path / "out"
+    # a budget every plan meets: the landing is not what this checks (real timings of a tiny network)
+    result = compress(model, config(tmp_path, backend="onnxruntime", quantize="int8", speedup=None, latency_ms=1e3,
+                                    importance="none", recovery_epochs=0), out=out, splits=splits)
+    q = result.report["int8"]
+    assert q["calibration_images"] == 200                 # the whole scoring split of 200 images
+    assert q["accuracy_float_after"] == pytest.approx(result.report["accuracy_after"])
+    for when in ("before", "after"):
+        assert q[f"top1_agreement_{when}"] > 90 and 0 < q[f"relative_error_{when}"] < 0.1
+        assert abs(q[f"accuracy_int8_{when}"] - q[f"accuracy_float_{when}"]) < 5
+    assert set(q["speedups_over_float_original"]) == {"int8 original", "float deployed", "int8 deployed"}
+    for e in q["speedups_over_float_original"].values():
+        assert 0 < e["low"] <= e["ratio"] <= e["high"]
+    # the saved file is the network whose accuracy the report states
+    saved = onnx_predictor(out / "model_int8.onnx")
+    assert agreement(result.model, saved, splits.test)["accuracy_int8"] == q["accuracy_int8_after"]
+    assert json.loads((out / "report.json").read_text())["onnx_int8"] == "model_int8.onnx"
+    assert "## int8 deployment" in (out / "report.md").read_text()
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "c" / "latency").rglob("manifest.json")]
+    assert manifests and all(m.get("quantize") == "int8" for m in manifests)

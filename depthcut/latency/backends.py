@@ -243,6 +243,11 @@ def available_backends() -> list[str]:
     return [n for n in registered_backends() if _REGISTRY[n]().available()]
 
 
+def can_quantize(name: str) -> bool:
+    """Whether backend ``name`` takes ``quantize="int8"`` (False for an unknown name: checked elsewhere)."""
+    return name in _REGISTRY and _REGISTRY[name].quantizes
+
+
 def has_own_threads(name: str) -> bool:
     """Whether backend ``name`` times on a thread pool of its own (``timing_threads``); True for a name that
     is not registered, whose error comes from :func:`get_backend`."""
@@ -313,6 +318,8 @@ class Backend:
     # Whether the runtime has its own intra-op thread pool that ``timing_threads`` sets (ONNX Runtime; such a
     # backend takes a ``threads=`` option); a backend timing with torch's threads takes the config's ``threads``.
     own_threads: bool = False
+    # Whether the backend can time and run int8 networks (``quantize="int8"``: depthcut.latency.quantize).
+    quantizes: bool = False
     # The smallest relative half-width of a speed-up interval timed on this backend (compare.with_drift): what
     # the timing moves between measurements minutes apart, which no single timing sees. Measured by
     # bench/timing_coverage.py on a shared 2-core CPU (the floors that bring its coverage to 0.9).
@@ -539,10 +546,13 @@ class CpuRuntimeBackend(Backend):
     the ``extra``). Its drift floors: bench/results/timing_coverage*.md."""
 
     own_threads = True
+    quantizes = True
     package = extra = "?"
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
-                 threads: int | None = None):
+                 threads: int | None = None, quantize: str | None = None):
+        from .quantize import check_quantize
+
         super().__init__(device, memory_format)
         # an exported graph has no memory format (the runtime picks its own layouts): channels_last fine-tunes
         # time, and share latency tables, exactly as contiguous ones
@@ -550,6 +560,9 @@ class CpuRuntimeBackend(Backend):
         if threads is not None and threads < 1:
             raise DepthcutError(f"{self.name} threads must be >= 1, got {threads}")
         self.threads = threads
+        check_quantize(quantize)
+        # "int8": every network this backend times is exported and quantized first (depthcut.latency.quantize)
+        self.quantize = quantize
 
     def drift(self) -> float:
         """bench/results/timing_coverage.md: at 1 thread the intervals held without a floor (0.95); at the
@@ -561,8 +574,11 @@ class CpuRuntimeBackend(Backend):
     def missing(self) -> str:
         if self.device.type != "cpu":
             return f"the {self.name} backend runs on CPU only (got device {self.device})"
-        return "" if importlib.util.find_spec(self.package) else \
-            f"package {self.package} is not installed (pip install depthcut[{self.extra}])"
+        if not importlib.util.find_spec(self.package):
+            return f"package {self.package} is not installed (pip install depthcut[{self.extra}])"
+        if self.quantize and not importlib.util.find_spec("onnxruntime"):   # the quantizer is ONNX Runtime's
+            return "int8 quantization needs package onnxruntime (pip install depthcut[onnx])"
+        return ""
 
     def version(self) -> str:
         return importlib.import_module(self.package).__version__
@@ -571,7 +587,33 @@ class CpuRuntimeBackend(Backend):
         return self.threads or torch.get_num_threads()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "threads": self.intra_op_threads()}
+        out = {**super().describe(), "threads": self.intra_op_threads()}
+        if self.quantize:   # only where it applies, so float tables keep their fingerprints
+            out["quantize"] = self.quantize
+            out["quantizer"] = f"onnxruntime {importlib.import_module('onnxruntime').__version__} QDQ static, " \
+                               "per-channel s8 weights, u8 activations, min-max"
+        return out
+
+    def _int8_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """``n`` runners of ``module`` quantized to int8 (calibrated on ``example_input``: a timing needs the
+        int8 kernels, not good scales). A latency row is built directly, as in float, then quantized."""
+        from .quantize import quantize_onnx, quantized_file, row_file
+
+        with tempfile.TemporaryDirectory(prefix="depthcut-int8-") as tmp:
+            row = conv_row_onnx(module, tuple(example_input.shape))
+            if row is not None:
+                path = quantize_onnx(row_file(*row, tmp), os.path.join(tmp, "row_int8.onnx"), [example_input])
+            else:
+                path = quantized_file(module, example_input, tmp)
+            return self.sessions_from_file(path, example_input, n)   # read whole: the folder may go
+
+    def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
+        raise NotImplementedError
+
+    def predictor(self, path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function running the ONNX file at ``path`` (batch dimension symbolic) on a batch with this runtime:
+        how a deployed int8 network's accuracy is measured."""
+        raise NotImplementedError
 
 
 @register_backend("onnxruntime")
@@ -601,8 +643,8 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
     NCHWC_TRANSIENT = 5.0
 
     def __init__(self, device: str | torch.device = "cpu", memory_format: str = "contiguous",
-                 max_transient_gb: float | None = None, threads: int | None = None):
-        super().__init__(device, memory_format, threads)
+                 max_transient_gb: float | None = None, threads: int | None = None, quantize: str | None = None):
+        super().__init__(device, memory_format, threads, quantize)
         if max_transient_gb is None:
             max_transient_gb = float(os.environ.get("DEPTHCUT_ORT_MAX_TRANSIENT_GB", "2"))
         self.max_transient_bytes = int(max_transient_gb * 2**30)
@@ -645,6 +687,8 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
         return run
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        if self.quantize:
+            return self._int8_sessions(module, example_input, 1)[0]
         direct = conv_row_onnx(module, tuple(example_input.shape))
         if direct is not None:
             graph, weights = direct
@@ -659,6 +703,8 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
+        if self.quantize:
+            return self._int8_sessions(module, example_input, n)
         if is_plain_row(module, _ONNX_ACTS):
             return super().prepare_sessions(module, example_input, n)
         return self._exported_sessions(module, example_input, n)
@@ -676,6 +722,11 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
 
         return [self._runner(ort.InferenceSession(str(path), self._options(), providers=["CPUExecutionProvider"]),
                              example_input, []) for _ in range(n)]
+
+    def predictor(self, path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
+        from .quantize import onnx_predictor
+
+        return onnx_predictor(path, self.intra_op_threads())
 
     def _nchwc_gain(self, module: nn.Sequential, example_input: torch.Tensor, nbytes: int) -> float:
         """time(NCHWc on) / time(NCHWc off) on a proxy of the row's conv with in and out channels divided by
@@ -761,6 +812,8 @@ class OpenVINOBackend(CpuRuntimeBackend):
         return run
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        if self.quantize:
+            return self._int8_sessions(module, example_input, 1)[0]
         row = conv_row_openvino(module, tuple(example_input.shape))
         if row is not None:
             return self._runner(row, example_input)
@@ -768,6 +821,8 @@ class OpenVINOBackend(CpuRuntimeBackend):
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """One export, ``n`` compiled models (a latency row, built without an export, simply n times)."""
+        if self.quantize:
+            return self._int8_sessions(module, example_input, n)
         if is_plain_row(module, _OV_ACTS):
             return super().prepare_sessions(module, example_input, n)
         with tempfile.TemporaryDirectory(prefix="depthcut-ov-") as tmp:
@@ -781,6 +836,11 @@ class OpenVINOBackend(CpuRuntimeBackend):
 
         model = ov.Core().read_model(str(path))
         return [self._runner(model, example_input) for _ in range(n)]
+
+    def predictor(self, path: str | os.PathLike) -> Callable[[torch.Tensor], torch.Tensor]:
+        from .quantize import openvino_predictor
+
+        return openvino_predictor(path, self.intra_op_threads())
 
 
 @register_backend("tensorrt")

@@ -93,3 +93,33 @@ def test_a_missing_openvino_names_its_extra_in_one_line(monkeypatch):
     assert "pip install depthcut[openvino]" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(DepthcutError, match="threads must be >= 1"):
         get_backend("openvino", check=False, threads=0)
+
+
+@needs_openvino
+def test_openvino_int8_rows_networks_and_predictor_run_quantized():
+    """quantize="int8" on OpenVINO: rows and networks are quantized to QDQ ONNX (ONNX Runtime's quantizer)
+    and read by OpenVINO, which runs them in int8: outputs within quantization error of float32, not equal;
+    the predictor runs a deployed file at any batch."""
+    print(run_python("""
+        import tempfile, torch
+        from torch import nn
+        from depthcut.latency import get_backend
+        from depthcut.latency.quantize import quantized_file
+        backend = get_backend("openvino", quantize="int8")
+        assert backend.describe()["quantize"] == "int8"
+        torch.manual_seed(0)
+        row = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
+        net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                            nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+        for module, x in ((row, torch.randn(1, 16, 12, 12)), (net, torch.randn(1, 1, 12, 12))):
+            ref = module(x).detach()
+            for run in backend.prepare_sessions(module, x, 2):
+                out = torch.as_tensor(run()[0]).reshape(ref.shape)
+                err = float((out - ref).norm() / ref.norm())
+                assert 1e-5 < err < 0.05, err
+        with tempfile.TemporaryDirectory() as tmp:
+            path = quantized_file(net, torch.randn(1, 1, 12, 12), tmp, [torch.randn(16, 1, 12, 12)],
+                                  dynamic_batch=True)
+            assert backend.predictor(path)(torch.randn(5, 1, 12, 12)).shape == (5, 10)
+        print("int8 ok")
+    """))
