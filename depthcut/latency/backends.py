@@ -534,6 +534,12 @@ def _external_tensor(name: str, array):
     return tensor
 
 
+def _array(t: torch.Tensor):
+    """A runtime's input array: float32, or uint8 as given (an int8 latency row's input)."""
+    t = t.detach().cpu()
+    return (t if t.dtype == torch.uint8 else t.float()).numpy()
+
+
 def _np_scalar(value: float):
     import numpy as np
 
@@ -591,18 +597,20 @@ class CpuRuntimeBackend(Backend):
         if self.quantize:   # only where it applies, so float tables keep their fingerprints
             out["quantize"] = self.quantize
             out["quantizer"] = f"onnxruntime {importlib.import_module('onnxruntime').__version__} QDQ static, " \
-                               "per-channel s8 weights, u8 activations, min-max"
+                               "per-channel s8 weights, u8 activations, min-max; rows uint8 in and out"
         return out
 
     def _int8_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """``n`` runners of ``module`` quantized to int8 (calibrated on ``example_input``: a timing needs the
         int8 kernels, not good scales). A latency row is built directly, as in float, then quantized."""
-        from .quantize import quantize_onnx, quantized_file, row_file
+        from .quantize import int8_row, quantize_onnx, quantized_file, row_file
 
         with tempfile.TemporaryDirectory(prefix="depthcut-int8-") as tmp:
             row = conv_row_onnx(module, tuple(example_input.shape))
-            if row is not None:
-                path = quantize_onnx(row_file(*row, tmp), os.path.join(tmp, "row_int8.onnx"), [example_input])
+            if row is not None:   # uint8 in and out, as inside an int8 network (quantize.int8_row)
+                path = quantize_onnx(row_file(*row, tmp), os.path.join(tmp, "row_q.onnx"), [example_input])
+                path = int8_row(path, os.path.join(tmp, "row_int8.onnx"))
+                example_input = torch.randint(0, 256, tuple(example_input.shape), dtype=torch.uint8)
             else:
                 path = quantized_file(module, example_input, tmp)
             return self.sessions_from_file(path, example_input, n)   # read whole: the folder may go
@@ -679,7 +687,7 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
     @staticmethod
     def _runner(session, example_input: torch.Tensor, keep: list) -> Runner:
         name = session.get_inputs()[0].name
-        feed = {name: example_input.detach().cpu().float().numpy()}
+        feed = {name: _array(example_input)}
 
         def run() -> Any:
             return session.run(None, feed)
@@ -804,7 +812,7 @@ class OpenVINOBackend(CpuRuntimeBackend):
                   "INFERENCE_NUM_THREADS": str(self.intra_op_threads()), "INFERENCE_PRECISION_HINT": "f32"}
         compiled = ov.Core().compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
-        feed = {0: example_input.detach().cpu().float().numpy()}
+        feed = {0: _array(example_input)}
 
         def run() -> Any:
             return list(request.infer(feed, share_inputs=True).values())   # as ONNX Runtime: a list of outputs

@@ -98,8 +98,8 @@ def test_a_missing_openvino_names_its_extra_in_one_line(monkeypatch):
 @needs_openvino
 def test_openvino_int8_rows_networks_and_predictor_run_quantized():
     """quantize="int8" on OpenVINO: rows and networks are quantized to QDQ ONNX (ONNX Runtime's quantizer)
-    and read by OpenVINO, which runs them in int8: outputs within quantization error of float32, not equal;
-    the predictor runs a deployed file at any batch."""
+    and read by OpenVINO, which runs them in int8: a network's outputs within quantization error of float32,
+    not equal; a row computes ONNX Runtime's int8 row; the predictor runs a deployed file at any batch."""
     print(run_python("""
         import tempfile, torch
         from torch import nn
@@ -111,12 +111,19 @@ def test_openvino_int8_rows_networks_and_predictor_run_quantized():
         row = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
         net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
                             nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
-        for module, x in ((row, torch.randn(1, 16, 12, 12)), (net, torch.randn(1, 1, 12, 12))):
-            ref = module(x).detach()
-            for run in backend.prepare_sessions(module, x, 2):
-                out = torch.as_tensor(run()[0]).reshape(ref.shape)
-                err = float((out - ref).norm() / ref.norm())
-                assert 1e-5 < err < 0.05, err
+        x = torch.randn(1, 1, 12, 12)
+        ref = net(x).detach()
+        for run in backend.prepare_sessions(net, x, 2):
+            out = torch.as_tensor(run()[0]).reshape(ref.shape)
+            err = float((out - ref).norm() / ref.norm())
+            assert 1e-5 < err < 0.05, err
+        # a row: uint8 in and out (quantize.int8_row), the same int8 function as ONNX Runtime's, to one step
+        torch.manual_seed(1)
+        ov_row = backend.prepare(row, torch.randn(1, 16, 12, 12))()[0]
+        torch.manual_seed(1)
+        ort_row = get_backend("onnxruntime", quantize="int8").prepare(row, torch.randn(1, 16, 12, 12))()[0]
+        assert ov_row.dtype == ort_row.dtype == "uint8"
+        assert abs(ov_row.astype(int) - ort_row.astype(int)).max() <= 1
         with tempfile.TemporaryDirectory() as tmp:
             path = quantized_file(net, torch.randn(1, 1, 12, 12), tmp, [torch.randn(16, 1, 12, 12)],
                                   dynamic_batch=True)

@@ -26,23 +26,53 @@ def relative_error(out, ref) -> float:
     return float((torch.as_tensor(out).reshape(ref.shape) - ref).norm() / ref.norm())
 
 
-def test_int8_rows_and_networks_are_quantized_and_follow_the_float_function():
-    """A latency row (built directly) and a network (exported) on the int8 backend run int8 kernels: their
-    outputs differ from float32 by quantization error - not zero, not more than a few percent."""
+def test_int8_networks_are_quantized_and_follow_the_float_function():
+    """A network on the int8 backend runs int8 kernels: its outputs differ from float32 by quantization error -
+    not zero, not more than a few percent."""
     backend = get_backend("onnxruntime", quantize="int8")
-    row = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()).eval()
-    x = torch.randn(1, 16, 12, 12)
     net, y = small_net(), torch.randn(1, 1, 12, 12)
-    for module, inp in ((row, x), (net, y)):
-        with torch.no_grad():
-            ref = module(inp)
-        outs = [run()[0] for run in backend.prepare_sessions(module, inp, 2)]
-        for out in outs:
-            assert 1e-5 < relative_error(out, ref) < 0.05
-    float_backend = get_backend("onnxruntime")
-    assert relative_error(float_backend.prepare(row, x)()[0], row(x).detach()) < 1e-5
+    with torch.no_grad():
+        ref = net(y)
+    for run in backend.prepare_sessions(net, y, 2):
+        assert 1e-5 < relative_error(run()[0], ref) < 0.05
     # int8 timings never share a cache entry with float32 ones
+    float_backend = get_backend("onnxruntime")
     assert backend.describe()["quantize"] == "int8" and "quantize" not in float_backend.describe()
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.ReLU6(), nn.Identity(), nn.Hardswish()], ids=lambda a: type(a).__name__)
+def test_int8_rows_compute_the_quantized_row_without_its_float_boundaries(tmp_path, act):
+    """An int8 latency row takes and gives uint8, as a conv inside an int8 network does: fed the quantized
+    input, it computes exactly what the quantizer's float-wrapped row computes, quantized."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from depthcut.latency.backends import conv_row_onnx
+    from depthcut.latency.quantize import int8_row, quantize_onnx, row_file
+
+    row = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, groups=2), act).eval()
+    x = torch.randn(1, 16, 12, 12)
+    wrapped = quantize_onnx(row_file(*conv_row_onnx(row, tuple(x.shape)), tmp_path), tmp_path / "q.onnx", [x])
+    bare = int8_row(wrapped, tmp_path / "int8.onnx")
+    graph = onnx.load(str(bare)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    consts = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(wrapped)).graph.initializer}
+    q = lambda v, s, z: np.clip(np.round(v / consts[s]) + consts[z], 0, 255).astype(np.uint8)   # noqa: E731
+    x_u8 = q(x.numpy(), "x_scale", "x_zero_point")
+    y_float = ort.InferenceSession(str(wrapped)).run(None, {"x": x.numpy()})[0]
+    y_u8 = ort.InferenceSession(str(bare)).run(None, {graph.input[0].name: x_u8})[0]
+    last = graph.node[-1]
+    if last.op_type == "QuantizeLinear" and last.input[1] == "y_scale":   # a float activation (HardSwish):
+        init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}   # quantized at the row's end
+        expected = np.clip(np.round(y_float / init["y_scale"]) + init["y_zero_point"], 0, 255).astype(np.uint8)
+    else:
+        name = graph.output[0].name.replace("_QuantizeLinear_Output", "")
+        expected = q(y_float, f"{name}_scale", f"{name}_zero_point")
+    np.testing.assert_array_equal(y_u8, expected)
+    backend = get_backend("onnxruntime", quantize="int8")
+    assert backend.prepare(row, x)()[0].dtype == np.uint8
 
 
 def test_quantize_needs_a_backend_that_runs_int8():
