@@ -14,9 +14,10 @@ one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run fro
 ``--fresh N`` repeats all of it N times, each run in a new empty cache, and reports the worst error over the
 runs and whether the measured speed-up was monotone in the budget in every run.
 
-    python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--models resnet34,mobilenet_v2]
+    python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--quantize int8]
+                                  [--models resnet34,mobilenet_v2]
 
-Writes bench/results/latency_model_<backend>.{json,md}.
+Writes bench/results/latency_model_<backend>[_int8].{json,md}.
 """
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
 
 
-def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int) -> dict:
+def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int, quantize: str | None = None) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = zoo.randomize_batchnorm(entry.create())
     shape = (1, 3, size, size)
     analysis = analyze(model, shape, exclude=entry.chain_exclude, batch_size=1)
-    backend = get_backend(backend_name)
+    backend = get_backend(backend_name, **({"quantize": quantize} if quantize else {}))
     x = torch.randn(shape)
     t0 = time.time()
 
@@ -194,6 +195,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet34,mobilenet_v2")
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager", "openvino"])
+    ap.add_argument("--quantize", default=None, choices=["int8"], help="time int8 networks (onnxruntime, openvino)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--fresh", type=int, default=1, help="runs, each from a new empty cache")
     ap.add_argument("--max-rounds", type=int, default=60, help="paired rounds of the plans' joint timing")
@@ -201,11 +203,12 @@ def main() -> None:
                     help="each run makes its own empty folder under this one")
     ap.add_argument("--out", default=None, help="default: bench/results/latency_model_<backend>")
     args = ap.parse_args()
-    out = Path(args.out or ROOT / "bench" / "results" / f"latency_model_{args.backend}")
+    out = Path(args.out or ROOT / "bench" / "results" / f"latency_model_{args.backend}"
+                                                         f"{'_' + args.quantize if args.quantize else ''}")
     versions = f"torch {torch.__version__}"
     if args.backend in ("onnxruntime", "openvino"):
         versions += f", {args.backend} {get_backend(args.backend).version()}"
-    report = {"backend": args.backend, "cpu": platform.processor() or platform.machine(),
+    report = {"backend": args.backend + (f" {args.quantize}" if args.quantize else ""), "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
               "max_rounds": args.max_rounds,
               "runs": []}
@@ -213,7 +216,8 @@ def main() -> None:
     for k in range(args.fresh):
         for name in args.models.split(","):
             with tempfile.TemporaryDirectory(dir=args.cache, prefix=f"run{k}-") as cache:
-                report["runs"].append({"run": k + 1, **one_run(name, args.backend, args.size, cache, args.max_rounds)})
+                report["runs"].append({"run": k + 1, **one_run(name, args.backend, args.size, cache, args.max_rounds,
+                                                                args.quantize)})
             report["summary"] = summary(report["runs"])
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
             out.with_suffix(".md").write_text(markdown(report))

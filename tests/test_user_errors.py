@@ -68,7 +68,7 @@ def test_latency_target_from_the_command_line(capsys, tmp_path):
                                   "3-channel model on 1-channel data", "too small for the model",
                                   "built-in data at another size", "speedup nan", "speedup inf",
                                   "one-class folder", "folder without an input size",
-                                  "timing threads on a backend without them"])
+                                  "timing threads on a backend without them", "int8 on a backend without it"])
 def test_bad_input_is_one_line_before_any_work(case, capsys, tmp_path, no_expensive_work):
     out = ["--out", str(tmp_path / "o")]
     one_class = tmp_path / "one"
@@ -95,6 +95,8 @@ def test_bad_input_is_one_line_before_any_work(case, capsys, tmp_path, no_expens
                                             data=str(two_class)), ["pass --input-shape 1,3,H,W"]),
         "timing threads on a backend without them": (small(tmp_path, "--timing-threads", "1", *out),
                                                      ["timing_threads", "'sleepy' backend"]),
+        "int8 on a backend without it": (small(tmp_path, "--quantize", "int8", *out),
+                                         ["quantize='int8' needs a backend that runs int8", "not 'sleepy'"]),
     }[case]
     assert_one_line_error(*run_main(capsys, args), *words)
 
