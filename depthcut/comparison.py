@@ -107,9 +107,18 @@ class Run:
         for k in ("accuracy_before", "accuracy_after", "speedup", "speedup_low", "speedup_high", "params_after",
                   "macs_after", "convs_after", "activations_after", "seconds"):
             out[k] = r.get(k)
+        if r.get("int8"):
+            out["accuracy_int8_before"], out["accuracy_int8_after"] = (deployed_accuracy(r, w) for w in ("before", "after"))
         out["plan"] = plan_summary(r) if r else None
         out["joint"] = self.joint
         return out
+
+
+def deployed_accuracy(report: dict[str, Any], when: str = "after") -> float:
+    """The accuracy of the network as deployed: the int8 network's when the run quantized it (``quantize``),
+    else the float one's. What a comparison compares."""
+    q = report.get("int8")
+    return q[f"accuracy_int8_{when}"] if q else report[f"accuracy_{when}"]
 
 
 def plan_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -138,15 +147,16 @@ class Comparison:
         return [r for r in self.runs if r.target == target]
 
     def table(self, target: float) -> list[dict[str, Any]]:
-        """One row per method at ``target``: means over the seeds of accuracy and jointly measured speed-up."""
+        """One row per method at ``target``: means over the seeds of accuracy (as deployed: int8 with
+        ``quantize``) and jointly measured speed-up."""
         rows = []
         for method in self.config.methods:
             runs = [r for r in self.at(target) if r.method == method]
             landed = [r for r in runs if r.landed and r.joint]
-            acc = [r.report["accuracy_after"] for r in landed]
+            acc = [deployed_accuracy(r.report) for r in landed]
             speed = [r.joint["ratio"] for r in landed]
             rows.append({"method": method, "runs": len(runs), "landed": len(landed),
-                         "accuracy_before": statistics.mean(r.report["accuracy_before"] for r in landed)
+                         "accuracy_before": statistics.mean(deployed_accuracy(r.report, "before") for r in landed)
                          if landed else None,
                          "accuracy": statistics.mean(acc) if acc else None,
                          "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0 if acc else None,
@@ -291,7 +301,9 @@ def render_markdown(c: Comparison) -> str:
     seeds = ", ".join(str(s) for s in cfg.seeds)
     lines = [f"# Methods compared at equal measured latency: {c.model}", "",
              *([f"`{c.command}`", ""] if c.command else []),
-             f"{base.data}, {base.backend} (batch {base.batch_size}), recovery {base.recovery_epochs} epochs for "
+             f"{base.data}, {base.backend}{' int8' if base.quantize else ''} (batch {base.batch_size}"
+             f"{'; accuracy and speed-ups of the int8 networks, against the int8 original' if base.quantize else ''})"
+             f", recovery {base.recovery_epochs} epochs for "
              f"every method, seeds {seeds}. Each method lands within [target, target x {1 + cfg.match_tolerance:g}] "
              f"(depthcut.compression), then every network of one target and seed is timed against the original in "
              f"the same {cfg.joint_rounds} rounds (depthcut.latency.compare.compare_many): the speed-ups below are "

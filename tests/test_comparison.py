@@ -147,3 +147,19 @@ def test_a_method_below_the_target_everywhere_leaves_no_common_point():
 def test_the_nearest_feasible_point_wins_over_a_faster_tighter_one():
     speedups = {"a/0": 1.52, "a/1": 1.80, "b/0": 1.55, "b/1": 1.80}
     assert common_point(speedups, ["a", "b"], 1.5) == {"a": "a/0", "b": "b/0"}   # 2.0 % apart, nearer x1.5
+
+
+def test_int8_runs_are_compared_by_their_int8_accuracy():
+    """With quantize="int8" the deployed networks are int8: the table ranks them by the int8 accuracy, which
+    can reverse the float one's order."""
+    from depthcut.comparison import Comparison, Run
+
+    def run(method, float_acc, int8_acc):
+        report = {"accuracy_before": 90.0, "accuracy_after": float_acc, "speedup": 2.0,
+                  "int8": {"accuracy_int8_before": 89.5, "accuracy_int8_after": int8_acc}}
+        return Run(method, 2.0, 0, report=report, joint={"ratio": 2.0, "low": 1.9, "high": 2.1})
+    config = CompareConfig(methods=("layermerge", "channel"), speedups=(2.0,), compress={"quantize": "int8"})
+    c = Comparison(config, "m", [run("layermerge", 88.0, 87.0), run("channel", 87.5, 87.4)])
+    assert {r["method"]: r["accuracy"] for r in c.table(2.0)} == {"layermerge": 87.0, "channel": 87.4}
+    assert c.best(2.0) == "channel" and c.table(2.0)[0]["accuracy_before"] == 89.5
+    assert c.runs[0].summary()["accuracy_int8_after"] == 87.0
