@@ -13,7 +13,8 @@ Then the two ONNX Runtime int8 networks (int8 table, float32 table) are timed ag
 the int8 original. Every run is kept under ``--runs``/<model>-x<target>-seed<seed>/<arm>/ (skipped when present:
 the benchmark resumes). Writes ``--out``.json and ``--out``.md.
 
-    python bench/deploy_int8.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.5 2.0] [--seeds 0]
+    python bench/deploy_int8.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--targets 1.5 2.0]
+                                [--seeds resnet20_fmnist=0,1,2 mobilenet_v2_fmnist=0]
                                 [--recovery-epochs 0.5] [--adaptive-models mobilenet_v2_fmnist]
                                 [--cache .cache/deploy_int8]
 """
@@ -31,6 +32,7 @@ import torch
 from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
+from depthcut.errors import DepthcutError
 from depthcut.latency import get_backend
 from depthcut.latency.compare import time_jointly
 from depthcut.latency.quantize import fix_batch
@@ -54,12 +56,20 @@ def run_arm(args, model: str, target: float, seed: int, arm: str) -> dict:
     folder = Path(args.runs) / f"{model}-x{target:g}-seed{seed}" / arm.replace(" ", "_").replace(">", "")
     if (folder / "report.json").exists():
         return json.loads((folder / "report.json").read_text())
+    if (folder / "refused.json").exists():
+        return json.loads((folder / "refused.json").read_text())
     run = Compression(model, arm_config(args, model, target, seed, arm))
-    if arm == "float32 table -> int8":
-        floating = Compression(model, LayerMergeConfig(**{**arm_config(args, model, target, seed, arm).to_dict(),
-                                                          "quantize": None}))
-        run.use(rows=floating.rows)
-    run.method.compress(run, folder)
+    try:
+        if arm == "float32 table -> int8":
+            floating = Compression(model, LayerMergeConfig(**{**arm_config(args, model, target, seed, arm).to_dict(),
+                                                              "quantize": None}))
+            run.use(rows=floating.rows)
+        run.method.compress(run, folder)
+    except DepthcutError as e:          # e.g. the latency model's sanity checks: recorded, not hidden
+        refused = {"refused": " ".join(str(e).split()), "backend": ARMS[arm][0], "quantize": ARMS[arm][1]}
+        print(f"{model} x{target:g} seed {seed} {arm}: refused: {refused['refused']}", flush=True)
+        atomic_write_json(folder / "refused.json", refused)
+        return refused
     return json.loads((folder / "report.json").read_text())
 
 
@@ -82,6 +92,8 @@ def retime_int8(args, model: str, target: float, seed: int) -> dict:
 
 
 def row(arm: str, r: dict) -> dict:
+    if "refused" in r:
+        return {"arm": arm, "backend": r["backend"], "quantize": r["quantize"], "refused": r["refused"]}
     q = r.get("int8") or {}
     return {"arm": arm, "backend": r["backend"], "quantize": r["config"].get("quantize"),
             "speedup": r["speedup"], "speedup_low": r["speedup_low"], "speedup_high": r["speedup_high"],
@@ -97,6 +109,13 @@ def row(arm: str, r: dict) -> dict:
             "convs": r["convs_after"], "seconds": r["seconds"]}
 
 
+def seeds_of(entries: list[str], model: str) -> list[int]:
+    """``--seeds``: plain seeds for every model, or MODEL=S,S,... for one."""
+    mine = [e.split("=", 1)[1] for e in entries if e.startswith(model + "=")]
+    plain = [e for e in entries if "=" not in e]
+    return [int(s) for s in (mine[0].split(",") if mine else plain)]
+
+
 def markdown(result: dict, command: str) -> str:
     lines = ["# Depth compression deployed in int8 (issue 31)", "", f"`{command}`", "",
              f"{result['machine']}. Speed-ups of int8 runs are against the int8 original (its latency table, "
@@ -109,6 +128,10 @@ def markdown(result: dict, command: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for cell in result["cells"]:
         for r in cell["rows"]:
+            if "refused" in r:
+                lines.append(f"| {cell['model']} | x{cell['target']:g} | {cell['seed']} | {r['arm']} | refused: "
+                             f"{r['refused']} | | | | | |")
+                continue
             q8 = (f"{r['accuracy_int8_before']:.2f} -> {r['accuracy_int8_after']:.2f}"
                   if r["accuracy_int8_after"] is not None else "")
             over = r["speedup_int8_over_float_original"]
@@ -122,7 +145,7 @@ def markdown(result: dict, command: str) -> str:
               "Both ONNX Runtime int8 networks timed again in the same rounds against the int8 original.", "",
               "| model | target | seed | int8 table: speed-up, int8 accuracy, plan | float32 table: speed-up, int8 "
               "accuracy, plan | accuracy difference (int8 table - float32 table) |", "|---|---|---|---|---|---|"]
-    for cell in result["cells"]:
+    for cell in (c for c in result["cells"] if "int8_joint" in c):
         j = cell["int8_joint"]
         mine, theirs = (next(r for r in cell["rows"] if r["arm"] == a)
                         for a in ("onnxruntime int8", "float32 table -> int8"))
@@ -136,8 +159,12 @@ def markdown(result: dict, command: str) -> str:
                      f"{mine['accuracy_int8_after'] - theirs['accuracy_int8_after']:+.2f} |")
     s = result["summary"]
     lines += ["", "- latency model's largest error on any probed plan, per arm: "
-              + ", ".join(f"{arm} {100 * v:.1f} %" for arm, v in s["model_error_largest"].items()),
-              f"- int8 table minus float32 table, mean int8 accuracy over cells: {s['int8_table_advantage']:+.2f} points",
+              + ", ".join(f"{arm} {'-' if v is None else '%.1f %%' % (100 * v)}"
+                          for arm, v in s["model_error_largest"].items()),
+              f"- refused (one line each, above): {', '.join(s['refused']) or 'none'}",
+              "- int8 table minus float32 table, int8 accuracy (mean over seeds): " + ", ".join(
+                  f"{k} {v['mean']:+.2f} ({v['seeds']} seeds: {', '.join(f'{e:+.2f}' for e in v['each'])})"
+                  for k, v in s["int8_table_advantage"].items()),
               ""]
     return "\n".join(lines)
 
@@ -146,7 +173,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["resnet20_fmnist", "mobilenet_v2_fmnist"])
     p.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", default=["resnet20_fmnist=0,1,2", "mobilenet_v2_fmnist=0"],
+                   help="MODEL=S,S,... per model, or S S ... for every model")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--recovery-epochs", type=float, default=0.5)
     p.add_argument("--adaptive-models", nargs="*", default=["mobilenet_v2_fmnist"],
@@ -158,29 +186,36 @@ def main() -> None:
     args = p.parse_args()
     command = "python bench/deploy_int8.py " + " ".join(
         [f"--models {' '.join(args.models)}", f"--targets {' '.join(f'{t:g}' for t in args.targets)}",
-         f"--seeds {' '.join(map(str, args.seeds))}", f"--recovery-epochs {args.recovery_epochs:g}",
+         f"--seeds {' '.join(args.seeds)}", f"--recovery-epochs {args.recovery_epochs:g}",
          f"--adaptive-models {' '.join(args.adaptive_models)}"])
     cells = []
     for model in args.models:
         for target in args.targets:
-            for seed in args.seeds:
+            for seed in seeds_of(args.seeds, model):
                 t0 = time.time()
                 rows = [row(arm, run_arm(args, model, target, seed, arm)) for arm in args.arms]
                 cell = {"model": model, "target": target, "seed": seed, "rows": rows}
-                if {"onnxruntime int8", "float32 table -> int8"} <= set(args.arms):
+                landed = {r["arm"] for r in rows if "refused" not in r}
+                if {"onnxruntime int8", "float32 table -> int8"} <= landed:
                     cell["int8_joint"] = retime_int8(args, model, target, seed)
                 cells.append(cell)
                 print(f"{model} x{target:g} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-    both = [c for c in cells if "int8_joint" in c]
-    advantage = [next(r for r in c["rows"] if r["arm"] == "onnxruntime int8")["accuracy_int8_after"]
-                 - next(r for r in c["rows"] if r["arm"] == "float32 table -> int8")["accuracy_int8_after"]
-                 for c in both]
+    # per (model, target): the int8 table's int8 accuracy minus the float32 table's, mean over seeds
+    advantage: dict[str, list[float]] = {}
+    for c in (c for c in cells if "int8_joint" in c):
+        acc = {r["arm"]: r["accuracy_int8_after"] for r in c["rows"] if "refused" not in r}
+        advantage.setdefault(f"{c['model']} x{c['target']:g}", []).append(
+            acc["onnxruntime int8"] - acc["float32 table -> int8"])
     result = {"command": command, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
                                              f"{torch.__version__}",
               "cells": cells,
-              "summary": {"model_error_largest": {arm: max(r["model_error_largest"] for c in cells for r in c["rows"]
-                                                           if r["arm"] == arm) for arm in args.arms},
-                          "int8_table_advantage": statistics.mean(advantage) if advantage else float("nan")}}
+              "summary": {"model_error_largest": {arm: max((r["model_error_largest"] for c in cells for r in c["rows"]
+                                                            if r["arm"] == arm and "refused" not in r), default=None)
+                                                  for arm in args.arms},
+                          "refused": [f"{c['model']} x{c['target']:g} seed {c['seed']} {r['arm']}" for c in cells
+                                      for r in c["rows"] if "refused" in r],
+                          "int8_table_advantage": {k: {"mean": statistics.mean(v), "seeds": len(v),
+                                                       "each": v} for k, v in advantage.items()}}}
     atomic_write_json(Path(args.out + ".json"), result)
     atomic_write_text(Path(args.out + ".md"), markdown(result, command))
     print(markdown(result, command))
