@@ -146,9 +146,10 @@ def summary(runs: list[dict]) -> dict:
 
 
 def markdown(report: dict) -> str:
-    b = report["backend"]
-    lines = [f"# Latency model on {b} CPU, {report['fresh']} runs from empty caches: "
-             f"`python bench/latency_model.py --fresh {report['fresh']} --backend {b}`", "",
+    b, q = report["backend"].split(" ")[0], report.get("quantize") or (report["backend"].split(" ") + [None])[1]
+    lines = [f"# Latency model on {b}{' ' + q if q else ''} CPU, {report['fresh']} runs from empty caches: "
+             f"`python bench/latency_model.py --fresh {report['fresh']} --backend {b}"
+             f"{' --quantize ' + q if q else ''}`", "",
              f"{report['cpu']}, {report['threads']} threads, {report['versions']}, batch 1, {report['size']}x"
              f"{report['size']}, random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
@@ -208,7 +209,7 @@ def main() -> None:
     versions = f"torch {torch.__version__}"
     if args.backend in ("onnxruntime", "openvino"):
         versions += f", {args.backend} {get_backend(args.backend).version()}"
-    report = {"backend": args.backend + (f" {args.quantize}" if args.quantize else ""), "cpu": platform.processor() or platform.machine(),
+    report = {"backend": args.backend, "quantize": args.quantize, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
               "max_rounds": args.max_rounds,
               "runs": []}
