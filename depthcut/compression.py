@@ -634,7 +634,7 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
     The deployed file is kept for ``save_pretrained`` (``run.int8_onnx``)."""
     from .latency import get_backend
     from .latency.compare import compare_many, with_drift
-    from .latency.quantize import Int8Deployment, agreement, calibration_batches
+    from .latency.quantize import Int8Deployment, agreement, calibration_batches, quantizer
 
     config = run.config
     batches = calibration_batches(run.splits.score)
@@ -655,8 +655,7 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
     run.say("int8: timing the float and int8 networks in the same rounds")
     timed = compare_many(runners, reference="float original", rounds=max(20, 5 * sessions))
     timed = {name: with_drift(e, floating.drift()) for name, e in timed.items()}
-    described = run.backend.describe()
-    return {"quantizer": described["quantizer"], "calibration_images": files.calibration_images,
+    return {"quantizer": quantizer(), "calibration_images": files.calibration_images,
             "accuracy_float_before": follows["original"]["accuracy_float"],
             "accuracy_float_after": follows["deployed"]["accuracy_float"],
             "accuracy_int8_before": follows["original"]["accuracy_int8"],

@@ -47,11 +47,43 @@ class SleepyBackend(Backend):
 
 @register_backend("sleepy-ort")
 class SleepyOwnThreadsBackend(SleepyBackend):
-    own_threads = True
+    """Also a simulated int8 runtime (``quantize="int8"``, what ``--quantize int8`` asks for): a quantized
+    conv takes half the time. The files it is given (a deployment's ONNX, float or QDQ int8) are timed by
+    their Conv nodes, int8 when they hold QuantizeLinear nodes; their accuracy is computed by ONNX Runtime."""
 
-    def __init__(self, *args, threads: int | None = None, **kwargs):
+    own_threads = True
+    quantizes = True
+
+    def __init__(self, *args, threads: int | None = None, quantize: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.threads = threads          # simulated: the time does not depend on it
+        self.quantize = quantize
+
+    def describe(self):
+        return {**super().describe(), **({"quantize": self.quantize} if self.quantize else {})}
+
+    def _runner(self, convs: int, int8: bool):
+        cost = (0.0001 + self.PER_CONV_S * convs) * (0.5 if int8 else 1.0)
+        clock = self.clock
+
+        def run():
+            clock.now += cost
+        run.clock = clock
+        return run
+
+    def prepare(self, module: nn.Module, example_input: torch.Tensor):
+        return self._runner(sum(isinstance(m, nn.Conv2d) for m in module.modules()), bool(self.quantize))
+
+    def sessions_from_file(self, path, example_input: torch.Tensor, n: int = 1):
+        import onnx
+
+        ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+        return [self._runner(ops.count("Conv"), "QuantizeLinear" in ops) for _ in range(n)]
+
+    def predictor(self, path):
+        from depthcut.latency.quantize import onnx_predictor
+
+        return onnx_predictor(path)
 
 
 @register_backend("sleepy-macs")

@@ -595,9 +595,9 @@ class CpuRuntimeBackend(Backend):
     def describe(self) -> dict[str, Any]:
         out = {**super().describe(), "threads": self.intra_op_threads()}
         if self.quantize:   # only where it applies, so float tables keep their fingerprints
-            out["quantize"] = self.quantize
-            out["quantizer"] = f"onnxruntime {importlib.import_module('onnxruntime').__version__} QDQ static, " \
-                               "per-channel s8 weights, u8 activations, min-max; rows uint8 in and out"
+            from .quantize import quantizer
+
+            out["quantize"], out["quantizer"] = self.quantize, quantizer()
         return out
 
     def _int8_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:

@@ -29,6 +29,14 @@ QUANTIZE = ("int8",)          # what --quantize accepts
 CALIBRATION_IMAGES = 256      # images of the scoring split that calibrate a deployed network's activations
 
 
+def quantizer() -> str:
+    """What quantizes (in the latency cache's fingerprint and the report)."""
+    import onnxruntime
+
+    return (f"onnxruntime {onnxruntime.__version__} QDQ static, per-channel s8 weights, u8 activations, min-max; "
+            "rows uint8 in and out")
+
+
 def check_quantize(quantize: str | None) -> None:
     if quantize is not None and quantize not in QUANTIZE:
         raise DepthcutError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZE)} (or none)")
