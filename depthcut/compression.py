@@ -617,7 +617,7 @@ def measured_fields(run: "Compression", final, deployed: nn.Module) -> dict[str,
     acc_before, acc_after = evaluate(run.original, run.splits.test), evaluate(deployed, run.splits.test)
     before, after = count_layers(run.original, run.input_shape), count_layers(deployed, run.input_shape)
     int8 = {"int8": int8_fields(run, deployed)} if run.config.quantize else {}
-    return {**int8,"latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
+    return {**int8, "latency_ms_before": final.original_ms, "latency_ms_after": final.compressed_ms,
             "speedup": final.ratio, "speedup_low": final.low, "speedup_high": final.high,
             "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
             "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
@@ -632,11 +632,9 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
     their accuracy on the test split run by the backend's runtime, how each follows its float network, and the
     four networks (float and int8, original and deployed) timed in the same rounds against the float original.
     The deployed file is kept for ``save_pretrained`` (``run.int8_onnx``)."""
-    from .latency import get_backend
     from .latency.compare import compare_many, with_drift
     from .latency.quantize import Int8Deployment, agreement, calibration_batches, quantizer
 
-    config = run.config
     batches = calibration_batches(run.splits.score)
     run.say(f"int8: quantizing the original and the deployed network on {sum(map(len, batches))} images of "
             f"the scoring split")
@@ -645,16 +643,14 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
     run.int8_onnx = files.files["deployed"].read_bytes()
     follows = {name: agreement(networks[name], run.backend.predictor(files.files[name]), run.splits.test)
                for name in networks}
-    floating = get_backend(config.backend, device=run.device,
-                           **({"threads": config.timing_threads} if config.timing_threads else {}))
-    sessions = config.timing_sessions
-    # each file with its batch fixed to the timing input's, as a deployment at that batch would be
-    runners = {f"{kind} {name}": floating.sessions_from_file(files.fixed(name, kind, run.example.shape[0]),
-                                                            run.example, sessions)
+    sessions = run.config.timing_sessions
+    # each file as it is (the backend quantizes modules, never files), its batch fixed to the timing input's
+    runners = {f"{kind} {name}": run.backend.sessions_from_file(files.fixed(name, kind, run.example.shape[0]),
+                                                               run.example, sessions)
                for name in networks for kind in ("float", "int8")}
     run.say("int8: timing the float and int8 networks in the same rounds")
     timed = compare_many(runners, reference="float original", rounds=max(20, 5 * sessions))
-    timed = {name: with_drift(e, floating.drift()) for name, e in timed.items()}
+    timed = {name: with_drift(e, run.backend.drift()) for name, e in timed.items()}
     return {"quantizer": quantizer(), "calibration_images": files.calibration_images,
             "accuracy_float_before": follows["original"]["accuracy_float"],
             "accuracy_float_after": follows["deployed"]["accuracy_float"],

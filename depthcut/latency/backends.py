@@ -615,6 +615,34 @@ class CpuRuntimeBackend(Backend):
                 path = quantized_file(module, example_input, tmp)
             return self.sessions_from_file(path, example_input, n)   # read whole: the folder may go
 
+    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        if self.quantize:
+            return self._int8_sessions(module, example_input, 1)[0]
+        row = self._row_runner_of(module, example_input)
+        return row if row is not None else self._exported_sessions(module, example_input, 1)[0]
+
+    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
+        if self.quantize:
+            return self._int8_sessions(module, example_input, n)
+        if is_plain_row(module, self.row_activations):
+            return super().prepare_sessions(module, example_input, n)
+        return self._exported_sessions(module, example_input, n)
+
+    def _exported_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        with tempfile.TemporaryDirectory(prefix=f"depthcut-{self.name}-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            export_onnx(module, example_input, path)
+            # a session reads the whole model when it is made, so the folder may go afterwards
+            return self.sessions_from_file(path, example_input, n)
+
+    # activation kind -> the runtime's op: which latency rows it builds directly, without an export
+    row_activations: dict = {}
+
+    def _row_runner_of(self, module: nn.Module, example_input: torch.Tensor) -> Runner | None:
+        """A float latency row built directly in the runtime's own graph; None for anything else."""
+        raise NotImplementedError
+
     def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
         raise NotImplementedError
 
@@ -640,6 +668,7 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
     """
 
     package, extra = "onnxruntime", "onnx"
+    row_activations = _ONNX_ACTS
 
     # ONNX Runtime's NchwcTransformer reorders a conv's weights into its blocked layout when the session is
     # created and holds about 5x the weights while it does (measured 4.9x on rows of 30 MB to 410 MB); for
@@ -694,35 +723,18 @@ class OnnxRuntimeBackend(CpuRuntimeBackend):
         run.keepalive = keep   # type: ignore[attr-defined]  # the session reads the weights from these buffers
         return run
 
-    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
-        if self.quantize:
-            return self._int8_sessions(module, example_input, 1)[0]
+    def _row_runner_of(self, module: nn.Module, example_input: torch.Tensor) -> Runner | None:
         direct = conv_row_onnx(module, tuple(example_input.shape))
-        if direct is not None:
-            graph, weights = direct
-            nbytes = sum(w.nbytes for w in weights.values())
-            if self.NCHWC_TRANSIENT * nbytes <= self.max_transient_bytes:
-                return self._row_runner(graph, weights, example_input)
-            run = self._row_runner(graph, weights, example_input, nchwc=False)
-            run.time_scale = self._nchwc_gain(module, example_input, nbytes)   # type: ignore[attr-defined]
-            self.nchwc_estimated_rows.append({"weights_mb": nbytes / 1e6, "gain": run.time_scale})
-            return run
-        return self._exported_sessions(module, example_input, 1)[0]
-
-    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
-        if self.quantize:
-            return self._int8_sessions(module, example_input, n)
-        if is_plain_row(module, _ONNX_ACTS):
-            return super().prepare_sessions(module, example_input, n)
-        return self._exported_sessions(module, example_input, n)
-
-    def _exported_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        with tempfile.TemporaryDirectory(prefix="depthcut-ort-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            export_onnx(module, example_input, path)
-            # A session reads the whole model in its constructor, so the temp dir may go afterwards.
-            return self.sessions_from_file(path, example_input, n)
+        if direct is None:
+            return None
+        graph, weights = direct
+        nbytes = sum(w.nbytes for w in weights.values())
+        if self.NCHWC_TRANSIENT * nbytes <= self.max_transient_bytes:
+            return self._row_runner(graph, weights, example_input)
+        run = self._row_runner(graph, weights, example_input, nchwc=False)
+        run.time_scale = self._nchwc_gain(module, example_input, nbytes)   # type: ignore[attr-defined]
+        self.nchwc_estimated_rows.append({"weights_mb": nbytes / 1e6, "gain": run.time_scale})
+        return run
 
     def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
         """``n`` runners of an exported ``.onnx`` file (a saved result timed again, e.g. next to others)."""
@@ -801,6 +813,7 @@ class OpenVINOBackend(CpuRuntimeBackend):
     Each compiled model is a session; depthcut.latency.compare interleaves them as for ONNX Runtime."""
 
     package = extra = "openvino"
+    row_activations = _OV_ACTS
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "performance_hint": "LATENCY", "num_streams": 1, "inference_precision": "f32"}
@@ -819,24 +832,9 @@ class OpenVINOBackend(CpuRuntimeBackend):
         run.keepalive = (compiled, request, feed)   # type: ignore[attr-defined]
         return run
 
-    def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
-        if self.quantize:
-            return self._int8_sessions(module, example_input, 1)[0]
+    def _row_runner_of(self, module: nn.Module, example_input: torch.Tensor) -> Runner | None:
         row = conv_row_openvino(module, tuple(example_input.shape))
-        if row is not None:
-            return self._runner(row, example_input)
-        return self.prepare_sessions(module, example_input, 1)[0]
-
-    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """One export, ``n`` compiled models (a latency row, built without an export, simply n times)."""
-        if self.quantize:
-            return self._int8_sessions(module, example_input, n)
-        if is_plain_row(module, _OV_ACTS):
-            return super().prepare_sessions(module, example_input, n)
-        with tempfile.TemporaryDirectory(prefix="depthcut-ov-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            export_onnx(module, example_input, path)
-            return self.sessions_from_file(path, example_input, n)
+        return None if row is None else self._runner(row, example_input)
 
     def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
         """``n`` runners of an exported ``.onnx`` file (read once; the model is in memory afterwards)."""

@@ -123,15 +123,15 @@ def int8_row(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     shape = [d.dim_value for d in x.type.tensor_type.shape.dim]
     y = graph.output[0].name
     producers = {out: n for n in graph.node for out in n.output}
-    last, drop = producers[y], [first]
+    last, identities = producers[y], []
     while last.op_type == "Identity":                  # back to the row's last op
-        drop.append(last)
+        identities.append(last)
         last = producers[last.input[0]]
+    drop = [first]
     if last.op_type == "DequantizeLinear":
         out_name = last.input[0]                       # the uint8 tensor it dequantizes
-        drop.append(last)
+        drop += identities + [last]
     else:
-        drop = [first]
         scale, zero = helper.make_tensor("y_scale", TensorProto.FLOAT, [], [0.05]), \
             helper.make_tensor("y_zero_point", TensorProto.UINT8, [], [128])
         graph.initializer.extend([scale, zero])
