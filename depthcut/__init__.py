@@ -19,6 +19,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import methods as _methods  # noqa: E402,F401 - registers the built-in methods (depthcut.registry)
+
 _LAZY = {
     "compress": ("depthcut.compression", "compress"),
     "Compression": ("depthcut.compression", "Compression"),

@@ -87,7 +87,7 @@ class Compression:
         """Stage 0: check every input before anything expensive; place a copy of the model on the device."""
         from .data import make_splits
         from .latency import get_backend
-        from .methods import get_method
+        from .registry import get_method
 
         config = config or LayerMergeConfig()
         self.t_start = time.time()
@@ -264,7 +264,7 @@ def score_shard(run: "Compression", out=None) -> CompressResult:
     to this one), so the shards together cover whatever the final run needs."""
     from .importance import importance_store
     from .importance.scorer import importance_manifest, score_candidates
-    from .methods import get_method
+    from .registry import get_method
 
     config, analysis = run.config, run.analysis
     store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
@@ -307,7 +307,7 @@ def latency_rows(run: "Compression") -> LatencyRows:
     from .importance.scorer import ACCURACY_RANGE, importance_manifest
     from .latency import latency_table
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
-    from .methods import get_method
+    from .registry import get_method
 
     config, analysis = run.config, run.analysis
     store = importance_store(importance_manifest(run.original, analysis, config), run.cache_dir)
@@ -381,7 +381,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
 # -- stage 4: search (SPEC A7) ----------------------------------------------------------------------------
 def search(run: "Compression", rows: LatencyRows, importance: dict[str, float]):
     """The method's search over the table (the LayerMerge DP: one solve, the whole frontier)."""
-    from .methods import get_method
+    from .registry import get_method
     from .search.tables import Row
 
     table = [Row(c.start, c.end, rows.latency_ms[c.key], importance[c.key], ref=c) for c in rows.candidates]
@@ -396,7 +396,7 @@ def adaptive_search(run: "Compression", rows: LatencyRows, adaptive):
     given away to stop earlier)."""
     from .importance import score
     from .importance.adaptive import AdaptiveFrontier
-    from .methods import get_method
+    from .registry import get_method
     from .search.tables import Row
 
     method, chain = get_method(run.config.method), run.analysis.chain

@@ -110,7 +110,7 @@ class LayerMergeConfig(ConfigBase):
         at_least("speedup", self.speedup, 1.0)
         if self.latency_ms is not None and not self.latency_ms > 0:
             raise DepthcutError(f"latency budget must be positive, got {self.latency_ms} ms")
-        from .methods import get_method
+        from .registry import get_method
         get_method(self.method)              # one line naming the registered methods
         if self.latency_model not in LATENCY_MODELS:
             raise DepthcutError(f"unknown latency model {self.latency_model!r}; choose one of "
@@ -157,7 +157,7 @@ class LayerMergeConfig(ConfigBase):
     def _validate_importance(self) -> None:
         """The importance proxy and mode, and what adaptive mode needs (the finetune proxy, no shards, an
         exact search)."""
-        from .methods import get_method
+        from .registry import get_method
         if self.importance not in PROXIES:
             raise DepthcutError(f"unknown importance proxy {self.importance!r}; choose one of {', '.join(PROXIES)}")
         if self.importance_mode not in IMPORTANCE_MODES:

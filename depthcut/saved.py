@@ -30,10 +30,9 @@ def load(folder: str | Path, model: Any = None) -> Any:
         from .report import load_compressed
 
         return load_compressed(folder, model)
-    if _json(folder / "report.json").get("kind") == "depthcut comparison":
-        from .comparison import load_comparison
-
-        return load_comparison(folder)
+    report = _json(folder / "report.json")
+    if report.get("kind") == "depthcut comparison":     # what depthcut.comparison.load_comparison reads
+        return report
     if (folder / "pruned_model.pt").exists():
         import torch
 

@@ -141,7 +141,6 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     pass a test split)."""
     from . import score as S
     from .model import DepthcutUNet2DModel
-    from .search import frontier
     from .unet import enumerate_rows
 
     config = config or GenerationConfig()
@@ -161,16 +160,8 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     latency = S.latency_rows(unet, rows, config.backend, batch=config.batch, cache_dir=config.cache_dir,
                              progress=config.progress)
 
-    stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
-                               f"{n_sc} held-out images")
-    base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
-    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
-    stages.say(f"reference loss {reference:.5f} ({config.importance_reference}; the original's {base_loss:.5f})")
-    if config.importance_mode == "adaptive":
-        front = adaptive_frontier(unet, rows, latency, finetune, held, scheduler, base_loss, config, stages.say)
-    else:
-        front = frontier(rows, latency, importance_table(unet, rows, finetune, held, scheduler, base_loss, config),
-                         steps=config.dp_steps)
+    front, base_loss, reference = _importance_frontier(unet, rows, latency, finetune, held, scheduler, config,
+                                                       stages)
 
     stages.start("search", "LayerMerge DP over the rows, then landing on the measured sampling speed-up")
     landing, full = _land(unet, scheduler, rows, latency, front, config, stages)
@@ -197,6 +188,27 @@ def compress_unet(unet: nn.Module, scheduler, images: torch.Tensor, config: Gene
     if out is not None:
         result.save_pretrained(out)
     return result
+
+
+def _importance_frontier(unet: nn.Module, rows, latency, finetune, held, scheduler, config: GenerationConfig,
+                         stages):
+    """The importance stage: each row's denoising loss after a short fine-tune (all rows, or adaptively a
+    sample and the contenders), and the frontier of plans over it. Also the original's loss and the
+    reference the scores are taken against."""
+    from . import score as S
+    from .search import frontier
+
+    stages.start("importance", f"importance: {config.importance_steps} fine-tune steps per row, loss on "
+                               f"{config.score_size} held-out images")
+    base_loss = S.denoising_loss(unet, held, scheduler, seed=config.seed + 1)
+    reference = importance_reference(unet, finetune, held, scheduler, base_loss, config)
+    stages.say(f"reference loss {reference:.5f} ({config.importance_reference}; the original's {base_loss:.5f})")
+    if config.importance_mode == "adaptive":
+        front = adaptive_frontier(unet, rows, latency, finetune, held, scheduler, base_loss, config, stages.say)
+    else:
+        front = frontier(rows, latency, importance_table(unet, rows, finetune, held, scheduler, base_loss, config),
+                         steps=config.dp_steps)
+    return front, base_loss, reference
 
 
 def _report(config: GenerationConfig, rows, plan, error, landing, full: float, final, losses: dict[str, float],

@@ -27,7 +27,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ..cache import json_number
+from .onnx_export import export_onnx  # noqa: F401 - re-exported: depthcut.latency.backends.export_onnx
 from ..errors import DepthcutError
 
 Runner = Callable[[], Any]
@@ -450,27 +450,6 @@ class CompileBackend(Backend):
                 "compile_s_max": round(max(s), 3) if s else 0.0,
                 "compile_s_last_two": [round(v, 3) for v in s[-2:]],   # the final comparison: original, compressed
                 "fx_graph_cache": bool(inductor_config.fx_graph_cache), "cache_dir": where}
-
-
-def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str, opset: int = 17,
-                dynamic_batch: bool = False) -> None:
-    """Export with the TorchScript exporter (fast, robust for plain convs); fall back to the dynamo one.
-    ``dynamic_batch`` makes the batch dimension symbolic (for deployed files; timing needs none)."""
-    module = copy.deepcopy(module).cpu().float().eval()   # never move the caller's module
-    x = example_input.detach().cpu().float()
-    axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
-    try:
-        with warnings.catch_warnings():  # the TorchScript exporter is deprecated but still the sturdier one
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(module, (x,), path, dynamo=False, opset_version=opset,
-                              input_names=["x"], output_names=["y"], dynamic_axes=axes)
-    except Exception as first:  # noqa: BLE001 — any exporter failure: try the other exporter
-        try:
-            torch.onnx.export(module, (x,), path, dynamo=True, opset_version=max(opset, 18),
-                              input_names=["x"], output_names=["y"], external_data=False)
-        except Exception as second:
-            raise DepthcutError(f"cannot export {type(module).__name__} to ONNX: {first}; dynamo exporter: "
-                                f"{second}") from second
 
 
 # activation kind -> ONNX ops applied to the conv output (the graphs torch.onnx emits for them)

@@ -82,7 +82,7 @@ def quantized_file(module: nn.Module, example_input: torch.Tensor, folder: str |
                    batches: Iterable[Any] | None = None, *, dynamic_batch: bool = False) -> Path:
     """``module`` exported to ``folder/model.onnx`` and quantized to ``folder/model_int8.onnx``, calibrated on
     ``batches`` (default: ``example_input`` alone, which is enough for timing)."""
-    from .backends import export_onnx
+    from .onnx_export import export_onnx
 
     folder = Path(folder)
     export_onnx(module, example_input, str(folder / "model.onnx"), dynamic_batch=dynamic_batch)
