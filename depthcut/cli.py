@@ -111,6 +111,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         shared = {k: v for k, v in config_from_args(args).to_dict().items() if k not in ("method", "speedup")}
         config = CompareConfig(methods=tuple(args.methods), speedups=tuple(args.speedup), seeds=tuple(args.seeds or [args.seed or 0]),
                                match_tolerance=args.match_tolerance, joint_rounds=args.joint_rounds,
+                               matching=args.match, fresh_timings=args.fresh_timings,
+                               share_networks=args.share_networks, control=args.control,
                                compress={k: v for k, v in shared.items() if k not in ("latency_ms",
                                          "speed_tolerance", "shard", "seed")})
     comparison = compare(args.model or "resnet20_fmnist", config, out=args.out,
@@ -251,6 +253,15 @@ def add_compare_command(sub) -> None:
     m.add_argument("--match-tolerance", type=float, default=0.03,
                    help="every method lands within [target, target x (1 + this)] (0.03)")
     m.add_argument("--joint-rounds", type=int, default=60, help="rounds of each joint timing (60)")
+    m.add_argument("--match", choices=("band", "select"), default="band",
+                   help="band: each method's landed network, timed jointly; select: one network per method chosen "
+                        "at a common measured point within 2-3 %%, each recovered once (depthcut.matching)")
+    m.add_argument("--fresh-timings", type=int, default=1,
+                   help="--match select: fresh joint timings of the chosen networks, minutes apart (1)")
+    m.add_argument("--share-networks", action="store_true",
+                   help="--match select with --importance-seed: later seeds recover the first seed's networks")
+    m.add_argument("--control", action="store_true",
+                   help="also the original, fine-tuned with the same recovery (x1.0)")
     m.add_argument("--compare-config", default=None, help="a CompareConfig JSON file (overrides the flags)")
     add_run_options(m)
     m.set_defaults(func=cmd_compare)

@@ -19,7 +19,6 @@ speed-up, whether the speeds matched within the tolerance, and which method is m
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -31,11 +30,11 @@ from torch import nn
 from .config import LayerMergeConfig
 from .configbase import ConfigBase, at_least
 from .errors import DepthcutError, InfeasibleBudgetError
+from .latency.model import LatencyModelError
+from .matching import common_point
+from .methods import get_method, method_names
 
 COMPARE_VERSION = 1
-SPREAD = 0.03                  # issue 9: all methods within 3 % of each other in measured latency
-AIM = 0.02                     # what a selection aims at: a margin for the drift between timings
-BAND = 0.10                    # a common point first within +10 % of the target (compress's landing band)
 PER_RUN = ("method", "speedup", "latency_ms", "speed_tolerance", "seed", "shard")   # set by the comparison
 
 
@@ -51,12 +50,16 @@ class CompareConfig(ConfigBase):
     seeds: tuple[int, ...] = (0,)
     match_tolerance: float = 0.03        # every method lands within [target, target * (1 + this)]
     joint_rounds: int = 60               # rounds of the joint timing of one (target, seed)'s networks
+    # "band": each method's landed network, timed jointly; "select": one network per method chosen at a common
+    # measured point within 2-3 % (depthcut.matching), each recovered once with the same budget
+    matching: str = "band"
+    fresh_timings: int = 1               # select: fresh joint timings of the chosen networks, minutes apart
+    share_networks: bool = False         # select: later seeds recover and time the first seed's chosen plans
+    control: bool = False                # also the original, fine-tuned with the same recovery (x1.0)
     compress: dict = field(default_factory=dict)     # LayerMergeConfig fields shared by every run
     version: int = COMPARE_VERSION
 
     def __post_init__(self) -> None:
-        from .methods import method_names
-
         if isinstance(self.compress, LayerMergeConfig):
             self.compress = {k: v for k, v in self.compress.to_dict().items() if k not in PER_RUN}
         self.check_types()
@@ -72,6 +75,14 @@ class CompareConfig(ConfigBase):
             at_least("speedups", s, 1.0, inclusive=False)
         at_least("match_tolerance", self.match_tolerance, 0.0, inclusive=False)
         at_least("joint_rounds", self.joint_rounds, 5)
+        at_least("fresh_timings", self.fresh_timings, 1)
+        if self.matching not in ("band", "select"):
+            raise DepthcutError(f"config field 'matching' must be 'band' or 'select', got {self.matching!r}")
+        if self.matching == "select" and self.compress.get("quantize"):
+            raise DepthcutError("matching 'select' times float networks only: use matching 'band' with quantize")
+        if self.share_networks and (self.matching != "select" or self.compress.get("importance_seed") is None):
+            raise DepthcutError("share_networks needs matching 'select' and a fixed importance_seed in 'compress' "
+                                "(the seeds' networks follow from one importance table)")
         fixed = sorted(set(self.compress) & set(PER_RUN) - {"seed"})
         if fixed:
             raise DepthcutError(f"compare sets {', '.join(fixed)} for each run itself: leave them out of "
@@ -85,6 +96,12 @@ class CompareConfig(ConfigBase):
         return replace(self.base(), method=method, speedup=speedup, speed_tolerance=self.match_tolerance,
                        seed=seed)
 
+    def landing_config(self, method: str, speedup: float, seed: int) -> LayerMergeConfig:
+        """The landing run's configuration. Selecting, a method whose other plans may be chosen lands without
+        recovery: whichever of its networks is chosen is recovered once, with the run's budget."""
+        cfg = self.run_config(method, speedup, seed)
+        return replace(cfg, recovery_epochs=0.0) if self.matching == "select" and get_method(method).searchable else cfg
+
 
 @dataclass
 class Run:
@@ -96,6 +113,9 @@ class Run:
     report: dict[str, Any] | None = None
     error: str | None = None
     joint: dict[str, Any] | None = None        # its speed-up timed in the same rounds as the others'
+    # matching "select": the network chosen at the common point (plan, landed or not, accuracy after the one
+    # recovery, median speed-up over the fresh timings, and each timing)
+    matched: dict[str, Any] | None = None
 
     @property
     def landed(self) -> bool:
@@ -111,6 +131,7 @@ class Run:
             out["accuracy_int8_before"], out["accuracy_int8_after"] = (deployed_accuracy(r, w) for w in ("before", "after"))
         out["plan"] = plan_summary(r) if r else None
         out["joint"] = self.joint
+        out["matched"] = self.matched
         return out
 
 
@@ -142,9 +163,22 @@ class Comparison:
     results: dict[str, Any] = field(default_factory=dict, repr=False)   # (method, target, seed) -> CompressResult
     seconds: float = 0.0
     command: str | None = None            # the command line that ran it, when it came from one
+    controls: dict[int, dict] = field(default_factory=dict)   # seed -> the original fine-tuned the same way
 
     def at(self, target: float) -> list[Run]:
         return [r for r in self.runs if r.target == target]
+
+    def compared(self, run: Run) -> dict[str, float] | None:
+        """What the comparison says of one run: its accuracy (as deployed) and speed-up - the landed network's
+        joint timing, or, selecting, the chosen network's median over its fresh timings - or None."""
+        if self.config.matching == "select":
+            m = run.matched
+            return m and {"accuracy": m["accuracy"], "speedup": m["speedup"], "low": min(m["timings"]),
+                          "high": max(m["timings"])}
+        if not (run.landed and run.joint):
+            return None
+        return {"accuracy": deployed_accuracy(run.report), "speedup": run.joint["ratio"], "low": run.joint["low"],
+                "high": run.joint["high"]}
 
     def table(self, target: float) -> list[dict[str, Any]]:
         """One row per method at ``target``: means over the seeds of accuracy (as deployed: int8 with
@@ -152,17 +186,17 @@ class Comparison:
         rows = []
         for method in self.config.methods:
             runs = [r for r in self.at(target) if r.method == method]
-            landed = [r for r in runs if r.landed and r.joint]
-            acc = [deployed_accuracy(r.report) for r in landed]
-            speed = [r.joint["ratio"] for r in landed]
-            rows.append({"method": method, "runs": len(runs), "landed": len(landed),
-                         "accuracy_before": statistics.mean(deployed_accuracy(r.report, "before") for r in landed)
-                         if landed else None,
+            said = [(r, c) for r in runs if (c := self.compared(r))]
+            acc = [c["accuracy"] for _, c in said]
+            speed = [c["speedup"] for _, c in said]
+            rows.append({"method": method, "runs": len(runs), "landed": len(said),
+                         "accuracy_before": statistics.mean(deployed_accuracy(r.report, "before") for r, _ in said)
+                         if said else None,
                          "accuracy": statistics.mean(acc) if acc else None,
                          "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0 if acc else None,
                          "speedup": statistics.mean(speed) if speed else None,
-                         "speedup_low": min((r.joint["low"] for r in landed), default=None),
-                         "speedup_high": max((r.joint["high"] for r in landed), default=None),
+                         "speedup_low": min((c["low"] for _, c in said), default=None),
+                         "speedup_high": max((c["high"] for _, c in said), default=None),
                          "errors": [r.error for r in runs if r.error]})
         return rows
 
@@ -176,7 +210,7 @@ class Comparison:
         """Per seed, how far apart the landed methods' joint speed-ups are (fastest / slowest - 1)."""
         out = {}
         for seed in self.config.seeds:
-            speeds = [r.joint["ratio"] for r in self.at(target) if r.seed == seed and r.landed and r.joint]
+            speeds = [c["speedup"] for r in self.at(target) if r.seed == seed and (c := self.compared(r))]
             if len(speeds) > 1:
                 out[seed] = max(speeds) / min(speeds) - 1
         return out
@@ -192,6 +226,7 @@ class Comparison:
                 "targets": {f"{t:g}": {"table": self.table(t), "matched": self.matched(t), "best": self.best(t),
                                        "seed_spreads": self.seed_spreads(t)}
                             for t in self.config.speedups},
+                "controls": {str(k): v for k, v in self.controls.items()},
                 "runs": [r.summary() for r in self.runs]}
 
     def save_pretrained(self, out: str | Path) -> Path:
@@ -207,30 +242,6 @@ class Comparison:
         return out
 
 
-def common_point(speedups: dict[str, float], methods: list[str], target: float) -> dict[str, str]:
-    """One candidate per method (names "method/..."), every one at or above ``target``: the choice with the
-    smallest spread, or, among those within AIM (else within SPREAD), the one nearest the target. Choices whose
-    slowest network lies within BAND above the target come first (the comparison is *at* the target: without
-    the band, a tight point at x1.92 beat a 4 %-wide one at x1.55 for the x1.5 target); only without any such
-    choice are the others considered. Each method takes, inside the chosen window, its candidate nearest the
-    window's centre."""
-    items = sorted((r, n) for n, r in speedups.items() if r >= target and n.split("/")[0] in methods)
-    windows = []
-    for i, (low, _) in enumerate(items):
-        for j in range(i, len(items)):
-            if {n.split("/")[0] for _, n in items[i:j + 1]} == set(methods):
-                windows.append((items[j][0] / low - 1, low, items[i:j + 1]))
-                break
-    windows = [w for w in windows if w[2][-1][0] <= target * (1 + BAND)] or windows
-    if not windows:
-        return {}
-    within = [w for w in windows if w[0] <= AIM] or [w for w in windows if w[0] <= SPREAD]
-    _, _, window = min(within, key=lambda w: w[2][-1][0]) if within else min(windows, key=lambda w: w[0])
-    centre = math.sqrt(window[0][0] * window[-1][0])
-    return {m: min((n for _, n in window if n.startswith(m + "/")), key=lambda n: abs(math.log(speedups[n] / centre)))
-            for m in methods}
-
-
 def run_name(method: str, target: float, seed: int) -> str:
     return f"{method}-x{target:g}-seed{seed}"
 
@@ -239,61 +250,327 @@ def run_name(method: str, target: float, seed: int) -> str:
 def compare(model: str | nn.Module, config: CompareConfig | None = None, *, out: str | Path | None = None,
             splits=None, command: str | None = None) -> Comparison:
     """Compress ``model`` with every method of ``config`` at every target and seed (module docstring), time
-    each (target, seed)'s networks jointly, and return the :class:`Comparison` (written to ``out`` if given).
-    A method that cannot land on a target is recorded with its one-line reason; the others go on."""
-    from .compression import Compression, say
-
+    each (target, seed)'s networks jointly - or, with ``matching="select"``, choose one network per method at a
+    common measured point (depthcut.matching) - and return the :class:`Comparison` (written to ``out`` if
+    given). A method that cannot land on a target is recorded with its one-line reason; the others go on.
+    With ``out``, every landing, selection and recovery is stored as it finishes and reused by a rerun."""
     config = config or CompareConfig()
     t0 = time.time()
-    runs: list[Run] = []
-    results: dict[tuple[str, float, int], Any] = {}
-    name = model if isinstance(model, str) else type(model).__name__
+    state = _Comparing(model, config, out, splits)
     for seed in config.seeds:
         for target in config.speedups:
-            landed: dict[str, Any] = {}
-            here: list[Run] = []
-            reference = None
-            for method in config.methods:
-                run_config = config.run_config(method, target, seed)
-                say(run_config, f"compare: {method} at x{target:g}, seed {seed}")
-                run = Run(method, target, seed)
-                try:
-                    compression = Compression(model, run_config, splits=splits)
-                    result = compression.method.compress(compression)
-                except InfeasibleBudgetError as e:
-                    run.error = " ".join(str(e).split())
-                    say(run_config, f"compare: {method} at x{target:g} did not land: {run.error}")
-                else:
-                    run.report = result.report
-                    landed[method] = result
-                    results[(method, target, seed)] = result
-                    reference = reference or compression
-                here.append(run)
-            if reference is not None:
-                joint = joint_speedups(reference, landed, config.joint_rounds)
-                for run in here:
-                    run.joint = joint.get(run.method)
-            runs += here
-    comparison = Comparison(config, name, runs, results, time.time() - t0, command)
+            if config.share_networks and seed != config.seeds[0]:
+                state.replicate(target, seed)
+                continue
+            here = state.land(target, seed)
+            if config.matching == "select":
+                state.select(target, seed, here)
+        if config.control:
+            state.control(seed)
+    for _ in range(config.fresh_timings - 1):      # later fresh timings, minutes apart from the first
+        for key in list(state.matched):
+            state.retime(*key)
+    comparison = Comparison(config, state.name, state.runs, state.results, time.time() - t0, command,
+                            state.controls)
     if out is not None:
         comparison.save_pretrained(out)
     return comparison
 
 
-def joint_speedups(reference, networks: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+class _Comparing:
+    """A comparison in progress: the landing runs, the selections and their stores (under ``out``)."""
+
+    def __init__(self, model, config: CompareConfig, out, splits):
+        self.model, self.config, self.splits = model, config, splits
+        self.out = Path(out) if out is not None else None
+        self.name = model if isinstance(model, str) else type(model).__name__
+        self.runs: list[Run] = []
+        self.results: dict[tuple[str, float, int], Any] = {}
+        self.networks: dict[tuple[str, float, int], nn.Module] = {}    # each landed network, for the timings
+        self.matched: dict[tuple[float, int], dict] = {}
+        self.controls: dict[int, dict] = {}
+        self._searches: dict[tuple[str, float, int], Any] = {}
+        self.reference = None
+
+    def say(self, msg: str) -> None:
+        from .compression import say
+
+        say(self.config.base(), f"compare: {msg}")
+
+    def store(self, *parts: str) -> Path | None:
+        return None if self.out is None else self.out.joinpath(*parts)
+
+    def land(self, target: float, seed: int) -> list[Run]:
+        """Every method landed at ``target`` (reused from ``out`` when stored with the same configuration), and
+        the landed networks timed against the original in the same rounds."""
+        here = [self._land_one(method, target, seed) for method in self.config.methods]
+        landed = {r.method: self.networks[(r.method, target, seed)] for r in here if r.landed}
+        if landed:
+            joint = joint_speedups(self._reference(), landed, self.config.joint_rounds)
+            for run in here:
+                run.joint = joint.get(run.method)
+        self.runs += here
+        return here
+
+    def _land_one(self, method: str, target: float, seed: int) -> Run:
+        from .compression import Compression
+
+        cfg = self.config.landing_config(method, target, seed)
+        run, name = Run(method, target, seed), run_name(method, target, seed)
+        stored = self._stored_landing(name, cfg)
+        if isinstance(stored, str):
+            run.error = stored
+            return run
+        if stored is None:
+            self.say(f"{method} at x{target:g}, seed {seed}")
+            try:
+                compression = Compression(self.model, cfg, splits=self.splits)
+                stored = compression.method.compress(compression)
+            except (InfeasibleBudgetError, LatencyModelError) as e:
+                # the method's own refusal on this machine, in one line; the others go on. A latency model that
+                # would not fit may fit on a quieter machine: only an unreachable target is stored for a rerun
+                run.error = " ".join(str(e).split())
+                self.say(f"{method} at x{target:g} did not land: {run.error}")
+                if isinstance(e, InfeasibleBudgetError):
+                    self._write(self.store("runs", name + ".error.json"), {"config": cfg.to_dict(),
+                                                                            "error": run.error})
+                return run
+            self.reference = self.reference or compression
+            if self.out is not None:             # stored now: a rerun reuses it, the final save copies nothing
+                folder = stored.save_pretrained(self.store("runs", name))
+                stored = _Stored(stored.model, stored.report, folder)
+        run.report = stored.report
+        self.results[(method, target, seed)] = stored
+        self.networks[(method, target, seed)] = stored.model
+        return run
+
+    def _stored_landing(self, name: str, cfg: LayerMergeConfig):
+        """A landing stored under ``out`` by an earlier run of the same configuration (its network and report),
+        its refusal (a string), or None."""
+        if self.out is None:
+            return None
+        folder = self.store("runs", name)
+        wanted = _as_json(cfg.to_dict())
+        error = _read(folder.with_name(name + ".error.json"))
+        if error and error["config"] == wanted:
+            return error["error"]
+        report = _read(folder / "report.json")
+        if not report or not _same_config(report.get("config"), wanted) or not (folder / "model.onnx").exists():
+            return None
+        from .saved import load
+
+        self.say(f"{name}: the stored landing")
+        return _Stored(load(folder, None if isinstance(self.model, str) else self.model), report, folder)
+
+    def _write(self, path: Path | None, data: dict) -> None:
+        if path is not None:
+            from .cache import atomic_write_json
+
+            atomic_write_json(path, data)
+
+    def search(self, method: str, target: float, seed: int):
+        """The method's plan search at (target, seed), with the recovery recipe every compared network gets."""
+        from .compression import Compression
+
+        key = (method, target, seed)
+        if key not in self._searches:
+            run = Compression(self.model, self.config.run_config(method, target, seed), splits=self.splits)
+            self._searches[key] = run.method.plan_search(run)
+        return self._searches[key]
+
+    def timer(self):
+        from .matching import Timer
+
+        ref = self._reference()
+        return Timer(ref.backend, ref.example, ref.config.timing_sessions)
+
+    def select(self, target: float, seed: int, here: list[Run]) -> None:
+        """One network per method at a common measured point (depthcut.matching), each recovered once."""
+        from .matching import MATCH_VERSION, match, recover_chosen
+
+        landed = {r.method: r for r in here if r.landed}
+        if len(landed) < 2:
+            return
+        path = self.store("matched", f"x{target:g}-s{seed}.json")
+        signature = {m: plan_summary(r.report) for m, r in landed.items()}
+        result = _read(path) if path is not None else None
+        if not result or result.get("landed") != signature or result.get("version") != MATCH_VERSION:
+            result = match(target, {m: dict(r.report) for m, r in landed.items()},
+                           {m: self.networks[(m, target, seed)] for m in landed},
+                           lambda m: self.search(m, target, seed), self.timer(), self.config.joint_rounds,
+                           self._reference().original, log=self.say)
+            if result is None:
+                for r in landed.values():
+                    r.error = r.error or "no common measured point with the other methods"
+                return
+            result["landed"] = signature
+            self._write(path, result)
+        recover_chosen(result, lambda m: self.search(m, target, seed),
+                       {m: None if get_method(m).searchable else r.report["accuracy_after"]
+                        for m, r in landed.items()}, save=lambda: self._write(path, result), log=self.say)
+        self._write(path, result)
+        self._attach(target, seed, result, source_seed=seed)
+
+    def _attach(self, target: float, seed: int, result: dict, source_seed: int) -> None:
+        from .matching import reported
+
+        self.matched[(target, seed)] = result
+        result["source_seed"] = source_seed
+        said = reported(result)
+        for run in self.runs:
+            if run.target == target and run.seed == seed and run.method in result["chosen"]:
+                pick = result["chosen"][run.method]
+                run.matched = {"plan": pick["plan"], "landed": pick["landed"], "accuracy": pick["accuracy"],
+                               "speedup": said["speedups"][run.method],
+                               "timings": [t[run.method] for t in [result["speedups"]] + result.get("retimed", [])]}
+
+    def chosen_networks(self, target: float, seed: int, result: dict) -> dict[str, nn.Module]:
+        from .matching import chosen_network
+
+        source = result.get("source_seed", seed)
+        return {m: chosen_network(self.search(m, target, source) if not pick["landed"] else None, pick,
+                                  self.networks.get((m, target, source)))
+                for m, pick in result["chosen"].items()}
+
+    def retime(self, target: float, seed: int) -> None:
+        """One more fresh joint timing of the chosen networks and the original, stored."""
+        result = self.matched[(target, seed)]
+        if 1 + len(result.get("retimed", [])) >= self.config.fresh_timings:
+            return
+        speeds = self._time_alone(self.chosen_networks(target, seed, result))
+        result.setdefault("retimed", []).append(speeds)
+        self._write(self.store("matched", f"x{target:g}-s{seed}.json"), result)
+        self._attach(target, seed, result, result["source_seed"])
+
+    def _time_alone(self, networks: dict[str, nn.Module]) -> dict[str, float]:
+        timer = self.timer()
+        runners = {"original": timer.runners(self._reference().original)}
+        runners |= {m: timer.runners(net) for m, net in networks.items()}
+        return timer.joint(runners, "original", self.config.joint_rounds)
+
+    def replicate(self, target: float, seed: int) -> None:
+        """``share_networks``: the first seed's chosen plans, recovered with this seed and timed afresh."""
+        from .matching import recover_chosen
+
+        first = self.config.seeds[0]
+        source = self.matched.get((target, first))
+        here = [Run(r.method, target, seed, report=r.report, error=r.error) for r in self.runs
+                if r.target == target and r.seed == first]
+        self.runs += here
+        if source is None:
+            return
+        path = self.store("matched", f"x{target:g}-s{seed}.json")
+        plans = {m: p["plan"] for m, p in source["chosen"].items()}
+        result = _read(path) if path is not None else None
+        if not result or {m: p["plan"] for m, p in result["chosen"].items()} != plans:
+            result = {"replica_of": first, "landed": source["landed"],
+                      "chosen": {m: {"plan": p["plan"], "landed": p["landed"]} for m, p in source["chosen"].items()},
+                      "source_seed": first}
+            result["speedups"] = self._time_alone(self.chosen_networks(target, seed, result))
+            self._write(path, result)
+        recover_chosen(result, lambda m: self.search(m, target, seed), {},
+                       save=lambda: self._write(path, result), log=self.say)
+        self._write(path, result)
+        self._attach(target, seed, result, source_seed=first)
+
+    def control(self, seed: int) -> None:
+        """The original fine-tuned with the same recovery recipe (distillation from itself included)."""
+        import copy
+
+        from .compression import Compression
+        from .train import evaluate, train
+
+        path = self.store("control", f"s{seed}.json")
+        cfg = self.config.run_config(self.config.methods[0], self.config.speedups[0], seed)
+        stored = _read(path) if path is not None else None
+        if stored and stored["config"] == _as_json(cfg.to_dict()):
+            self.controls[seed] = stored
+            return
+        run, t0 = Compression(self.model, cfg, splits=self.splits), time.time()
+        tuned = copy.deepcopy(run.original)
+        train(tuned, run.splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr,
+              batch_size=cfg.recovery_batch_size, teacher=run.original if cfg.distill else None,
+              kd_weight=cfg.kd_weight, progress=False, seed=seed, **run.fit)
+        self.controls[seed] = {"config": cfg.to_dict(), "accuracy_before": evaluate(run.original, run.splits.test),
+                               "accuracy_after": evaluate(tuned.eval(), run.splits.test), "seconds": time.time() - t0}
+        self._write(path, self.controls[seed])
+
+    def _reference(self):
+        """A Compression of the model (its original, example input, backend), for the timings."""
+        if self.reference is None:
+            from .compression import Compression
+
+            cfg = self.config.run_config(self.config.methods[0], self.config.speedups[0], self.config.seeds[0])
+            self.reference = Compression(self.model, cfg, splits=self.splits)
+        return self.reference
+
+
+def joint_speedups(reference, networks: dict[str, nn.Module], rounds: int) -> dict[str, dict[str, Any]]:
     """Every landed network of one (target, seed) against the original in the same rounds, on fresh sessions
     (depthcut.latency.compare.time_jointly)."""
     from .latency.compare import time_jointly
 
-    estimates = time_jointly(reference.original, {m: r.model.to(reference.device).eval() for m, r in networks.items()},
-                               reference.example, reference.backend, sessions=reference.config.timing_sessions,
-                               rounds=rounds)
+    estimates = time_jointly(reference.original, {m: n.to(reference.device).eval() for m, n in networks.items()},
+                             reference.example, reference.backend, sessions=reference.config.timing_sessions,
+                             rounds=rounds)
     return {m: e.to_dict() for m, e in estimates.items()}
+
+
+@dataclass
+class _Stored:
+    """A landing read back from a comparison's folder: its network and report (already saved there)."""
+
+    model: nn.Module
+    report: dict[str, Any]
+    folder: Path
+
+    def save_pretrained(self, out: str | Path) -> Path:
+        import shutil
+
+        if Path(out).resolve() != self.folder.resolve():
+            shutil.copytree(self.folder, out, dirs_exist_ok=True)
+        return Path(out)
+
+
+def _as_json(data: dict) -> dict:
+    """``data`` as it reads back from JSON (tuples become lists), to compare with what was stored."""
+    return json.loads(json.dumps(data, default=str))
+
+
+def _same_config(stored: dict | None, wanted: dict) -> bool:
+    """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
+    aside."""
+    if stored is None:
+        return False
+    filled = {k: None for k in ("finetune_size", "score_size") if wanted.get(k) is None}
+    return {**stored, **filled} == wanted
+
+
+def _read(path: Path | None) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    return json.loads(path.read_text())
 
 
 # -- the report -------------------------------------------------------------------------------------------
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _how(c: Comparison) -> str:
+    cfg = c.config
+    if cfg.matching == "select":
+        return (f"Each method lands within [target, target x {1 + cfg.match_tolerance:g}]; then one network per "
+                f"method is chosen at a common measured point (depthcut.matching: candidates around each landing "
+                f"timed in the same rounds, aiming within 2 %), recovered once, and timed against the original in "
+                f"{cfg.fresh_timings} fresh joint timing(s) of {cfg.joint_rounds} rounds, minutes apart: the "
+                f"speed-ups below are each network's median over them (mean over seeds; interval: the extreme "
+                f"single timings){'; later seeds recover and time the first seed' + chr(39) + 's networks' if cfg.share_networks else ''}. "
+                f"{c.seconds / 60:.1f} minutes.")
+    return (f"Each method lands within [target, target x {1 + cfg.match_tolerance:g}] (depthcut.compression), "
+            f"then every network of one target and seed is timed against the original in the same "
+            f"{cfg.joint_rounds} rounds (depthcut.latency.compare.compare_many): the speed-ups below are that joint "
+            f"timing (mean over seeds; interval: the widest over seeds). {c.seconds / 60:.1f} minutes.")
 
 
 def render_markdown(c: Comparison) -> str:
@@ -303,16 +580,17 @@ def render_markdown(c: Comparison) -> str:
              *([f"`{c.command}`", ""] if c.command else []),
              f"{base.data}, {base.backend}{' int8' if base.quantize else ''} (batch {base.batch_size}"
              f"{'; accuracy and speed-ups of the int8 networks, against the int8 original' if base.quantize else ''})"
-             f", recovery {base.recovery_epochs} epochs for "
-             f"every method, seeds {seeds}. Each method lands within [target, target x {1 + cfg.match_tolerance:g}] "
-             f"(depthcut.compression), then every network of one target and seed is timed against the original in "
-             f"the same {cfg.joint_rounds} rounds (depthcut.latency.compare.compare_many): the speed-ups below are "
-             f"that joint timing (mean over seeds; interval: the widest over seeds). {c.seconds / 60:.1f} minutes.",
-             ""]
+             f", recovery {base.recovery_epochs} epochs for every method, seeds {seeds}. " + _how(c), ""]
+    if c.controls:
+        acc = [v["accuracy_after"] for v in c.controls.values()]
+        lines += [f"Control - the original fine-tuned with the same recovery (x1.0): "
+                  f"{statistics.mean(acc):.2f}{f' ± {statistics.stdev(acc):.2f}' if len(acc) > 1 else ''} "
+                  f"(before: {statistics.mean(v['accuracy_before'] for v in c.controls.values()):.2f}).", ""]
     for target in cfg.speedups:
         best = c.best(target)
         lines += [f"## x{target:g}", "",
-                  "| method | landed | accuracy before | accuracy after | speed-up (joint, 95 % CI) |",
+                  "| method | landed | accuracy before | accuracy after | speed-up (joint, "
+                  + ("95 % CI) |" if cfg.matching == "band" else "median [extreme timings]) |"),
                   "|---|---|---|---|---|"]
         rows = c.table(target)
         for row in rows:
@@ -326,7 +604,7 @@ def render_markdown(c: Comparison) -> str:
         lines.append("")
         for row in rows:
             lines += [f"- {row['method']} did not land: {e}" for e in row["errors"]]
-        for r in c.at(target):
+        for r in c.at(target) if cfg.matching == "band" else []:     # selecting, the landing is not compared
             if r.landed and not r.report.get("target_met", True):
                 lines.append(f"- {r.method} (seed {r.seed}): its final timing, x{r.report['speedup']:.3f}, fell "
                              f"below the target its landing probe had met")
@@ -342,11 +620,13 @@ def render_markdown(c: Comparison) -> str:
                            f"with care.** ") + (f"Most accurate: **{best}**." if best else
                                                 "No method landed for every seed."))
         lines.append("")
-    lines += ["## Runs", "", "| method | target | seed | accuracy | landed speed-up | joint speed-up | params | "
+    lines += ["## Runs", "", "| method | target | seed | accuracy | landed speed-up | joint speed-up (landed / chosen) | params | "
               "plan |", "|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
         s = r.summary()
-        joint = f"x{r.joint['ratio']:.3f}" if r.joint else "-"
+        joint = (f"x{r.joint['ratio']:.3f}" if r.joint else "-") + (
+            f" / chosen {'landed' if r.matched['landed'] else 'another plan'}: {r.matched['accuracy']:.2f} at "
+            f"x{r.matched['speedup']:.3f}" if r.matched else "")
         landed = f"x{s['speedup']:.3f}" if s["speedup"] else "-"
         plan = json.dumps(s["plan"]) if s["plan"] is not None else (r.error or "-")
         lines.append(f"| {r.method} | x{r.target:g} | {r.seed} | {_cell(s['accuracy_after'], '.2f')} | {landed} | "
@@ -363,8 +643,8 @@ def plot(c: Comparison, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in c.config.methods:
-        runs = [r for r in c.runs if r.method == method and r.landed and r.joint]
-        ax.scatter([r.joint["ratio"] for r in runs], [r.report["accuracy_after"] for r in runs], label=method)
+        said = [s for r in c.runs if r.method == method and (s := c.compared(r))]
+        ax.scatter([s["speedup"] for s in said], [s["accuracy"] for s in said], label=method)
     for target in c.config.speedups:
         ax.axvline(target, color="grey", lw=0.5, ls="--")
     ax.set_xlabel("speed-up, measured jointly")

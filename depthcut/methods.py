@@ -36,25 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .cnn.chain import Candidate, Chain
-from .errors import DepthcutError, InfeasibleBudgetError
-
-_METHODS: dict[str, "Method"] = {}
-
-
-def register_method(cls: type["Method"]) -> type["Method"]:
-    _METHODS[cls.name] = cls()
-    return cls
-
-
-def get_method(name: str) -> "Method":
-    if name not in _METHODS:
-        raise DepthcutError(f"unknown method {name!r}; choose one of {', '.join(_METHODS)}")
-    return _METHODS[name]
-
-
-def method_names() -> list[str]:
-    return list(_METHODS)
-
+from .errors import InfeasibleBudgetError
+from .registry import get_method, method_names, register_method  # noqa: F401 - the registry, re-exported
 
 def _all_kept(c: Candidate) -> bool:
     return tuple(c.kept) == tuple(range(c.start + 1, c.end + 1))
@@ -70,6 +53,7 @@ class Method:
     kind = "plan"        # "plan": a depth plan over the candidates; "model": rewrites the model itself
     # the search returns the optimum of its scores (the adaptive importance's branch and bound relies on it)
     exact_search = True
+    searchable = True    # matching at equal latency may choose its other plans near its landing (plan_search)
 
     def uses(self, candidate: Candidate, chain: Chain) -> bool:
         return True
@@ -82,6 +66,13 @@ class Method:
         from .search.layermerge import solve
 
         return solve(rows, length, steps=steps, max_latency_ms=full_ms)
+
+    def plan_search(self, compression):
+        """This method's plans at any budget around its landing, for matching methods at equal measured
+        latency (depthcut.matching); None: its landed network is its only candidate."""
+        from .matching import DepthPlans
+
+        return DepthPlans(compression) if self.searchable else None
 
     def compress(self, compression, out=None):
         """Run ``compression``'s stages (depthcut.compression.Compression) and write the result to ``out``.
@@ -183,6 +174,11 @@ class Channel(Method):
     summary = "prune channels (Torch-Pruning, L1; global and uniform plans) until the measured latency meets the target"
     kind = "model"
 
+    def plan_search(self, compression):
+        from .matching import WidthPlans
+
+        return WidthPlans(compression)
+
     def compress(self, compression, out=None):
         """No depth plan: the same inputs, landing on the measured target, recovery, final timing and report,
         over channel-pruning plans (depthcut.cnn.channels)."""
@@ -197,6 +193,7 @@ class LayerMergeChannel(Method):
     summary = ("depth and width together: the LayerMerge DP at each of a few channel widths, the width predicted "
                "most accurate at the target landed (depthcut.joint)")
     kind = "model"
+    searchable = False               # its landed network is its only candidate
 
     def compress(self, compression, out=None):
         from .joint import compress_joint

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from depthcut.cli import main
-from depthcut.comparison import AIM, BAND, SPREAD, CompareConfig, common_point, compare, load_comparison
+from depthcut.comparison import CompareConfig, compare, load_comparison
+from depthcut.matching import AIM, BAND, SPREAD, common_point
 from depthcut.config import LayerMergeConfig
 from depthcut.errors import DepthcutError
 
@@ -95,7 +96,7 @@ def test_cli_compare_prints_the_ranking_and_writes_the_report(trained, tmp_path,
     assert report["config"]["methods"] == ["layermerge", "layer-pruning"]
 
 
-# -- the common point of several methods' networks (bench/matched_latency.py drives it) ----------------------
+# -- the common point of several methods' networks (depthcut.matching drives it) ----------------------
 # one network per method, all at or above the target; within 2 % (else within the 3 % spread) the fastest network
 # is as slow as any feasible choice allows (the least accuracy given up), and without one the spread is the
 # smallest any choice has
@@ -163,3 +164,62 @@ def test_int8_runs_are_compared_by_their_int8_accuracy():
     assert {r["method"]: r["accuracy"] for r in c.table(2.0)} == {"layermerge": 87.0, "channel": 87.4}
     assert c.best(2.0) == "channel" and c.table(2.0)[0]["accuracy_before"] == 89.5
     assert c.runs[0].summary()["accuracy_int8_after"] == 87.0
+
+
+# -- matching "select": one network per method at a common measured point, recovered once ----------------------
+def select_config(tmp_path, **kw):
+    fields = dict(methods=("layermerge", "layer-pruning"), speedups=(1.3,), seeds=(0, 1), match_tolerance=0.10,
+                  joint_rounds=6, matching="select", fresh_timings=2, share_networks=True, control=True,
+                  compress=config(tmp_path, importance_seed=0))
+    fields.update(kw)
+    return CompareConfig(**fields)
+
+
+def test_select_chooses_a_common_point_recovers_each_network_once_and_shares_it_across_seeds(trained, tmp_path,
+                                                                                               monkeypatch):  # noqa: F811
+    import depthcut.matching as matching
+    from depthcut.methods import Method
+
+    model, splits = trained
+    recoveries = []
+    real = matching.DepthPlans.recover
+    monkeypatch.setattr(matching.DepthPlans, "recover",
+                        lambda self, plan: recoveries.append((self.run.config.seed, tuple(plan))) or real(self, plan))
+    result = compare(model, select_config(tmp_path), out=tmp_path / "cmp", splits=splits)
+    first = [r for r in result.runs if r.seed == 0]
+    assert {r.method for r in first} == {"layermerge", "layer-pruning"} and all(r.landed for r in first)
+    for r in first:
+        # landed without recovery: whichever network is chosen gets the one recovery
+        assert r.report["config"]["recovery_epochs"] == 0.0
+        # simulated timings are exact: the chosen network meets the target, each fresh timing says the same
+        assert r.matched["speedup"] >= 1.3 and len(r.matched["timings"]) == 2
+        assert r.matched["timings"][0] == pytest.approx(r.matched["timings"][1])
+    speeds = [r.matched["speedup"] for r in first]
+    assert max(speeds) / min(speeds) - 1 <= SPREAD
+    # seed 1 recovers seed 0's chosen plans with its own seed, and times them afresh
+    second = {r.method: r for r in result.runs if r.seed == 1}
+    for r in first:
+        assert second[r.method].matched["plan"] == r.matched["plan"]
+    assert sorted(s for s, _ in recoveries) == [0, 0, 1, 1]
+    assert result.table(1.3)[0]["landed"] == 2                    # both seeds compared
+    assert set(result.controls) == {0, 1} and all(c["accuracy_after"] > 50 for c in result.controls.values())
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert "common measured point" in report and "Control" in report
+
+    # a rerun with the same folder reuses every landing, selection, recovery and timing: no work at all
+    monkeypatch.setattr(Method, "compress", lambda *a, **k: pytest.fail("landed again"))
+    monkeypatch.setattr(matching, "match", lambda *a, **k: pytest.fail("selected again"))
+    again = compare(model, select_config(tmp_path), out=tmp_path / "cmp", splits=splits)
+    assert len(recoveries) == 4
+    assert [r.matched for r in again.runs] == [r.matched for r in result.runs]
+
+
+def test_select_keeps_a_method_without_plan_search_at_its_landed_network(trained, tmp_path):  # noqa: F811
+    """layermerge+channel offers no other plans: its landed (and recovered) network is its candidate."""
+    from depthcut.methods import get_method
+
+    assert not get_method("layermerge+channel").searchable and get_method("layermerge+channel").plan_search(None) is None
+    with pytest.raises(DepthcutError, match="share_networks"):
+        select_config(tmp_path, share_networks=True, compress=config(tmp_path))       # no fixed importance seed
+    with pytest.raises(DepthcutError, match="matching"):
+        select_config(tmp_path, matching="nearest")

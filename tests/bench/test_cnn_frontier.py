@@ -1,83 +1,37 @@
-"""bench/cnn_frontier.py's bookkeeping: which runs a configuration needs, which stored runs it may reuse, and
-the options that contradict each other (one line, before any work)."""
+"""bench/cnn_frontier.py, a thin driver over depthcut.compare: the comparison it asks for, per model."""
 from __future__ import annotations
-
 
 import pytest
 
-
-import cnn_frontier as cf  # noqa: E402
-
-FAST = ["--models", "resnet20_fmnist", "mobilenet_v2_fmnist", "--targets", "1.25", "2.0", "--methods", "layermerge",
-        "channel", "--seeds", "0", "1", "2", "--importance-seed", "mobilenet_v2_fmnist=0", "--matched"]
+import cnn_frontier as cf
+from depthcut.errors import DepthcutError
 
 
-def args_of(*argv):
+def config_of(model: str, *argv: str):
     args = cf.parser().parse_args(list(argv))
-    cf.check_args(args)
-    return args
+    args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
+    return cf.compare_config(model, args)
 
 
-def test_shared_networks_land_only_at_their_seed_and_every_seed_gets_its_control():
-    args = args_of(*FAST, "--share-networks", "--importance-seed", "resnet20_fmnist=1", "mobilenet_v2_fmnist=0")
-    jobs = cf.jobs_of(args)
-    assert sorted(j for j in jobs if j[0] == "control") == sorted(
-        ("control", m, 1.0, s) for m in ("resnet20_fmnist", "mobilenet_v2_fmnist") for s in (0, 1, 2))
-    landing = [j for j in jobs if j[0] != "control"]
-    assert {(m, s) for _, m, _, s in landing} == {("resnet20_fmnist", 1), ("mobilenet_v2_fmnist", 0)}
-    assert len(landing) == 2 * 2 * 2                        # models x targets x methods, once each
-    # without the option every seed lands
-    assert len([j for j in cf.jobs_of(args_of(*FAST)) if j[0] != "control"]) == 2 * 2 * 2 * 3
+def test_the_driver_asks_compare_for_a_selection_with_per_model_budgets():
+    rn = config_of("resnet20_fmnist")
+    mb = config_of("mobilenet_v2_fmnist")
+    assert rn.matching == "select" and rn.share_networks and rn.control and rn.fresh_timings == 3
+    assert rn.methods == cf.METHODS and rn.speedups == (1.25, 1.5, 2.0) and rn.seeds == (0, 1, 2)
+    assert (rn.compress["recovery_epochs"], mb.compress["recovery_epochs"]) == (0.25, 0.1)
+    assert (rn.compress["importance_steps"], mb.compress["importance_steps"]) == (20, 10)
+    assert rn.compress["importance_seed"] == 0 and rn.compress["timing_threads"] == 1
+    # a plain value is every other model's; pairs override it
+    cfg = config_of("other", "--recovery-epochs", "0.5", "resnet20_fmnist=1")
+    assert cfg.compress["recovery_epochs"] == 0.5
+    assert config_of("resnet20_fmnist", "--recovery-epochs", "0.5", "resnet20_fmnist=1").compress["recovery_epochs"] == 1
 
 
-def test_unrecovered_landing_runs_carry_no_recovery_and_the_rest_the_budget():
-    args = args_of(*FAST, "--recover-chosen-only", "--recovery-epochs", "resnet20_fmnist=0.25", "mobilenet_v2_fmnist=0.1")
-    assert cf.frontier_config("resnet20_fmnist", "channel", 2.0, 1, args, landing=True).recovery_epochs == 0
-    assert cf.frontier_config("resnet20_fmnist", "channel", 2.0, 1, args).recovery_epochs == 0.25
-    assert cf.control_config("mobilenet_v2_fmnist", 1, args).recovery_epochs == 0.1
-    plain = args_of(*FAST)                                 # recovered landing runs: the budget (default 1 epoch)
-    assert cf.frontier_config("resnet20_fmnist", "channel", 2.0, 1, plain, landing=True).recovery_epochs == 1.0
+def test_each_seed_its_own_table_means_each_seed_its_own_networks():
+    cfg = config_of("resnet20_fmnist", "--importance-seed", "-1")
+    assert not cfg.share_networks and cfg.compress["importance_seed"] is None
 
 
-def test_a_stored_run_is_reused_only_with_the_same_recipe():
-    args = args_of(*FAST, "--channels-last", "--importance-steps", "mobilenet_v2_fmnist=10")
-    cfg = cf.frontier_config("mobilenet_v2_fmnist", "layermerge", 2.0, 1, args, landing=True)
-    assert cfg.channels_last and cfg.importance_steps == 10 and cfg.scoring_seed == 0
-    stored = cf.version("layermerge", cfg)
-    assert cf.reusable(stored, "layermerge", cfg)
-    assert not cf.reusable(stored | {"channels_last": False}, "layermerge", cfg)
-    assert not cf.reusable(stored | {"importance_steps": 20}, "layermerge", cfg)
-    # a run stored before the fields existed: contiguous, 20 steps, 1 epoch, its own importance seed
-    old = {"recovery_epochs": 1.0}
-    plain = cf.frontier_config("resnet20_fmnist", "layermerge", 2.0, 1, args_of(*FAST), landing=True)
-    assert cf.reusable(old, "layermerge", plain) and not cf.reusable(old, "layermerge", cfg)
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--share-networks"], "add --matched"),
-    (["--matched", "--recover-chosen-only", "--share-networks", "--models", "resnet20_fmnist"],
-     "resnet20_fmnist has no shared importance table"),
-    (["--matched", "--share-networks", "--models", "resnet20_fmnist", "--importance-seed", "resnet20_fmnist=3"],
-     "seed 3, which is not in --seeds 0 1 2"),
-])
-def test_contradicting_options_stop_with_one_line(argv, message):
-    with pytest.raises(SystemExit, match=message):
-        args_of(*argv)
-
-
-def test_the_clock_adds_up_over_invocations_and_survives_a_kill(tmp_path):
-    path = tmp_path / "clock.json"
-    clock = cf.Clock(path)
-    with clock.phase("runs"):
-        pass
-    with pytest.raises(KeyboardInterrupt):
-        with cf.Clock(path).phase("matching"):          # interrupted inside a step: what it spent is kept
-            raise KeyboardInterrupt
-    again = cf.Clock(path)
-    assert set(again.data["phases"]) == {"runs", "matching"}
-    reading = cf.Clock(path, record=False)                  # --report-only: reads, adds nothing
-    with reading.phase("joint"):
-        pass
-    assert reading.data == again.data == cf.Clock(path).data
-    fresh, landing = cf.PHASES[-1], cf.PHASES[1]             # told in the order the benchmark takes them
-    assert cf.clock_line({"phases": {fresh: 600.0, landing: 1200.0}}) == f"30 min ({landing} 20.0 min, {fresh} 10.0 min)"
+def test_a_bad_method_is_one_line_before_any_work():
+    with pytest.raises(DepthcutError, match="unknown method 'nope'"):
+        config_of("resnet20_fmnist", "--methods", "layermerge", "nope")
