@@ -346,12 +346,19 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
     ("per-call", depthcut.latency.model), cached next to the rows so that the same caches give the same plan.
     ``time_rows(rows, refresh=True)`` times the table again when the calibration's sanity checks fail."""
     from .cache import fingerprint
+    from .cnn.build import is_trivial
     from .errors import CacheError
     from .latency import latency_store
     from .latency.model import additive, calibrate, network_timer, LatencyModel
 
     config = run.config
     if config.latency_model == "additive":
+        return additive(config.batch_size)
+    if all(is_trivial(c) for c in candidates):
+        # nothing left to merge (DepthShrinker on ResNet-20: every merged block is slower than its convs): the
+        # only plan is the original's convs, which one network cannot calibrate a per-call model on; the
+        # reachability check that follows refuses any target beyond it, in one line
+        run.say("no candidate merges anything faster than the convs it replaces: the original's convs are the only plan")
         return additive(config.batch_size)
     store = latency_store(run.backend, config.batch_size, run.cache_dir)
     key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),

@@ -319,3 +319,24 @@ def test_int8_deployment_times_int8_networks_and_reports_both_precisions(trained
     assert "## int8 deployment" in (out / "report.md").read_text()
     manifests = [json.loads(p.read_text()) for p in (tmp_path / "c" / "latency").rglob("manifest.json")]
     assert manifests and all(m.get("quantize") == "int8" for m in manifests)
+
+
+def test_a_method_left_with_nothing_to_merge_is_refused_as_out_of_reach_not_as_a_broken_model(trained, tmp_path,
+                                                                                                 monkeypatch):
+    """Every merge dominated (DepthShrinker on ResNet-20: its merged blocks are slower than their convs): the
+    only plan is the original's convs. One network cannot calibrate the per-call model (its constant fit came
+    out negative, and compress stopped with 'time again on a quieter machine'); the reachability check refuses
+    the target instead, with the reachable maximum."""
+    from depthcut import registry
+    from depthcut.methods import Method
+
+    class ConvsOnly(Method):
+        name = "convs-only"
+
+        def uses(self, candidate, chain):
+            return False
+
+    monkeypatch.setitem(registry._METHODS, "convs-only", ConvsOnly())
+    model, splits = trained
+    with pytest.raises(InfeasibleBudgetError, match="out of reach.*ask for at most"):
+        compress(model, config(tmp_path, method="convs-only"), splits=splits)

@@ -277,14 +277,6 @@ def calibration_plans(rows: Sequence[tuple[Candidate, float]], length: int,
         inside = [row for row in table if row.ref in identity or lo <= row.ref.start and row.ref.end <= hi]
         region = solve(inside, length, max_latency_ms=body)
         add(f"fastest in positions {lo}-{hi}", [row.ref for row in region.best(region.min_latency_ms).rows])
-    if len(plans) == 1:
-        # every merge timed slower alone than the convs it replaces (DepthShrinker's whole ResNet-20 blocks, k5
-        # where two k3 were): no budget plan differs from the identity, and one network cannot tell the time
-        # outside the body from the per-call cost. The plan with the fewest calls can - a merge may still pay
-        # in a network, where its saved call costs less than it does alone
-        fewest = solve([Row(r.start, r.end, 1.0 if r.ref.kept else 0.0, 1.0, ref=r.ref) for r in table], length,
-                       max_latency_ms=float(len(identity)))
-        add("fewest calls", [r.ref for r in fewest.best(fewest.min_latency_ms).rows])
     return plans
 
 
