@@ -50,6 +50,16 @@ def compare_config(model: str, args) -> CompareConfig:
                          share_networks=args.importance_seed is not None, compress=compress)
 
 
+def wall_clock(path: Path, seconds: float) -> dict:
+    """The benchmark's wall time summed over the invocations that resumed one another (stored next to the runs)."""
+    import json
+
+    clock = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
+    clock = {"seconds": clock["seconds"] + seconds, "invocations": clock["invocations"] + 1}
+    atomic_write_text(path, json.dumps(clock))
+    return clock
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -84,9 +94,10 @@ def plot(comparisons: dict[str, Comparison], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(comparisons), figsize=(6 * len(comparisons), 4), squeeze=False)
     for ax, (model, c) in zip(axes[0], comparisons.items()):
-        for method in c.config.methods:
+        for method, marker in zip(c.config.methods, "osD^vP"):      # markers: methods sharing a plan both show
             said = [s for r in c.runs if r.method == method and (s := c.compared(r))]
-            ax.scatter([s["speedup"] for s in said], [s["accuracy"] for s in said], label=method, s=18)
+            ax.scatter([s["speedup"] for s in said], [s["accuracy"] for s in said], label=method, s=28,
+                       marker=marker, facecolors="none", edgecolors=f"C{c.config.methods.index(method)}")
         if c.controls:
             ax.axhline(statistics.mean(v["accuracy_after"] for v in c.controls.values()), color="grey", lw=0.8,
                        label="control (x1.0)")
@@ -132,9 +143,11 @@ def main() -> None:
         comparisons[model] = compare(model, cfg, out=folder, command=" ".join(["python"] + sys.argv))
         for name in ("report.json", "report.md"):
             atomic_write_text(out / f"{model}{Path(name).suffix}", (folder / name).read_text())
+    clock = wall_clock(Path(args.runs) / "clock.json", time.time() - t0)
     lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
-             f"`{' '.join(['python'] + sys.argv)}` - {(time.time() - t0) / 60:.0f} minutes in this invocation "
-             f"(each comparison's own time below counts only its own invocation; stored work is reused).", "",
+             f"`{' '.join(['python'] + sys.argv)}` - {clock['seconds'] / 60:.0f} minutes of wall time here, over "
+             f"{clock['invocations']} invocation(s) resuming one another (each comparison's own time below counts "
+             f"only its last invocation).", "",
              "Accuracy (%) after the same recovery, mean ± std over seeds, at the mean of each method's jointly "
              "measured speed-up; every method's chosen network within 2-3 % of the others' (the last column: the "
              "largest spread of one seed's medians).", "", *headline(comparisons), "",

@@ -603,7 +603,7 @@ def render_markdown(c: Comparison) -> str:
                          f"{_cell(row['accuracy_before'], '.2f')} | {acc} | {speed} |")
         lines.append("")
         for row in rows:
-            lines += [f"- {row['method']} did not land: {e}" for e in row["errors"]]
+            lines += [f"- {row['method']} did not land: {e}" for e in dict.fromkeys(row["errors"])]
         for r in c.at(target) if cfg.matching == "band" else []:     # selecting, the landing is not compared
             if r.landed and not r.report.get("target_met", True):
                 lines.append(f"- {r.method} (seed {r.seed}): its final timing, x{r.report['speedup']:.3f}, fell "
