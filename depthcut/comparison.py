@@ -11,6 +11,13 @@ measured target, verification, the same recovery budget, final timing), landing 
 comparable to each other. The report states, per target, each method's accuracy and jointly measured
 speed-up, whether the speeds matched within the tolerance, and which method is most accurate.
 
+Landed networks still lie a few percent apart (every method's plans are discrete in latency). With
+``matching="select"`` (``--match select``) one network per method is chosen instead, at a common measured
+point within 2-3 % of the others (depthcut.matching), each chosen network gets the one recovery, and
+``fresh_timings`` joint timings minutes apart give each its median speed-up. ``control`` adds the original
+fine-tuned the same way; ``share_networks`` lets later seeds recover the first seed's networks. With ``out``
+every landing, selection and recovery is stored as it finishes, and a rerun resumes.
+
     result = compare("mobilenet_v2_fmnist", CompareConfig(methods=("layermerge", "channel"), speedups=(2.0,),
                      compress=LayerMergeConfig(backend="onnxruntime", recovery_epochs=1.0)))
     result.best(2.0)                       # the most accurate method at x2.0, among those that matched
