@@ -9,6 +9,10 @@ the DP through the stage API (``Compression.use(importance=...)``). Each lands o
 recovered with the same recipe; accuracy and measured speed-up come from compress's own report.
 
     python bench/objective_check.py [--model mobilenet_v2_fmnist] [--targets 1.25 1.5 2.0] [--seeds 0]
+
+``--matched``: the registered variant ``layermerge-damage`` against ``layermerge`` through ``depthcut compare
+--match select`` with the frontier benchmark's settings (3 seeds sharing the seed-0 networks, the same recovery,
+fresh joint timings), written to ``--out``_matched.md and kept under .cache/objective_check_runs (resumable).
 """
 from __future__ import annotations
 
@@ -43,8 +47,11 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.5, 2.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--matched", action="store_true", help="the two objectives at matched latency, 3 seeds")
     args = ap.parse_args()
     frontier_args = cf.parser().parse_args([])           # the frontier benchmark's budgets and caches
+    if args.matched:
+        return matched(args, frontier_args)
     out, rows = Path(args.out), []
     for target in args.targets:
         for seed in args.seeds:
@@ -66,6 +73,19 @@ def main() -> None:
                      f"{r['convs_after']} |")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def matched(args, frontier_args) -> None:
+    from depthcut.comparison import compare
+
+    frontier_args.methods, frontier_args.targets = ["layermerge", "layermerge-damage"], args.targets
+    folder = Path(__file__).resolve().parents[1] / ".cache" / "objective_check_runs" / args.model
+    c = compare(args.model, cf.compare_config(args.model, frontier_args), out=folder,
+                command=f"python bench/objective_check.py --matched --model {args.model}")
+    lines = ["# LayerMerge's objective at matched latency: `python bench/objective_check.py --matched`", "",
+             *cf.headline({args.model: c}), "", (folder / "report.md").read_text().replace("\n## ", "\n### ")]
+    atomic_write_text(Path(str(args.out) + "_matched.md"), "\n".join(lines))
+    print("\n".join(lines[:12]))
 
 
 if __name__ == "__main__":

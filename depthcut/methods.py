@@ -9,6 +9,8 @@ recovery and report. A method decides only two things:
 Registered (SPEC A9; compare them at equal *measured* latency):
 
   layermerge     remove activations and convs jointly, merge each run: the LayerMerge DP over every row.
+  layermerge-damage
+                 the same rows and DP, maximising the summed accuracy change (Σ log I) instead of Σ I.
   two-stage      activations only (Kim et al., ICML 2023): every conv is kept; a block's activations are
                  removed by merging it whole. The DP over the all-kept rows. (The ICML 2023 stage 1 may also
                  leave a linear run unmerged when merging is slower; a merged run is the only form depthcut
@@ -32,6 +34,7 @@ Registered (SPEC A9; compare them at equal *measured* latency):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -92,6 +95,26 @@ class Method:
 class LayerMerge(Method):
     name = "layermerge"
     summary = "remove activations and convs jointly, merge each run (LayerMerge, ICML 2024)"
+
+
+@register_method
+class LayerMergeDamage(Method):
+    """LayerMerge's rows and DP, maximising the summed accuracy change instead of Σ I. With I = exp(Δacc / 100)
+    every block adds about 1 to Σ I, so one more block outweighs 100 points of summed damage: on MobileNetV2 the
+    DP removed a depthwise conv to keep one more block (docs/benchmarks.md). Σ log I = Σ Δacc / 100 counts the
+    damage alone (bench/objective_check.py)."""
+
+    name = "layermerge-damage"
+    summary = "the LayerMerge DP maximising the summed accuracy change (sum of log I) instead of the sum of I"
+    exact_search = False         # its scores are log I: the adaptive importance's bounds are on I
+
+    def search(self, rows, length: int, steps: int, full_ms: float, chain: Chain | None = None):
+        from dataclasses import replace
+
+        from .search.layermerge import solve
+
+        return solve([replace(r, importance=math.log(r.importance)) for r in rows], length, steps=steps,
+                     max_latency_ms=full_ms)
 
 
 @register_method
