@@ -60,12 +60,6 @@ def wall_clock(path: Path, seconds: float) -> dict:
     return clock
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
-
-
 def headline(comparisons: dict[str, Comparison]) -> list[str]:
     """One row per (model, target): each method's accuracy (mean ± std over seeds) at its speed-up, the best
     method, and the largest spread of speed-ups within one seed."""
@@ -74,12 +68,9 @@ def headline(comparisons: dict[str, Comparison]) -> list[str]:
              "|---|---|" + "---|" * (len(methods) + 2)]
     for model, c in comparisons.items():
         for target in c.config.speedups:
-            rows = {r["method"]: r for r in c.table(target)}
-            cells = []
-            for m in methods:
-                said = [s for r in c.at(target) if r.method == m and (s := c.compared(r))]
-                cells.append(f"{mean_std([s['accuracy'] for s in said])} (x{rows[m]['speedup']:.2f})" if said
-                             else "unreachable")
+            cells = [("unreachable" if not row["landed"] else f"{row['accuracy']:.2f}"
+                      + (f" ± {row['accuracy_std']:.2f}" if row["landed"] > 1 else "") + f" (x{row['speedup']:.2f})")
+                     for row in c.table(target)]
             spreads = c.seed_spreads(target)
             worst = f"{max(spreads.values()):.1%}" if spreads else "-"
             lines.append(f"| {model} | x{target:g} | " + " | ".join(cells) + f" | {c.best(target) or '-'} | {worst} |")

@@ -38,7 +38,7 @@ from .config import LayerMergeConfig
 from .configbase import ConfigBase, at_least
 from .errors import DepthcutError, InfeasibleBudgetError
 from .latency.model import LatencyModelError
-from .matching import common_point
+from .matching import MATCH_VERSION, Timer, chosen_network, common_point, match, recover_chosen, reported
 from .methods import get_method, method_names
 
 COMPARE_VERSION = 1
@@ -103,11 +103,15 @@ class CompareConfig(ConfigBase):
         return replace(self.base(), method=method, speedup=speedup, speed_tolerance=self.match_tolerance,
                        seed=seed)
 
+    def defers_recovery(self, method: str) -> bool:
+        """Selecting, a method whose other plans may be chosen lands without recovery: whichever of its networks
+        is chosen is recovered once, with the run's budget."""
+        return self.matching == "select" and get_method(method).searchable
+
     def landing_config(self, method: str, speedup: float, seed: int) -> LayerMergeConfig:
-        """The landing run's configuration. Selecting, a method whose other plans may be chosen lands without
-        recovery: whichever of its networks is chosen is recovered once, with the run's budget."""
+        """The landing run's configuration (:meth:`defers_recovery`)."""
         cfg = self.run_config(method, speedup, seed)
-        return replace(cfg, recovery_epochs=0.0) if self.matching == "select" and get_method(method).searchable else cfg
+        return replace(cfg, recovery_epochs=0.0) if self.defers_recovery(method) else cfg
 
 
 @dataclass
@@ -386,15 +390,11 @@ class _Comparing:
         return self._searches[key]
 
     def timer(self):
-        from .matching import Timer
-
         ref = self._reference()
         return Timer(ref.backend, ref.example, ref.config.timing_sessions)
 
     def select(self, target: float, seed: int, here: list[Run]) -> None:
         """One network per method at a common measured point (depthcut.matching), each recovered once."""
-        from .matching import MATCH_VERSION, match, recover_chosen
-
         landed = {r.method: r for r in here if r.landed}
         if len(landed) < 2:
             return
@@ -413,14 +413,11 @@ class _Comparing:
             result["landed"] = signature
             self._write(path, result)
         recover_chosen(result, lambda m: self.search(m, target, seed),
-                       {m: None if get_method(m).searchable else r.report["accuracy_after"]
+                       {m: None if self.config.defers_recovery(m) else r.report["accuracy_after"]
                         for m, r in landed.items()}, save=lambda: self._write(path, result), log=self.say)
-        self._write(path, result)
         self._attach(target, seed, result, source_seed=seed)
 
     def _attach(self, target: float, seed: int, result: dict, source_seed: int) -> None:
-        from .matching import reported
-
         self.matched[(target, seed)] = result
         result["source_seed"] = source_seed
         said = reported(result)
@@ -432,8 +429,6 @@ class _Comparing:
                                "timings": [t[run.method] for t in [result["speedups"]] + result.get("retimed", [])]}
 
     def chosen_networks(self, target: float, seed: int, result: dict) -> dict[str, nn.Module]:
-        from .matching import chosen_network
-
         source = result.get("source_seed", seed)
         return {m: chosen_network(self.search(m, target, source) if not pick["landed"] else None, pick,
                                   self.networks.get((m, target, source)))
@@ -450,15 +445,12 @@ class _Comparing:
         self._attach(target, seed, result, result["source_seed"])
 
     def _time_alone(self, networks: dict[str, nn.Module]) -> dict[str, float]:
-        timer = self.timer()
-        runners = {"original": timer.runners(self._reference().original)}
-        runners |= {m: timer.runners(net) for m, net in networks.items()}
-        return timer.joint(runners, "original", self.config.joint_rounds)
+        """The chosen networks and the original, and nothing else, in the same rounds: a fresh timing."""
+        joint = joint_speedups(self._reference(), networks, self.config.joint_rounds)
+        return {m: e["ratio"] for m, e in joint.items()}
 
     def replicate(self, target: float, seed: int) -> None:
         """``share_networks``: the first seed's chosen plans, recovered with this seed and timed afresh."""
-        from .matching import recover_chosen
-
         first = self.config.seeds[0]
         source = self.matched.get((target, first))
         here = [Run(r.method, target, seed, report=r.report, error=r.error) for r in self.runs
@@ -477,15 +469,14 @@ class _Comparing:
             self._write(path, result)
         recover_chosen(result, lambda m: self.search(m, target, seed), {},
                        save=lambda: self._write(path, result), log=self.say)
-        self._write(path, result)
         self._attach(target, seed, result, source_seed=first)
 
     def control(self, seed: int) -> None:
         """The original fine-tuned with the same recovery recipe (distillation from itself included)."""
         import copy
 
-        from .compression import Compression
-        from .train import evaluate, train
+        from .compression import Compression, recovery_fine_tune
+        from .train import evaluate
 
         path = self.store("control", f"s{seed}.json")
         cfg = self.config.run_config(self.config.methods[0], self.config.speedups[0], seed)
@@ -494,12 +485,9 @@ class _Comparing:
             self.controls[seed] = stored
             return
         run, t0 = Compression(self.model, cfg, splits=self.splits), time.time()
-        tuned = copy.deepcopy(run.original)
-        train(tuned, run.splits.train, epochs=cfg.recovery_epochs, lr=cfg.recovery_lr,
-              batch_size=cfg.recovery_batch_size, teacher=run.original if cfg.distill else None,
-              kd_weight=cfg.kd_weight, progress=False, seed=seed, **run.fit)
+        tuned = recovery_fine_tune(run, copy.deepcopy(run.original))
         self.controls[seed] = {"config": cfg.to_dict(), "accuracy_before": evaluate(run.original, run.splits.test),
-                               "accuracy_after": evaluate(tuned.eval(), run.splits.test), "seconds": time.time() - t0}
+                               "accuracy_after": evaluate(tuned, run.splits.test), "seconds": time.time() - t0}
         self._write(path, self.controls[seed])
 
     def _reference(self):

@@ -590,6 +590,18 @@ def recover(run: "Compression", plan: Plan) -> tuple[nn.Module, nn.Module, dict[
     return unmerged, merged, {"error": merge_error, "control": control, "allowed": allowed}
 
 
+def recovery_fine_tune(run: "Compression", model: nn.Module, progress: bool = False) -> nn.Module:
+    """``model`` (a rewrite of the original: channel-pruned, or the original itself as a control) fine-tuned in
+    place with the run's recovery recipe, distilling from the original; returned in eval mode."""
+    from .train import train
+
+    config = run.config
+    train(model, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
+          batch_size=config.recovery_batch_size, teacher=run.original if config.distill else None,
+          kd_weight=config.kd_weight, progress=progress, seed=config.seed, **run.fit)
+    return model.eval()
+
+
 # -- stage 7: the final, independent measurement ----------------------------------------------------------
 def final_timing(config: LayerMergeConfig) -> dict[str, Any]:
     """How the final timing is taken (``compare_speed`` keywords; bench/timing_stability.py times it too)."""
@@ -774,8 +786,6 @@ def land_width(run: "Compression", target: float):
 def compress_width(run: "Compression", out) -> CompressResult:
     """The ``channel`` method (depthcut.cnn.channels): the same landing on the measured target, recovery,
     final measurement and report, over channel-pruning ratios instead of depth plans (budgets in MACs)."""
-    from .train import train
-
     config = run.config
     run.say(f"channel pruning (Torch-Pruning, L1; global and uniform plans) of {run.resolved.name}")
     base_ms = original_ms(run)
@@ -784,10 +794,7 @@ def compress_width(run: "Compression", out) -> CompressResult:
     pruned = landing.plan.model.to(run.device)
     run.say(f"recovery fine-tune: {config.recovery_epochs} epochs at pruning ratio {landing.plan.ratio:.3f} "
             f"({landing.plan.scope})")
-    train(pruned, run.splits.train, epochs=config.recovery_epochs, lr=config.recovery_lr,
-          batch_size=config.recovery_batch_size, teacher=run.original if config.distill else None,
-          kd_weight=config.kd_weight, progress=config.progress, seed=config.seed, **run.fit)
-    pruned.eval()
+    recovery_fine_tune(run, pruned, progress=config.progress)
     final = measure_final(run, pruned)
     upper = target * (1 + config.speed_tolerance)
     report = {

@@ -160,14 +160,11 @@ class WidthPlans:
         return prune_to_counts(self.run.original, self.run.example[:1], counts)          # prunes a copy
 
     def recover(self, plan: dict) -> float:
-        from .train import evaluate, train
+        from .compression import recovery_fine_tune
+        from .train import evaluate
 
-        run, c = self.run, self.run.config
-        pruned = copy.deepcopy(build(self, plan)).to(run.device)
-        train(pruned, run.splits.train, epochs=c.recovery_epochs, lr=c.recovery_lr, batch_size=c.recovery_batch_size,
-              teacher=run.original if c.distill else None, kd_weight=c.kd_weight, progress=False, seed=c.seed,
-              **run.fit)
-        return evaluate(pruned.eval(), run.splits.test)
+        pruned = copy.deepcopy(build(self, plan)).to(self.run.device)
+        return evaluate(recovery_fine_tune(self.run, pruned), self.run.splits.test)
 
 
 def build(search, plan) -> nn.Module:
