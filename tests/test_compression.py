@@ -277,7 +277,7 @@ def test_adaptive_importance_fine_tunes_a_part_of_the_table_and_resumes(trained,
     stats = result.report["importance_adaptive"]
     want = _store_entries(tmp_path / "full" / "c", "finetune")
     fine_tuned = _store_entries(tmp_path / "adaptive" / "c", "finetune")
-    cheap = _store_entries(tmp_path / "adaptive" / "c", "bn-recalibration")
+    cheap = _store_entries(tmp_path / "adaptive" / "c", "bn-batch")
     assert len(cheap) == stats["candidates"] == len(want)                   # a cheap score for every candidate
     assert len(fine_tuned) == stats["finetuned"] == stats["sampled"] + stats["refined"] < len(want)
     assert all(fine_tuned[k] == want[k] for k in fine_tuned)                # the full table's own entries

@@ -22,6 +22,7 @@ def say(config: LayerMergeConfig, msg: str) -> None:
 
 
 ACCURACY_RANGE = (0.0, 100.0)   # importance entries are accuracies in %
+BN_BATCH_SIZE = 128             # the "bn-batch" proxy: each batch of 128 scoring images normalised by its statistics
 
 
 def importance_manifest(original: nn.Module, analysis, config: LayerMergeConfig) -> dict[str, Any]:
@@ -77,6 +78,8 @@ class CandidateAccuracy:
                   amp=config.amp, channels_last=config.channels_last)
         elif proxy is Proxy.BN_RECALIBRATION:
             recalibrate_bn(model, self.finetune, batches=self.bn_batches)
+        elif proxy is Proxy.BN_BATCH:
+            return evaluate(model.eval(), self.score, batch_size=BN_BATCH_SIZE, batch_statistics=True)
         return evaluate(model.eval(), self.score)
 
 
@@ -107,8 +110,9 @@ def score_candidates(original: nn.Module, analysis, candidates: list[Candidate],
 
 # ----------------------------------------------------------------------- adaptive importance (issue 30) ---
 
-CHEAP_BN_BATCHES = 4          # the cheap score: BN statistics from 4 batches of 128 fine-tune images ...
-CHEAP_SCORE_SIZE = 512        # ... and accuracy on the first 512 images of the scoring split
+CHEAP_PROXY = Proxy.BN_BATCH.value   # the cheap score: each batch of the scoring images normalised by its own
+CHEAP_SCORE_SIZE = 512               # statistics, accuracy on the first 512 images of the scoring split
+CHEAP_BN_BATCHES = 4                 # (with "bn-recalibration": statistics from 4 batches of 128 fine-tune images)
 
 
 @dataclass
@@ -119,6 +123,37 @@ class AdaptiveImportance:
     bounds: Any
     stats: Any
     refine: Any
+    cheap: dict[str, float] = field(default_factory=dict)   # each candidate's cheap score (accuracy, %)
+
+
+def cheap_scores(original: nn.Module, analysis, candidates: list[Candidate], splits, config: LayerMergeConfig,
+                 cache_dir, exclude: tuple[str, ...] = (), proxy: str = CHEAP_PROXY) -> dict[str, float]:
+    """Every non-trivial candidate's cheap score: its accuracy on the first CHEAP_SCORE_SIZE scoring images
+    with ``proxy`` (no gradient step), in its own resumable store."""
+    from dataclasses import replace
+
+    from torch.utils.data import Subset, TensorDataset
+
+    from ..data.datasets import _subset
+    from . import get_executor, importance_store, importance_table
+
+    todo = [c for c in candidates if not is_trivial(c)]
+    n_cheap = min(CHEAP_SCORE_SIZE, len(splits.score))
+    first = (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
+             else Subset(splits.score, range(n_cheap)))
+    scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune, first,
+                               replace(config, importance=proxy, importance_mode="full"),
+                               str(next(original.parameters()).device), analysis, bn_batches=CHEAP_BN_BATCHES)
+    how = {Proxy.BN_BATCH.value: {"batch_size": BN_BATCH_SIZE},
+           Proxy.BN_RECALIBRATION.value: {"bn_batches": CHEAP_BN_BATCHES}}.get(proxy, {})
+    manifest = {**importance_manifest(original, analysis, config), "proxy": proxy, "steps": 0,
+                "score_images": n_cheap, **how}
+    store = importance_store(manifest, cache_dir)
+    say(config, f"adaptive importance: cheap scores ({proxy}, accuracy on {n_cheap} images) for {len(todo)} "
+                f"candidates, {sum(c.key in store for c in todo)} already cached")
+    return importance_table(todo, scorer, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
+                            executor=get_executor(config.executor, config.workers, config.ray_address),
+                            desc="importance (cheap)")
 
 
 def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidate], splits,
@@ -128,33 +163,16 @@ def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidat
     random sample (the full table's store), and the bounds fitted on them; the frontier refines the rest on
     demand through ``refine``."""
     import time
-    from dataclasses import replace
 
-    from torch.utils.data import Subset, TensorDataset
-
-    from ..data.datasets import _subset
-    from . import get_executor, importance_store, importance_table
+    from . import get_executor, importance_table
     from .adaptive import Refinement, calibrate_bounds, sample_keys
 
     t0 = time.perf_counter()
     todo = [c for c in candidates if not is_trivial(c)]
-    device = str(next(original.parameters()).device)
     executor = get_executor(config.executor, config.workers, config.ray_address)
     full = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune, splits.score,
-                             config, device, analysis)
-    n_cheap = min(CHEAP_SCORE_SIZE, len(splits.score))
-    first = (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
-             else Subset(splits.score, range(n_cheap)))
-    cheap_scorer = replace(full, score=first, bn_batches=CHEAP_BN_BATCHES,
-                           config=replace(config, importance=Proxy.BN_RECALIBRATION.value, importance_mode="full"))
-    manifest = {**importance_manifest(original, analysis, config), "proxy": Proxy.BN_RECALIBRATION.value,
-                "steps": 0, "bn_batches": CHEAP_BN_BATCHES, "score_images": n_cheap}
-    cheap_store = importance_store(manifest, cache_dir)
-    say(config, f"adaptive importance: cheap scores for {len(todo)} candidates (BN statistics from "
-                f"{CHEAP_BN_BATCHES} batches, accuracy on {n_cheap} images), "
-                f"{sum(c.key in cheap_store for c in todo)} already cached")
-    cheap = importance_table(todo, cheap_scorer, store=cheap_store, progress=config.progress,
-                             metric_range=ACCURACY_RANGE, executor=executor, desc="importance (cheap)")
+                             config, str(next(original.parameters()).device), analysis)
+    cheap = cheap_scores(original, analysis, candidates, splits, config, cache_dir, exclude)
 
     def refine(cands: list[Candidate]) -> dict[str, float]:
         return importance_table(cands, full, store=store, progress=config.progress, metric_range=ACCURACY_RANGE,
@@ -169,4 +187,4 @@ def adaptive_importance(original: nn.Module, analysis, candidates: list[Candidat
                        seconds=time.perf_counter() - t0)
     say(config, f"adaptive importance: fine-tuned accuracy within +-{bounds.margin:.2f} points of the cheap "
                 f"score's estimate (coverage {stats.coverage:.0%}); the rest is fine-tuned as the search needs it")
-    return AdaptiveImportance(bounds, stats, refine)
+    return AdaptiveImportance(bounds, stats, refine, dict(cheap))

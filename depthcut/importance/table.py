@@ -72,6 +72,9 @@ class Proxy(str, enum.Enum):
       and stale statistics dominate the raw damage). Cost: ``calibration_batches`` forward passes + E,
       roughly 1.1-1.5x E. Ranks well for blocks that only remove activations; under-rates candidates whose
       damage fine-tuning would repair (e.g. re-initialised single convs).
+    - ``BN_BATCH`` ("bn-batch"): no gradient steps; every BatchNorm normalises each evaluation batch by that
+      batch's own statistics (transductive: the scoring images are their own calibration). Cost: E, one pass,
+      against BN re-calibration's two; the cheap score of adaptive importance.
     - ``NONE`` ("none"): evaluate the candidate as built. Cost: E. Cheapest and noisiest: stale BN
       statistics make most candidates look catastrophic, so it mostly separates "harmless" from "not".
 
@@ -80,6 +83,7 @@ class Proxy(str, enum.Enum):
 
     FINETUNE = "finetune"
     BN_RECALIBRATION = "bn-recalibration"
+    BN_BATCH = "bn-batch"
     NONE = "none"
 
 
@@ -87,6 +91,8 @@ PROXIES: dict[str, str] = {
     Proxy.FINETUNE.value: "short fine-tune then evaluate; cost = fine-tune + 1 evaluation (most faithful)",
     Proxy.BN_RECALIBRATION.value: "recompute BatchNorm statistics on a few batches, no gradient steps, then "
                                   "evaluate; cost ≈ a few forward passes + 1 evaluation",
+    Proxy.BN_BATCH.value: "evaluate with each batch normalised by its own BatchNorm statistics, no gradient "
+                          "steps; cost = 1 evaluation",
     Proxy.NONE.value: "evaluate directly, no adaptation; cost = 1 evaluation (cheapest, noisiest)",
 }
 

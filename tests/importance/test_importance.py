@@ -244,10 +244,12 @@ def test_the_scorer_applies_its_proxy_to_the_candidate_alone(proxy, monkeypatch)
                               progress=False)
     scorer = CandidateAccuracy(model, (1, 1, 8, 8), (), splits.finetune, splits.score, config)
     accuracy = scorer(candidate)
-    assert log == {Proxy.FINETUNE: ["train"], Proxy.BN_RECALIBRATION: ["bn"], Proxy.NONE: []}[proxy]
+    assert log == {Proxy.FINETUNE: ["train"], Proxy.BN_RECALIBRATION: ["bn"], Proxy.BN_BATCH: [], Proxy.NONE: []}[proxy]
+    built = build_unmerged(analysis.gm, analysis.chain, single_block_plan(analysis.chain, candidate)).eval()
     if proxy is Proxy.NONE:            # nothing adapted: exactly the network with the block applied, as built
-        built = build_unmerged(analysis.gm, analysis.chain, single_block_plan(analysis.chain, candidate)).eval()
         assert accuracy == training.evaluate(built, splits.score)
+    if proxy is Proxy.BN_BATCH:        # the network as built, each scoring batch normalised by its own statistics
+        assert accuracy == training.evaluate(built, splits.score, batch_size=128, batch_statistics=True)
     assert 0.0 <= accuracy <= 100.0
 
 

@@ -105,6 +105,29 @@ def test_evaluate_matches_manual_count_and_restores_mode(digits):
     assert evaluate(model, test_set) == evaluate(model, test_set, batch_size=len(y)) == pytest.approx(expected)
 
 
+def test_evaluate_with_batch_statistics_normalises_each_batch_by_its_own_and_keeps_the_running_ones(digits):
+    test_set = digits[1]
+    x, y = test_set.tensors
+    model = tiny_conv().eval()
+    bn = model[1]
+    bn.running_mean.fill_(50.0)             # stale statistics, as after a block is removed
+    stale = {k: v.clone() for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
+    momentum = bn.momentum
+    n = len(y) // 2
+    with torch.no_grad():                   # by hand: each half in train mode on a copy (its statistics alone)
+        expected = 0
+        for part in (slice(0, n), slice(n, len(y))):
+            copy = tiny_conv()
+            copy.load_state_dict(model.state_dict())
+            copy.eval()
+            copy[1].train()                 # BatchNorm only: dropout stays off
+            expected += (copy(x[part]).argmax(1) == y[part]).sum().item()
+    assert evaluate(model, test_set, batch_size=n, batch_statistics=True) == pytest.approx(100.0 * expected / len(y))
+    assert all(torch.equal(bn.state_dict()[k], v) for k, v in stale.items())   # running statistics kept
+    assert bn.momentum == momentum and not model.training
+    assert evaluate(model, test_set, batch_size=n) != evaluate(model, test_set, batch_size=n, batch_statistics=True)
+
+
 def test_progress_bar_on_stderr(digits, capsys, monkeypatch):
     monkeypatch.setenv("DEPTHCUT_PROGRESS", "1")
     train(tiny_conv(), digits[0], steps=3, progress=True, desc="tinybar")
