@@ -1,0 +1,192 @@
+"""Which refinement rule can adaptive importance use on a small table? Each rule replayed on the full table (issue 30).
+
+For each (model, seed), depthcut computes the full importance table and every candidate's cheap score once (a
+full-mode and an adaptive-mode ``Compression`` sharing one cache). Then the adaptive frontier
+(``depthcut.importance.adaptive.AdaptiveFrontier``) is replayed offline under each rule, its fine-tunes answered
+from the full table. Reported per rule: entries fine-tuned (random sample and refinements), the share of the
+table, and whether its answers equal the full table's at every budget. The budgets are the modelled body time
+over each of ``--speedups``; a landing probes a few budgets around each target.
+
+The floor is the distinct candidates in the full table's own answers at those budgets. Any rule that knows those
+answers exactly must fine-tune at least them.
+
+    python bench/adaptive_rules.py [--models resnet20_fmnist] [--seeds 0 1 2]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cnn.build import is_trivial
+from depthcut.compression import Compression
+from depthcut.config import LayerMergeConfig
+from depthcut.importance import score
+from depthcut.importance.scorer import cheap_scores
+from depthcut.importance.adaptive import AdaptiveFrontier, Bounds, calibrate_bounds, isotonic, sample_keys
+from depthcut.registry import get_method
+from depthcut.search.tables import Row
+
+ROOT = Path(__file__).resolve().parents[1]
+CHEAP_PROXIES = ("bn-batch", "bn-recalibration")      # the cheap score as built, and the one before it
+SPEEDUPS = (1.45, 1.5, 1.55, 1.6, 1.95, 2.0, 2.05, 2.1)
+RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned entry, one candidate per round, scaled)
+    "as built: sample 8, coverage 90 %": (8, 0.9, False, False, False),
+    "margin recalibrated on every fine-tuned entry": (8, 0.9, True, False, False),
+    "one candidate of the optimistic plan per round": (8, 0.9, False, True, False),
+    "sample 4, recalibrated": (4, 0.9, True, False, False),
+    "sample 4, recalibrated, one per round, coverage 80 %": (4, 0.8, True, True, False),
+    "margin scaled by the cheap score's loss (normalised conformal)": (8, 0.9, False, False, True),
+}
+
+
+class ScaledBounds(Bounds):
+    """g(cheap) +- q * (loss of the cheap score + 1 point): a margin that widens with the damage seen."""
+
+    def __init__(self, estimate, margins, exact):
+        super().__init__(estimate, max(margins.values()), exact)
+        self.margins = margins
+
+    def low(self, key):
+        return self.exact[key] if key in self.exact else self.estimate[key] - self.margins[key]
+
+    def high(self, key):
+        return self.exact[key] if key in self.exact else self.estimate[key] + self.margins[key]
+
+
+def scaled_bounds(cheap, exact, base, coverage):
+    keys, scale = list(exact), {k: max(base - v, 0.0) + 1.0 for k, v in cheap.items()}
+    ratios = sorted(abs(exact[j] - isotonic([cheap[k] for k in keys if k != j],
+                                            [exact[k] for k in keys if k != j])(cheap[j])) / scale[j] for j in keys)
+    q = ratios[min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1]
+    g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
+    return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: q * scale[k] for k in cheap}, dict(exact))
+
+
+class OnePerRound(AdaptiveFrontier):
+    """Refine one unrefined candidate of the optimistic plan (the lowest estimate) and solve again."""
+
+    def best(self, budget_ms):
+        while True:
+            optimistic = self.frontier("high").best(budget_ms)
+            todo = self.unrefined(optimistic)
+            if not todo:
+                return optimistic
+            one = min(todo, key=lambda c: self.bounds.estimate[c.key])
+            self.bounds.exact.update(self._refine([one]))
+
+
+def collect(model: str, seed: int, args) -> dict:
+    """The full table (accuracy per candidate) and each cheap proxy's scores, from depthcut itself, with the
+    seconds each took (from an empty cache: the stage's wall time)."""
+    cfg = LayerMergeConfig(speedup=SPEEDUPS[0], data="fashion-mnist", seed=seed, channels_last=True,
+                           importance_steps=args.importance_steps, cache_dir=str(Path(args.cache) / f"{model}-s{seed}"),
+                           timing_threads=1, progress=False)
+    full = Compression(model, cfg)
+    full.rows
+    t0 = time.perf_counter()
+    importance = full.importance
+    seconds = {"finetune": time.perf_counter() - t0}
+    cheap = {}
+    for proxy in CHEAP_PROXIES:
+        t0 = time.perf_counter()
+        cheap[proxy] = cheap_scores(full.original, full.analysis, full.rows.candidates, full.splits, cfg,
+                                    full.cache_dir, full.resolved.chain_exclude, proxy=proxy)
+        seconds[proxy] = time.perf_counter() - t0
+    return {"full": full, "cheap": cheap, "base": full.base_accuracy, "seconds": seconds,
+            "accuracy": {k: full.base_accuracy + 100 * math.log(v) for k, v in importance.items()
+                         if k in cheap[CHEAP_PROXIES[0]]}}
+
+
+def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
+    minimum, coverage, recalibrate, one, scaled = rule
+    run, cheap, accuracy, base = data["full"], data["cheap"][proxy], data["accuracy"], data["base"]
+    method, chain, rows = get_method("layermerge"), run.analysis.chain, run.rows
+
+    def solve(scored):
+        return method.search(scored, chain.length, run.config.dp_steps, rows.body_ms(), chain=chain)
+
+    def calibrate(exact):
+        return scaled_bounds(cheap, exact, base, coverage) if scaled else calibrate_bounds(cheap, exact, coverage)
+    table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
+    truth = solve([replace(r, importance=score(accuracy[r.ref.key], base)) if r.ref.key in cheap else r for r in table])
+    sample = sample_keys(sorted(cheap), seed, minimum=minimum)
+    refined: set[str] = set()
+
+    def refine(candidates):
+        found = {c.key: accuracy[c.key] for c in candidates}
+        refined.update(found)
+        if recalibrate:
+            frontier.bounds = calibrate({**frontier.bounds.exact, **found})
+        return found
+    frontier = (OnePerRound if one else AdaptiveFrontier)(table, solve, calibrate({k: accuracy[k] for k in sample}),
+                                                          lambda acc: score(acc, base), refine)
+    same, floor = 0, set()
+    for speedup in SPEEDUPS:
+        budget = rows.body_ms() / speedup
+        want = {r.ref.key for r in truth.best(budget).rows if not is_trivial(r.ref)}
+        same += {r.ref.key for r in frontier.best(budget).rows if not is_trivial(r.ref)} == want
+        floor |= want
+    finetuned = len(set(sample) | refined)
+    return {"finetuned": finetuned, "candidates": len(cheap), "share": finetuned / len(cheap), "same": same,
+            "budgets": len(SPEEDUPS), "floor": len(floor), "margin": calibrate({k: accuracy[k] for k in sample}).margin}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Adaptive importance rules replayed on the full table: `{report['command']}`", "",
+             "Each rule's fine-tunes (sample + refinements) over the full table's entries, mean over seeds (worst "
+             f"seed in brackets); answers: the DP's answer at {len(SPEEDUPS)} budgets (the modelled body over "
+             f"x{', x'.join(f'{s:g}' for s in SPEEDUPS)}) equal to the full table's, over all seeds. The floor: the "
+             "distinct candidates in the full table's own answers, what any exact rule must fine-tune.", ""]
+    for model, per_rule in report["models"].items():
+        floor = [r["floor"] / r["candidates"] for r in next(iter(per_rule.values()))]
+        secs = report["seconds"][model]
+        lines += [f"## {model} (floor {statistics.mean(floor):.0%}, worst {max(floor):.0%})", "",
+                  "Stage times from an empty cache, mean over seeds: the full table (fine-tunes) "
+                  + ", ".join(f"{k} {statistics.mean(s[k] for s in secs):.0f} s" for k in secs[0]) + "; a cheap "
+                  "score costs " + ", ".join(f"{k} {statistics.mean(s[k] / s['finetune'] for s in secs):.0%}"
+                                             for k in CHEAP_PROXIES) + " of a fine-tuned entry.", "",
+                  "| rule | fine-tuned | answers equal | margin (points, first calibration) |", "|---|---|---|---|"]
+        for name, runs in per_rule.items():
+            lines.append(f"| {name} | {statistics.mean(r['share'] for r in runs):.0%} "
+                         f"({max(r['share'] for r in runs):.0%}) | {sum(r['same'] for r in runs)} of "
+                         f"{sum(r['budgets'] for r in runs)} | "
+                         + ", ".join(f"{r['margin']:.2f}" for r in runs) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20_fmnist"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--importance-steps", type=int, default=20)
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "adaptive_rules"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "adaptive_rules"))
+    args = ap.parse_args()
+    report = {"command": "python bench/adaptive_rules.py " + " ".join(
+        [f"--models {' '.join(args.models)}", f"--seeds {' '.join(map(str, args.seeds))}",
+         f"--importance-steps {args.importance_steps}"]), "models": {}}
+    for model in args.models:
+        per_rule = {f"{proxy}: {name}": [] for proxy in CHEAP_PROXIES for name in RULES}
+        seconds = []
+        for seed in args.seeds:
+            data = collect(model, seed, args)
+            seconds.append(data["seconds"])
+            for proxy in CHEAP_PROXIES:
+                for name, rule in RULES.items():
+                    per_rule[f"{proxy}: {name}"].append({"seed": seed, **replay(data, proxy, rule, seed)})
+        report["models"][model] = per_rule
+        report.setdefault("seconds", {})[model] = seconds
+    out = Path(args.out)
+    atomic_write_json(out.with_suffix(".json"), report)
+    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
