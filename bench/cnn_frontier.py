@@ -121,21 +121,25 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main() -> None:
-    args = parser().parse_args()
+def run(args) -> dict[str, Comparison]:
+    """Every model's comparison (resumed from ``--runs``/<model>/), each also written as ``--out``/<model>.{json,md}."""
     args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
     out, t0 = Path(args.out), time.time()
+    configs = {model: compare_config(model, args) for model in args.models}   # checked before any work
     comparisons = {}
-    for model in args.models:
-        cfg = compare_config(model, args)               # checked before any work, for every model
-        comparisons[model] = cfg
-    for model, cfg in comparisons.items():
+    for model, cfg in configs.items():
         folder = Path(args.runs) / model
         comparisons[model] = compare(model, cfg, out=folder, command=" ".join(["python"] + sys.argv))
         for name in ("report.json", "report.md"):
             atomic_write_text(out / f"{model}{Path(name).suffix}", (folder / name).read_text())
-    clock = wall_clock(Path(args.runs) / "clock.json", time.time() - t0)
-    lines = ["# Every method at the same measured speed-up: `python bench/cnn_frontier.py`", "",
+    args.clock = wall_clock(Path(args.runs) / "clock.json", time.time() - t0)
+    return comparisons
+
+
+def report_lines(args, comparisons: dict[str, Comparison], title: str) -> list[str]:
+    """The headline over the models, the figure, then each comparison's report."""
+    out, clock = Path(args.out), args.clock
+    lines = [f"# {title}", "",
              f"`{' '.join(['python'] + sys.argv)}` - {clock['seconds'] / 60:.0f} minutes of wall time here, over "
              f"{clock['invocations']} invocation(s) resuming one another (each comparison's own time below counts "
              f"only its last invocation).", "",
@@ -143,9 +147,17 @@ def main() -> None:
              "measured speed-up; every method's chosen network within 2-3 % of the others' (the last column: the "
              "largest spread of one seed's medians).", "", *headline(comparisons), "",
              f"![accuracy against measured speed-up]({out.name}.png)", ""]
-    for model, c in comparisons.items():
+    for model in comparisons:
         report = (out / f"{model}.md").read_text().replace("# Methods compared", "## Methods compared")
         lines += [report.replace("\n## ", "\n### "), ""]
+    return lines
+
+
+def main() -> None:
+    args = parser().parse_args()
+    comparisons = run(args)
+    out = Path(args.out)
+    lines = report_lines(args, comparisons, "Every method at the same measured speed-up: `python bench/cnn_frontier.py`")
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))
     plot(comparisons, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.md')}")

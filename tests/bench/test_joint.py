@@ -1,0 +1,38 @@
+"""bench/joint.py: the frontier benchmark's comparison with the three methods of issue 29, and the issue's checks."""
+from __future__ import annotations
+
+import cnn_frontier as cf
+import joint
+
+
+def test_the_driver_is_the_frontier_comparison_with_the_three_methods():
+    args = joint.parser().parse_args([])
+    args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
+    cfg = cf.compare_config("mobilenet_v2_fmnist", args)
+    assert cfg.methods == joint.METHODS and cfg.speedups == (1.5, 2.0, 2.5) and cfg.seeds == (0, 1, 2)
+    assert cfg.matching == "select" and cfg.share_networks and cfg.control
+    # the frontier's recipe and cache: the two benchmarks share latency rows and importance tables
+    frontier = cf.parser().parse_args([])
+    assert args.cache == frontier.cache and args.runs != frontier.runs
+    assert cfg.compress["importance_steps"] == 10 and cfg.compress["recovery_epochs"] == 0.1
+
+
+def report(rows: dict[str, dict[str, float | None]]) -> dict:
+    return {"targets": {t: {"table": [{"method": m, "accuracy": a} for m, a in accs.items()]}
+                        for t, accs in rows.items()}}
+
+
+def test_checks_take_the_margin_over_the_better_of_the_other_two():
+    reports = {"a": report({"1.5": {"layermerge": 90.0, "channel": 89.0, "layermerge+channel": 89.95},
+                            "2": {"layermerge": 85.0, "channel": 86.0, "layermerge+channel": 86.6}})}
+    result = joint.checks(reports)
+    assert [round(c["margin"], 2) for c in result["cells"]] == [-0.05, 0.6]
+    assert result["never_worse_by_0.1"] and result["ahead_by_0.5_at_2_or_2.5"]
+
+
+def test_a_joint_method_that_did_not_land_fails_the_first_check_and_a_lead_below_x2_does_not_count():
+    reports = {"a": report({"1.5": {"layermerge": 90.0, "channel": 89.0, "layermerge+channel": 91.0},
+                            "2": {"layermerge": 85.0, "channel": None, "layermerge+channel": None}})}
+    result = joint.checks(reports)
+    assert result["cells"][1]["margin"] is None
+    assert not result["never_worse_by_0.1"] and not result["ahead_by_0.5_at_2_or_2.5"]
