@@ -35,11 +35,15 @@ from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 
+from cnn_frontier import per_model
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_config(args, model: str, mode: str, target: float, seed: int, cache: Path) -> LayerMergeConfig:
     return LayerMergeConfig(speedup=target, data="fashion-mnist", seed=seed, importance_mode=mode,
+                            importance_steps=int(per_model(args.importance_steps, model, "20")),
+                            timing_threads=args.timing_threads,
                             adaptive_tolerance=args.adaptive_tolerance if mode == "adaptive" else 0.0,
                             recovery_epochs=args.recovery_epochs, channels_last=True, cache_dir=str(cache),
                             progress=not args.quiet)
@@ -118,6 +122,13 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[1.5, 2.0])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--recovery-epochs", type=float, default=0.25)
+    ap.add_argument("--importance-steps", nargs="+", default=["mobilenet_v2_fmnist=10"],
+                    help="fine-tune steps per importance entry, MODEL=STEPS pairs (default 20; the frontier "
+                         "benchmark's recipe)")
+    ap.add_argument("--timing-threads", type=int, default=1,
+                    help="threads of the latency timings (the frontier benchmark's 1: steadier on 2 cores)")
+    ap.add_argument("--modes", nargs="+", default=["full", "adaptive"], choices=["full", "adaptive"],
+                    help="run only these modes (the report is written when both have run)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "importance_adaptive"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "importance_adaptive"))
     ap.add_argument("--adaptive-tolerance", type=float, default=0.0,
@@ -131,7 +142,9 @@ def main() -> None:
     (out / "runs").mkdir(parents=True, exist_ok=True)
     report = {"command": "python bench/importance_adaptive.py " + " ".join(
                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                  for k, v in vars(args).items() if k in ("models", "targets", "seeds", "recovery_epochs", "adaptive_tolerance")),
+                  for k, v in vars(args).items()
+                  if k in ("models", "targets", "seeds", "recovery_epochs", "importance_steps", "timing_threads",
+                           "adaptive_tolerance")),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "recovery_epochs": args.recovery_epochs, "seeds": [], "targets": []}
     for model in args.models:
@@ -140,6 +153,8 @@ def main() -> None:
             full_cache, adaptive_cache = cache / f"{model}-s{seed}-full", cache / f"{model}-s{seed}-adaptive{tolerance}"
             runs = {}
             for mode, where in (("full", full_cache), ("adaptive", adaptive_cache)):
+                if mode not in args.modes:
+                    continue
                 if mode == "adaptive" and not (adaptive_cache / "latency").exists():
                     shutil.copytree(full_cache / "latency", adaptive_cache / "latency")   # the same latency table
                 for target in args.targets:
@@ -148,6 +163,8 @@ def main() -> None:
                         run = one_run(args, model, mode, target, seed, where)
                         atomic_write_json(path, run)
                     runs[(mode, target)] = json.loads(path.read_text())
+            if len(args.modes) < 2:
+                continue
             finetuned = runs[("adaptive", args.targets[-1])]["finetuned_entries_after"]   # the runs' own, before ...
             budgets = [runs[("full", t)]["modelled_body_ms"] for t in args.targets]
             at_budget = same_budget_plans(args, model, seed, "adaptive", adaptive_cache, budgets)  # ... this adds its own
