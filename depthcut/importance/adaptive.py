@@ -6,7 +6,8 @@ most candidates are never near an optimal plan. So:
 1. **A cheap score for every candidate**: its accuracy on a subset of the scoring split with every BatchNorm
    normalising each batch by that batch's own statistics, no gradient step (the ``bn-batch`` proxy: what BN
    re-calibration measures, which ranks candidates at Spearman 0.88 against the fine-tuned table in
-   ``bench/results/importance_proxies.md``, in one pass instead of two).
+   ``bench/results/importance_proxies.md``, in one pass instead of two). What the original computes before a
+   candidate's block is the same for every candidate: it is computed once (``importance.prefix``).
 2. **A calibrated bound**: a seeded random sample of the candidates is fine-tuned with the full recipe. A
    monotone (isotonic) map ``g`` from cheap score to fine-tuned accuracy is fitted on it, and the margin ``q``
    is a split-conformal quantile of the sample's leave-one-out residuals ``|acc - g(cheap)|``. An unrefined

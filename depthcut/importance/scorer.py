@@ -57,9 +57,10 @@ class CandidateAccuracy:
     device: str = "cpu"
     analysis: Any = field(default=None, repr=False)
     bn_batches: int = 50                    # BN re-calibration: batches of the fine-tune split
+    prefix: Any = field(default=None, repr=False)   # "bn-batch": the original's activations (importance.prefix)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "analysis": None}
+        return {**self.__dict__, "analysis": None, "prefix": None}
 
     def __call__(self, candidate: Candidate) -> float:
         from ..cnn.build import build_unmerged, single_block_plan
@@ -79,7 +80,12 @@ class CandidateAccuracy:
         elif proxy is Proxy.BN_RECALIBRATION:
             recalibrate_bn(model, self.finetune, batches=self.bn_batches)
         elif proxy is Proxy.BN_BATCH:
-            return evaluate(model.eval(), self.score, batch_size=BN_BATCH_SIZE, batch_statistics=True)
+            # what the original computes before the candidate's block is computed once for all candidates
+            if self.prefix is None:
+                from .prefix import SharedPrefix
+
+                self.prefix = SharedPrefix(self.analysis.gm, self.score, BN_BATCH_SIZE, self.device)
+            return self.prefix.accuracy(model)
         return evaluate(model.eval(), self.score)
 
 

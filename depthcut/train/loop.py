@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from typing import Callable
 
 import torch
@@ -40,6 +41,27 @@ CPU_EVAL_BATCH = 64     # on a CPU larger batches are slower per image: a 512-im
 GPU_EVAL_BATCH = 512
 
 
+@contextmanager
+def batch_statistics(model: nn.Module):
+    """Within it, every BatchNorm of ``model`` normalises each batch by that batch's own statistics, its running
+    statistics left as they were (momentum 0: running <- (1 - 0) * running; the batch counter restored); the
+    modes are restored after."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    states = [(bn.training, bn.momentum, None if bn.num_batches_tracked is None else bn.num_batches_tracked.clone())
+              for bn in bns]
+    for bn in bns:
+        bn.train()
+        bn.momentum = 0.0
+    try:
+        yield model
+    finally:
+        for bn, (training, momentum, tracked) in zip(bns, states):
+            bn.train(training)
+            bn.momentum = momentum
+            if tracked is not None:
+                bn.num_batches_tracked.copy_(tracked)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, batch_size: int | None = None, batch_statistics: bool = False) -> float:
     """Top-1 accuracy in percent, in eval mode; the model's train/eval mode is restored afterwards. The batch
@@ -52,21 +74,18 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int | None = None, bat
     if batch_size is None:
         batch_size = CPU_EVAL_BATCH if device.type == "cpu" else GPU_EVAL_BATCH
     model.eval()
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_statistics else []
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.train()
-        bn.momentum = 0.0               # running <- (1 - 0) * running: the batch's statistics are not kept
     correct = total = 0
     try:
-        for x, y in loader(data, batch_size):
-            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-            total += len(y)
+        with (_batch_statistics(model) if batch_statistics else nullcontext()):
+            for x, y in loader(data, batch_size):
+                correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+                total += len(y)
     finally:
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
         model.train(was_training)
     return 100.0 * correct / max(total, 1)
+
+
+_batch_statistics = batch_statistics     # (evaluate's argument of the same name hides it)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

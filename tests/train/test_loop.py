@@ -111,7 +111,7 @@ def test_evaluate_with_batch_statistics_normalises_each_batch_by_its_own_and_kee
     model = tiny_conv().eval()
     bn = model[1]
     bn.running_mean.fill_(50.0)             # stale statistics, as after a block is removed
-    stale = {k: v.clone() for k, v in bn.state_dict().items() if k != "num_batches_tracked"}
+    stale = {k: v.clone() for k, v in bn.state_dict().items()}
     momentum = bn.momentum
     n = len(y) // 2
     with torch.no_grad():                   # by hand: each half in train mode on a copy (its statistics alone)
@@ -123,7 +123,7 @@ def test_evaluate_with_batch_statistics_normalises_each_batch_by_its_own_and_kee
             copy[1].train()                 # BatchNorm only: dropout stays off
             expected += (copy(x[part]).argmax(1) == y[part]).sum().item()
     assert evaluate(model, test_set, batch_size=n, batch_statistics=True) == pytest.approx(100.0 * expected / len(y))
-    assert all(torch.equal(bn.state_dict()[k], v) for k, v in stale.items())   # running statistics kept
+    assert all(torch.equal(bn.state_dict()[k], v) for k, v in stale.items())   # running statistics and counter kept
     assert bn.momentum == momentum and not model.training
     assert evaluate(model, test_set, batch_size=n) != evaluate(model, test_set, batch_size=n, batch_statistics=True)
 
