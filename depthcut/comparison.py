@@ -467,9 +467,17 @@ class _Comparing:
                       "source_seed": first}
             result["speedups"] = self._time_alone(self.chosen_networks(target, seed, result))
             self._write(path, result)
-        recover_chosen(result, lambda m: self.search(m, target, seed), {},
+        recover_chosen(result, lambda m: self.search(m, target, seed) or self.landed_replica(m, target, seed), {},
                        save=lambda: self._write(path, result), log=self.say)
         self._attach(target, seed, result, source_seed=first)
+
+    def landed_replica(self, method: str, target: float, seed: int) -> "_LandedReplica":
+        """A method with no plan search (its landed network is its only candidate) at a later seed: the first
+        seed's landed network, rebuilt and recovered with this seed's recipe (Method.recover_landed)."""
+        from .compression import Compression
+
+        run = Compression(self.model, self.config.run_config(method, target, seed), splits=self.splits)
+        return _LandedReplica(run, self.results[(method, target, self.config.seeds[0])].report)
 
     def control(self, seed: int) -> None:
         """The original fine-tuned with the same recovery recipe (distillation from itself included)."""
@@ -539,6 +547,15 @@ def _same_config(stored: dict | None, wanted: dict) -> bool:
         return False
     filled = {k: None for k in ("finetune_size", "score_size") if wanted.get(k) is None}
     return {**stored, **filled} == wanted
+
+
+@dataclass
+class _LandedReplica:
+    run: Any
+    report: dict
+
+    def recover(self, plan) -> float:          # (the plan of a method with no plan search is its landing)
+        return self.run.method.recover_landed(self.run, self.report)
 
 
 def _read(path: Path | None) -> dict | None:

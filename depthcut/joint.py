@@ -51,7 +51,7 @@ from torch import nn
 
 from .cnn.build import is_trivial
 from .compression import original_ms
-from .errors import InfeasibleBudgetError
+from .errors import DepthcutError, InfeasibleBudgetError
 
 WIDTH_RATIOS = (0.125, 0.25, 0.375, 0.5)    # channel-pruning ratios offered, in both scopes
 WIDTH_SCOPES = ("uniform", "global")
@@ -387,6 +387,45 @@ def compress_joint(run, out=None):
             f"at width {chosen.option.name} with {len(chosen.to_dict()['depth_blocks'])} depth blocks changed, "
             f"accuracy {r['accuracy_before']:.2f} -> {r['accuracy_after']:.2f}")
     return result
+
+
+def rebuild_landed(run, report: dict):
+    """The landed network of ``report`` (a ``layermerge+channel`` report of the same original) rebuilt on ``run``:
+    the same channel plan of the original (L1 pruning is deterministic), a LayerMerge run on it with ``run``'s
+    recipe (its seed, its recovery) and the report's depth plan. Returns (that run, the plan): a comparison's
+    later seeds recover the first seed's network with their own seed, as they do the other methods' plans."""
+    from .cnn.build import plan_from_blocks
+    from .cnn.channels import prune_channels
+    from .compression import Compression, _block_row
+
+    width = report["width"]
+    model = (copy.deepcopy(run.original).cpu().eval() if width["scope"] is None
+             else prune_channels(run.original, run.example, width["ratio"], width["scope"]))
+    config = replace(run.config, method="layermerge", latency_ms=None, importance_mode="full",
+                     input_shape=tuple(run.input_shape))
+    inner = Compression(model, config, splits=run.splits)
+    inner.teacher = run.original          # recovery distils from the original, as the landing's did
+    chain = inner.analysis.chain
+
+    def key(row: dict) -> tuple:
+        return row["start"], row["end"], row["kernel"], tuple(row["kept"]), row["activation"]
+
+    by_row = {key(_block_row(c, chain)): c for c in inner.analysis.candidates}
+    missing = [r for r in report["plan_blocks"] if key(r) not in by_row]
+    if missing:
+        raise DepthcutError(f"the landed depth plan of width {width['name']} does not fit its rebuilt network: "
+                            f"no candidate {missing[0]['start']}-{missing[0]['end']} k{missing[0]['kernel']}")
+    return inner, plan_from_blocks(chain, [by_row[key(r)] for r in report["plan_blocks"]])
+
+
+def recover_landed(run, report: dict) -> float:
+    """Test accuracy of ``report``'s landed network rebuilt on ``run`` (rebuild_landed) after ``run``'s recovery."""
+    from .compression import recover
+    from .train import evaluate
+
+    inner, plan = rebuild_landed(run, report)
+    _, merged, _ = recover(inner, plan)
+    return evaluate(merged, run.splits.test)
 
 
 def joint_result(run, chosen: WidthChoice, choices: list[WidthChoice], too_fast: list[WidthOption],

@@ -77,6 +77,11 @@ class Method:
 
         return DepthPlans(compression) if self.searchable else None
 
+    def recover_landed(self, compression, report: dict) -> float:
+        """Test accuracy of this method's network landed in another run (``report``), rebuilt and recovered with
+        ``compression``'s recipe: how a comparison's later seeds recover a method with no plan search."""
+        raise NotImplementedError(f"{self.name} cannot rebuild a landed network from its report")
+
     def compress(self, compression, out=None):
         """Run ``compression``'s stages (depthcut.compression.Compression) and write the result to ``out``.
         With ``config.shard`` only that shard of the importance table is computed (machines sharing a
@@ -217,6 +222,11 @@ class LayerMergeChannel(Method):
                "most accurate at the target landed (depthcut.joint)")
     kind = "model"
     searchable = False               # its landed network is its only candidate
+
+    def recover_landed(self, compression, report: dict) -> float:
+        from .joint import recover_landed
+
+        return recover_landed(compression, report)
 
     def compress(self, compression, out=None):
         from .joint import compress_joint

@@ -90,3 +90,24 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
     assert [{k: o[k] for k in same} for o in again.report["width_options"]] == [{k: o[k] for k in same}
                                                                                 for o in options]
     assert again.report["width"] == r["width"]
+    # a comparison's later seed rebuilds the landed network from its report (the same channel plan, the same depth
+    # plan) and recovers it with its own seed
+    from torch import nn
+
+    from depthcut.cnn.build import build_merged, build_unmerged
+    from depthcut.compression import Compression
+    from depthcut.errors import DepthcutError
+    from depthcut.joint import rebuild_landed
+    from depthcut.methods import get_method
+
+    run = Compression(model, config(tmp_path, method="layermerge+channel", speedup=1.5, backend="sleepy-macs", seed=1),
+                      splits=splits)
+    inner, plan = rebuild_landed(run, r)
+    chain = inner.analysis.chain
+    rebuilt = build_merged(build_unmerged(inner.analysis.gm, chain, plan), chain, plan)
+    convs = lambda m: sorted((tuple(c.weight.shape), c.groups) for c in m.modules() if isinstance(c, nn.Conv2d))  # noqa: E731
+    assert convs(rebuilt) == convs(result.model)
+    assert 0.0 < get_method("layermerge+channel").recover_landed(run, r) <= 100.0
+    broken = {**r, "plan_blocks": [{**r["plan_blocks"][0], "kernel": 99}] + r["plan_blocks"][1:]}
+    with pytest.raises(DepthcutError, match=r["width"]["name"]):
+        rebuild_landed(run, broken)
