@@ -27,7 +27,7 @@ from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 from depthcut.data.datasets import _subset
-from depthcut.importance.prefix import SharedPrefix, _tensors_bytes
+from depthcut.importance.prefix import SharedPrefix
 from depthcut.importance.scorer import BN_BATCH_SIZE, CHEAP_PROXY, CHEAP_SCORE_SIZE, CandidateAccuracy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def measure(model: str, args) -> dict:
     with_prefix.prefix = SharedPrefix(analysis.gm, first, BN_BATCH_SIZE, device)
     prefix_s = time.perf_counter() - t0
     assert with_prefix.prefix.enabled, "the kept activations do not fit in memory here"
-    prefix_gb = sum(_tensors_bytes(kept) for kept, _, _ in with_prefix.prefix.batches) / 2**30
+    prefix_gb = with_prefix.prefix.kept_bytes / 2**30
     from_input.prefix = SharedPrefix(analysis.gm, first, BN_BATCH_SIZE, device, max_bytes=0)   # disabled
     times = {"prefix": [], "input": []}
     equal = 0

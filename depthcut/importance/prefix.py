@@ -154,6 +154,11 @@ class SharedPrefix:
                     self.batches, self.enabled = [], False
                     break
 
+    @property
+    def kept_bytes(self) -> int:
+        """The memory the kept node outputs take (0 when disabled)."""
+        return sum(_tensors_bytes(kept) for kept, _, _ in self.batches)
+
     @torch.no_grad()
     def accuracy(self, built: fx.GraphModule) -> float:
         """Top-1 accuracy (%) of ``built`` (a network built from the original graph) on the data, each batch

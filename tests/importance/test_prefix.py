@@ -34,6 +34,8 @@ def test_every_candidate_from_the_kept_prefix_equals_its_network_run_from_the_in
     data = TensorDataset(torch.randn(40, *shape[1:], generator=g), torch.randint(0, 10, (40,), generator=g))
     prefix = SharedPrefix(analysis.gm, data, batch_size=16)          # batches of 16, 16 and 8
     assert prefix.enabled and len(prefix.batches) == 3
+    kept_once = sum(v.numel() * v.element_size() for v in prefix.batches[0][0].values() if torch.is_tensor(v))
+    assert prefix.kept_bytes > 2 * kept_once        # three batches kept (the last one half as large)
     candidates = [c for c in analysis.candidates if not is_trivial(c)]
     assert len(candidates) >= 5
     candidates = candidates[::max(1, len(candidates) // 12)]       # spread over the chain
@@ -74,7 +76,7 @@ def test_too_large_a_prefix_falls_back_to_evaluating_from_the_input():
     analysis = analyze(model.eval(), shape)
     data = TensorDataset(torch.randn(24, *shape[1:]), torch.randint(0, 10, (24,)))
     prefix = SharedPrefix(analysis.gm, data, batch_size=8, max_bytes=1000)
-    assert not prefix.enabled and prefix.batches == []
+    assert not prefix.enabled and prefix.batches == [] and prefix.kept_bytes == 0
     candidate = next(c for c in analysis.candidates if not is_trivial(c))
     built = build_unmerged(analysis.gm, analysis.chain, single_block_plan(analysis.chain, candidate))
     assert prefix.accuracy(built) == evaluate(built, data, batch_size=8, batch_statistics=True)
