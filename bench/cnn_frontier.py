@@ -50,14 +50,41 @@ def compare_config(model: str, args) -> CompareConfig:
                          share_networks=args.importance_seed is not None, compress=compress)
 
 
-def wall_clock(path: Path, seconds: float) -> dict:
-    """The benchmark's wall time summed over the invocations that resumed one another (stored next to the runs)."""
-    import json
+class WallClock:
+    """The benchmark's wall time summed over the invocations that resumed one another, stored next to the runs
+    and brought up to date every ``every`` seconds while this invocation runs: a killed invocation's time still
+    counts (up to the last update), as its finished comparisons do."""
 
-    clock = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
-    clock = {"seconds": clock["seconds"] + seconds, "invocations": clock["invocations"] + 1}
-    atomic_write_text(path, json.dumps(clock))
-    return clock
+    def __init__(self, path: Path, every: float = 30.0):
+        import json
+        import threading
+
+        self.path, self.t0 = path, time.time()
+        before = json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
+        self.before = {"seconds": before["seconds"], "invocations": before["invocations"] + 1}
+        self._done = threading.Event()
+        self.write()
+        self._ticker = threading.Thread(target=self._tick, args=(every,), daemon=True)
+        self._ticker.start()
+
+    def now(self) -> dict:
+        return {"seconds": self.before["seconds"] + time.time() - self.t0, "invocations": self.before["invocations"]}
+
+    def write(self) -> dict:
+        import json
+
+        clock = self.now()
+        atomic_write_text(self.path, json.dumps(clock))
+        return clock
+
+    def _tick(self, every: float) -> None:
+        while not self._done.wait(every):
+            self.write()
+
+    def stop(self) -> dict:
+        self._done.set()
+        self._ticker.join()
+        return self.write()
 
 
 def headline(comparisons: dict[str, Comparison]) -> list[str]:
@@ -124,15 +151,18 @@ def parser() -> argparse.ArgumentParser:
 def run(args) -> dict[str, Comparison]:
     """Every model's comparison (resumed from ``--runs``/<model>/), each also written as ``--out``/<model>.{json,md}."""
     args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
-    out, t0 = Path(args.out), time.time()
+    out = Path(args.out)
     configs = {model: compare_config(model, args) for model in args.models}   # checked before any work
-    comparisons = {}
-    for model, cfg in configs.items():
-        folder = Path(args.runs) / model
-        comparisons[model] = compare(model, cfg, out=folder, command=" ".join(["python"] + sys.argv))
-        for name in ("report.json", "report.md"):
-            atomic_write_text(out / f"{model}{Path(name).suffix}", (folder / name).read_text())
-    args.clock = wall_clock(Path(args.runs) / "clock.json", time.time() - t0)
+    Path(args.runs).mkdir(parents=True, exist_ok=True)
+    clock, comparisons = WallClock(Path(args.runs) / "clock.json"), {}
+    try:
+        for model, cfg in configs.items():
+            folder = Path(args.runs) / model
+            comparisons[model] = compare(model, cfg, out=folder, command=" ".join(["python"] + sys.argv))
+            for name in ("report.json", "report.md"):
+                atomic_write_text(out / f"{model}{Path(name).suffix}", (folder / name).read_text())
+    finally:
+        args.clock = clock.stop()
     return comparisons
 
 

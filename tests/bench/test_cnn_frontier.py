@@ -35,3 +35,21 @@ def test_each_seed_its_own_table_means_each_seed_its_own_networks():
 def test_a_bad_method_is_one_line_before_any_work():
     with pytest.raises(DepthcutError, match="unknown method 'nope'"):
         config_of("resnet20_fmnist", "--methods", "layermerge", "nope")
+
+
+def test_the_wall_clock_counts_an_invocation_killed_before_it_stopped(tmp_path):
+    import json
+    import time
+
+    path = tmp_path / "clock.json"
+    first = cf.WallClock(path, every=0.05)
+    time.sleep(0.3)
+    killed = json.loads(path.read_text())          # what a kill -9 now would leave behind
+    assert killed["invocations"] == 1 and 0.15 <= killed["seconds"] <= first.now()["seconds"]
+    first._done.set()                              # the ticker stops without a final write, as a kill would
+    first._ticker.join()
+    second = cf.WallClock(path, every=60)
+    time.sleep(0.05)
+    total = second.stop()
+    assert total["invocations"] == 2 and total["seconds"] >= killed["seconds"] + 0.05
+    assert json.loads(path.read_text()) == total
