@@ -632,7 +632,10 @@ def render_markdown(c: Comparison) -> str:
                            f"with care.** ") + (f"Most accurate: **{best}**." if best else
                                                 "No method landed for every seed."))
         lines.append("")
-    lines += ["## Runs", "", "| method | target | seed | accuracy | landed speed-up | joint speed-up (landed / chosen) | params | "
+    lines += ["## Runs", "", "Accuracy: the landed run's (when a method's recovery waits for the selection, its landing is "
+              "not recovered: *(not recovered)*); the network compared is the chosen one (its accuracy after recovery "
+              "and its plan, the landed plan unless another was chosen).", "",
+              "| method | target | seed | landed accuracy | landed speed-up | joint speed-up (landed / chosen) | params | "
               "plan |", "|---|---|---|---|---|---|---|---|"]
     for r in c.runs:
         s = r.summary()
@@ -641,8 +644,12 @@ def render_markdown(c: Comparison) -> str:
             f"x{r.matched['speedup']:.3f}" if r.matched else "")
         landed = f"x{s['speedup']:.3f}" if s["speedup"] else "-"
         plan = json.dumps(s["plan"]) if s["plan"] is not None else (r.error or "-")
-        lines.append(f"| {r.method} | x{r.target:g} | {r.seed} | {_cell(s['accuracy_after'], '.2f')} | {landed} | "
-                     f"{joint} | {s['params_after'] or '-'} | {plan[:120]} |")
+        if r.matched and not r.matched["landed"] and r.matched.get("plan") is not None:
+            plan = "chosen: " + json.dumps(r.matched["plan"])
+        accuracy = _cell(s["accuracy_after"], ".2f") + (" *(not recovered)*" if cfg.defers_recovery(r.method)
+                                                         and s["accuracy_after"] is not None else "")
+        lines.append(f"| {r.method} | x{r.target:g} | {r.seed} | {accuracy} | {landed} | "
+                     f"{joint} | {s['params_after'] or '-'} | {plan[:160]} |")
     return "\n".join(lines) + "\n"
 
 
