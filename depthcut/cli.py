@@ -69,7 +69,7 @@ def config_from_args(args: argparse.Namespace, **per_run: Any):
         "input_shape": args.input_shape, "cache_dir": args.cache_dir, "seed": args.seed,
         "importance_seed": args.importance_seed,
         "threads": args.threads, "timing_threads": args.timing_threads, "progress": not args.quiet,
-        "train_limit": args.train_limit, "finetune_size": args.finetune_size, "score_size": args.score_size,
+        "train_limit": args.train_limit, "test_limit": args.test_limit, "finetune_size": args.finetune_size, "score_size": args.score_size,
         "timing_rounds": args.timing_rounds, "timing_sessions": args.timing_sessions, "device": args.device,
         "amp": args.amp, "channels_last": args.channels_last or None, "latency_model": args.latency_model,
         "executor": args.executor, "workers": args.workers, "ray_address": args.address,
@@ -184,6 +184,8 @@ def add_run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--adapt-epochs", type=float, default=None, help="epochs of that head training (default 2)")
     c.add_argument("--recovery-epochs", type=float, default=None)
     c.add_argument("--train-limit", type=int, default=None, help="use only N training images for recovery")
+    c.add_argument("--test-limit", type=int, default=None,
+                   help="measure accuracy on a fixed sample of N test images (quick runs; the report says N)")
     c.add_argument("--no-distill", action="store_true")
     c.add_argument("--timing-rounds", type=int, default=None,
                    help="interleaved rounds of each end-to-end timing (default 100)")

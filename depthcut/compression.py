@@ -104,7 +104,8 @@ class Compression:
         self.int8_onnx: bytes | None = None      # the deployed int8 file, once measured_fields has made it
         if splits is None:
             splits = make_splits(config.data, config.finetune_size, config.score_size, seed=config.scoring_seed,
-                                 train_limit=config.train_limit, image_size=tuple(input_shape[2:]),
+                                 train_limit=config.train_limit, test_limit=config.test_limit,
+                                 image_size=tuple(input_shape[2:]),
                                  preprocess=resolved.preprocess, workers=config.data_workers,
                                  class_index=class_index)
         if config.finetune_size is None or config.score_size is None:   # sized from the data: say so, key on it
@@ -641,6 +642,7 @@ def measured_fields(run: "Compression", final, deployed: nn.Module) -> dict[str,
             "timing_rounds": final.rounds, "timing_outlier_rounds": final.outlier_rounds,
             "timing_sessions": final.sessions, "timing_session_ratios": list(final.session_ratios),
             "accuracy_before": acc_before, "accuracy_after": acc_after, "accuracy_drop": acc_before - acc_after,
+            "test_images": len(run.splits.test), "test_limit": run.config.test_limit,
             **{f"{k}_before": before[k] for k in ("params", "macs", "convs", "activations")},
             **{f"{k}_after": after[k] for k in ("params", "macs", "convs", "activations")}}
 

@@ -72,6 +72,7 @@ class LayerMergeConfig(ConfigBase):
     distill: bool = True
     kd_weight: float = 0.3
     train_limit: int | None = None            # recovery sees only this many training images (None = all)
+    test_limit: int | None = None             # accuracy on a fixed sample of this many test images (None = all)
     recovery_procs: int = 1                   # data-parallel recovery processes (gloo on CPU, one GPU each on CUDA)
     # timing
     timing_rounds: int = 100                # most interleaved rounds per comparison (x5 runs per model each;
@@ -123,7 +124,7 @@ class LayerMergeConfig(ConfigBase):
         if self.version != CONFIG_VERSION:
             raise DepthcutError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
         for name in ("importance_batch_size", "recovery_batch_size", "dp_steps", "max_resolves", "timing_rounds",
-                     "timing_sessions", "score_size", "threads", "timing_threads", "train_limit"):
+                     "timing_sessions", "score_size", "threads", "timing_threads", "train_limit", "test_limit"):
             at_least(name, getattr(self, name), 1)
         for name in ("importance_steps", "finetune_size", "recovery_epochs", "kd_weight", "seed", "importance_seed"):
             at_least(name, getattr(self, name), 0)

@@ -29,11 +29,12 @@ SIMULATED = "sleepy-ort"
 # flags appended per command: same meaning, smaller budget
 SMALL = {
     "compress": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size",
-                 "64", "--train-limit", "512", "--timing-rounds", "20", "--quiet", "--backend", SIMULATED],
+                 "64", "--train-limit", "512", "--test-limit", "256", "--timing-rounds", "20", "--quiet", "--backend",
+                 SIMULATED],
     "compare": ["--importance", "none", "--recovery-epochs", "0.02", "--finetune-size", "64", "--score-size", "64",
-                "--train-limit", "512", "--timing-rounds", "20", "--joint-rounds", "6", "--quiet", "--backend",
-                SIMULATED],
-    "llm prune": ["--heal-steps", "2", "--calib", "4x64", "--eval", "4x64", "--rounds", "1", "--prompt-len", "16",
+                "--train-limit", "512", "--test-limit", "256", "--timing-rounds", "20", "--joint-rounds", "6",
+                "--quiet", "--backend", SIMULATED],
+    "llm prune": ["--heal-steps", "2", "--calib", "2x32", "--eval", "2x32", "--rounds", "1", "--prompt-len", "16",
                   "--lm-eval-limit", "4"],
     "llm upscale": ["--eval", "2x64"],
     "llm select": ["--calib", "2x64"],
@@ -127,3 +128,6 @@ def test_readme_command_runs(command, tmp_path):
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     if "--out" in args:
         assert any(Path(args[args.index("--out") + 1]).iterdir())
+    if kind == "compress":      # its accuracy was measured on --test-limit's sample, and the report says so
+        report = (Path(args[args.index("--out") + 1]) / "report.md").read_text()
+        assert "a fixed sample of 256 images" in report

@@ -323,13 +323,15 @@ def split_sizes(name: str, n: int, finetune_size: int | None, score_size: int | 
 def make_splits(name: str | os.PathLike, finetune_size: int | None, score_size: int | None, seed: int = 0,
                 train_limit: int | None = None, exclude_from_train: bool = False,
                 image_size: int | tuple[int, int] = 32, preprocess=None, workers: int | None = None,
-                class_index: list[int] | None = None) -> DataSplits:
+                class_index: list[int] | None = None, test_limit: int | None = None) -> DataSplits:
     """Carve disjoint ``finetune`` / ``score`` subsets out of the training split with a seeded permutation.
 
     Built-in data sets are in-memory tensors. An image folder is streamed (:mod:`depthcut.data.folder`):
     ``train`` and ``finetune`` with the training transforms, ``score`` and ``test`` with the eval transforms,
     at ``image_size`` with the model's ``preprocess`` (normalisation, crop fraction; ImageNet's by default),
     decoded by ``workers`` DataLoader processes (default: the cores, none for folders under 1,000 images).
+    ``test_limit`` keeps a fixed, seed-independent sample of that many test images (quick runs: the reports
+    say how many).
     ``class_index`` gives a folder's classes the model's own class indices (the k-th class folder is labelled
     ``class_index[k]``: ImageNet synset folders scored by an ImageNet classifier)."""
     folder = _canonical(str(name)) not in BUILTIN
@@ -362,12 +364,21 @@ def make_splits(name: str | os.PathLike, finetune_size: int | None, score_size: 
     if folder:
         test = ImageFolderData(test_files, test_labels, full.size, False, full.preprocess, full.workers, classes)
         return DataSplits(train=full.subset(train_idx), finetune=full.subset(finetune_idx),
-                          score=full.subset(score_idx, train=False), test=test, train_indices=train_idx,
-                          finetune_indices=finetune_idx, score_indices=score_idx)
+                          score=full.subset(score_idx, train=False), test=_test_sample(test, test_limit),
+                          train_indices=train_idx, finetune_indices=finetune_idx, score_indices=score_idx)
     train = full if (train_idx.numel() == len(full)) else _subset(full, train_idx)
     return DataSplits(train=train, finetune=_subset(full, finetune_idx), score=_subset(full, score_idx),
-                      test=load_dataset(name, "test", image_size=image_size), train_indices=train_idx,
-                      finetune_indices=finetune_idx, score_indices=score_idx)
+                      test=_test_sample(load_dataset(name, "test", image_size=image_size), test_limit),
+                      train_indices=train_idx, finetune_indices=finetune_idx, score_indices=score_idx)
+
+
+def _test_sample(test: Dataset, limit: int | None) -> Dataset:
+    """``limit`` test images drawn by a fixed seed (a folder lists its files class by class, and a run's
+    seed must not change what its accuracy is measured on), in their original order."""
+    if limit is None or limit >= len(test):
+        return test
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(_FIXED_SPLIT_SEED))[:limit].sort().values
+    return test.subset(idx) if hasattr(test, "subset") else _subset(test, idx)
 
 
 # ---------------------------------------------------------------------------------------------- batching

@@ -230,3 +230,17 @@ def test_a_folder_train_limit_samples_every_class(tmp_path):
     _write_folder(tmp_path / "pets", classes=("a", "b", "c"), per_class=10)
     s = make_splits(tmp_path / "pets", finetune_size=2, score_size=2, seed=0, image_size=8, train_limit=9)
     assert len(s.train) == 9 and set(s.train.labels) == {0, 1, 2}
+
+
+def test_a_test_limit_is_one_fixed_sample_of_the_test_split(tmp_path):
+    full = make_splits("digits", 100, 100, seed=0).test
+    a = make_splits("digits", 100, 100, seed=0, test_limit=50).test
+    b = make_splits("digits", 100, 100, seed=3, test_limit=50).test
+    assert len(a) == 50 and torch.equal(a.tensors[0], b.tensors[0])        # the run's seed does not move it
+    rows = {tuple(x.flatten().tolist()) for x in full.tensors[0]}
+    assert all(tuple(x.flatten().tolist()) in rows for x in a.tensors[0])  # images of the test split
+    assert len(set(a.tensors[1].tolist())) > 5                              # drawn, not the first 50
+    assert make_splits("digits", 100, 100, test_limit=10 ** 6).test is not None
+    _write_folder(tmp_path / "pets", classes=("a", "b", "c"), per_class=10)
+    s = make_splits(tmp_path / "pets", finetune_size=2, score_size=2, seed=0, image_size=8, test_limit=4)
+    assert len(s.test) == 4 and not s.test.train
