@@ -1,5 +1,6 @@
 """compress_unet end to end on a small random U-Net (issue 11): the stages run, the plan lands on the measured
-sampling speed-up (scripted here: timing is a bench's job), the result saves as a diffusers model and pipeline."""
+sampling speed-up (scripted here, and the rows timed on a simulated clock: timing is a bench's job), the result
+saves as a diffusers model and pipeline."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,10 @@ from depthcut.diffusion.unet import enumerate_rows  # noqa: E402
 from depthcut.latency.compare import SpeedupEstimate  # noqa: E402
 
 from test_unet import SMALL  # noqa: E402
+
+# The rows' latency on the simulated clock (tests/simulated_backend.py: every conv costs the same): these tests
+# check the stages and the landing, not a real backend's row timings (tests/latency time those).
+SIMULATED = "sleepy"
 
 
 def scripted_speed(monkeypatch, per_merge: float = 0.06):
@@ -36,7 +41,7 @@ def test_compress_unet_lands_checks_and_saves(monkeypatch, tmp_path):
     images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     config = P.GenerationConfig(speedup=1.15, batch=2, sampling_steps=2, importance_steps=1, finetune_size=8,
                                 score_size=8, recovery_steps=1, fd_samples=8, progress=False,
-                                cache_dir=str(tmp_path / "cache"))
+                                cache_dir=str(tmp_path / "cache"), backend=SIMULATED)
     features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 6))
     result = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config, features=features)
     r = result.report
@@ -212,7 +217,8 @@ def test_adaptive_importance_fine_tunes_fewer_rows_and_shares_the_full_tables_en
     images = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     config = P.GenerationConfig(speedup=1.15, batch=2, sampling_steps=2, importance_steps=1, finetune_size=8,
                                 score_size=8, recovery_steps=1, progress=False, importance_mode="adaptive",
-                                importance_reference="original", cache_dir=str(tmp_path / "cache"))
+                                importance_reference="original", cache_dir=str(tmp_path / "cache"),
+                                backend=SIMULATED)
     r = P.compress_unet(unet, DDPMScheduler(num_train_timesteps=50), images, config).report
     rows = enumerate_rows(unet, batch=2)
     scored = P.scored_rows(rows)
