@@ -52,13 +52,24 @@ def check_tasks(tasks, include: str | None) -> None:
         raise DepthcutError(f"lm-eval include {include} is not a folder of task YAMLs")
     registry = [t for t in tasks if t not in LOCAL_TASKS]
     if registry:
-        from lm_eval.tasks import TaskManager
-
-        known = set(TaskManager(include_path=include).all_tasks)
+        known = set(task_manager(registry, [include] if include else []).all_tasks)
         unknown = [t for t in registry if t not in known]
         if unknown:
             raise DepthcutError(f"unknown lm-eval task(s) {', '.join(unknown)}: use {', '.join(LOCAL_TASKS)}, a "
                                 f"task of lm-eval's registry, or a YAML in --lm-eval-include")
+
+
+def task_manager(tasks, include_paths: list) -> Any:
+    """lm-eval's TaskManager for ``tasks``: indexing lm-eval's own registry (some 15,000 YAMLs) takes about
+    30 s, so it is indexed only when a task is not in ``include_paths`` (depthcut's local tasks, the user's
+    folder)."""
+    from lm_eval.tasks import TaskManager
+
+    if include_paths:
+        manager = TaskManager(include_path=include_paths, include_defaults=False)
+        if set(tasks) <= set(manager.all_tasks):
+            return manager
+    return TaskManager(include_path=include_paths or None)
 
 
 def sentences(document: str) -> list[str]:
@@ -144,12 +155,11 @@ def evaluate_models(models: dict[str, Any], tokenizer, tasks, eval_text: str, in
     _require()
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     tasks = list(tasks)
     with tempfile.TemporaryDirectory(prefix="depthcut-lmeval-") as tmp, _offline():
         counts = write_local_tasks(eval_text, Path(tmp), seed) if any(t in LOCAL_TASKS for t in tasks) else {}
-        manager = TaskManager(include_path=[tmp] + ([include] if include else []))
+        manager = task_manager(tasks, [tmp] + ([include] if include else []))
         results: dict[str, Any] = {}
         for name, model in models.items():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
