@@ -363,7 +363,7 @@ class _Comparing:
         folder = self.store("runs", name)
         wanted = _as_json(cfg.to_dict())
         error = _read(folder.with_name(name + ".error.json"))
-        if error and error["config"] == wanted:
+        if error and _same_config(error["config"], wanted):
             return error["error"]
         report = _read(folder / "report.json")
         if not report or not _same_config(report.get("config"), wanted) or not (folder / "model.onnx").exists():
@@ -489,7 +489,7 @@ class _Comparing:
         path = self.store("control", f"s{seed}.json")
         cfg = self.config.run_config(self.config.methods[0], self.config.speedups[0], seed)
         stored = _read(path) if path is not None else None
-        if stored and stored["config"] == _as_json(cfg.to_dict()):
+        if stored and _same_config(stored["config"], _as_json(cfg.to_dict())):
             self.controls[seed] = stored
             return
         run, t0 = Compression(self.model, cfg, splits=self.splits), time.time()
@@ -542,11 +542,14 @@ def _as_json(data: dict) -> dict:
 
 def _same_config(stored: dict | None, wanted: dict) -> bool:
     """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
-    aside."""
+    aside, and a field added to the configuration since it was stored counts at its default (which is what
+    the stored run ran with)."""
     if stored is None:
         return False
     filled = {k: None for k in ("finetune_size", "score_size") if wanted.get(k) is None}
-    return {**stored, **filled} == wanted
+    defaults = _as_json(LayerMergeConfig().to_dict())
+    added = {k: v for k, v in wanted.items() if k not in stored and k in defaults and v == defaults[k]}
+    return {**stored, **added, **filled} == wanted
 
 
 @dataclass

@@ -223,3 +223,17 @@ def test_select_keeps_a_method_without_plan_search_at_its_landed_network(trained
         select_config(tmp_path, share_networks=True, compress=config(tmp_path))       # no fixed importance seed
     with pytest.raises(DepthcutError, match="matching"):
         select_config(tmp_path, matching="nearest")
+
+
+def test_a_stored_run_from_before_a_new_config_field_is_reused_only_at_its_default():
+    """A comparison stored by an earlier version lacks the fields added since: at their defaults they are what
+    it ran with, so it is reused; asked for another value, it is not."""
+    from depthcut.comparison import _as_json, _same_config
+    from depthcut.config import LayerMergeConfig
+
+    wanted = _as_json(LayerMergeConfig(speedup=2.0, recovery_epochs=0.25).to_dict())
+    stored = {k: v for k, v in wanted.items() if k != "test_limit"}
+    assert _same_config(stored, wanted)
+    assert not _same_config(stored, _as_json(LayerMergeConfig(speedup=2.0, recovery_epochs=0.25,
+                                                              test_limit=500).to_dict()))
+    assert not _same_config({**stored, "recovery_epochs": 1.0}, wanted)
