@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from depthcut import comparison
 from depthcut.cli import main
 from depthcut.comparison import CompareConfig, compare, load_comparison
 from depthcut.matching import AIM, BAND, SPREAD, common_point
@@ -209,9 +210,11 @@ def test_select_chooses_a_common_point_recovers_each_network_once_and_shares_it_
     # a rerun with the same folder reuses every landing, selection, recovery and timing: no work at all
     monkeypatch.setattr(Method, "compress", lambda *a, **k: pytest.fail("landed again"))
     monkeypatch.setattr(matching, "match", lambda *a, **k: pytest.fail("selected again"))
+    monkeypatch.setattr(comparison, "joint_speedups", lambda *a, **k: pytest.fail("landings timed again"))
     again = compare(model, select_config(tmp_path), out=tmp_path / "cmp", splits=splits)
     assert len(recoveries) == 4
     assert [r.matched for r in again.runs] == [r.matched for r in result.runs]
+    assert [r.joint for r in again.runs] == [r.joint for r in result.runs] and all(r.joint for r in first)
 
 
 def test_select_keeps_a_method_without_plan_search_at_its_landed_network(trained, tmp_path):  # noqa: F811
