@@ -16,7 +16,8 @@ EXTRAS := onnx,llm,data,baselines,eval,ray,diffusion,openvino,dev
 # Exact versions the suite last passed with; `make lock` rewrites it from .venv.
 LOCK   := requirements/lock.txt
 LATEST := .venv-latest
-PYTEST  = -m pytest -x -p no:cacheprovider --timeout=900
+# --durations: the slowest tests in every log, so the suite's time (the 20-minute bar, installation included) is watched
+PYTEST  = -m pytest -x -p no:cacheprovider --timeout=900 --durations=15
 
 COVERAGE := .venv-coverage
 
