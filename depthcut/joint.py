@@ -204,6 +204,7 @@ class WidthChoice:
     rounds: dict[int, float] = field(default_factory=dict)     # finalist accuracy after each round's steps
     recovered_accuracy: float | None = None    # on the scoring split after the full recovery (the last round)
     recovery_seconds: float | None = None
+    left_out: str | None = None                # why the width offers nothing (its latency model did not hold)
 
     @property
     def finalist_accuracy(self) -> float | None:
@@ -216,7 +217,8 @@ class WidthChoice:
                 self.predicted_accuracy, "predicted_speedup": self.predicted_speedup, "depth_blocks": blocks,
                 "finalist_accuracy": self.finalist_accuracy,
                 "finalist_rounds": {str(k): v for k, v in self.rounds.items()},
-                "recovered_scoring_accuracy": self.recovered_accuracy}
+                "recovered_scoring_accuracy": self.recovered_accuracy,
+                **({"left_out": self.left_out} if self.left_out else {})}
 
 
 def width_speedup(run, option: WidthOption):
@@ -259,10 +261,19 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
     """Every width option's best depth plan at x``target`` over the original, with its predicted accuracy
     (module docstring). A width's candidates take the original width's entry of the same block and kernel
     option; one the original's table does not hold (dropped there as dominated) is left out."""
+    from .latency.model import LatencyModelError
+
     choices = []
     for option in options:
         inner = option.run
-        rows = inner.rows
+        try:
+            rows = inner.rows               # the width's own rows and calibrated latency model
+        except LatencyModelError as e:
+            # one width's table that its networks contradict (each width has its own rows and model) is no
+            # reason to give up the others: that width offers nothing, and the report says why
+            run.say(f"  width {option.name} left out: {e}")
+            choices.append(WidthChoice(option, None, left_out=str(e)))
+            continue
         kept = [c for c in rows.candidates if is_trivial(c) or c.key in importance]
         inner.use(rows=replace(rows, candidates=kept),
                   importance={c.key: 1.0 if is_trivial(c) else importance[c.key] for c in kept})
@@ -316,7 +327,13 @@ def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], 
 
 def finalists(run, choices: list[WidthChoice], target: float) -> list[WidthChoice]:
     """Stage 3: the reachable widths' plans ranked by successive halving."""
+    from .latency.model import LatencyModelError
+
     reachable = [c for c in choices if c.solution]
+    left_out = [c for c in choices if c.left_out]
+    if not reachable and left_out:
+        raise LatencyModelError(f"no width option of {run.resolved.name} reaches x{target:.3f} with a usable "
+                                f"latency model; width {left_out[0].option.name}: {left_out[0].left_out}")
     if not reachable:
         raise InfeasibleBudgetError(f"x{target:.3f} is out of reach for every width option of "
                                     f"{run.resolved.name} on {run.config.backend} (widths pruned up to "
@@ -386,7 +403,8 @@ def compress_joint(run, out=None):
     for c in choices:
         run.say(f"  {c.option.name}: " + (f"predicted {c.predicted_accuracy:.2f} % at x{c.predicted_speedup:.3f} "
                                           f"({len(c.to_dict()['depth_blocks'])} blocks changed)"
-                                          if c.solution else "the target is beyond its fastest plan"))
+                                          if c.solution else f"left out ({c.left_out})" if c.left_out
+                                          else "the target is beyond its fastest plan"))
     ranked = finalists(run, choices, target)
     clock["finalists"] = time.time() - clock["start"]
     chosen = recover_best(run, ranked, target)

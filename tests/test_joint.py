@@ -114,3 +114,39 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
     broken = {**r, "plan_blocks": [{**r["plan_blocks"][0], "kernel": 99}] + r["plan_blocks"][1:]}
     with pytest.raises(DepthcutError, match=r["width"]["name"]):
         rebuild_landed(run, broken)
+
+
+def test_a_width_whose_latency_model_fails_is_left_out_and_the_others_still_land(trained, tmp_path,
+                                                                                 monkeypatch):  # noqa: F811
+    """Each width has its own rows and latency model: one that its networks contradict (seen on MobileNetV2:
+    +49 % then +128 % on its fastest network) leaves that width out, said in the report, not the method."""
+    import depthcut.compression as C
+    import depthcut.joint as J
+    from depthcut.latency.model import LatencyModelError
+
+    real_width_run, real_rows, failed = J.width_run, C.latency_rows, []
+
+    def tagged(run, option, target):
+        inner = real_width_run(run, option, target)
+        inner.width_name = option.name
+        return inner
+
+    def flaky(run):
+        name = getattr(run, "width_name", "")
+        if name.startswith("uniform") and not name.endswith("-landed"):
+            failed.append(name)
+            raise LatencyModelError("simulated: the table and its networks disagree")
+        return real_rows(run)
+
+    monkeypatch.setattr(J, "width_run", tagged)
+    monkeypatch.setattr(C, "latency_rows", flaky)
+    model, splits = trained
+    result = compress(model, config(tmp_path, method="layermerge+channel", speedup=1.5, backend="sleepy-macs"),
+                      splits=splits, out=tmp_path / "out")
+    r = result.report
+    assert failed and r["target_met"] and r["speedup"] >= 1.5
+    assert "left out: its latency model did not hold" in (tmp_path / "out" / "report.md").read_text()
+    left = [o for o in r["width_options"] if o.get("left_out")]
+    assert sorted(o["name"] for o in left) == sorted(set(failed))
+    assert all("simulated" in o["left_out"] and o["predicted_accuracy"] is None for o in left)
+    assert r["width"]["name"] not in set(failed)
