@@ -178,7 +178,8 @@ def _headline(r: dict[str, Any]) -> list[str]:
                  f", more than {100 * r['speed_tolerance']:.0f}% faster than asked")
               + f"), accuracy {r['accuracy_before']:.2f}% -> {r['accuracy_after']:.2f}% "
                 f"({-r['accuracy_drop']:+.2f} points) on the {r['data']} test set"
-              + (f" (a fixed sample of {r['test_images']} images, --test-limit)" if r.get("test_limit") else "")
+              + (f" (a fixed sample of {r['test_images']} images, --test-limit)"
+                 if r.get("test_limit") and r["test_images"] >= r["test_limit"] else "")
               + (f"; deployed in int8: {r['int8']['accuracy_int8_before']:.2f}% -> "
                  f"{r['int8']['accuracy_int8_after']:.2f}%, speed-ups against the int8 original" if r.get("int8")
                  else "") + ".")
