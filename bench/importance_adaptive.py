@@ -34,6 +34,7 @@ from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
+from depthcut.importance import stored_cost
 
 from cnn_frontier import per_model
 
@@ -62,8 +63,9 @@ def one_run(args, model: str, mode: str, target: float, seed: int, cache: Path) 
            "accuracy_after": r["accuracy_after"], "speedup": r["speedup"], "speedup_low": r["speedup_low"],
            "speedup_high": r["speedup_high"], "target_met": r["target_met"],
            "importance_seconds": importance_s, "candidates": r["candidates"] - r["candidates_dominated"]}
-    out["finetuned_entries_after"] = finetuned_entries(cache)     # in this cache, over the targets so far
-    out["entry_seconds_after"] = entry_seconds(cache)              # what they cost, whichever invocation ran them
+    cost = stored_cost(cache)
+    out["finetuned_entries_after"] = cost.finetuned       # in this cache, over the targets so far
+    out["entry_seconds_after"] = cost.seconds             # what they cost, whichever invocation ran them
     if mode == "adaptive":
         out["adaptive"] = r["importance_adaptive"]
         out["importance_seconds"] = r["importance_adaptive"]["seconds"]
@@ -77,27 +79,6 @@ def same_budget_plans(args, model: str, seed: int, mode: str, cache: Path, budge
     at one budget is what the two importance stages must agree on."""
     compression = Compression(model, run_config(args, model, mode, args.targets[0], seed, cache))
     return [sorted(r.ref.key for r in compression.frontier.best(b).rows if not is_trivial(r.ref)) for b in budgets]
-
-
-def finetuned_entries(cache: Path) -> int:
-    """Fine-tuned entries stored under ``cache`` (the importance stores whose proxy is the fine-tune)."""
-    n = 0
-    for manifest in (cache / "importance").rglob("manifest.json"):
-        if json.loads(manifest.read_text()).get("proxy") == "finetune":
-            n += sum(1 for p in manifest.parent.glob("*.json") if p.name != "manifest.json")
-    return n
-
-
-def entry_seconds(cache: Path) -> float:
-    """The compute time of every importance entry stored under ``cache`` (fine-tuned and cheap), as each entry
-    recorded it when it was computed. Unlike an invocation's wall time it does not shrink when a killed run
-    resumes from its cache, so the two modes' stage times compare whatever was resumed."""
-    total = 0.0
-    for manifest in (cache / "importance").rglob("manifest.json"):
-        for p in manifest.parent.glob("*.json"):
-            if p.name != "manifest.json":
-                total += json.loads(p.read_text())["value"].get("seconds", 0.0)
-    return total
 
 
 def stage_times(s: dict) -> str:
@@ -197,8 +178,8 @@ def main() -> None:
             at_budget = same_budget_plans(args, model, seed, "adaptive", adaptive_cache, budgets)  # ... this adds its own
             full_at_budget = same_budget_plans(args, model, seed, "full", full_cache, budgets)
             report["seeds"].append({
-                "model": model, "seed": seed, "full_entries": finetuned_entries(full_cache),
-                "finetuned": finetuned, "finetuned_with_comparison": finetuned_entries(adaptive_cache),
+                "model": model, "seed": seed, "full_entries": stored_cost(full_cache).finetuned,
+                "finetuned": finetuned, "finetuned_with_comparison": stored_cost(adaptive_cache).finetuned,
                 # the stage's time: its entries' own compute time (resume-invariant); the invocations' wall times
                 # beside it undercount whatever a killed invocation had already computed
                 "full_seconds": runs[("full", args.targets[0])].get("entry_seconds_after"),

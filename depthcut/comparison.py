@@ -553,6 +553,9 @@ def _as_json(data: dict) -> dict:
     return json.loads(json.dumps(data, default=str))
 
 
+_DEFAULTS = _as_json(LayerMergeConfig().to_dict())     # what a field stored before it existed ran with
+
+
 def _same_config(stored: dict | None, wanted: dict) -> bool:
     """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
     aside, and a field added to the configuration since it was stored counts at its default (which is what
@@ -560,8 +563,7 @@ def _same_config(stored: dict | None, wanted: dict) -> bool:
     if stored is None:
         return False
     filled = {k: None for k in ("finetune_size", "score_size") if wanted.get(k) is None}
-    defaults = _as_json(LayerMergeConfig().to_dict())
-    added = {k: v for k, v in wanted.items() if k not in stored and k in defaults and v == defaults[k]}
+    added = {k: v for k, v in wanted.items() if k not in stored and k in _DEFAULTS and v == _DEFAULTS[k]}
     return {**stored, **added, **filled} == wanted
 
 

@@ -53,6 +53,7 @@ from torch import nn
 from .cnn.build import is_trivial
 from .compression import original_ms
 from .errors import DepthcutError, InfeasibleBudgetError
+from .latency.model import LatencyModelError
 
 WIDTH_RATIOS = (0.125, 0.25, 0.375, 0.5)    # channel-pruning ratios offered, in both scopes
 WIDTH_SCOPES = ("uniform", "global")
@@ -261,8 +262,6 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
     """Every width option's best depth plan at x``target`` over the original, with its predicted accuracy
     (module docstring). A width's candidates take the original width's entry of the same block and kernel
     option; one the original's table does not hold (dropped there as dominated) is left out."""
-    from .latency.model import LatencyModelError
-
     choices = []
     for option in options:
         inner = option.run
@@ -327,8 +326,6 @@ def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], 
 
 def finalists(run, choices: list[WidthChoice], target: float) -> list[WidthChoice]:
     """Stage 3: the reachable widths' plans ranked by successive halving."""
-    from .latency.model import LatencyModelError
-
     reachable = [c for c in choices if c.solution]
     left_out = [c for c in choices if c.left_out]
     if not reachable and left_out:

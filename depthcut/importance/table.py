@@ -116,6 +116,34 @@ def importance_store(manifest: Mapping[str, Any], cache_dir: str | Path | None =
     return EntryStore(root / "importance" / fingerprint(manifest), manifest)
 
 
+@dataclass(frozen=True)
+class StoredCost:
+    """What the importance tables stored under one cache directory cost: entries by how they were scored
+    (the fine-tune proxy or a cheap one) and the compute time every entry recorded when it was computed.
+    Unlike a run's wall time it does not shrink when a killed run resumes from the cache."""
+
+    finetuned: int
+    cheap: int
+    seconds: float
+
+
+def stored_cost(cache_dir: str | Path | None = None) -> StoredCost:
+    """The :class:`StoredCost` of every importance table under ``cache_dir/importance`` (one walk)."""
+    from ..cache import read_json
+
+    root = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR) / "importance"
+    finetuned = cheap = 0
+    seconds = 0.0
+    for manifest in sorted(root.rglob(EntryStore.MANIFEST)):
+        entries = [p for p in manifest.parent.glob("*.json") if p.name != EntryStore.MANIFEST]
+        if read_json(manifest).get("proxy") == Proxy.FINETUNE.value:
+            finetuned += len(entries)
+        else:
+            cheap += len(entries)
+        seconds += sum(float(read_json(p)["value"].get("seconds", 0.0)) for p in entries)
+    return StoredCost(finetuned, cheap, seconds)
+
+
 def in_shard(key: str, shard: tuple[int, int]) -> bool:
     """Stable assignment of an entry to shard ``i`` of ``n`` (same on every machine and Python run)."""
     i, n = shard

@@ -271,3 +271,25 @@ def test_bn_recalibration_is_exact_average_without_gradient_steps():
         recalibrate_bn(model, iter([]))
 
 
+
+
+def test_stored_cost_counts_every_table_under_a_cache_by_proxy_with_the_seconds_entries_recorded(helper, tmp_path):
+    from depthcut.importance import StoredCost, stored_cost
+
+    cands = helper.candidates()
+    finetuned = importance_store({"model": "toy", "proxy": "finetune"}, tmp_path)
+    cheap = importance_store({"model": "toy", "proxy": "bn-batch"}, tmp_path)
+    for i, cand in enumerate(cands[:3]):
+        finetuned[cand.key] = {"metric": 80.0, "seconds": 2.0 + i, "candidate": cand.to_dict()}
+    cheap[cands[0].key] = {"metric": 70.0, "seconds": 0.5, "candidate": cands[0].to_dict()}
+    assert stored_cost(tmp_path) == StoredCost(finetuned=3, cheap=1, seconds=9.5)
+
+    # entries importance_table computes record their own time: at least what the slow score took each
+    def slow(c):
+        time.sleep(0.02)
+        return 60.0
+
+    importance_table(cands[3:5], slow, store=cheap, progress=False)
+    cost = stored_cost(tmp_path)
+    assert (cost.finetuned, cost.cheap) == (3, 3) and cost.seconds >= 9.5 + 2 * 0.02
+    assert stored_cost(tmp_path / "empty") == StoredCost(0, 0, 0.0)
