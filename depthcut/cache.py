@@ -142,9 +142,9 @@ class EntryStore:
     def __setitem__(self, key: str, value: Any) -> None:
         atomic_write_json(self.path(key), {"key": key, "value": value})
 
-    def keys(self) -> Iterator[str]:
-        """Every stored key. A file that is not an entry, or holds an entry whose key belongs in another
-        file (copied or renamed by hand), is damaged: CacheError naming it."""
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """Every stored (key, value), each file read once. A file that is not an entry, or holds an entry whose
+        key belongs in another file (copied or renamed by hand), is damaged: CacheError naming it."""
         for p in sorted(self.dir.glob("*.json")):
             if p.name != self.MANIFEST:
                 entry = read_json(p)
@@ -152,7 +152,12 @@ class EntryStore:
                 if not isinstance(key, str) or self.path(key) != p:
                     held = f"entry {key!r}" if isinstance(key, str) else "no entry"
                     raise CacheError(f"cache file {p} is corrupted (it holds {held}); delete it to recompute")
-                yield key
+                yield key, entry["value"]
+
+    def keys(self) -> Iterator[str]:
+        """Every stored key (see :meth:`items`)."""
+        for key, _ in self.items():
+            yield key
 
     def __len__(self) -> int:
         return sum(1 for _ in self.keys())

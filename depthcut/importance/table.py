@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, json_number
+from ..cache import DEFAULT_CACHE_DIR, EntryStore, fingerprint, json_number, read_json
 from ..cnn.chain import Candidate
 from ..errors import CacheError, DepthcutError
 from ..progress import progress as _progress
@@ -129,18 +129,17 @@ class StoredCost:
 
 def stored_cost(cache_dir: str | Path | None = None) -> StoredCost:
     """The :class:`StoredCost` of every importance table under ``cache_dir/importance`` (one walk)."""
-    from ..cache import read_json
-
     root = (Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR) / "importance"
     finetuned = cheap = 0
     seconds = 0.0
     for manifest in sorted(root.rglob(EntryStore.MANIFEST)):
-        entries = [p for p in manifest.parent.glob("*.json") if p.name != EntryStore.MANIFEST]
-        if read_json(manifest).get("proxy") == Proxy.FINETUNE.value:
-            finetuned += len(entries)
+        store = EntryStore(manifest.parent, read_json(manifest))
+        values = [value for _, value in store.items()]
+        if store.manifest.get("proxy") == Proxy.FINETUNE.value:
+            finetuned += len(values)
         else:
-            cheap += len(entries)
-        seconds += sum(float(read_json(p)["value"].get("seconds", 0.0)) for p in entries)
+            cheap += len(values)
+        seconds += sum(float(value.get("seconds", 0.0)) for value in values)
     return StoredCost(finetuned, cheap, seconds)
 
 

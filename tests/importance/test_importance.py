@@ -271,8 +271,6 @@ def test_bn_recalibration_is_exact_average_without_gradient_steps():
         recalibrate_bn(model, iter([]))
 
 
-
-
 def test_stored_cost_counts_every_table_under_a_cache_by_proxy_with_the_seconds_entries_recorded(helper, tmp_path):
     from depthcut.importance import StoredCost, stored_cost
 
