@@ -71,8 +71,9 @@ def write_joint_outputs(result, out: Path, example: torch.Tensor) -> None:
             f"{len(changed)} depth blocks changed: "
             + (", ".join(f"{b['start']}-{b['end']} k{b['kernel']}" for b in changed) or "none") + ".", "",
             "| width option | alone over the original | fine-tuned accuracy | predicted accuracy at the target "
-            "| predicted speed-up | depth blocks | finalist accuracy (steps) | after recovery (scoring split) |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| predicted speed-up (DP) | landed speed-up | depth blocks (landed; DP's when it differs) "
+            "| finalist accuracy (steps) | after recovery (scoring split) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for w in r["width_options"]:
         pred = (f"{w['predicted_accuracy']:.2f}" if w["predicted_accuracy"] is not None else
                 "left out: its latency model did not hold" if w.get("left_out") else "out of reach")
@@ -81,11 +82,15 @@ def write_joint_outputs(result, out: Path, example: torch.Tensor) -> None:
         rounds = ", ".join(f"{v:.2f} ({k})" for k, v in w.get("finalist_rounds", {}).items()) or "-"
         recovered = (f"{w['recovered_scoring_accuracy']:.2f}" if w.get("recovered_scoring_accuracy") is not None
                      else "-")
-        head.append(f"| {w['name']} | {alone} | {w['finetuned_accuracy']:.2f} | {pred} | {speed} | "
-                    f"{len(w['depth_blocks']) if w['depth_blocks'] is not None else '-'} | {rounds} | {recovered} |")
+        landed = (f"x{w['landed_speedup']:.3f}" if w.get("landed_speedup") is not None else
+                  "does not land" if w.get("not_landed") else "-")
+        blocks = "-" if w["depth_blocks"] is None else str(len(w["depth_blocks"])) + (
+            f" (DP: {len(w['dp_blocks'])})" if w.get("dp_blocks") is not None else "")
+        head.append(f"| {w['name']} | {alone} | {w['finetuned_accuracy']:.2f} | {pred} | {speed} | {landed} | "
+                    f"{blocks} | {rounds} | {recovered} |")
     for w in r.get("widths_faster_than_the_target", []):
         head.append(f"| {w['name']} | x{w['speedup']['ratio']:.3f} | {w['finetuned_accuracy']:.2f} | faster than "
-                    f"the target alone: not offered | - | - | - | - |")
+                    f"the target alone: not offered | - | - | - | - | - |")
     atomic_write_text(out / "report.md", "\n".join(head + [""] + _outcome_lines(r, "body budget ms | modelled body "
                                                                                    "ms")) + "\n")
 
