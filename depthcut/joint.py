@@ -14,6 +14,8 @@ last stage). The best network at a budget is often a mix, so this method searche
 * **Depth at each width, exactly**: for each width option, the LayerMerge stages of the width-pruned network
   (its latency rows timed at those widths, its per-call model calibrated on its own networks), and the
   LayerMerge DP over them: one frontier per width.
+  A width whose per-call latency model its own networks contradict falls back to the additive model (the
+  landing's measured probes correct it); it is left out only when that fails too.
 * **One importance table**: a depth candidate's damage is measured once, on the original width (the LayerMerge
   table, resumable as ever); a width option's damage is one more entry of the same store, the width-pruned
   network fine-tuned with the table's recipe. A plan at width w is predicted at
@@ -207,6 +209,7 @@ class WidthChoice:
     dp_blocks: list[str] | None = None         # the DP's plan at the budget, before the landing moved it
     landed_speedup: float | None = None        # the landed plan over the original: x r times its confirmation
     not_landed: str | None = None              # why its plan does not land on the measured target
+    model_fallback: str | None = None          # why its per-call latency model gave way to the additive one
     rounds: dict[int, float] = field(default_factory=dict)     # finalist accuracy after each round's steps
     recovered_accuracy: float | None = None    # on the scoring split after the full recovery (the last round)
     recovery_seconds: float | None = None
@@ -226,7 +229,8 @@ class WidthChoice:
                 "finalist_rounds": {str(k): v for k, v in self.rounds.items()},
                 "recovered_scoring_accuracy": self.recovered_accuracy,
                 **({"left_out": self.left_out} if self.left_out else {}),
-                **({"not_landed": self.not_landed} if self.not_landed else {})}
+                **({"not_landed": self.not_landed} if self.not_landed else {}),
+                **({"per_call_model_failed": self.model_fallback} if self.model_fallback else {})}
 
 
 def width_speedup(run, option: WidthOption):
@@ -237,14 +241,15 @@ def width_speedup(run, option: WidthOption):
     return None if option.scope is None else probe_speed(run, option.model.to(run.device), decided=None)
 
 
-def width_run(run, option: WidthOption, target: float):
+def width_run(run, option: WidthOption, target: float, latency_model: str | None = None):
     """The LayerMerge stages of one width option's network, aimed at the original's target: x``target`` over
-    the original is x(target / r) over a width measuring x r."""
+    the original is x(target / r) over a width measuring x r. ``latency_model`` overrides the run's."""
     from .cnn.build import plan_from_blocks
     from .compression import Chosen, Compression
 
     config = replace(run.config, method="layermerge", speedup=max(1.0, target / option.over_original), latency_ms=None,
-                     importance_mode="full", input_shape=tuple(run.input_shape))
+                     importance_mode="full", input_shape=tuple(run.input_shape),
+                     latency_model=latency_model or run.config.latency_model)
     inner = Compression(option.model, config, splits=run.splits)
     inner.teacher = run.original          # recovery distils from the original, not from the pruned network
     if option.landing is not None:        # meets the target alone: its depth plan is the identity, landed already
@@ -271,15 +276,30 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
     option; one the original's table does not hold (dropped there as dominated) is left out."""
     choices = []
     for option in options:
-        inner = option.run
+        fallback = None
         try:
-            rows = inner.rows               # the width's own rows and calibrated latency model
+            rows = option.run.rows          # the width's own rows and calibrated latency model
         except LatencyModelError as e:
-            # one width's table that its networks contradict (each width has its own rows and model) is no
-            # reason to give up the others: that width offers nothing, and the report says why
-            run.say(f"  width {option.name} left out: {e}")
-            choices.append(WidthChoice(option, None, left_out=str(e)))
-            continue
+            if run.config.latency_model != "per-call":
+                run.say(f"  width {option.name} left out: {e}")
+                choices.append(WidthChoice(option, None, left_out=str(e)))
+                continue
+            # a width's per-call model that its networks contradict is frequent on MobileNetV2's
+            # sub-millisecond widths, and not repeatable (uniform-0.25 held at x2.0 in one run, missed by -23 %
+            # in the next): the width falls back to the additive model instead of leaving the search. The model
+            # only sets the budget a plan is chosen at; every finalist is then landed on measured probes, whose
+            # fit corrects the model, so a poor model costs probes, not a wrong speed-up
+            fallback = str(e)
+            run.say(f"  width {option.name}: its per-call latency model did not hold ({e}); the additive model "
+                    f"instead")
+            option.run = width_run(run, option, target, latency_model="additive")
+            try:
+                rows = option.run.rows
+            except LatencyModelError as e2:
+                run.say(f"  width {option.name} left out: {e2}")
+                choices.append(WidthChoice(option, None, left_out=str(e2), model_fallback=fallback))
+                continue
+        inner = option.run
         kept = [c for c in rows.candidates if is_trivial(c) or c.key in importance]
         inner.use(rows=replace(rows, candidates=kept),
                   importance={c.key: 1.0 if is_trivial(c) else importance[c.key] for c in kept})
@@ -289,14 +309,15 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
         budget = factor * (other + full) / inner.config.speedup - other
         frontier = inner.frontier
         if budget < frontier.min_latency_ms:
-            choices.append(WidthChoice(option, None))
+            choices.append(WidthChoice(option, None, model_fallback=fallback))
             continue
         # the width that meets the target alone deploys with no depth change (the DP could still prefer a merge
         # whose short fine-tune scored above the original, I > 1: what is tried must be what is deployed)
         solution = identity_solution(inner) if option.landing is not None else frontier.best(budget)
         choices.append(WidthChoice(option, budget, solution, predicted_accuracy(run, option, solution, importance,
                                                                                 base_finetuned),
-                                   option.over_original * factor * (other + full) / (other + solution.latency_ms)))
+                                   option.over_original * factor * (other + full) / (other + solution.latency_ms),
+                                   model_fallback=fallback))
     return choices
 
 

@@ -77,6 +77,8 @@ def write_joint_outputs(result, out: Path, example: torch.Tensor) -> None:
     for w in r["width_options"]:
         pred = (f"{w['predicted_accuracy']:.2f}" if w["predicted_accuracy"] is not None else
                 "left out: its latency model did not hold" if w.get("left_out") else "out of reach")
+        if w.get("per_call_model_failed") and not w.get("left_out"):
+            pred += " (additive latency model: its per-call model did not hold)"
         speed = f"x{w['predicted_speedup']:.3f}" if w["predicted_speedup"] is not None else "-"
         alone = f"x{w['speedup']['ratio']:.3f}" if w["speedup"] else "x1"
         rounds = ", ".join(f"{v:.2f} ({k})" for k, v in w.get("finalist_rounds", {}).items()) or "-"
