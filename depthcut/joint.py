@@ -221,7 +221,7 @@ class WidthChoice:
         return self.rounds[max(self.rounds)] if self.rounds else None
 
     def to_dict(self) -> dict[str, Any]:
-        blocks = [r.ref.key for r in self.solution.rows if not is_trivial(r.ref)] if self.solution else None
+        blocks = changed_blocks(self.solution) if self.solution else None
         return {**self.option.to_dict(), "body_budget_ms": self.budget_ms, "predicted_accuracy":
                 self.predicted_accuracy, "predicted_speedup": self.predicted_speedup, "depth_blocks": blocks,
                 "dp_blocks": self.dp_blocks, "landed_speedup": self.landed_speedup,
@@ -334,11 +334,12 @@ def body_model(inner) -> tuple[float, float, float]:
 def predicted_accuracy(run, option: WidthOption, solution, importance: dict[str, float],
                        base_finetuned: float) -> float:
     """base + Δ_width + Σ Δ_depth over the plan's changed blocks (module docstring): reported, not trusted."""
-    damage = sum(depth_damage(importance, r.ref.key) for r in solution.rows if not is_trivial(r.ref))
+    damage = sum(depth_damage(importance, key) for key in changed_blocks(solution))
     return run.base_accuracy + (option.accuracy - base_finetuned) + damage
 
 
 def changed_blocks(solution) -> list[str]:
+    """The keys of a DP solution's blocks that change the network (merged, or an activation removed)."""
     return [r.ref.key for r in solution.rows if not is_trivial(r.ref)]
 
 
@@ -423,10 +424,10 @@ def own_network(choice: WidthChoice) -> bool:
     return choice.option.landing is not None or choice.option.scope is None
 
 
-def recover_best(run, ranked: list[WidthChoice], target: float) -> WidthChoice:
+def recover_best(run, ranked: list[WidthChoice]) -> WidthChoice:
     """Stage 4: the first RECOVERED finalists (landed already), and each family's own network wherever it ranks
-    (:func:`own_network`), are verified and recovered in full; the one most accurate on the scoring split after recovery wins (the test split stays
-    for the report). Recovering both pure networks costs up to two more recoveries and makes the method at least
+    (:func:`own_network`), are verified and recovered in full; the one most accurate on the scoring split after
+    recovery wins (the test split stays for the report). Recovering both pure networks costs up to two more recoveries and makes the method at least
     as accurate as either family alone on the scoring split: short fine-tunes rank a width cut against a depth
     plan unreliably (module docstring), and on the embedded ResNet-20 at x2.5 the channel network, 4th after 300
     steps by 0.1 points, recovered 0.8 points above the two that were recovered."""
@@ -474,7 +475,7 @@ def compress_joint(run, out=None):
                                           else "the target is beyond its fastest plan"))
     ranked = finalists(run, choices, target, importance, base_finetuned, clock)
     clock["finalists"] = time.time() - clock["start"]
-    chosen = recover_best(run, ranked, target)
+    chosen = recover_best(run, ranked)
     result = joint_result(run, chosen, choices, too_fast, importance, target, clock)
     if out is not None:
         result.save_pretrained(out)
