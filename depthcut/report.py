@@ -74,6 +74,9 @@ def write_joint_outputs(result, out: Path, example: torch.Tensor) -> None:
             "| predicted speed-up (DP) | landed speed-up | depth blocks (landed; DP's when it differs) "
             "| finalist accuracy (steps) | after recovery (scoring split) |",
             "|---|---|---|---|---|---|---|---|---|"]
+    if any(w.get("neighbour_of") for w in r["width_options"]):
+        head[4:4] = ["A width option named w/2, w/3 is another plan of width w that lands in the band, a finalist "
+                     "beside w's landed plan.", ""]
     for w in r["width_options"]:
         pred = (f"{w['predicted_accuracy']:.2f}" if w["predicted_accuracy"] is not None else
                 "left out: its latency model did not hold" if w.get("left_out") else "out of reach")
