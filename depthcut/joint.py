@@ -33,8 +33,8 @@ last stage). The best network at a budget is often a mix, so this method searche
   same landing as LayerMerge's, on the width-pruned network), and the landed plans are the finalists: what is
   ranked is what is deployed (the landing re-solves the DP at the budget its probes find, and can move the plan
   far: see :func:`land_finalist`). Beside each landed plan, up to NEIGHBOURS more plans of the same width that
-  land in the band are finalists too (the DP's best plan by the table is not always the best after recovery:
-  :data:`NEIGHBOURS`). The finalists are built and fine-tuned alike, distilling from
+  land in the band are finalists too, and so are up to NEIGHBOURS channel plans beside the channel landing (the
+  DP's best plan by the table, or the landed channel ratio, is not always the best after recovery: NEIGHBOURS). The finalists are built and fine-tuned alike, distilling from
   the original as recovery does, by successive halving (FINALIST_ROUNDS); the best RECOVERED, and each family's
   own network (the channel landing; the depth plan at the original width) wherever it ranks, are verified
   against their intended function (the width-pruned network with only the depth plan's changes) and recovered
@@ -274,6 +274,17 @@ def identity_solution(inner):
     return Solution(rows, sum(r.latency_ms for r in rows), float(len(rows)))
 
 
+def unchanged_solution(inner):
+    """The plan that changes nothing, over ``inner``'s candidates untimed (a channel plan that meets the target
+    alone needs no latency rows of its own)."""
+    from .search.layermerge import Solution
+    from .search.tables import Row
+
+    rows = [Row(c.start, c.end, 0.0, 1.0, ref=c)
+            for c in sorted((c for c in inner.analysis.candidates if is_trivial(c)), key=lambda c: c.start)]
+    return Solution(rows, 0.0, float(len(rows)))
+
+
 def choose_width(run, options: list[WidthOption], importance: dict[str, float], target: float,
                  base_finetuned: float) -> list[WidthChoice]:
     """Every width option's best depth plan at x``target`` over the original, with its predicted accuracy
@@ -377,71 +388,121 @@ def land_finalist(run, choice: WidthChoice, importance: dict[str, float], base_f
 
 
 # more plans per width offered as finalists beside its landed one: the landing's other probes that landed in
-# the band, then the width's DP plans at budgets its probes predict for x1.0-1.09 its target, each timed against
-# the width's network and kept only when it lands in the band (NEIGHBOUR_PROBES timings at most per width). The
-# DP ranks plans by the importance table's 20-step fine-tunes of single blocks, and its best plan at a budget can
-# recover far below a neighbour of the same latency: on the embedded MobileNetV2 at x1.5 LayerMerge's landed plan
-# (4-6, 6-9, 9-12, 48-52) recovered to 79.8 % on the scoring split while a plan the equal-latency comparison picked
-# beside it (6-9, 9-12, 36-39, 48-52) recovered to 89.1-89.3 %, and the 50-step round already told them apart
+# the band, then the plans at budgets its probes predict for x1.0-1.09 its target, each timed and kept only when
+# it lands in the band (NEIGHBOUR_PROBES timings at most per width). The DP ranks plans by the importance table's
+# 20-step fine-tunes of single blocks, and its best plan at a budget can recover far below another plan of the
+# same latency: on the embedded MobileNetV2 at x1.5 LayerMerge's landed plan (4-6, 6-9, 9-12, 48-52) recovered to
+# 79.8 % on the scoring split while a plan the equal-latency comparison picked beside it (6-9, 9-12, 36-39, 48-52)
+# recovered to 89.1-89.3 %, and the 50-step round already told them apart. The width that meets the target alone
+# offers its neighbouring channel plans the same way (budgets in MACs): on the embedded ResNet-20 at x2.0 the
+# channel landing (global 0.335) recovered 0.18 points below a global-0.333 plan of the same latency
 NEIGHBOURS = 2
 NEIGHBOUR_PROBES = 4
 NEIGHBOUR_SPEEDUPS = (1.0, 1.03, 1.06, 1.09)
 
 
-def neighbours(run, choice: WidthChoice, importance: dict[str, float], base_finetuned: float) -> list[WidthChoice]:
-    """Up to NEIGHBOURS more plans of ``choice``'s width that land on the measured target (see NEIGHBOURS), each
-    a finalist of its own with its own copy of the width's run (the stages up to the frontier shared, its own
-    landing), named "<width>/2", "<width>/3". None for the width that meets the target alone (its network is
-    the channel method's, with no depth change)."""
-    from .compression import Chosen, build_plan_network, probe_speed
-    from .search.target import Landing, Probe, slope_through_original
+def nearby_plans(run, landing, full: float, target: float, best, key, measure, taken: set) -> list[tuple]:
+    """Up to NEIGHBOURS (plan, estimate) pairs, besides the plans whose ``key`` is in ``taken``, that land in
+    [target, target * (1 + tolerance)]: ``landing``'s own probes that landed first (timed already), then
+    ``best(budget)`` at the budgets where the probes' fit through the original (``full``, fraction 1) predicts
+    NEIGHBOUR_SPEEDUPS x ``target``, each timed with ``measure(plan, decided)`` (NEIGHBOUR_PROBES at most)."""
+    from .search.target import slope_through_original
 
-    if choice.option.landing is not None or choice.neighbour:
-        return []
-    inner = choice.option.run
-    chosen, config = inner.chosen, inner.config
-    target, upper = chosen.target, chosen.target * (1 + config.speed_tolerance)
-    full = inner.rows.body_ms()
-    seen = {tuple(sorted(changed_blocks(choice.solution)))}
-    plans = [(p.plan, p.estimate) for p in chosen.landing.probes if p.lands]      # timed already
-    slope = slope_through_original([(p.modelled, 1.0 / p.estimate.ratio) for p in chosen.landing.probes], full)
+    upper = target * (1 + run.config.speed_tolerance)
+    plans = [(p.plan, p.estimate) for p in landing.probes if p.lands]
+    slope = slope_through_original([(p.modelled, 1.0 / p.estimate.ratio) for p in landing.probes], full)
     for factor in NEIGHBOUR_SPEEDUPS if slope is not None else ():
         try:
-            plans.append((inner.frontier.best(full + (1.0 / (target * factor) - 1.0) / slope), None))
-        except InfeasibleBudgetError:          # beyond the width's fastest plan
+            plans.append((best(full + (1.0 / (target * factor) - 1.0) / slope), None))
+        except InfeasibleBudgetError:          # beyond the fastest plan
             continue
 
     def decided(e) -> bool:
         return e.high < target or e.low > upper or (e.low >= target and e.high <= upper)
 
     out, timed = [], 0
-    for solution, estimate in plans:
-        key = tuple(sorted(changed_blocks(solution)))
-        if len(out) >= NEIGHBOURS or key in seen:
+    for plan, estimate in plans:
+        if len(out) >= NEIGHBOURS or key(plan) in taken or (estimate is None and timed >= NEIGHBOUR_PROBES):
             continue
-        seen.add(key)
+        taken.add(key(plan))
         if estimate is None:
-            if timed >= NEIGHBOUR_PROBES:
-                continue
             timed += 1
-            estimate = probe_speed(inner, build_plan_network(inner, [r.ref for r in solution.rows]), decided)
-        if not (estimate.low >= target and estimate.ratio <= upper):
-            run.say(f"  {choice.option.name}: neighbour plan {', '.join(key) or 'none'} measured "
-                    f"{estimate.describe()}, outside the band")
-            continue
-        alt = copy.copy(inner)                 # shares analysis, rows, importance and frontier; its own landing
+            estimate = measure(plan, decided)
+        if estimate.low >= target and estimate.ratio <= upper:
+            out.append((plan, estimate))
+        else:
+            run.say(f"    a neighbour plan measured {estimate.describe()}, outside the band")
+    return out
+
+
+def neighbours(run, choice: WidthChoice, target: float, importance: dict[str, float],
+               base_finetuned: float) -> list[WidthChoice]:
+    """Up to NEIGHBOURS more plans of ``choice``'s width that land on the measured target (see NEIGHBOURS), each
+    a finalist of its own, named "<width>/2", "<width>/3", and never a family's own network."""
+    if choice.neighbour:
+        return []
+    return (channel_neighbours(run, choice, target, importance, base_finetuned) if choice.option.landing is not None
+            else depth_neighbours(run, choice, importance, base_finetuned))
+
+
+def depth_neighbours(run, choice: WidthChoice, importance: dict[str, float], base_finetuned: float) -> list[WidthChoice]:
+    """Other depth plans of the width (its DP's, on its own rows), each with its own copy of the width's run: the
+    stages up to the frontier shared, its own landing."""
+    from .compression import Chosen, build_plan_network, probe_speed
+    from .search.target import Landing, Probe
+
+    inner = choice.option.run
+    chosen = inner.chosen
+    found = nearby_plans(run, chosen.landing, inner.rows.body_ms(), chosen.target, inner.frontier.best,
+                         lambda solution: tuple(sorted(changed_blocks(solution))),
+                         lambda solution, decided: probe_speed(
+                             inner, build_plan_network(inner, [r.ref for r in solution.rows]), decided),
+                         {tuple(sorted(changed_blocks(choice.solution)))})
+    out = []
+    for solution, estimate in found:
+        alt = copy.copy(inner)
         for stage in ("chosen", "verified", "recovered", "final", "report"):
             alt.__dict__.pop(stage, None)
         probe = Probe(solution.latency_ms, solution.latency_ms, estimate, meets=True, lands=True, plan=solution)
-        alt.use(chosen=Chosen(plan_from_rows(inner, solution), solution.latency_ms, target,
+        alt.use(chosen=Chosen(plan_from_rows(inner, solution), solution.latency_ms, chosen.target,
                               Landing(solution, probe, [*chosen.landing.probes, probe], overshoot=False), estimate))
         option = replace(choice.option, name=f"{choice.option.name}/{len(out) + 2}", run=alt)
         out.append(WidthChoice(option, choice.budget_ms, solution,
                                predicted_accuracy(run, option, solution, importance, base_finetuned),
                                choice.predicted_speedup, landed_speedup=option.over_original * estimate.ratio,
                                model_fallback=choice.model_fallback, neighbour=True))
-        run.say(f"  {option.name}: neighbour plan {', '.join(key) or 'none'} lands at {estimate.describe()} over "
-                f"the width")
+        run.say(f"  {option.name}: neighbour plan {', '.join(changed_blocks(solution)) or 'none'} lands at "
+                f"{estimate.describe()} over the width")
+    return out
+
+
+def channel_neighbours(run, choice: WidthChoice, target: float, importance: dict[str, float],
+                       base_finetuned: float) -> list[WidthChoice]:
+    """Other channel plans beside the channel landing (global and uniform, budgets in MACs), each a width option
+    of its own with no depth change: fine-tuned once like every width, its run built on it (no latency rows)."""
+    from .cnn.channels import ChannelFrontier
+    from .compression import probe_speed
+    from .search.target import Landing, Probe
+
+    landing = choice.option.landing
+    frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
+    found = nearby_plans(run, landing, frontier.full, target, frontier.best, lambda plan: (plan.scope, plan.macs),
+                         lambda plan, decided: probe_speed(run, plan.model.to(run.device), decided),
+                         {(landing.plan.scope, landing.plan.macs)})
+    out = []
+    for plan, estimate in found:
+        probe = Probe(plan.macs, plan.macs, estimate, meets=True, lands=True, plan=plan)
+        option = WidthOption(f"{choice.option.name}/{len(out) + 2}", plan.ratio, plan.scope,
+                             plan.model.cpu().eval(), speedup=estimate,
+                             landing=Landing(plan, probe, [*landing.probes, probe], overshoot=False))
+        option.accuracy = finetuned_accuracy(run, option)
+        option.run = width_run(run, option, target)
+        solution = unchanged_solution(option.run)
+        out.append(WidthChoice(option, None, solution, predicted_accuracy(run, option, solution, importance,
+                                                                          base_finetuned),
+                               estimate.ratio, landed_speedup=estimate.ratio, neighbour=True))
+        run.say(f"  {option.name}: neighbour channel plan {plan.scope} {plan.ratio:.4f} lands at "
+                f"{estimate.describe()} over the original")
     return out
 
 
@@ -496,7 +557,7 @@ def finalists(run, choices: list[WidthChoice], target: float, importance: dict[s
                                     f"{run.config.backend}; width {reachable[0].option.name}: "
                                     f"{reachable[0].not_landed}")
     for c in list(landed):
-        more = neighbours(run, c, importance, base_finetuned)
+        more = neighbours(run, c, target, importance, base_finetuned)
         landed += more
         choices += more
     clock["landed"] = time.time() - clock["start"]
@@ -637,7 +698,10 @@ def joint_result(run, chosen: WidthChoice, choices: list[WidthChoice], too_fast:
         "intended_structure_error": verified["structure"], "intended_relative_error": verified["deployed"],
         "merge_relative_error": merge_check["error"],
         "probes": [p.to_dict() for p in inner.chosen.landing.probes],
-        "joint_cost": {"importance_seconds": clock["table"], "width_finetunes": len(choices) + len(too_fast),
+        "joint_cost": {"importance_seconds": clock["table"],
+                       # every width option is fine-tuned once; a depth neighbour shares its width's entry
+                       "width_finetunes": sum(not (c.neighbour and c.option.landing is None) for c in choices)
+                       + len(too_fast),
                        "width_seconds": clock["widths"] - clock["table"],
                        "width_rows_seconds": clock["rows"] - clock["widths"], "finalists": len(reachable),
                        "finalist_steps": sum(k for c in reachable for k in c.rounds),
