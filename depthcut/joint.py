@@ -388,8 +388,10 @@ def land_finalist(run, choice: WidthChoice, importance: dict[str, float], base_f
 
 
 # more plans per width offered as finalists beside its landed one: the landing's other probes that landed in
-# the band, then the plans at budgets its probes predict for x1.0-1.09 its target, each timed and kept only when
-# it lands in the band (NEIGHBOUR_PROBES timings at most per width). The DP ranks plans by the importance table's
+# the band, then the plans at budgets its probes predict across the band (NEIGHBOUR_SPEEDUPS: fractions of the
+# band's width above the target), each timed and kept only when it lands in the band as a landing probe must
+# (its interval at or above the target, its estimate inside; an undecided timing whose estimate lies in the band
+# is timed again, longer, as the landing does), NEIGHBOUR_PROBES plans timed at most per width. The DP ranks plans by the importance table's
 # 20-step fine-tunes of single blocks, and its best plan at a budget can recover far below another plan of the
 # same latency: on the embedded MobileNetV2 at x1.5 LayerMerge's landed plan (4-6, 6-9, 9-12, 48-52) recovered to
 # 79.8 % on the scoring split while a plan the equal-latency comparison picked beside it (6-9, 9-12, 36-39, 48-52)
@@ -398,22 +400,25 @@ def land_finalist(run, choice: WidthChoice, importance: dict[str, float], base_f
 # channel landing (global 0.335) recovered 0.18 points below a global-0.333 plan of the same latency
 NEIGHBOURS = 2
 NEIGHBOUR_PROBES = 4
-NEIGHBOUR_SPEEDUPS = (1.0, 1.03, 1.06, 1.09)
+NEIGHBOUR_SPEEDUPS = (0.0, 0.33, 0.67, 1.0)     # x target * (1 + tolerance * f)
 
 
 def nearby_plans(run, landing, full: float, target: float, best, key, measure, taken: set) -> list[tuple]:
     """Up to NEIGHBOURS (plan, estimate) pairs, besides the plans whose ``key`` is in ``taken``, that land in
     [target, target * (1 + tolerance)]: ``landing``'s own probes that landed first (timed already), then
     ``best(budget)`` at the budgets where the probes' fit through the original (``full``, fraction 1) predicts
-    NEIGHBOUR_SPEEDUPS x ``target``, each timed with ``measure(plan, decided)`` (NEIGHBOUR_PROBES at most)."""
+    each speed-up of NEIGHBOUR_SPEEDUPS across the band, each timed with ``measure(plan, decided, patience)``
+    (NEIGHBOUR_PROBES plans at most)."""
+    from .compression import RETIME_ROUNDS
     from .search.target import slope_through_original
 
-    upper = target * (1 + run.config.speed_tolerance)
+    tolerance = run.config.speed_tolerance
+    upper = target * (1 + tolerance)
     plans = [(p.plan, p.estimate) for p in landing.probes if p.lands]
     slope = slope_through_original([(p.modelled, 1.0 / p.estimate.ratio) for p in landing.probes], full)
-    for factor in NEIGHBOUR_SPEEDUPS if slope is not None else ():
+    for f in NEIGHBOUR_SPEEDUPS if slope is not None else ():
         try:
-            plans.append((best(full + (1.0 / (target * factor) - 1.0) / slope), None))
+            plans.append((best(full + (1.0 / (target * (1 + tolerance * f)) - 1.0) / slope), None))
         except InfeasibleBudgetError:          # beyond the fastest plan
             continue
 
@@ -427,7 +432,9 @@ def nearby_plans(run, landing, full: float, target: float, best, key, measure, t
         taken.add(key(plan))
         if estimate is None:
             timed += 1
-            estimate = measure(plan, decided)
+            estimate = measure(plan, decided, 1)
+            if not decided(estimate) and target <= estimate.ratio <= upper:      # in the band, undecided
+                estimate = measure(plan, decided, RETIME_ROUNDS)
         if estimate.low >= target and estimate.ratio <= upper:
             out.append((plan, estimate))
         else:
@@ -455,8 +462,8 @@ def depth_neighbours(run, choice: WidthChoice, importance: dict[str, float], bas
     chosen = inner.chosen
     found = nearby_plans(run, chosen.landing, inner.rows.body_ms(), chosen.target, inner.frontier.best,
                          lambda solution: tuple(sorted(changed_blocks(solution))),
-                         lambda solution, decided: probe_speed(
-                             inner, build_plan_network(inner, [r.ref for r in solution.rows]), decided),
+                         lambda solution, decided, patience: probe_speed(
+                             inner, build_plan_network(inner, [r.ref for r in solution.rows]), decided, patience),
                          {tuple(sorted(changed_blocks(choice.solution)))})
     out = []
     for solution, estimate in found:
@@ -487,7 +494,8 @@ def channel_neighbours(run, choice: WidthChoice, target: float, importance: dict
     landing = choice.option.landing
     frontier = ChannelFrontier(copy.deepcopy(run.original).cpu(), run.example)
     found = nearby_plans(run, landing, frontier.full, target, frontier.best, lambda plan: (plan.scope, plan.macs),
-                         lambda plan, decided: probe_speed(run, plan.model.to(run.device), decided),
+                         lambda plan, decided, patience: probe_speed(run, plan.model.to(run.device), decided,
+                                                                     patience),
                          {(landing.plan.scope, landing.plan.macs)})
     out = []
     for plan, estimate in found:
