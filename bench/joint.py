@@ -61,6 +61,20 @@ def check_lines(result: dict) -> list[str]:
                     f"**{result['ahead_by_0.5_at_2_or_2.5']}**"]
 
 
+def finalist_lines(comparisons) -> list[str]:
+    """What each joint run searched (its report's ``joint_cost``): finalists, of them the neighbour plans (none in
+    a run made before the joint method offered them), and the deployed width."""
+    lines = ["| model | target | finalists | neighbour plans among them | deployed |", "|---|---|---|---|---|"]
+    for model, c in comparisons.items():
+        for run in sorted((r for r in c.runs if r.method == JOINT and r.report), key=lambda r: (r.target, r.seed)):
+            cost = run.report["joint_cost"]
+            neighbours = cost.get("neighbour_finalists")
+            lines.append(f"| {model} | x{run.target:g} | {cost['finalists']} | "
+                         + ("none offered: run before the joint method offered neighbour plans" if neighbours is None
+                            else str(neighbours)) + f" | {run.report['width']['name']} |")
+    return lines
+
+
 def main() -> None:
     args = parser().parse_args()
     comparisons = cf.run(args)
@@ -68,7 +82,9 @@ def main() -> None:
     reports = {model: json.loads((out / f"{model}.json").read_text()) for model in comparisons}
     result = checks(reports)
     lines = cf.report_lines(args, comparisons, "Depth and width together, at equal measured latency (issue 29)")
-    lines[4:4] = ["The issue's checks:", "", *check_lines(result), ""]
+    lines[4:4] = ["The issue's checks:", "", *check_lines(result), "",
+                  "The joint method's runs (seed 0's; later seeds recover its network):", "",
+                  *finalist_lines(comparisons), ""]
     atomic_write_json(out.with_suffix(".json"), {"command": lines[2].split("`")[1], **result,
                                                  "comparisons": reports})
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines))

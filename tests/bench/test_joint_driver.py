@@ -36,3 +36,17 @@ def test_a_joint_method_that_did_not_land_fails_the_first_check_and_a_lead_below
     result = joint.checks(reports)
     assert result["cells"][1]["margin"] is None
     assert not result["never_worse_by_0.1"] and not result["ahead_by_0.5_at_2_or_2.5"]
+
+
+def test_the_finalist_lines_say_which_joint_runs_offered_neighbour_plans():
+    from types import SimpleNamespace as NS
+
+    def run(method, target, seed, cost):
+        return NS(method=method, target=target, seed=seed,
+                  report={"joint_cost": cost, "width": {"name": "uniform-0.25/2"}})
+
+    comparisons = {"m": NS(runs=[run("layermerge+channel", 2.0, 0, {"finalists": 7, "neighbour_finalists": 3}),
+                                 run("layermerge+channel", 1.5, 0, {"finalists": 5}),
+                                 run("channel", 1.5, 0, {"finalists": 1})])}
+    lines = joint.finalist_lines(comparisons)
+    assert len(lines) == 4 and "x1.5 | 5 | none offered" in lines[2] and "x2 | 7 | 3 | uniform-0.25/2" in lines[3]
