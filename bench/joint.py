@@ -66,7 +66,10 @@ def finalist_lines(comparisons) -> list[str]:
     a run made before the joint method offered them), and the deployed width."""
     lines = ["| model | target | finalists | neighbour plans among them | deployed |", "|---|---|---|---|---|"]
     for model, c in comparisons.items():
+        first = {}                     # one line per target: its first seed's run (later seeds share its network)
         for run in sorted((r for r in c.runs if r.method == JOINT and r.report), key=lambda r: (r.target, r.seed)):
+            first.setdefault(run.target, run)
+        for run in first.values():
             cost = run.report["joint_cost"]
             neighbours = cost.get("neighbour_finalists")
             lines.append(f"| {model} | x{run.target:g} | {cost['finalists']} | "

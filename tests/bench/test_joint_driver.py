@@ -47,6 +47,7 @@ def test_the_finalist_lines_say_which_joint_runs_offered_neighbour_plans():
 
     comparisons = {"m": NS(runs=[run("layermerge+channel", 2.0, 0, {"finalists": 7, "neighbour_finalists": 3}),
                                  run("layermerge+channel", 1.5, 0, {"finalists": 5}),
+                                 run("layermerge+channel", 1.5, 1, {"finalists": 5}),      # shares seed 0's
                                  run("channel", 1.5, 0, {"finalists": 1})])}
     lines = joint.finalist_lines(comparisons)
     assert len(lines) == 4 and "x1.5 | 5 | none offered" in lines[2] and "x2 | 7 | 3 | uniform-0.25/2" in lines[3]
