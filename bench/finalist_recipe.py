@@ -1,0 +1,60 @@
+"""Issue 29 diagnostic: does the joint method's finalist-round recipe explain why MobileNetV2 x1.5's original-width
+landed plan scored 89.60 % after the 150-step round (lr 0.01, batch 64, fine-tune split) but 81.50 % after recovery
+(0.1 epochs, lr 0.02, batch 128, train split)? Each plan - that one and LayerMerge's matched plan - is fine-tuned
+both ways from the same start and recovered, and scored on the scoring split (seed 0; the joint benchmark's recipe).
+
+Needs ``python bench/joint.py --models mobilenet_v2_fmnist --targets 1.5`` first: its cached joint run names the
+original width's landed plan (landings differ between runs; the committed log is of 3118edc's run).
+
+    python bench/finalist_recipe.py | tee bench/results/finalist_recipe.log
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import torch
+import cnn_frontier as cf
+import joint as bj
+from depthcut.cnn.build import build_unmerged, is_trivial, plan_from_blocks
+from depthcut.compression import Compression, recover
+from depthcut.config import LayerMergeConfig
+from depthcut.train import evaluate, train
+
+
+def main() -> None:
+    args = bj.parser().parse_args([])
+    args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
+    cfg = cf.compare_config("mobilenet_v2_fmnist", args)
+    comp = {**cfg.compress, "progress": False}
+    run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5, **comp))
+    rep = json.loads((Path(args.runs) / "mobilenet_v2_fmnist" / "runs" / "layermerge+channel-x1.5-seed0" / "report.json")
+                     .read_text())
+    plans = {w["name"]: w["depth_blocks"] for w in rep["width_options"] if w["name"] in ("original", "original/2")}
+    # LayerMerge's network in the comparison (bench/results/joint/mobilenet_v2_fmnist.json, seed 0's matched plan)
+    plans["layermerge matched"] = ['36-39-k1-[37,39]', '48-52-k1-[49,51,52]', '6-9-k1-[7,9]', '9-12-k3-[10,11,12]']
+    print("plans", plans, flush=True)
+    by_key = {c.key: c for c in run.analysis.candidates}
+    c = run.config
+    for name, blocks in plans.items():
+        chosen = [by_key[k] for k in blocks]
+        covered = {p for b in chosen for p in range(b.start, b.end)}
+        rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
+        plan = plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
+        for label, steps, lr, bs in (("round 150 lr0.01 b64", 150, c.importance_lr, c.importance_batch_size),
+                                     ("round 50 lr0.02 b128", 50, c.recovery_lr, c.recovery_batch_size)):
+            t0 = time.time()
+            torch.manual_seed(c.scoring_seed)
+            m = build_unmerged(run.analysis.gm, run.analysis.chain, plan).to(run.device)
+            train(m, run.splits.finetune, steps=steps, lr=lr, batch_size=bs, progress=False, seed=c.scoring_seed,
+                  teacher=run.original, kd_weight=c.kd_weight, amp=c.amp, channels_last=c.channels_last)
+            print(name, label, round(evaluate(m.eval(), run.splits.score), 2), f"{time.time()-t0:.0f}s", flush=True)
+        t0 = time.time()
+        _, merged, _ = recover(run, plan)
+        print(name, "recovery", round(evaluate(merged, run.splits.score), 2), f"{time.time()-t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
