@@ -30,8 +30,8 @@ def main() -> None:
     cfg = cf.compare_config("mobilenet_v2_fmnist", args)
     comp = {**cfg.compress, "progress": False}
     run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5, **comp))
-    rep = json.loads((Path(args.runs) / "mobilenet_v2_fmnist" / "runs" / "layermerge+channel-x1.5-seed0" / "report.json")
-                     .read_text())
+    runs = Path(args.runs) / "mobilenet_v2_fmnist" / "runs"
+    rep = json.loads((runs / "layermerge+channel-x1.5-seed0" / "report.json").read_text())
     plans = {w["name"]: w["depth_blocks"] for w in rep["width_options"] if w["name"] in ("original", "original/2")}
     # LayerMerge's network in the comparison (bench/results/joint/mobilenet_v2_fmnist.json, seed 0's matched plan)
     plans["layermerge matched"] = ['36-39-k1-[37,39]', '48-52-k1-[49,51,52]', '6-9-k1-[7,9]', '9-12-k3-[10,11,12]']

@@ -27,19 +27,19 @@ last stage). The best network at a budget is often a mix, so this method searche
   table's 20 steps while a single block is not, so summed damages favour depth (embedded ResNet-20 at x2.0:
   every narrower width predicted 2-7 points below the original width, where channel pruning alone recovers
   best).
-* **The choice**: at the target latency each width's frontier gives its best depth plan under the budget its
-  own calibrated model leaves for the body (the DP inside a width is exact on its table; a block's damage at a
-  narrower width is taken from the full width). Each width's plan is then landed on the measured target (the
-  same landing as LayerMerge's, on the width-pruned network), and the landed plans are the finalists: what is
-  ranked is what is deployed (the landing re-solves the DP at the budget its probes find, and can move the plan
-  far: see :func:`land_finalist`). Beside each landed plan, up to NEIGHBOURS more plans of the same width that
-  land in the band are finalists too, and so are up to NEIGHBOURS channel plans beside the channel landing (the
-  DP's best plan by the table, or the landed channel ratio, is not always the best after recovery: NEIGHBOURS). The finalists are built and fine-tuned alike, distilling from
-  the original as recovery does, by successive halving (FINALIST_ROUNDS); the best RECOVERED, and each family's
-  own network (the channel landing; the depth plan at the original width) wherever it ranks, are verified
-  against their intended function (the width-pruned network with only the depth plan's changes) and recovered
-  in full, and the most accurate on the scoring split after recovery is measured against the original and
-  deployed.
+* **The choice**: at the target latency each width's frontier gives its best depth plan under the budget its own
+  calibrated model leaves for the body (the DP inside a width is exact on its table; a block's damage at a narrower
+  width is taken from the full width). Each width's plan is then landed on the measured target (the same landing as
+  LayerMerge's, on the width-pruned network), and the landed plans are the finalists: what is ranked is what is
+  deployed (the landing re-solves the DP at the budget its probes find, and can move the plan far: see
+  :func:`land_finalist`). Beside each landed plan, up to NEIGHBOURS more plans of the same width that land in the
+  band are finalists too, and so are up to NEIGHBOURS channel plans beside the channel landing (the DP's best plan
+  by the table, or the landed channel ratio, is not always the best after recovery: NEIGHBOURS). The finalists are
+  built and fine-tuned alike, distilling from the original as recovery does, by successive halving
+  (FINALIST_ROUNDS); the best RECOVERED, and each family's own network (the channel landing; the depth plan at the
+  original width) wherever it ranks, are verified against their intended function (the width-pruned network with
+  only the depth plan's changes) and recovered in full, and the most accurate on the scoring split after recovery is
+  measured against the original and deployed.
 
 Extra cost over the LayerMerge table: one fine-tune per width option plus one for the original, a latency table,
 calibration and landing per reachable width, up to NEIGHBOUR_PROBES timings per width for its neighbour plans,
@@ -387,12 +387,12 @@ def land_finalist(run, choice: WidthChoice, importance: dict[str, float], base_f
     return True
 
 
-# more plans per width offered as finalists beside its landed one: the landing's other probes that landed in
-# the band, then the plans at budgets its probes predict across the band (NEIGHBOUR_SPEEDUPS: fractions of the
-# band's width above the target), each timed and kept only when it lands in the band as a landing probe must
-# (its interval at or above the target, its estimate inside; an undecided timing whose estimate lies in the band
-# is timed again, longer, as the landing does), NEIGHBOUR_PROBES plans timed at most per width. The DP ranks plans by the importance table's
-# 20-step fine-tunes of single blocks, and its best plan at a budget can recover far below another plan of the
+# more plans per width offered as finalists beside its landed one: the landing's other probes that landed in the
+# band, then the plans at budgets its probes predict across the band (NEIGHBOUR_SPEEDUPS: fractions of the band's
+# width above the target), each timed and kept only when it lands in the band as a landing probe must (its interval
+# at or above the target, its estimate inside; an undecided timing whose estimate lies in the band is timed again,
+# longer, as the landing does), NEIGHBOUR_PROBES plans timed at most per width. The DP ranks plans by the importance
+# table's short fine-tunes of single blocks, and its best plan at a budget can recover far below another plan of the
 # same latency: on the embedded MobileNetV2 at x1.5 LayerMerge's landed plan (4-6, 6-9, 9-12, 48-52) recovered to
 # 79.8 % on the scoring split while a plan the equal-latency comparison picked beside it (6-9, 9-12, 36-39, 48-52)
 # recovered to 89.1-89.3 %, and the 50-step round already told them apart. The width that meets the target alone
@@ -452,7 +452,8 @@ def neighbours(run, choice: WidthChoice, target: float, importance: dict[str, fl
             else depth_neighbours(run, choice, importance, base_finetuned))
 
 
-def depth_neighbours(run, choice: WidthChoice, importance: dict[str, float], base_finetuned: float) -> list[WidthChoice]:
+def depth_neighbours(run, choice: WidthChoice, importance: dict[str, float],
+                     base_finetuned: float) -> list[WidthChoice]:
     """Other depth plans of the width (its DP's, on its own rows), each with its own copy of the width's run: the
     stages up to the frontier shared, its own landing."""
     from .compression import Chosen, build_plan_network, probe_speed
@@ -581,10 +582,12 @@ def own_network(choice: WidthChoice) -> bool:
 def recover_best(run, ranked: list[WidthChoice]) -> WidthChoice:
     """Stage 4: the first RECOVERED finalists (landed already), and each family's own network wherever it ranks
     (:func:`own_network`), are verified and recovered in full; the one most accurate on the scoring split after
-    recovery wins (the test split stays for the report). Recovering both pure networks costs up to two more recoveries and makes the method at least
-    as accurate as either family alone on the scoring split: short fine-tunes rank a width cut against a depth
-    plan unreliably (module docstring), and on the embedded ResNet-20 at x2.5 the channel network, 4th after 300
-    steps by 0.1 points, recovered 0.8 points above the two that were recovered."""
+    recovery wins (the test split stays for the report). Recovering both pure networks costs up to two more
+    recoveries and makes the method at least as accurate as either family alone on the scoring split: short
+    fine-tunes rank a width cut against a depth plan unreliably (module docstring), and on the embedded ResNet-20 at
+    x2.5 the channel network, 4th after 300 steps by 0.1 points, recovered 0.8 points above the two that were
+    recovered.
+    """
     from .train import evaluate
 
     recovered = []
