@@ -9,12 +9,9 @@ original width's landed plan (landings differ between runs; the committed log is
     python bench/finalist_recipe.py | tee bench/results/finalist_recipe.log
 """
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 import torch
 import cnn_frontier as cf
 import joint as bj

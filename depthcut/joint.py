@@ -165,11 +165,11 @@ def finalist_accuracy(run, choice: "WidthChoice", steps: int) -> float:
     prediction: 20 steps leave a whole-network width cut far from what recovery makes of it, while a single
     block recovers within them, so summed damages favour depth."""
     from .cache import fingerprint
-    from .cnn.build import build_unmerged, plan_from_blocks
+    from .cnn.build import build_unmerged
 
     config, inner = run.config, choice.option.run
-    blocks = sorted(c.key for c in (r.ref for r in choice.solution.rows))
-    plan = plan_from_blocks(inner.analysis.chain, [r.ref for r in choice.solution.rows])
+    blocks = sorted(r.ref.key for r in choice.solution.rows)
+    plan = plan_from_rows(inner, choice.solution)
     width = choice.option.name.split("/")[0]     # a neighbour plan's entry is its width's entry for that plan
     return scored_entry(run, f"finalist-{width}-{steps}-" + fingerprint(blocks),
                         lambda: build_unmerged(inner.analysis.gm, inner.analysis.chain, plan), steps,
