@@ -3,12 +3,14 @@ landed plan scored 89.60 % after the 150-step round (lr 0.01, batch 64, fine-tun
 (0.1 epochs, lr 0.02, batch 128, train split)? Each plan - that one and LayerMerge's matched plan - is fine-tuned
 both ways from the same start and recovered, and scored on the scoring split (seed 0; the joint benchmark's recipe).
 
-Needs ``python bench/joint.py --models mobilenet_v2_fmnist --targets 1.5`` first: its cached joint run names the
-original width's landed plan (landings differ between runs; the committed log is of 3118edc's run).
+The plans are those of 3118edc's joint run (landings differ between runs, so they are written here, not read from a
+cache). ``--seeds`` recovers them under other recovery seeds (the comparison's seeds vary only the recovery's data
+order); ``--recovery-only`` skips the two short rounds.
 
     python bench/finalist_recipe.py | tee bench/results/finalist_recipe.log
+    python bench/finalist_recipe.py --seeds 1 2 --recovery-only | tee bench/results/finalist_recipe_seeds.log
 """
-import json
+import argparse
 import time
 from pathlib import Path
 
@@ -21,18 +23,28 @@ from depthcut.config import LayerMergeConfig
 from depthcut.train import evaluate, train
 
 
+# 3118edc's joint run at MobileNetV2 x1.5: the original width's landed plan, and LayerMerge's network in the
+# comparison (bench/results/joint/mobilenet_v2_fmnist.json, seed 0's matched plan)
+PLANS = {"original": ['3-6-k1-[4,6]', '6-9-k1-[7,9]', '9-12-k3-[10,11,12]', '48-52-k1-[49,51,52]'],
+         "layermerge matched": ['36-39-k1-[37,39]', '48-52-k1-[49,51,52]', '6-9-k1-[7,9]', '9-12-k3-[10,11,12]']}
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="recovery seeds")
+    ap.add_argument("--recovery-only", action="store_true", help="skip the two short fine-tune rounds")
+    opts = ap.parse_args()
     args = bj.parser().parse_args([])
     args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
     cfg = cf.compare_config("mobilenet_v2_fmnist", args)
-    comp = {**cfg.compress, "progress": False}
-    run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5, **comp))
-    runs = Path(args.runs) / "mobilenet_v2_fmnist" / "runs"
-    rep = json.loads((runs / "layermerge+channel-x1.5-seed0" / "report.json").read_text())
-    plans = {w["name"]: w["depth_blocks"] for w in rep["width_options"] if w["name"] in ("original", "original/2")}
-    # LayerMerge's network in the comparison (bench/results/joint/mobilenet_v2_fmnist.json, seed 0's matched plan)
-    plans["layermerge matched"] = ['36-39-k1-[37,39]', '48-52-k1-[49,51,52]', '6-9-k1-[7,9]', '9-12-k3-[10,11,12]']
-    print("plans", plans, flush=True)
+    for seed in opts.seeds:
+        comp = {**cfg.compress, "progress": False, "seed": seed}
+        run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5, **comp))
+        print("seed", seed, "plans", PLANS, flush=True)
+        recipe(run, PLANS, rounds=not opts.recovery_only)
+
+
+def recipe(run: Compression, plans: dict, rounds: bool) -> None:
     by_key = {c.key: c for c in run.analysis.candidates}
     c = run.config
     for name, blocks in plans.items():
@@ -41,7 +53,7 @@ def main() -> None:
         rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
         plan = plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
         for label, steps, lr, bs in (("round 150 lr0.01 b64", 150, c.importance_lr, c.importance_batch_size),
-                                     ("round 50 lr0.02 b128", 50, c.recovery_lr, c.recovery_batch_size)):
+                                     ("round 50 lr0.02 b128", 50, c.recovery_lr, c.recovery_batch_size))[:2 * rounds]:
             t0 = time.time()
             torch.manual_seed(c.scoring_seed)
             m = build_unmerged(run.analysis.gm, run.analysis.chain, plan).to(run.device)
@@ -50,7 +62,8 @@ def main() -> None:
             print(name, label, round(evaluate(m.eval(), run.splits.score), 2), f"{time.time()-t0:.0f}s", flush=True)
         t0 = time.time()
         _, merged, _ = recover(run, plan)
-        print(name, "recovery", round(evaluate(merged, run.splits.score), 2), f"{time.time()-t0:.0f}s", flush=True)
+        print(name, f"recovery seed {c.seed}", round(evaluate(merged, run.splits.score), 2), f"{time.time()-t0:.0f}s",
+              flush=True)
 
 
 if __name__ == "__main__":
