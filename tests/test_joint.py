@@ -280,7 +280,7 @@ def test_a_neighbour_plan_that_lands_in_the_band_is_a_finalist_and_deploys_as_ra
         assert 1.5 * (1 - 1e-9) <= entry["landed_speedup"] <= upper * (1 + 1e-9)
         if c.option.landing is None:
             estimate, chosen = c.option.run.chosen.confirmation, c.option.run.chosen
-            assert estimate.low >= chosen.target and estimate.ratio <= chosen.target * (1 + cfg.speed_tolerance)
+            assert chosen.target <= estimate.ratio <= chosen.target * (1 + cfg.speed_tolerance)
         else:                            # a channel neighbour: another pruning of the original, no depth change
             assert entry["depth_blocks"] == [] and (entry["ratio"], entry["scope"]) != (own["ratio"], own["scope"])
         siblings = [(tuple(sorted(o["depth_blocks"])), o["ratio"], o["scope"]) for o in r["width_options"]
@@ -300,3 +300,48 @@ def test_a_neighbour_plan_that_lands_in_the_band_is_a_finalist_and_deploys_as_ra
     inner, plan = rebuild_landed(Compression(model, config(tmp_path, method="layermerge+channel", speedup=1.5,
                                                           backend="sleepy-macs", seed=1), splits=splits), r)
     assert sorted(b.key for b in plan.blocks if not is_trivial(b)) == sorted(deployed["depth_blocks"])
+
+
+def test_a_neighbour_is_kept_on_its_estimate_inside_the_band_and_an_undecided_one_is_timed_longer():
+    """nearby_plans keeps a plan whose median speed-up lies in [target, target (1 + tolerance)] even when its
+    interval reaches below the target (an interval is about as wide as the band on a shared CPU), times an
+    undecided in-band plan again with RETIME_ROUNDS, and never keeps one whose median is outside the band, one
+    already taken, or more than NEIGHBOURS; at most NEIGHBOUR_PROBES plans are timed."""
+    from types import SimpleNamespace
+
+    from depthcut.compression import RETIME_ROUNDS
+    from depthcut.joint import NEIGHBOUR_PROBES, NEIGHBOURS, nearby_plans
+    from depthcut.latency.compare import SpeedupEstimate
+    from depthcut.search.target import Probe
+
+    def est(ratio, low, high):
+        return SpeedupEstimate(ratio, low, high, 10, 0, 1.0, 1.0 / ratio, 1.0 / ratio)
+
+    target, tolerance = 2.0, 0.03
+    run = SimpleNamespace(config=SimpleNamespace(speed_tolerance=tolerance), say=lambda *_: None)
+    # the landing's probes: the landed plan (taken), one below the band; full cost 100, fraction = cost / 100
+    landing = SimpleNamespace(probes=[Probe(50, 50, est(2.01, 2.0, 2.02), True, True, plan="landed"),
+                                      Probe(55, 55, est(1.82, 1.80, 1.84), False, False, plan="slow")])
+    # best(budget) -> a plan named by its budget; its measured speed-up, as a timing would give it
+    timings = []
+
+    def best(budget):
+        return f"b{budget:.3f}"
+
+    def measure(plan, decided, patience):
+        timings.append((plan, patience))
+        ratio = 100.0 / float(plan[1:])
+        first = est(ratio, ratio - 0.05, ratio + 0.05)               # too wide to decide
+        if patience == 1:
+            assert not decided(first) or not target <= ratio <= target * (1 + tolerance)
+            return first
+        return est(ratio, ratio - 0.02, ratio + 0.02) if ratio < 2.04 else est(ratio, 2.01, 2.07)
+
+    found = nearby_plans(run, landing, 100.0, target, best, lambda plan: plan, measure, {"landed"})
+    speeds = {plan: e.ratio for plan, e in found}
+    assert 0 < len(found) <= NEIGHBOURS and "landed" not in speeds
+    assert all(target <= r <= target * (1 + tolerance) for r in speeds.values())
+    assert any(e.low < target for _, e in found), "an interval reaching below the target is allowed"
+    assert len({p for p, _ in timings}) <= NEIGHBOUR_PROBES
+    # every plan found in the band was timed again, longer, before being kept (its first timing was undecided)
+    assert all((plan, RETIME_ROUNDS) in timings for plan in speeds)
