@@ -106,7 +106,9 @@ def row(arm: str, r: dict) -> dict:
             "plan": [f"{b['start']}-{b['end']} k{b['kernel']} kept {len(b['kept'])}/{b['end'] - b['start']}"
                      + ("" if b["activation"] else " no act") for b in r["plan_blocks"]
                      if b["end"] - b["start"] > 1 or not b["activation"]],
-            "convs": r["convs_after"], "seconds": r["seconds"]}
+            "convs": r["convs_after"], "seconds": r["seconds"],
+            # latency_model "auto": the per-call model did not hold and the plain sum of rows chose the budgets
+            "latency_model_fallback": r.get("latency_model_fallback")}
 
 
 def seeds_of(entries: list[str], model: str) -> list[int]:
@@ -140,6 +142,7 @@ def markdown(result: dict, command: str) -> str:
                 f"[{r['speedup_low']:.2f}, {r['speedup_high']:.2f}] | {r['accuracy_float_before']:.2f} -> "
                 f"{r['accuracy_float_after']:.2f} | {q8} | {r['top1_agreement_after'] or ''} | "
                 + ", ".join(f"{100 * e:+.1f} %" for e in r["model_errors"])
+                + (" (additive: the per-call model did not hold)" if r.get("latency_model_fallback") else "")
                 + f" | {'' if over is None else 'x%.2f [%.2f, %.2f]' % (over['ratio'], over['low'], over['high'])} |")
     lines += ["", "## The int8 table's plan against the float32 table's plan quantized afterwards", "",
               "Both ONNX Runtime int8 networks timed again in the same rounds against the int8 original.", "",

@@ -158,8 +158,10 @@ def add_run_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--backend", default="onnxruntime", help="eager, compile, onnxruntime, openvino, tensorrt")
     c.add_argument("--quantize", default=None, choices=["int8"],
                    help="deploy int8 (onnxruntime / openvino): tables, landing and timing measure int8 networks")
-    c.add_argument("--latency-model", default=None, choices=["per-call", "additive"],
-                   help="rows minus the runtime's per-call cost (default), or plain sums")
+    c.add_argument("--latency-model", default=None, choices=["auto", "per-call", "additive"],
+                   help="rows minus the runtime's per-call cost, calibrated on whole networks, falling back to "
+                        "plain sums when the networks contradict the table (auto, default); per-call refuses "
+                        "instead; additive: plain sums")
     c.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is present "
                    "and the backend runs on it, else cpu)")
     c.add_argument("--amp", default=None, choices=["bf16", "fp16"], help="mixed-precision fine-tuning")

@@ -11,7 +11,7 @@ from .importance.table import PROXIES     # the importance proxies: defined once
 CONFIG_VERSION = 1
 DEFAULT_SPEEDUP = 1.5
 
-LATENCY_MODELS = ("per-call", "additive")
+LATENCY_MODELS = ("auto", "per-call", "additive")
 IMPORTANCE_MODES = ("full", "adaptive")
 
 
@@ -64,7 +64,10 @@ class LayerMergeConfig(ConfigBase):
     dp_steps: int = 2000
     max_resolves: int = 8                     # plans probed end to end while landing on the target
     speed_tolerance: float = 0.10             # land within +10% of the target speed-up (never below it)
-    latency_model: str = "per-call"           # "per-call": rows minus the runtime's per-call cost; "additive"
+    # "per-call": rows minus the runtime's per-call cost, calibrated on whole networks (refuses when the networks
+    # contradict the table after a re-time); "auto": the same, else the additive model with the reason reported
+    # (the landing's measured probes correct a poor model: it costs probes, not a wrong speed-up); "additive"
+    latency_model: str = "auto"
     # recovery (SPEC A10)
     recovery_epochs: float = 2.0
     recovery_lr: float = 0.02

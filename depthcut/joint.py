@@ -246,15 +246,16 @@ def width_speedup(run, option: WidthOption):
     return None if option.scope is None else probe_speed(run, option.model.to(run.device), decided=None)
 
 
-def width_run(run, option: WidthOption, target: float, latency_model: str | None = None):
+def width_run(run, option: WidthOption, target: float):
     """The LayerMerge stages of one width option's network, aimed at the original's target: x``target`` over
-    the original is x(target / r) over a width measuring x r. ``latency_model`` overrides the run's."""
+    the original is x(target / r) over a width measuring x r. Its latency model is "auto" unless the run's is
+    "additive": a width's per-call model that does not hold gives way to the additive one, never ends the run."""
     from .cnn.build import plan_from_blocks
     from .compression import Chosen, Compression
 
     config = replace(run.config, method="layermerge", speedup=max(1.0, target / option.over_original), latency_ms=None,
                      importance_mode="full", input_shape=tuple(run.input_shape),
-                     latency_model=latency_model or run.config.latency_model)
+                     latency_model="additive" if run.config.latency_model == "additive" else "auto")
     inner = Compression(option.model, config, splits=run.splits)
     inner.teacher = run.original          # recovery distils from the original, not from the pruned network
     if option.landing is not None:        # meets the target alone: its depth plan is the identity, landed already
@@ -292,29 +293,15 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
     option; one the original's table does not hold (dropped there as dominated) is left out."""
     choices = []
     for option in options:
-        fallback = None
         try:
-            rows = option.run.rows          # the width's own rows and calibrated latency model
+            rows = option.run.rows          # the width's own rows and latency model
         except LatencyModelError as e:
-            if run.config.latency_model != "per-call":
-                run.say(f"  width {option.name} left out: {e}")
-                choices.append(WidthChoice(option, None, left_out=str(e)))
-                continue
-            # a width's per-call model that its networks contradict is frequent on MobileNetV2's
-            # sub-millisecond widths, and not repeatable (uniform-0.25 held at x2.0 in one run, missed by -23 %
-            # in the next): the width falls back to the additive model instead of leaving the search. The model
-            # only sets the budget a plan is chosen at; every finalist is then landed on measured probes, whose
-            # fit corrects the model, so a poor model costs probes, not a wrong speed-up
-            fallback = str(e)
-            run.say(f"  width {option.name}: its per-call latency model did not hold ({e}); the additive model "
-                    f"instead")
-            option.run = width_run(run, option, target, latency_model="additive")
-            try:
-                rows = option.run.rows
-            except LatencyModelError as e2:
-                run.say(f"  width {option.name} left out: {e2}")
-                choices.append(WidthChoice(option, None, left_out=str(e2), model_fallback=fallback))
-                continue
+            run.say(f"  width {option.name} left out: {e}")
+            choices.append(WidthChoice(option, None, left_out=str(e)))
+            continue
+        # a width whose per-call model its networks contradict (frequent, and not repeatable, on MobileNetV2's
+        # sub-millisecond widths) searches with the additive model instead (latency_model "auto")
+        fallback = rows.model.fallback
         inner = option.run
         kept = [c for c in rows.candidates if is_trivial(c) or c.key in importance]
         inner.use(rows=replace(rows, candidates=kept),

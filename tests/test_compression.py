@@ -119,6 +119,37 @@ def test_importance_entries_are_reused_after_a_rerun(trained, tmp_path, monkeypa
     assert {p: p.stat().st_mtime_ns for p in entries} == stamps     # nothing recomputed
 
 
+def test_a_per_call_model_that_does_not_hold_falls_back_to_additive_unless_asked_for_strictly(trained, tmp_path,
+                                                                                                monkeypatch):
+    """latency_model "auto" (the default): a calibration its networks contradict gives way to the additive model,
+    the run still lands on the measured target and the report says why; the same cache then gives the same
+    model. "per-call" refuses in one line, before any fine-tune, also when the fallback comes from the cache."""
+    import depthcut.latency.model as M
+    from depthcut.latency.model import LatencyModelError
+
+    def contradicted(*args, **kwargs):
+        raise LatencyModelError("the model misses its own fastest network by +27% (at most 20% allowed)")
+
+    model, splits = trained
+    monkeypatch.setattr(M, "calibrate", contradicted)
+    assert LayerMergeConfig().latency_model == "auto"
+    r = compress(model, config(tmp_path, recovery_epochs=0.1, latency_model="auto"), splits=splits).report
+    assert r["latency_model_fit"]["kind"] == "additive" and "+27%" in r["latency_model_fallback"]
+    assert r["target_met"] and r["speedup"] >= 1.3
+    monkeypatch.setattr(M, "calibrate", lambda *a, **k: pytest.fail("the cached fallback must be reused"))
+    again = compress(model, config(tmp_path, recovery_epochs=0.1, latency_model="auto"), splits=splits).report
+    assert again["latency_model_fallback"] == r["latency_model_fallback"]
+    import depthcut.compression as C
+    monkeypatch.setattr(C, "recover", lambda *a, **k: pytest.fail("refused after the fine-tunes"))
+    with pytest.raises(LatencyModelError, match=r"\+27%.*cached in .*delete it"):
+        compress(model, config(tmp_path, recovery_epochs=0.1, latency_model="per-call"), splits=splits)
+    monkeypatch.setattr(M, "calibrate", contradicted)
+    with pytest.raises(LatencyModelError, match=r"\+27%"):
+        compress(model, config(tmp_path / "fresh", recovery_epochs=0.1, latency_model="per-call"), splits=splits)
+    assert not [p for p in (tmp_path / "fresh").rglob("*.json") if "importance" in p.parts and
+                p.name != "manifest.json"], "no importance entry is fine-tuned before the refusal"
+
+
 def _entries(cache) -> dict[str, float]:
     return {json.loads(p.read_text())["key"]: json.loads(p.read_text())["value"]["metric"]
             for p in (cache / "importance").rglob("*.json") if p.name != "manifest.json"}

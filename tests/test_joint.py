@@ -128,52 +128,64 @@ def test_joint_method_lands_the_most_accurate_finalist_verified_and_reloads(trai
         rebuild_landed(run, broken)
 
 
-@pytest.mark.parametrize("additive_fails", [False, True])
+@pytest.mark.parametrize("rows_fail", [False, True])
 def test_a_width_whose_latency_model_fails_falls_back_or_is_left_out_and_the_others_still_land(
-        trained, tmp_path, monkeypatch, additive_fails):  # noqa: F811
+        trained, tmp_path, monkeypatch, rows_fail):  # noqa: F811
     """Each width has its own rows and latency model: one whose per-call model its networks contradict (seen on
     MobileNetV2: +49 % then +128 % on its fastest network; -23 % for a width that held in the run before) falls
-    back to the additive model and stays in the search; only when that fails too is the width left out, said in
-    the report, not the method."""
+    back to the additive model and stays in the search, even when the run asked for the strict per-call model;
+    only a width whose rows cannot be had at all is left out, said in the report, not the method."""
     import depthcut.compression as C
     import depthcut.joint as J
+    import depthcut.latency.model as M
     from depthcut.latency.model import LatencyModelError
 
-    real_width_run, real_rows, failed = J.width_run, C.latency_rows, []
+    real_width_run, real_rows, real_calibrate, failed = J.width_run, C.latency_rows, M.calibrate, []
 
-    def tagged(run, option, target, latency_model=None):
-        inner = real_width_run(run, option, target, latency_model)
+    def tagged(run, option, target):
+        inner = real_width_run(run, option, target)
         inner.width_name = option.name
         return inner
 
-    def flaky(run):
+    def failing(run) -> bool:
         name = getattr(run, "width_name", "")
-        if name.startswith("uniform") and not name.endswith("-landed") and (
-                additive_fails or run.config.latency_model == "per-call"):
-            failed.append((name, run.config.latency_model))
-            raise LatencyModelError(f"simulated: the table and its networks disagree ({run.config.latency_model})")
+        return name.startswith("uniform") and not name.endswith("-landed")
+
+    def flaky_rows(run):
+        if failing(run):
+            failed.append((run.width_name, "rows"))
+            raise LatencyModelError("simulated: no rows for this width")
         return real_rows(run)
 
+    def flaky_calibrate(rows, length, **kw):
+        run = kw["say"].__self__                        # the Compression whose model is being calibrated
+        if failing(run):
+            failed.append((run.width_name, run.config.latency_model))
+            raise LatencyModelError("simulated: the table and its networks disagree")
+        return real_calibrate(rows, length, **kw)
+
     monkeypatch.setattr(J, "width_run", tagged)
-    monkeypatch.setattr(C, "latency_rows", flaky)
+    monkeypatch.setattr(M, "calibrate", flaky_calibrate)
+    if rows_fail:
+        monkeypatch.setattr(C, "latency_rows", flaky_rows)
     model, splits = trained
-    result = compress(model, config(tmp_path, method="layermerge+channel", speedup=1.5, backend="sleepy-macs"),
-                      splits=splits, out=tmp_path / "out")
+    result = compress(model, config(tmp_path, method="layermerge+channel", speedup=1.5, backend="sleepy-macs",
+                                    latency_model="per-call"), splits=splits, out=tmp_path / "out")
     r = result.report
     names = sorted({n for n, _ in failed})
     assert names and r["target_met"] and r["speedup"] >= 1.5
-    # every failing width was tried with the additive model after its per-call one, and only then
-    assert sorted(failed) == sorted([(n, "per-call") for n in names]
-                                    + ([(n, "additive") for n in names] if additive_fails else []))
-    fell = {o["name"]: o for o in r["width_options"] if o.get("per_call_model_failed")}
-    assert sorted(fell) == names and all("(per-call)" in o["per_call_model_failed"] for o in fell.values())
     left = [o for o in r["width_options"] if o.get("left_out")]
+    fell = {o["name"]: o for o in r["width_options"] if o.get("per_call_model_failed")}
     text = (tmp_path / "out" / "report.md").read_text()
-    if additive_fails:
+    if rows_fail:
+        assert sorted(failed) == [(n, "rows") for n in names]
         assert sorted(o["name"] for o in left) == names and "left out: its latency model did not hold" in text
-        assert all("(additive)" in o["left_out"] and o["predicted_accuracy"] is None for o in left)
-        assert r["width"]["name"] not in names
+        assert all("no rows" in o["left_out"] and o["predicted_accuracy"] is None for o in left)
+        assert r["width"]["name"] not in names and not fell
     else:
+        # every failing width calibrated under "auto" (the strict run's widths fall back), once
+        assert sorted(failed) == [(n, "auto") for n in names]
+        assert sorted(fell) == names and all("disagree" in o["per_call_model_failed"] for o in fell.values())
         assert not left and "additive latency model: its per-call model did not hold" in text
         assert any(o["predicted_accuracy"] is not None for o in fell.values())     # still in the search
 

@@ -77,6 +77,8 @@ class LatencyModel:
     # the original's measured time over the identity plan's network (eager keeps BatchNorm as its own op, a
     # runtime that folds it gives ~1): speed-ups are against the original
     original_factor: float = 1.0
+    # why the per-call model gave way to this additive one (latency_model "auto"), else None
+    fallback: str | None = None
 
     def call_cost_ms(self, candidate: Candidate) -> float:
         return self.call_ms + self.call_ms_per_byte * row_bytes(candidate, self.batch_size)
@@ -349,9 +351,9 @@ def network_timer(analysis: Any, backend: Any, example: Any, original: Any, sess
     return timer
 
 
-def additive(batch_size: int | None = None) -> LatencyModel:
-    """The rows as timed, summed (no per-call correction)."""
-    return LatencyModel("additive", batch_size=batch_size)
+def additive(batch_size: int | None = None, fallback: str | None = None) -> LatencyModel:
+    """The rows as timed, summed (no per-call correction); ``fallback``: why a per-call model gave way to it."""
+    return LatencyModel("additive", batch_size=batch_size, fallback=fallback)
 
 
 __all__ = ["LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
