@@ -265,25 +265,16 @@ def width_run(run, option: WidthOption, target: float):
     return inner
 
 
-def identity_solution(inner):
-    """The plan that changes nothing (every block its own conv), as a DP solution over ``inner``'s rows."""
+def unchanged_solution(inner, timed: bool = True):
+    """The plan that changes nothing (every block its own conv), as a DP solution over ``inner``'s rows; untimed
+    (every row 0 ms, over its candidates) for a channel plan that meets the target alone: it has no rows."""
     from .search.layermerge import Solution
     from .search.tables import Row
 
-    rows = [Row(c.start, c.end, inner.rows.latency_ms[c.key], 1.0, ref=c)
-            for c in sorted((c for c in inner.rows.candidates if is_trivial(c)), key=lambda c: c.start)]
+    candidates = inner.rows.candidates if timed else inner.analysis.candidates
+    rows = [Row(c.start, c.end, inner.rows.latency_ms[c.key] if timed else 0.0, 1.0, ref=c)
+            for c in sorted((c for c in candidates if is_trivial(c)), key=lambda c: c.start)]
     return Solution(rows, sum(r.latency_ms for r in rows), float(len(rows)))
-
-
-def unchanged_solution(inner):
-    """The plan that changes nothing, over ``inner``'s candidates untimed (a channel plan that meets the target
-    alone needs no latency rows of its own)."""
-    from .search.layermerge import Solution
-    from .search.tables import Row
-
-    rows = [Row(c.start, c.end, 0.0, 1.0, ref=c)
-            for c in sorted((c for c in inner.analysis.candidates if is_trivial(c)), key=lambda c: c.start)]
-    return Solution(rows, 0.0, float(len(rows)))
 
 
 def choose_width(run, options: list[WidthOption], importance: dict[str, float], target: float,
@@ -316,7 +307,7 @@ def choose_width(run, options: list[WidthOption], importance: dict[str, float], 
             continue
         # the width that meets the target alone deploys with no depth change (the DP could still prefer a merge
         # whose short fine-tune scored above the original, I > 1: what is tried must be what is deployed)
-        solution = identity_solution(inner) if option.landing is not None else frontier.best(budget)
+        solution = unchanged_solution(inner) if option.landing is not None else frontier.best(budget)
         choices.append(WidthChoice(option, budget, solution, predicted_accuracy(run, option, solution, importance,
                                                                                 base_finetuned),
                                    option.over_original * factor * (other + full) / (other + solution.latency_ms),
@@ -495,7 +486,7 @@ def channel_neighbours(run, choice: WidthChoice, target: float, importance: dict
                              landing=Landing(plan, probe, [*landing.probes, probe], overshoot=False))
         option.accuracy = finetuned_accuracy(run, option)
         option.run = width_run(run, option, target)
-        solution = unchanged_solution(option.run)
+        solution = unchanged_solution(option.run, timed=False)
         out.append(WidthChoice(option, None, solution, predicted_accuracy(run, option, solution, importance,
                                                                           base_finetuned),
                                estimate.ratio, landed_speedup=estimate.ratio, neighbour=True))
