@@ -18,7 +18,8 @@ os.environ.setdefault("DEPTHCUT_PROGRESS", "0")
 # prints its seed and a @reproduce_failure blob; pin real counter-examples with @example.
 settings.register_profile("depthcut", database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "depthcut"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# DEPTHCUT_TEST_THREADS: torch's intra-op threads for the suite (default 2, at most the machine's)
+torch.set_num_threads(min(int(os.environ.get("DEPTHCUT_TEST_THREADS", "2")), torch.get_num_threads()))
 
 import simulated_backend  # noqa: E402,F401  (registers the "sleepy" backends; tests/ is on sys.path)
 
