@@ -5,7 +5,9 @@ the recovered one again (a copy: the timing harness's own spread), are timed aga
 rounds on ONNX Runtime at one thread, the comparison's setting.
 
     python bench/timing_weights.py | tee bench/results/timing_weights.log
+    python bench/timing_weights.py --reverse | tee bench/results/timing_weights_reversed.log   # added last first
 """
+import argparse
 import copy
 import time
 
@@ -19,6 +21,9 @@ from finalist_recipe import PLANS
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reverse", action="store_true", help="add the networks in the reverse order")
+    reverse = ap.parse_args().reverse
     args = bj.parser().parse_args([])
     cfg = cf.compare_config("mobilenet_v2_fmnist", args)
     run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5,
@@ -32,6 +37,8 @@ def main() -> None:
     _, recovered, _ = recover(run, plan)
     networks = {"raw merged (not recovered)": raw.eval(), "recovered": recovered.eval(),
                 "recovered, a copy": copy.deepcopy(recovered).eval()}
+    if reverse:
+        networks = dict(reversed(networks.items()))
     for timing in range(3):
         t0 = time.time()
         est = time_jointly(run.original, networks, run.example, run.backend, sessions=run.config.timing_sessions,
