@@ -12,7 +12,6 @@ order); ``--recovery-only`` skips the two short rounds.
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 import cnn_frontier as cf
@@ -44,14 +43,19 @@ def main() -> None:
         recipe(run, PLANS, rounds=not opts.recovery_only)
 
 
-def recipe(run: Compression, plans: dict, rounds: bool) -> None:
+def plan_of(run: Compression, blocks: list[str]):
+    """The plan that changes ``blocks`` (candidate keys) of ``run``'s network and keeps every other conv."""
     by_key = {c.key: c for c in run.analysis.candidates}
+    chosen = [by_key[k] for k in blocks]
+    covered = {p for b in chosen for p in range(b.start, b.end)}
+    rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
+    return plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
+
+
+def recipe(run: Compression, plans: dict, rounds: bool) -> None:
     c = run.config
     for name, blocks in plans.items():
-        chosen = [by_key[k] for k in blocks]
-        covered = {p for b in chosen for p in range(b.start, b.end)}
-        rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
-        plan = plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
+        plan = plan_of(run, blocks)
         for label, steps, lr, bs in (("round 150 lr0.01 b64", 150, c.importance_lr, c.importance_batch_size),
                                      ("round 50 lr0.02 b128", 50, c.recovery_lr, c.recovery_batch_size))[:2 * rounds]:
             t0 = time.time()

@@ -13,11 +13,11 @@ import time
 
 import cnn_frontier as cf
 import joint as bj
-from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
+from depthcut.cnn.build import build_merged, build_unmerged
 from depthcut.compression import Compression, recover
 from depthcut.config import LayerMergeConfig
 from depthcut.latency.compare import time_jointly
-from finalist_recipe import PLANS
+from finalist_recipe import PLANS, plan_of
 
 
 def main() -> None:
@@ -28,11 +28,7 @@ def main() -> None:
     cfg = cf.compare_config("mobilenet_v2_fmnist", args)
     run = Compression("mobilenet_v2_fmnist", LayerMergeConfig(method="layermerge", speedup=1.5,
                                                                **{**cfg.compress, "progress": False}))
-    by_key = {c.key: c for c in run.analysis.candidates}
-    chosen = [by_key[k] for k in PLANS["layermerge matched"]]
-    covered = {p for b in chosen for p in range(b.start, b.end)}
-    rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
-    plan = plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
+    plan = plan_of(run, PLANS["layermerge matched"])
     raw = build_merged(build_unmerged(run.analysis.gm, run.analysis.chain, plan).eval(), run.analysis.chain, plan)
     _, recovered, _ = recover(run, plan)
     networks = {"raw merged (not recovered)": raw.eval(), "recovered": recovered.eval(),

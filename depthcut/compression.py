@@ -396,12 +396,11 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
                 f"measured probes correct it")
         model = additive(config.batch_size, fallback=str(e))
         model.attempts = 2                  # the calibration re-timed the table: the caller reads it again
-        store[key] = model.to_dict()
-        return model
-    run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
-            f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the body "
-            f"{model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
-            f"{model.self_error:.1%}")
+    else:
+        run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
+                f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the "
+                f"body {model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
+                f"{model.self_error:.1%}")
     store[key] = model.to_dict()
     return model
 
