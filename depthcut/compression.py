@@ -672,7 +672,7 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
     their accuracy on the test split run by the backend's runtime, how each follows its float network, and the
     four networks (float and int8, original and deployed) timed in the same rounds against the float original.
     The deployed file is kept for ``save_pretrained`` (``run.int8_onnx``)."""
-    from .latency.compare import compare_many, with_drift
+    from .latency.compare import compare_many, interleaved_sessions, with_drift
     from .latency.quantize import Int8Deployment, agreement, calibration_batches, quantizer
 
     batches = calibration_batches(run.splits.score)
@@ -685,9 +685,9 @@ def int8_fields(run: "Compression", deployed: nn.Module) -> dict[str, Any]:
                for name in networks}
     sessions = run.config.timing_sessions
     # each file as it is (the backend quantizes modules, never files), its batch fixed to the timing input's
-    runners = {f"{kind} {name}": run.backend.sessions_from_file(files.fixed(name, kind, run.example.shape[0]),
-                                                               run.example, sessions)
-               for name in networks for kind in ("float", "int8")}
+    runners = interleaved_sessions(run.backend, {f"{kind} {name}": files.fixed(name, kind, run.example.shape[0])
+                                                 for name in networks for kind in ("float", "int8")},
+                                   run.example, sessions)
     run.say("int8: timing the float and int8 networks in the same rounds")
     timed = compare_many(runners, reference="float original", rounds=max(20, 5 * sessions))
     timed = {name: with_drift(e, run.backend.drift()) for name, e in timed.items()}

@@ -317,11 +317,11 @@ class Timer:
     def __init__(self, backend, example: torch.Tensor, sessions: int):
         self.backend, self.x, self.sessions = backend, example, sessions
 
-    def runners(self, what: nn.Module, sessions: int | None = None) -> list:
-        from .latency.backends import timing_copy
+    def runners(self, networks: dict[str, nn.Module], sessions: int | None = None) -> dict[str, list]:
+        """Sessions of every network, made in turns (depthcut.latency.compare.interleaved_sessions)."""
+        from .latency.compare import interleaved_sessions
 
-        with torch.no_grad():
-            return self.backend.prepare_sessions(timing_copy(what), self.x, sessions or self.sessions)
+        return interleaved_sessions(self.backend, networks, self.x, sessions or self.sessions)
 
     def joint(self, runners: dict, reference: str, rounds: int) -> dict[str, float]:
         from .latency.compare import compare_many
@@ -370,15 +370,12 @@ class _Selection:
         self.refinements: list[dict] = []
         self.confirmations: list[dict] = []
         self.fills: dict[str, list[str]] = {}
-        self._original_runners: dict[int, list] = {}
 
     def runners(self, names, sessions: int | None = None) -> dict:
-        key = sessions or 0          # the original's sessions built once per session count
-        if key not in self._original_runners:
-            self._original_runners[key] = self.timer.runners(self.original.eval(), sessions=sessions)
-        return {"original": self._original_runners[key]} | {
-            n: self.timer.runners(self.landed[n.split("/")[0]] if self.pool[n]["landed"] else self.pool[n]["network"],
-                                  sessions=sessions) for n in names}
+        """Fresh sessions of the original and the named candidates, made in turns (Timer.runners)."""
+        return self.timer.runners({"original": self.original.eval()} | {
+            n: self.landed[n.split("/")[0]] if self.pool[n]["landed"] else self.pool[n]["network"] for n in names},
+            sessions=sessions)
 
     def select(self) -> dict[str, str]:
         """The coarse timing of every candidate, one session each, and its common point."""

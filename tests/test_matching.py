@@ -30,8 +30,8 @@ class FakeTimer:
     def __init__(self, coarse: dict, fine: dict):
         self.coarse, self.fine, self.calls = coarse, fine, []
 
-    def runners(self, what, sessions=None):
-        return (str(what) if not isinstance(what, str) else what, sessions)
+    def runners(self, networks, sessions=None):
+        return {n: (str(w) if not isinstance(w, str) else w, sessions) for n, w in networks.items()}
 
     def joint(self, runners, reference, rounds):
         table = self.coarse if all(s == 1 for _, s in runners.values()) else self.fine

@@ -27,8 +27,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -366,6 +367,16 @@ class Backend:
         them). A backend whose preparation has a costly shared step (an export) overrides this."""
         return [self.prepare(module, example_input) for _ in range(n)]
 
+    @contextmanager
+    def session_maker(self, network: Any, example_input: torch.Tensor) -> Iterator[Callable[[], Runner]]:
+        """A function that makes one more runner of ``network`` (an ``nn.Module``, or an exported file on a
+        backend that reads one) each time it is called, the costly shared step (an export) done once, on
+        entering: how several networks' sessions are made in turns (depthcut.latency.compare.interleaved_sessions)."""
+        if isinstance(network, nn.Module):
+            yield lambda: self.prepare(network, example_input)
+        else:
+            yield lambda: self.sessions_from_file(network, example_input, 1)[0]
+
     def _place(self, module: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
         """A copy of ``module`` on the backend's device, dtype and memory format (the caller's module is
         never moved or changed), and the input to match."""
@@ -579,41 +590,51 @@ class CpuRuntimeBackend(Backend):
             out["quantize"], out["quantizer"] = self.quantize, quantizer()
         return out
 
-    def _int8_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """``n`` runners of ``module`` quantized to int8 (calibrated on ``example_input``: a timing needs the
-        int8 kernels, not good scales). A latency row is built directly, as in float, then quantized."""
+    def _file_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
+        """``n`` sessions of ``module``'s timing file (:meth:`_timing_file`): one export, one quantization."""
+        with self._timing_file(module, example_input) as (path, x):
+            return self.sessions_from_file(path, x, n)   # a session reads the whole file: the folder may go
+
+    @contextmanager
+    def _timing_file(self, module: nn.Module, example_input: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """The file this runtime times ``module`` from, and the input to feed it, in a folder removed on exit:
+        the exported graph, or with ``quantize`` the graph quantized to int8 (calibrated on ``example_input``:
+        a timing needs the int8 kernels, not good scales; a latency row is built directly, as in float, then
+        quantized, with uint8 in and out as inside an int8 network: quantize.int8_row)."""
         from .quantize import int8_row, quantize_onnx, quantized_file, row_file
 
-        with tempfile.TemporaryDirectory(prefix="depthcut-int8-") as tmp:
-            row = conv_row_onnx(module, tuple(example_input.shape))
-            if row is not None:   # uint8 in and out, as inside an int8 network (quantize.int8_row)
+        with tempfile.TemporaryDirectory(prefix=f"depthcut-{self.name}-") as tmp:
+            if not self.quantize:
+                path = os.path.join(tmp, "model.onnx")
+                export_onnx(module, example_input, path)
+            elif (row := conv_row_onnx(module, tuple(example_input.shape))) is not None:
                 path = quantize_onnx(row_file(*row, tmp), os.path.join(tmp, "row_q.onnx"), [example_input])
                 path = int8_row(path, os.path.join(tmp, "row_int8.onnx"))
                 example_input = torch.randint(0, 256, tuple(example_input.shape), dtype=torch.uint8)
             else:
                 path = quantized_file(module, example_input, tmp)
-            return self.sessions_from_file(path, example_input, n)   # read whole: the folder may go
+            yield str(path), example_input
+
+    @contextmanager
+    def session_maker(self, network: Any, example_input: torch.Tensor) -> Iterator[Callable[[], Runner]]:
+        """One export (and quantization), then a session of the file per call; a float latency row is built
+        directly each time, as :meth:`prepare` does."""
+        if not isinstance(network, nn.Module) or (not self.quantize and is_plain_row(network, self.row_activations)):
+            with super().session_maker(network, example_input) as make:
+                yield make
+            return
+        with self._timing_file(network, example_input) as (path, x):
+            yield lambda: self.sessions_from_file(path, x, 1)[0]
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
-        if self.quantize:
-            return self._int8_sessions(module, example_input, 1)[0]
-        row = self._row_runner_of(module, example_input)
-        return row if row is not None else self._exported_sessions(module, example_input, 1)[0]
+        row = None if self.quantize else self._row_runner_of(module, example_input)
+        return row if row is not None else self._file_sessions(module, example_input, 1)[0]
 
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """One export, ``n`` sessions (a latency row, built without an export, simply n times)."""
-        if self.quantize:
-            return self._int8_sessions(module, example_input, n)
-        if is_plain_row(module, self.row_activations):
+        """One export, ``n`` sessions (a float latency row, built without an export, simply n times)."""
+        if not self.quantize and is_plain_row(module, self.row_activations):
             return super().prepare_sessions(module, example_input, n)
-        return self._exported_sessions(module, example_input, n)
-
-    def _exported_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        with tempfile.TemporaryDirectory(prefix=f"depthcut-{self.name}-") as tmp:
-            path = os.path.join(tmp, "model.onnx")
-            export_onnx(module, example_input, path)
-            # a session reads the whole model when it is made, so the folder may go afterwards
-            return self.sessions_from_file(path, example_input, n)
+        return self._file_sessions(module, example_input, n)
 
     # activation kind -> the runtime's op: which latency rows it builds directly, without an export
     row_activations: dict = {}

@@ -19,9 +19,16 @@ an interval covering one session's noise only held another measurement's median 
 block of rounds; each session's median ratio is one observation of the session effect, and the interval is
 widened to cover a Student-t interval on their (log) mean, so it is honest about the spread a fresh
 measurement would see.
+
+Sessions are made in turns: session j of every network before session j + 1 of any, the networks' order rotated
+with j (:func:`interleaved_sessions`). Made one network after another, the reference's sessions made first,
+three copies of MobileNetV2 timed against the original itself measured x1.003 / x1.014 / x1.010 (medians of 40
+joint timings; ONNX Runtime, one thread): every speed-up ~1 % too high. Made in turns: x1.002 / x1.000 / x0.998
+(bench/timing_order.py, bench/results/timing_order.log).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -113,9 +120,8 @@ def compare_speed(original: nn.Module, compressed: nn.Module, example_input: tor
     sessions of each model are prepared and the rounds rotate through them (see the module docstring).
     ``drift``: the interval's floor (:func:`with_drift`), the backend's own (``Backend.drift``) by default."""
     backend = get_backend(backend)
-    with torch.no_grad():   # timed with no exact zeros, as training will leave them (timing_copy)
-        runners = {"original": backend.prepare_sessions(timing_copy(original), example_input, sessions),
-                   "compressed": backend.prepare_sessions(timing_copy(compressed), example_input, sessions)}
+    runners = interleaved_sessions(backend, {"original": original, "compressed": compressed}, example_input,
+                                   sessions)
     for runs in runners.values():
         for run in runs:
             measure(run, warmup=warmup, repeats=1)
@@ -236,6 +242,24 @@ def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original
     return out
 
 
+def interleaved_sessions(backend: Backend, networks: dict[str, Any], example_input: torch.Tensor,
+                         sessions: int) -> dict[str, list[Runner]]:
+    """``sessions`` runners of every network (an ``nn.Module``, timed as :func:`timing_copy` gives it, or an
+    exported file on a backend that reads one), made in turns: session j of every network before session j + 1
+    of any, and the networks' order rotated by j, so that no network's sessions are always the ones made last
+    (the module docstring says why). Each network is exported once (``Backend.session_maker``)."""
+    names = list(networks)
+    runners: dict[str, list[Runner]] = {name: [] for name in names}
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        make = {name: stack.enter_context(backend.session_maker(
+            timing_copy(net) if isinstance(net, nn.Module) else net, example_input)) for name, net in networks.items()}
+        for j in range(sessions):
+            k = j % len(names)
+            for name in names[k:] + names[:k]:
+                runners[name].append(make[name]())
+    return runners
+
+
 def time_jointly(original: nn.Module, networks: dict[str, Any], example_input: torch.Tensor,
                  backend: str | Backend = "onnxruntime", *, sessions: int = 4, rounds: int = 60,
                  warmup: int = 5, drift: float | None = None) -> dict[str, SpeedupEstimate]:
@@ -245,11 +269,7 @@ def time_jointly(original: nn.Module, networks: dict[str, Any], example_input: t
     the backend's drift (``drift`` overrides it): the speed-ups are claims about the network, not only about
     their order. Shared by ``depthcut compare`` and the frontier benchmark."""
     backend = get_backend(backend)
-    with torch.no_grad():
-        runners = {"original": backend.prepare_sessions(timing_copy(original), example_input, sessions)}
-        for name, net in networks.items():
-            runners[name] = (backend.sessions_from_file(net, example_input, sessions) if not isinstance(net, nn.Module)
-                             else backend.prepare_sessions(timing_copy(net), example_input, sessions))
+    runners = interleaved_sessions(backend, {"original": original, **networks}, example_input, sessions)
     estimates = compare_many(runners, rounds=rounds, block_rounds=5, warmup=warmup)
     floor = backend.drift() if drift is None else drift
     return {name: with_drift(e, floor) for name, e in estimates.items()}

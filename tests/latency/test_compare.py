@@ -1,11 +1,12 @@
 """Speed-up with a confidence interval (depthcut.latency.compare), on scripted timings."""
+import contextlib
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from depthcut.latency import compare
+from depthcut.latency import compare, get_backend
 from depthcut.latency.compare import compare_speed, median_interval, outliers
 
 
@@ -225,8 +226,8 @@ def test_networks_are_timed_without_exact_zeros_and_left_untouched(monkeypatch):
     assert timing_copy(dense) is dense                   # nothing to fill: no copy
     seen = []
     backend = get_backend("eager")
-    real = backend.prepare_sessions
-    monkeypatch.setattr(backend, "prepare_sessions", lambda m, x, n: seen.append(m) or real(m, x, n))
+    real = backend.session_maker
+    monkeypatch.setattr(backend, "session_maker", lambda m, x: seen.append(m) or real(m, x))
     compare_speed(block, _zero_init_block(), x, backend, min_rounds=2, max_rounds=2)
     assert len(seen) == 2 and all(all(p.any() for p in m.parameters()) for m in seen)
 
@@ -240,3 +241,54 @@ def test_several_networks_timed_together_get_their_intervals_floored_at_the_drif
     assert set(est) == {"same", "smaller"}
     for e in est.values():
         assert e.sessions == 2 and e.low <= e.ratio / 1.5 + 1e-12 and e.high >= e.ratio * 1.5 - 1e-12
+
+
+class _RecordingBackend:
+    """Records when each network's export happens and the order in which sessions are made."""
+
+    def __init__(self):
+        self.exports, self.made = [], []
+
+    @contextlib.contextmanager
+    def session_maker(self, network, example_input):
+        self.exports.append(network.tag)
+        yield lambda: self.made.append(network.tag) or (lambda: None)
+
+
+@pytest.mark.parametrize("n_networks,sessions", [(2, 4), (3, 3), (4, 4), (3, 1)])
+def test_sessions_are_made_in_turns_so_no_network_is_always_made_last(n_networks, sessions):
+    from depthcut.latency.compare import interleaved_sessions
+
+    nets = {}
+    for i in range(n_networks):
+        nets[f"n{i}"] = nn.Conv2d(1, 1, 1)
+        nets[f"n{i}"].tag = f"n{i}"
+    backend = _RecordingBackend()
+    runners = interleaved_sessions(backend, nets, torch.randn(1, 1, 4, 4), sessions)
+    assert sorted(backend.exports) == sorted(nets)                       # one export per network
+    assert {n: len(r) for n, r in runners.items()} == {n: sessions for n in nets}
+    turns = [backend.made[j * n_networks:(j + 1) * n_networks] for j in range(sessions)]
+    assert all(sorted(t) == sorted(nets) for t in turns)                  # session j of all before j + 1 of any
+    last = [t[-1] for t in turns]
+    if sessions >= n_networks:                                           # every network is made last in some turn
+        assert set(last) == set(nets) and len(set(t[0] for t in turns)) == n_networks
+
+
+def test_onnxruntime_exports_a_network_once_and_its_sessions_compute_it(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import depthcut.latency.backends as backends
+    from depthcut.latency.compare import interleaved_sessions
+
+    calls = []
+    real = backends.export_onnx
+    monkeypatch.setattr(backends, "export_onnx", lambda *a, **k: calls.append(1) or real(*a, **k))
+    nets = {"a": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval(),
+            "b": nn.Sequential(nn.Conv2d(1, 2, 5), nn.ReLU(), nn.Flatten()).eval()}
+    x = torch.randn(1, 1, 8, 8)
+    runners = interleaved_sessions(get_backend("onnxruntime", threads=1), nets, x, 3)
+    assert len(calls) == 2
+    with torch.no_grad():
+        for name, net in nets.items():
+            assert len(runners[name]) == 3
+            for run in runners[name]:
+                assert torch.allclose(torch.as_tensor(run()[0]), net(x), atol=1e-5)
