@@ -364,8 +364,9 @@ class Backend:
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """``n`` independent runners of ``module`` (separate runtime sessions: their allocations and thread
         pools differ, and so, by a few percent, do their timings; depthcut.latency.compare rotates through
-        them). A backend whose preparation has a costly shared step (an export) overrides this."""
-        return [self.prepare(module, example_input) for _ in range(n)]
+        them), the costly shared step (an export) done once (:meth:`session_maker`)."""
+        with self.session_maker(module, example_input) as make:
+            return [make() for _ in range(n)]
 
     @contextmanager
     def session_maker(self, network: Any, example_input: torch.Tensor) -> Iterator[Callable[[], Runner]]:
@@ -590,11 +591,6 @@ class CpuRuntimeBackend(Backend):
             out["quantize"], out["quantizer"] = self.quantize, quantizer()
         return out
 
-    def _file_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """``n`` sessions of ``module``'s timing file (:meth:`_timing_file`): one export, one quantization."""
-        with self._timing_file(module, example_input) as (path, x):
-            return self.sessions_from_file(path, x, n)   # a session reads the whole file: the folder may go
-
     @contextmanager
     def _timing_file(self, module: nn.Module, example_input: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         """The file this runtime times ``module`` from, and the input to feed it, in a folder removed on exit:
@@ -628,13 +624,10 @@ class CpuRuntimeBackend(Backend):
 
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         row = None if self.quantize else self._row_runner_of(module, example_input)
-        return row if row is not None else self._file_sessions(module, example_input, 1)[0]
-
-    def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
-        """One export, ``n`` sessions (a float latency row, built without an export, simply n times)."""
-        if not self.quantize and is_plain_row(module, self.row_activations):
-            return super().prepare_sessions(module, example_input, n)
-        return self._file_sessions(module, example_input, n)
+        if row is not None:
+            return row
+        with self._timing_file(module, example_input) as (path, x):
+            return self.sessions_from_file(path, x, 1)[0]   # a session reads the whole file: the folder may go
 
     # activation kind -> the runtime's op: which latency rows it builds directly, without an export
     row_activations: dict = {}
