@@ -554,17 +554,21 @@ def _as_json(data: dict) -> dict:
 
 
 _DEFAULTS = _as_json(LayerMergeConfig().to_dict())     # what a field stored before it existed ran with
+# Fields that say where or how visibly a run works, not what it computes: a comparison resumed with its cache
+# named by another path (relative vs absolute, another checkout) is the same comparison.
+_PLACE_FIELDS = ("cache_dir", "progress")
 
 
 def _same_config(stored: dict | None, wanted: dict) -> bool:
     """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
     aside, and a field added to the configuration since it was stored counts at its default (which is what
-    the stored run ran with)."""
+    the stored run ran with); where its caches lie and whether it showed progress do not count."""
     if stored is None:
         return False
     filled = {k: None for k in ("finetune_size", "score_size") if wanted.get(k) is None}
     added = {k: v for k, v in wanted.items() if k not in stored and k in _DEFAULTS and v == _DEFAULTS[k]}
-    return {**stored, **added, **filled} == wanted
+    place = {k: None for k in _PLACE_FIELDS}
+    return {**stored, **added, **filled, **place} == {**wanted, **place}
 
 
 @dataclass

@@ -240,3 +240,16 @@ def test_a_stored_run_from_before_a_new_config_field_is_reused_only_at_its_defau
     assert not _same_config(stored, _as_json(LayerMergeConfig(speedup=2.0, recovery_epochs=0.25,
                                                               test_limit=500).to_dict()))
     assert not _same_config({**stored, "recovery_epochs": 1.0}, wanted)
+
+
+def test_a_stored_run_is_reused_whatever_path_names_its_cache():
+    """Resuming from another checkout, or naming the cache by its absolute path, is the same comparison: the
+    cache's location and the progress display are not what a run computes; anything else still counts."""
+    from depthcut.comparison import _as_json, _same_config
+    from depthcut.config import LayerMergeConfig
+
+    stored = _as_json(LayerMergeConfig(speedup=2.0, cache_dir=".cache/x", progress=True).to_dict())
+    assert _same_config(stored, _as_json(LayerMergeConfig(speedup=2.0, cache_dir="/abs/.cache/x",
+                                                          progress=False).to_dict()))
+    assert not _same_config(stored, _as_json(LayerMergeConfig(speedup=2.5, cache_dir=".cache/x",
+                                                              progress=True).to_dict()))
