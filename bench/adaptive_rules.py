@@ -10,7 +10,7 @@ over each of ``--speedups``; a landing probes a few budgets around each target.
 The floor is the distinct candidates in the full table's own answers at those budgets. Any rule that knows those
 answers exactly must fine-tune at least them.
 
-    python bench/adaptive_rules.py [--models resnet20_fmnist] [--seeds 0 1 2]
+    python bench/adaptive_rules.py [--models resnet20_fmnist mobilenet_v2_fmnist] [--seeds 0 1 2] [--cheap NAME ...]
 """
 from __future__ import annotations
 
@@ -26,33 +26,42 @@ from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 from depthcut.importance import score
+from depthcut.importance import stored_cost
 from depthcut.importance.scorer import cheap_scores
 from depthcut.importance.adaptive import AdaptiveFrontier, Bounds, calibrate_bounds, isotonic, sample_keys
 from depthcut.registry import get_method
 from depthcut.search.tables import Row
 
+import cnn_frontier as cf
+
 ROOT = Path(__file__).resolve().parents[1]
-CHEAP_PROXIES = ("bn-batch", "bn-recalibration")      # the cheap score as built, and the one before it
+CHEAP_PROXIES = {   # name: (proxy, scoring images): the cheap score as built, as it was, and the one before it
+    "bn-batch": ("bn-batch", 128), "bn-batch (512 images)": ("bn-batch", 512),
+    "bn-recalibration": ("bn-recalibration", 512)}
 SPEEDUPS = (1.45, 1.5, 1.55, 1.6, 1.95, 2.0, 2.05, 2.1)
-RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned entry, one candidate per round, scaled)
-    "as built: sample 8, coverage 90 %": (8, 0.9, False, False, False),
-    "margin recalibrated on every fine-tuned entry": (8, 0.9, True, False, False),
-    "one candidate of the optimistic plan per round": (8, 0.9, False, True, False),
-    "sample 4, recalibrated": (4, 0.9, True, False, False),
-    "sample 4, recalibrated, one per round, coverage 80 %": (4, 0.8, True, True, False),
-    "margin scaled by the cheap score's loss (normalised conformal)": (8, 0.9, False, False, True),
+RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned entry, one candidate per round,
+            #        margin: "two-sided" (as built), "one-sided" or "scaled", sample fraction)
+    "as built: sample 5 % (at least 8), coverage 90 %": (8, 0.9, False, False, "two-sided", 0.05),
+    "one-sided margins (above and below apart)": (8, 0.9, False, False, "one-sided", 0.05),
+    "one-sided, sample 10 %": (8, 0.9, False, False, "one-sided", 0.10),
+    "one-sided, sample 15 %": (8, 0.9, False, False, "one-sided", 0.15),
+    "margin recalibrated on every fine-tuned entry": (8, 0.9, True, False, "two-sided", 0.05),
+    "one candidate of the optimistic plan per round": (8, 0.9, False, True, "two-sided", 0.05),
+    "sample 4, recalibrated": (4, 0.9, True, False, "two-sided", 0.05),
+    "sample 4, recalibrated, one per round, coverage 80 %": (4, 0.8, True, True, "two-sided", 0.05),
+    "margin scaled by the cheap score's loss (normalised conformal)": (8, 0.9, False, False, "scaled", 0.05),
 }
 
 
 class ScaledBounds(Bounds):
     """g(cheap) +- q * (loss of the cheap score + 1 point): a margin that widens with the damage seen."""
 
-    def __init__(self, estimate, margins, exact):
+    def __init__(self, estimate, margins, exact, below=None):
         super().__init__(estimate, max(margins.values()), exact)
-        self.margins = margins
+        self.margins, self.below = margins, below or margins
 
     def low(self, key):
-        return self.exact[key] if key in self.exact else self.estimate[key] - self.margins[key]
+        return self.exact[key] if key in self.exact else self.estimate[key] - self.below[key]
 
     def high(self, key):
         return self.exact[key] if key in self.exact else self.estimate[key] + self.margins[key]
@@ -65,6 +74,20 @@ def scaled_bounds(cheap, exact, base, coverage):
     q = ratios[min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1]
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
     return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: q * scale[k] for k in cheap}, dict(exact))
+
+
+def one_sided_bounds(cheap, exact, coverage):
+    """g(cheap) + above / - below, each a one-sided conformal quantile of the signed leave-one-out residuals:
+    the wrecks (a short fine-tune ruining a candidate the cheap score rated well) then widen only the lower
+    side, not the optimistic one that decides the refinements."""
+    keys = list(exact)
+    signed = [exact[j] - isotonic([cheap[k] for k in keys if k != j], [exact[k] for k in keys if k != j])(cheap[j])
+              for j in keys]
+    rank = min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1
+    above, below = max(0.0, sorted(signed)[rank]), max(0.0, sorted(-r for r in signed)[rank])
+    g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
+    return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: above for k in cheap}, dict(exact),
+                        below={k: below for k in cheap})
 
 
 class OnePerRound(AdaptiveFrontier):
@@ -82,28 +105,33 @@ class OnePerRound(AdaptiveFrontier):
 
 def collect(model: str, seed: int, args) -> dict:
     """The full table (accuracy per candidate) and each cheap proxy's scores, from depthcut itself, with the
-    seconds each took (from an empty cache: the stage's wall time)."""
+    seconds each took: the stage's wall time when this invocation computed all of it, else None (a table
+    reused from another run's cache, or resumed, does not say what it costs here)."""
+    steps = int(cf.per_model(args.importance_steps, model, "20"))
     cfg = LayerMergeConfig(speedup=SPEEDUPS[0], data="fashion-mnist", seed=seed, channels_last=True,
-                           importance_steps=args.importance_steps, cache_dir=str(Path(args.cache) / f"{model}-s{seed}"),
+                           importance_steps=steps, cache_dir=str(Path(args.cache) / f"{model}-s{seed}"),
                            timing_threads=1, progress=False)
     full = Compression(model, cfg)
     full.rows
+    cached = stored_cost(full.cache_dir)
     t0 = time.perf_counter()
     importance = full.importance
-    seconds = {"finetune": time.perf_counter() - t0}
+    seconds = {"finetune": time.perf_counter() - t0 if not cached.finetuned else None}
     cheap = {}
-    for proxy in CHEAP_PROXIES:
-        t0 = time.perf_counter()
-        cheap[proxy] = cheap_scores(full.original, full.analysis, full.rows.candidates, full.splits, cfg,
-                                    full.cache_dir, full.resolved.chain_exclude, proxy=proxy)
-        seconds[proxy] = time.perf_counter() - t0
+    for name in args.cheap:
+        proxy, images = CHEAP_PROXIES[name]
+        before, t0 = stored_cost(full.cache_dir).cheap, time.perf_counter()
+        cheap[name] = cheap_scores(full.original, full.analysis, full.rows.candidates, full.splits, cfg,
+                                   full.cache_dir, full.resolved.chain_exclude, proxy=proxy, images=images)
+        seconds[name] = time.perf_counter() - t0 if stored_cost(full.cache_dir).cheap - before == len(cheap[name]) \
+            else None
     return {"full": full, "cheap": cheap, "base": full.base_accuracy, "seconds": seconds,
             "accuracy": {k: full.base_accuracy + 100 * math.log(v) for k, v in importance.items()
-                         if k in cheap[CHEAP_PROXIES[0]]}}
+                         if k in cheap[args.cheap[0]]}}
 
 
 def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
-    minimum, coverage, recalibrate, one, scaled = rule
+    minimum, coverage, recalibrate, one, margin, fraction = rule
     run, cheap, accuracy, base = data["full"], data["cheap"][proxy], data["accuracy"], data["base"]
     method, chain, rows = get_method("layermerge"), run.analysis.chain, run.rows
 
@@ -111,10 +139,14 @@ def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
         return method.search(scored, chain.length, run.config.dp_steps, rows.body_ms(), chain=chain)
 
     def calibrate(exact):
-        return scaled_bounds(cheap, exact, base, coverage) if scaled else calibrate_bounds(cheap, exact, coverage)
+        if margin == "scaled":
+            return scaled_bounds(cheap, exact, base, coverage)
+        if margin == "one-sided":
+            return one_sided_bounds(cheap, exact, coverage)
+        return calibrate_bounds(cheap, exact, coverage)
     table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
     truth = solve([replace(r, importance=score(accuracy[r.ref.key], base)) if r.ref.key in cheap else r for r in table])
-    sample = sample_keys(sorted(cheap), seed, minimum=minimum)
+    sample = sample_keys(sorted(cheap), seed, fraction=fraction, minimum=minimum)
     refined: set[str] = set()
 
     def refine(candidates):
@@ -125,15 +157,37 @@ def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
         return found
     frontier = (OnePerRound if one else AdaptiveFrontier)(table, solve, calibrate({k: accuracy[k] for k in sample}),
                                                           lambda acc: score(acc, base), refine)
-    same, floor = 0, set()
+    def true_value(solution) -> float:
+        return sum(score(accuracy[r.ref.key], base) if r.ref.key in cheap else r.importance for r in solution.rows)
+    same, floor, given_away = 0, set(), 0.0
     for speedup in SPEEDUPS:
         budget = rows.body_ms() / speedup
-        want = {r.ref.key for r in truth.best(budget).rows if not is_trivial(r.ref)}
-        same += {r.ref.key for r in frontier.best(budget).rows if not is_trivial(r.ref)} == want
+        best, got = truth.best(budget), frontier.best(budget)
+        want = {r.ref.key for r in best.rows if not is_trivial(r.ref)}
+        same += {r.ref.key for r in got.rows if not is_trivial(r.ref)} == want
+        # what a wrong answer costs: the optimum's true importance over the answer's, in points (I = e^(acc/100))
+        given_away = max(given_away, 100 * (true_value(best) - true_value(got)))
         floor |= want
     finetuned = len(set(sample) | refined)
     return {"finetuned": finetuned, "candidates": len(cheap), "share": finetuned / len(cheap), "same": same,
-            "budgets": len(SPEEDUPS), "floor": len(floor), "margin": calibrate({k: accuracy[k] for k in sample}).margin}
+            "budgets": len(SPEEDUPS), "floor": len(floor), "given_away": given_away,
+            "margin": calibrate({k: accuracy[k] for k in sample}).margin}
+
+
+def stage_line(secs: list[dict]) -> str:
+    """Stage times, mean over the seeds whose stage this invocation computed from an empty cache ("-" where
+    none did: a table reused from another run's cache)."""
+    def mean(k):
+        known = [s[k] for s in secs if s[k] is not None]
+        return statistics.mean(known) if known else None
+
+    def share(k):
+        known = [s[k] / s["finetune"] for s in secs if s[k] is not None and s["finetune"]]
+        return f"{statistics.mean(known):.0%}" if known else "-"
+    cheap = [k for k in secs[0] if k != "finetune"]
+    return ("Stage times from an empty cache, mean over seeds: the full table (fine-tunes) "
+            + ", ".join(f"{k} " + (f"{mean(k):.0f} s" if mean(k) is not None else "- (reused)") for k in secs[0])
+            + "; a cheap score costs " + ", ".join(f"{k} {share(k)}" for k in cheap) + " of a fine-tuned entry.")
 
 
 def markdown(report: dict) -> str:
@@ -144,17 +198,14 @@ def markdown(report: dict) -> str:
              "distinct candidates in the full table's own answers, what any exact rule must fine-tune.", ""]
     for model, per_rule in report["models"].items():
         floor = [r["floor"] / r["candidates"] for r in next(iter(per_rule.values()))]
-        secs = report["seconds"][model]
         lines += [f"## {model} (floor {statistics.mean(floor):.0%}, worst {max(floor):.0%})", "",
-                  "Stage times from an empty cache, mean over seeds: the full table (fine-tunes) "
-                  + ", ".join(f"{k} {statistics.mean(s[k] for s in secs):.0f} s" for k in secs[0]) + "; a cheap "
-                  "score costs " + ", ".join(f"{k} {statistics.mean(s[k] / s['finetune'] for s in secs):.0%}"
-                                             for k in CHEAP_PROXIES) + " of a fine-tuned entry.", "",
-                  "| rule | fine-tuned | answers equal | margin (points, first calibration) |", "|---|---|---|---|"]
+                  stage_line(report["seconds"][model]), "",
+                  "| rule | fine-tuned | answers equal | most given away (points) | margin above (points, first "
+                  "calibration) |", "|---|---|---|---|---|"]
         for name, runs in per_rule.items():
             lines.append(f"| {name} | {statistics.mean(r['share'] for r in runs):.0%} "
                          f"({max(r['share'] for r in runs):.0%}) | {sum(r['same'] for r in runs)} of "
-                         f"{sum(r['budgets'] for r in runs)} | "
+                         f"{sum(r['budgets'] for r in runs)} | {max(r['given_away'] for r in runs):.2f} | "
                          + ", ".join(f"{r['margin']:.2f}" for r in runs) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -164,20 +215,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["resnet20_fmnist"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--importance-steps", type=int, default=20)
+    ap.add_argument("--importance-steps", nargs="+", default=["mobilenet_v2_fmnist=10"],
+                    help="fine-tune steps per importance entry, MODEL=STEPS pairs (default 20; the frontier "
+                         "benchmark's recipe)")
+    ap.add_argument("--cheap", nargs="+", default=list(CHEAP_PROXIES), choices=list(CHEAP_PROXIES),
+                    help="cheap scores to replay (the first also picks the candidates compared)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "adaptive_rules"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "adaptive_rules"))
     args = ap.parse_args()
     report = {"command": "python bench/adaptive_rules.py " + " ".join(
         [f"--models {' '.join(args.models)}", f"--seeds {' '.join(map(str, args.seeds))}",
-         f"--importance-steps {args.importance_steps}"]), "models": {}}
+         f"--importance-steps {' '.join(args.importance_steps)}"]
+        + ([f"--cheap {' '.join(repr(c) if ' ' in c else c for c in args.cheap)}"]
+           if args.cheap != list(CHEAP_PROXIES) else [])), "models": {}}
     for model in args.models:
-        per_rule = {f"{proxy}: {name}": [] for proxy in CHEAP_PROXIES for name in RULES}
+        per_rule = {f"{proxy}: {name}": [] for proxy in args.cheap for name in RULES}
         seconds = []
         for seed in args.seeds:
             data = collect(model, seed, args)
             seconds.append(data["seconds"])
-            for proxy in CHEAP_PROXIES:
+            for proxy in args.cheap:
                 for name, rule in RULES.items():
                     per_rule[f"{proxy}: {name}"].append({"seed": seed, **replay(data, proxy, rule, seed)})
         report["models"][model] = per_rule

@@ -117,7 +117,9 @@ def score_candidates(original: nn.Module, analysis, candidates: list[Candidate],
 # ----------------------------------------------------------------------- adaptive importance (issue 30) ---
 
 CHEAP_PROXY = Proxy.BN_BATCH.value   # the cheap score: each batch of the scoring images normalised by its own
-CHEAP_SCORE_SIZE = 512               # statistics, accuracy on the first 512 images of the scoring split
+CHEAP_SCORE_SIZE = 128               # statistics, accuracy on the first 128 images of the scoring split (one
+                                     # batch: on MobileNetV2 a third of 512 images' time, and the same
+                                     # refinements and answers under every rule, bench/results/adaptive_rules*)
 CHEAP_BN_BATCHES = 4                 # (with "bn-recalibration": statistics from 4 batches of 128 fine-tune images)
 
 
@@ -133,9 +135,10 @@ class AdaptiveImportance:
 
 
 def cheap_scores(original: nn.Module, analysis, candidates: list[Candidate], splits, config: LayerMergeConfig,
-                 cache_dir, exclude: tuple[str, ...] = (), proxy: str = CHEAP_PROXY) -> dict[str, float]:
-    """Every non-trivial candidate's cheap score: its accuracy on the first CHEAP_SCORE_SIZE scoring images
-    with ``proxy`` (no gradient step), in its own resumable store."""
+                 cache_dir, exclude: tuple[str, ...] = (), proxy: str = CHEAP_PROXY,
+                 images: int = CHEAP_SCORE_SIZE) -> dict[str, float]:
+    """Every non-trivial candidate's cheap score: its accuracy on the first ``images`` scoring images with
+    ``proxy`` (no gradient step), in its own resumable store."""
     from dataclasses import replace
 
     from torch.utils.data import Subset, TensorDataset
@@ -144,7 +147,7 @@ def cheap_scores(original: nn.Module, analysis, candidates: list[Candidate], spl
     from . import get_executor, importance_store, importance_table
 
     todo = [c for c in candidates if not is_trivial(c)]
-    n_cheap = min(CHEAP_SCORE_SIZE, len(splits.score))
+    n_cheap = min(images, len(splits.score))
     first = (_subset(splits.score, torch.arange(n_cheap)) if isinstance(splits.score, TensorDataset)
              else Subset(splits.score, range(n_cheap)))
     scorer = CandidateAccuracy(original, tuple(analysis.input_shape), tuple(exclude), splits.finetune, first,
