@@ -559,6 +559,11 @@ _DEFAULTS = _as_json(LayerMergeConfig().to_dict())     # what a field stored bef
 _PLACE_FIELDS = ("cache_dir", "progress")
 
 
+def _took(c: "Comparison") -> str:
+    # a resumed comparison reuses its stored landings and selections: its time is this invocation's only
+    return f"{c.seconds / 60:.1f} minutes in the invocation that wrote this report (stored runs reused)."
+
+
 def _same_config(stored: dict | None, wanted: dict) -> bool:
     """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
     aside, and a field added to the configuration since it was stored counts at its default (which is what
@@ -600,11 +605,11 @@ def _how(c: Comparison) -> str:
                 f"{cfg.fresh_timings} fresh joint timing(s) of {cfg.joint_rounds} rounds, minutes apart: the "
                 f"speed-ups below are each network's median over them (mean over seeds; interval: the extreme "
                 f"single timings){'; later seeds recover and time the first seed' + chr(39) + 's networks' if cfg.share_networks else ''}. "
-                f"{c.seconds / 60:.1f} minutes.")
+                f"{_took(c)}")
     return (f"Each method lands within [target, target x {1 + cfg.match_tolerance:g}] (depthcut.compression), "
             f"then every network of one target and seed is timed against the original in the same "
             f"{cfg.joint_rounds} rounds (depthcut.latency.compare.compare_many): the speed-ups below are that joint "
-            f"timing (mean over seeds; interval: the widest over seeds). {c.seconds / 60:.1f} minutes.")
+            f"timing (mean over seeds; interval: the widest over seeds). {_took(c)}")
 
 
 def render_markdown(c: Comparison) -> str:
