@@ -25,10 +25,10 @@ from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
-from depthcut.importance import score
-from depthcut.importance import stored_cost
+from depthcut.importance import score, stored_cost
 from depthcut.importance.scorer import cheap_scores
-from depthcut.importance.adaptive import AdaptiveFrontier, Bounds, calibrate_bounds, isotonic, sample_keys
+from depthcut.importance.adaptive import (AdaptiveFrontier, Bounds, calibrate_bounds, isotonic, loo_residuals,
+                                          sample_keys)
 from depthcut.registry import get_method
 from depthcut.search.tables import Row
 
@@ -54,7 +54,8 @@ RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned e
 
 
 class ScaledBounds(Bounds):
-    """g(cheap) +- q * (loss of the cheap score + 1 point): a margin that widens with the damage seen."""
+    """Bounds with a margin per candidate (and, given ``below``, another under the estimate): the scaled rule's
+    g(cheap) +- q * (loss of the cheap score + 1 point), or the one-sided rule's two margins."""
 
     def __init__(self, estimate, margins, exact, below=None):
         super().__init__(estimate, max(margins.values()), exact)
@@ -69,8 +70,8 @@ class ScaledBounds(Bounds):
 
 def scaled_bounds(cheap, exact, base, coverage):
     keys, scale = list(exact), {k: max(base - v, 0.0) + 1.0 for k, v in cheap.items()}
-    ratios = sorted(abs(exact[j] - isotonic([cheap[k] for k in keys if k != j],
-                                            [exact[k] for k in keys if k != j])(cheap[j])) / scale[j] for j in keys)
+    signed = loo_residuals([cheap[k] for k in keys], [exact[k] for k in keys])
+    ratios = sorted(abs(r) / scale[k] for k, r in zip(keys, signed))
     q = ratios[min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1]
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
     return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: q * scale[k] for k in cheap}, dict(exact))
@@ -81,8 +82,7 @@ def one_sided_bounds(cheap, exact, coverage):
     the wrecks (a short fine-tune ruining a candidate the cheap score rated well) then widen only the lower
     side, not the optimistic one that decides the refinements."""
     keys = list(exact)
-    signed = [exact[j] - isotonic([cheap[k] for k in keys if k != j], [exact[k] for k in keys if k != j])(cheap[j])
-              for j in keys]
+    signed = loo_residuals([cheap[k] for k in keys], [exact[k] for k in keys])
     rank = min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1
     above, below = max(0.0, sorted(signed)[rank]), max(0.0, sorted(-r for r in signed)[rank])
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])

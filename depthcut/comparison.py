@@ -559,11 +559,6 @@ _DEFAULTS = _as_json(LayerMergeConfig().to_dict())     # what a field stored bef
 _PLACE_FIELDS = ("cache_dir", "progress")
 
 
-def _took(c: "Comparison") -> str:
-    # a resumed comparison reuses its stored landings and selections: its time is this invocation's only
-    return f"{c.seconds / 60:.1f} minutes in the invocation that wrote this report (stored runs reused)."
-
-
 def _same_config(stored: dict | None, wanted: dict) -> bool:
     """A stored run's configuration is this one: the split sizes a run fills in from the data (None asked for)
     aside, and a field added to the configuration since it was stored counts at its default (which is what
@@ -594,6 +589,11 @@ def _read(path: Path | None) -> dict | None:
 # -- the report -------------------------------------------------------------------------------------------
 def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _took(c: Comparison) -> str:
+    # a resumed comparison reuses its stored landings and selections: its time is this invocation's only
+    return f"{c.seconds / 60:.1f} minutes in the invocation that wrote this report (stored runs reused)."
 
 
 def _how(c: Comparison) -> str:

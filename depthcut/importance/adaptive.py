@@ -85,13 +85,16 @@ def conformal_margin(cheap: Sequence[float], exact: Sequence[float], coverage: f
     |exact - g(cheap)| <= margin with probability >= coverage. With too few points for that rank, the largest
     residual (coverage n / (n + 1) then)."""
     n = len(cheap)
-    if n < 2:
+    residuals = sorted(abs(r) for r in loo_residuals(cheap, exact))
+    return residuals[min(math.ceil((n + 1) * coverage), n) - 1]
+
+
+def loo_residuals(cheap: Sequence[float], exact: Sequence[float]) -> list[float]:
+    """exact_j - g_{-j}(cheap_j): each point's signed residual under the isotonic map fitted on the others."""
+    if len(cheap) < 2:
         raise ValueError("a conformal margin needs at least two fine-tuned entries")
-    residuals = sorted(abs(exact[j] - isotonic([c for i, c in enumerate(cheap) if i != j],
-                                               [e for i, e in enumerate(exact) if i != j])(cheap[j]))
-                       for j in range(n))
-    rank = math.ceil((n + 1) * coverage)
-    return residuals[min(rank, n) - 1]
+    return [exact[j] - isotonic([c for i, c in enumerate(cheap) if i != j],
+                                [e for i, e in enumerate(exact) if i != j])(cheap[j]) for j in range(len(cheap))]
 
 
 def sample_keys(keys: Sequence[str], seed: int, fraction: float | None = None,
@@ -220,4 +223,4 @@ class AdaptiveFrontier:
 
 
 __all__ = ["AdaptiveFrontier", "Bounds", "COVERAGE", "MIN_SAMPLE", "Refinement", "SAMPLE_FRACTION",
-           "calibrate_bounds", "conformal_margin", "isotonic", "sample_keys"]
+           "calibrate_bounds", "conformal_margin", "isotonic", "loo_residuals", "sample_keys"]

@@ -24,8 +24,7 @@ from ..train import batch_statistics
 
 MEMORY_SHARE = 0.4      # kept activations may take this share of the memory available when they are recorded;
                         # a network whose scoring batches need more is evaluated from its input (the embedded
-                        # MobileNetV2 on 28x28: 4.1 GB for 512 images, a quarter
-                        # of it for the cheap score's 128)
+                        # MobileNetV2 on 28x28: 4.1 GB for 512 images, ~1 GB for the cheap score's 128)
 
 
 def available_bytes() -> int:
