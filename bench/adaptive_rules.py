@@ -40,7 +40,7 @@ CHEAP_PROXIES = {   # name: (proxy, scoring images): the cheap score as built, a
     "bn-recalibration": ("bn-recalibration", 512)}
 SPEEDUPS = (1.45, 1.5, 1.55, 1.6, 1.95, 2.0, 2.05, 2.1)
 RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned entry, one candidate per round,
-            #        margin: "two-sided" (as built), "one-sided" or "scaled", sample fraction)
+            #        margin: "two-sided" (as built), "one-sided" or "scaled", sample fraction[, strata (STRATA)])
     "as built: sample 5 % (at least 8), coverage 90 %": (8, 0.9, False, False, "two-sided", 0.05),
     "one-sided margins (above and below apart)": (8, 0.9, False, False, "one-sided", 0.05),
     "one-sided, sample 10 %": (8, 0.9, False, False, "one-sided", 0.10),
@@ -50,7 +50,18 @@ RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned e
     "sample 4, recalibrated": (4, 0.9, True, False, "two-sided", 0.05),
     "sample 4, recalibrated, one per round, coverage 80 %": (4, 0.8, True, True, "two-sided", 0.05),
     "margin scaled by the cheap score's loss (normalised conformal)": (8, 0.9, False, False, "scaled", 0.05),
+    "Mondrian by position (thirds of the chain), 5 % per stratum (at least 8)":
+        (8, 0.9, False, False, "two-sided", 0.05, "position"),
+    "Mondrian by position, one-sided": (8, 0.9, False, False, "one-sided", 0.05, "position"),
+    "Mondrian by merged kernel (1 / 3 / 5 and more), 5 % per stratum (at least 8)":
+        (8, 0.9, False, False, "two-sided", 0.05, "kernel"),
+    "Mondrian by merged kernel, one-sided": (8, 0.9, False, False, "one-sided", 0.05, "kernel"),
 }
+# Mondrian (stratified) conformal calibration: the sample drawn per stratum, one isotonic map and margin per
+# stratum, so that a stratum's wrecks (large merged kernels early in the chain that a short fine-tune ruins) do not
+# widen every other stratum's margin. The guarantee stays per entry, now conditional on the stratum
+STRATA = {"position": lambda c, length: min(2, 3 * c.start // length),
+          "kernel": lambda c, length: 0 if c.kernel == 1 else 1 if c.kernel == 3 else 2}
 
 
 class ScaledBounds(Bounds):
@@ -88,6 +99,35 @@ def one_sided_bounds(cheap, exact, coverage):
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
     return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: above for k in cheap}, dict(exact),
                         below={k: below for k in cheap})
+
+
+def margins_of(bounds, key) -> tuple[float, float]:
+    """(above, below) of ``key``'s interval under ``bounds``."""
+    if isinstance(bounds, ScaledBounds):
+        return bounds.margins[key], bounds.below[key]
+    return bounds.margin, bounds.margin
+
+
+def stratified_bounds(calibrate_one, cheap, exact, stratum):
+    """Mondrian calibration (STRATA): ``calibrate_one(cheap, exact)`` within each stratum on its own fine-tuned
+    entries (all of them where a stratum holds fewer than 2), each candidate's interval from its stratum's."""
+    estimate, above, below = {}, {}, {}
+    for s in set(stratum.values()):
+        keys = [k for k in cheap if stratum[k] == s]
+        known = {k: v for k, v in exact.items() if stratum[k] == s}
+        known = known if len(known) >= 2 else dict(exact)
+        bounds = calibrate_one({k: cheap[k] for k in {*keys, *known}}, known)
+        for k in keys:
+            estimate[k] = bounds.estimate[k]
+            above[k], below[k] = margins_of(bounds, k)
+    return ScaledBounds(estimate, above, dict(exact), below=below)
+
+
+def stratified_sample(keys, stratum, seed, fraction, minimum):
+    """The seeded sample of every stratum (``sample_keys`` within each)."""
+    return sorted(k for s in set(stratum.values())
+                  for k in sample_keys(sorted(k for k in keys if stratum[k] == s), seed, fraction=fraction,
+                                       minimum=minimum))
 
 
 class OnePerRound(AdaptiveFrontier):
@@ -131,22 +171,28 @@ def collect(model: str, seed: int, args) -> dict:
 
 
 def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
-    minimum, coverage, recalibrate, one, margin, fraction = rule
+    minimum, coverage, recalibrate, one, margin, fraction, *strata = rule
     run, cheap, accuracy, base = data["full"], data["cheap"][proxy], data["accuracy"], data["base"]
     method, chain, rows = get_method("layermerge"), run.analysis.chain, run.rows
+    stratum = ({c.key: STRATA[strata[0]](c, chain.length) for c in rows.candidates if c.key in cheap} if strata
+               else None)
 
     def solve(scored):
         return method.search(scored, chain.length, run.config.dp_steps, rows.body_ms(), chain=chain)
 
-    def calibrate(exact):
+    def calibrate_one(cheap, exact):
         if margin == "scaled":
             return scaled_bounds(cheap, exact, base, coverage)
         if margin == "one-sided":
             return one_sided_bounds(cheap, exact, coverage)
         return calibrate_bounds(cheap, exact, coverage)
+
+    def calibrate(exact):
+        return stratified_bounds(calibrate_one, cheap, exact, stratum) if stratum else calibrate_one(cheap, exact)
     table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
     truth = solve([replace(r, importance=score(accuracy[r.ref.key], base)) if r.ref.key in cheap else r for r in table])
-    sample = sample_keys(sorted(cheap), seed, fraction=fraction, minimum=minimum)
+    sample = (stratified_sample(cheap, stratum, seed, fraction, minimum) if stratum
+              else sample_keys(sorted(cheap), seed, fraction=fraction, minimum=minimum))
     refined: set[str] = set()
 
     def refine(candidates):
