@@ -27,8 +27,8 @@ from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 from depthcut.importance import score, stored_cost
 from depthcut.importance.scorer import cheap_scores
-from depthcut.importance.adaptive import (AdaptiveFrontier, Bounds, calibrate_bounds, isotonic, loo_residuals,
-                                          sample_keys)
+from depthcut.importance.adaptive import (AdaptiveFrontier, Bounds, calibrate_bounds, conformal_quantile, isotonic,
+                                          loo_residuals, sample_keys)
 from depthcut.registry import get_method
 from depthcut.search.tables import Row
 
@@ -82,8 +82,7 @@ class ScaledBounds(Bounds):
 def scaled_bounds(cheap, exact, base, coverage):
     keys, scale = list(exact), {k: max(base - v, 0.0) + 1.0 for k, v in cheap.items()}
     signed = loo_residuals([cheap[k] for k in keys], [exact[k] for k in keys])
-    ratios = sorted(abs(r) / scale[k] for k, r in zip(keys, signed))
-    q = ratios[min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1]
+    q = conformal_quantile([abs(r) / scale[k] for k, r in zip(keys, signed)], coverage)
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
     return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: q * scale[k] for k in cheap}, dict(exact))
 
@@ -94,8 +93,8 @@ def one_sided_bounds(cheap, exact, coverage):
     side, not the optimistic one that decides the refinements."""
     keys = list(exact)
     signed = loo_residuals([cheap[k] for k in keys], [exact[k] for k in keys])
-    rank = min(math.ceil((len(keys) + 1) * coverage), len(keys)) - 1
-    above, below = max(0.0, sorted(signed)[rank]), max(0.0, sorted(-r for r in signed)[rank])
+    above = max(0.0, conformal_quantile(signed, coverage))
+    below = max(0.0, conformal_quantile([-r for r in signed], coverage))
     g = isotonic([cheap[k] for k in keys], [exact[k] for k in keys])
     return ScaledBounds({k: g(v) for k, v in cheap.items()}, {k: above for k in cheap}, dict(exact),
                         below={k: below for k in cheap})

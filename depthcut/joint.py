@@ -469,9 +469,7 @@ def depth_neighbours(run, choice: WidthChoice, importance: dict[str, float],
                          {tuple(sorted(changed_blocks(choice.solution)))})
     out = []
     for solution, estimate in found:
-        alt = copy.copy(inner)
-        for stage in ("chosen", "verified", "recovered", "final", "report"):
-            alt.__dict__.pop(stage, None)
+        alt = fork(inner, "chosen")
         probe = Probe(solution.latency_ms, solution.latency_ms, estimate, meets=True, lands=True, plan=solution)
         alt.use(chosen=Chosen(plan_from_rows(inner, solution), solution.latency_ms, chosen.target,
                               Landing(solution, probe, [*chosen.landing.probes, probe], overshoot=False), estimate))
@@ -616,11 +614,23 @@ def judge_recovery(run, choice: WidthChoice, i: int) -> float:
     from .train import evaluate
 
     inner = choice.option.run
-    trial = copy.copy(inner)                       # the stages up to verification shared, its own recovery
-    for stage in ("recovered", "final", "report"):
-        trial.__dict__.pop(stage, None)
-    trial.config = replace(inner.config, seed=inner.config.seed + i * JUDGE_SEED_OFFSET)
+    trial = fork(inner, "recovered", seed=inner.config.seed + i * JUDGE_SEED_OFFSET)
     return evaluate(trial.recovered[1], run.splits.score)
+
+
+LATE_STAGES = ("chosen", "verified", "recovered", "final", "report")   # a Compression's stages from the choice on
+
+
+def fork(inner, first: str, **config):
+    """A shallow copy of the LayerMerge run ``inner`` that shares its stages before ``first`` (rows, table,
+    frontier, ...) and computes ``first`` and those after it anew, with ``config``'s fields changed: another plan
+    of the same width, or another recovery of the same plan."""
+    alt = copy.copy(inner)
+    for stage in LATE_STAGES[LATE_STAGES.index(first):]:
+        alt.__dict__.pop(stage, None)
+    if config:
+        alt.config = replace(inner.config, **config)
+    return alt
 
 
 def compress_joint(run, out=None):

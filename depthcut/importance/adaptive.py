@@ -84,9 +84,14 @@ def conformal_margin(cheap: Sequence[float], exact: Sequence[float], coverage: f
     leave-one-out residuals |exact_j - g_{-j}(cheap_j)|. A new entry exchangeable with the sample has
     |exact - g(cheap)| <= margin with probability >= coverage. With too few points for that rank, the largest
     residual (coverage n / (n + 1) then)."""
-    n = len(cheap)
-    residuals = sorted(abs(r) for r in loo_residuals(cheap, exact))
-    return residuals[min(math.ceil((n + 1) * coverage), n) - 1]
+    return conformal_quantile([abs(r) for r in loo_residuals(cheap, exact)], coverage)
+
+
+def conformal_quantile(scores: Sequence[float], coverage: float = COVERAGE) -> float:
+    """The ceil((n + 1) * coverage)-th smallest of n nonconformity scores (the largest when n is too small for
+    that rank): a new score exchangeable with them is at most this with probability >= coverage."""
+    n = len(scores)
+    return sorted(scores)[min(math.ceil((n + 1) * coverage), n) - 1]
 
 
 def loo_residuals(cheap: Sequence[float], exact: Sequence[float]) -> list[float]:
@@ -223,4 +228,4 @@ class AdaptiveFrontier:
 
 
 __all__ = ["AdaptiveFrontier", "Bounds", "COVERAGE", "MIN_SAMPLE", "Refinement", "SAMPLE_FRACTION",
-           "calibrate_bounds", "conformal_margin", "isotonic", "loo_residuals", "sample_keys"]
+           "calibrate_bounds", "conformal_margin", "conformal_quantile", "isotonic", "loo_residuals", "sample_keys"]
