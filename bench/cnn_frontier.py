@@ -38,6 +38,13 @@ def per_model(values: list[str], model: str, default: str) -> str:
     return pairs.get(model, plain[0] if plain else default)
 
 
+def seeds_of(values: list[str], model: str) -> tuple[int, ...]:
+    """``--seeds``: plain seeds for every model (``0 1 2``) and ``MODEL=S,S,...`` for one model (its own list)."""
+    pairs = dict(v.split("=", 1) for v in values if "=" in v)
+    chosen = pairs[model].split(",") if model in pairs else [v for v in values if "=" not in v]
+    return tuple(int(s) for s in chosen)
+
+
 def compare_config(model: str, args) -> CompareConfig:
     """One model's comparison: the budgets every method shares."""
     compress = dict(data="fashion-mnist", backend="onnxruntime", timing_threads=args.timing_threads,
@@ -45,7 +52,7 @@ def compare_config(model: str, args) -> CompareConfig:
                     importance_steps=int(per_model(args.importance_steps, model, "20")),
                     importance_seed=args.importance_seed, channels_last=args.channels_last, max_resolves=10,
                     cache_dir=args.cache, progress=True)
-    return CompareConfig(methods=tuple(args.methods), speedups=tuple(args.targets), seeds=tuple(args.seeds),
+    return CompareConfig(methods=tuple(args.methods), speedups=tuple(args.targets), seeds=seeds_of(args.seeds, model),
                          matching="select", fresh_timings=args.fresh_timings, control=True,
                          share_networks=args.importance_seed is not None, compress=compress)
 
@@ -131,7 +138,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--models", nargs="+", default=["resnet20_fmnist", "mobilenet_v2_fmnist"])
     ap.add_argument("--targets", nargs="+", type=float, default=[1.25, 1.5, 2.0])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", default=["0", "1", "2"],
+                    help="seeds for every model, and MODEL=S,S,... for a model of its own (the first is the one "
+                         "whose networks the others share)")
     ap.add_argument("--recovery-epochs", nargs="+", default=["resnet20_fmnist=0.25", "mobilenet_v2_fmnist=0.1"],
                     help="MODEL=EPOCHS pairs (a plain value for every other model)")
     ap.add_argument("--importance-steps", nargs="+", default=["mobilenet_v2_fmnist=10"],

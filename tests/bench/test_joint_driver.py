@@ -10,6 +10,8 @@ def test_the_driver_is_the_frontier_comparison_with_the_three_methods():
     args.importance_seed = None if args.importance_seed < 0 else args.importance_seed
     cfg = cf.compare_config("mobilenet_v2_fmnist", args)
     assert cfg.methods == joint.METHODS and cfg.speedups == (1.5, 2.0, 2.5) and cfg.seeds == (0, 1, 2)
+    # ResNet-20's margins are ties near the 0.1-point bound: twelve seeds there, seed 0 first (its networks shared)
+    assert cf.compare_config("resnet20_fmnist", args).seeds == tuple(range(12))
     assert cfg.matching == "select" and cfg.share_networks and cfg.control
     # the frontier's recipe and cache: the two benchmarks share latency rows and importance tables
     frontier = cf.parser().parse_args([])
@@ -28,6 +30,21 @@ def test_checks_take_the_margin_over_the_better_of_the_other_two():
     result = joint.checks(reports)
     assert [round(c["margin"], 2) for c in result["cells"]] == [-0.05, 0.6]
     assert result["never_worse_by_0.1"] and result["ahead_by_0.5_at_2_or_2.5"]
+
+
+def test_the_margin_s_standard_error_pairs_the_seeds():
+    reports = {"a": report({"2": {"layermerge": 85.0, "channel": 86.0, "layermerge+channel": 86.0}})}
+    accs = {"layermerge+channel": [86.2, 85.9, 85.9], "channel": [86.0, 86.0, 86.0], "layermerge": [85.0] * 3}
+    reports["a"]["runs"] = [{"method": m, "target": 2.0, "seed": s, "matched": {"accuracy": a}}
+                            for m, row in accs.items() for s, a in enumerate(row)]
+    cell = joint.checks(reports)["cells"][0]
+    # differences +0.2, -0.1, -0.1 against channel (the better other): std 0.1732, over sqrt(3)
+    assert cell["seeds"] == 3 and abs(cell["standard_error"] - 0.1) < 1e-9
+    assert "| a | x2 | 3 | +0.00 | 0.10 |" in joint.check_lines(joint.checks(reports))
+
+
+def test_seeds_per_model():
+    assert cf.seeds_of(["0", "1", "m=0,3,4"], "m") == (0, 3, 4) and cf.seeds_of(["0", "1", "m=0,3"], "n") == (0, 1)
 
 
 def test_a_joint_method_that_did_not_land_fails_the_first_check_and_a_lead_below_x2_does_not_count():
