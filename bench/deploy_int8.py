@@ -37,6 +37,8 @@ from depthcut.latency import get_backend
 from depthcut.latency.compare import time_jointly
 from depthcut.latency.quantize import fix_batch
 
+from cnn_frontier import seeds_of
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"onnxruntime int8": ("onnxruntime", "int8"), "openvino float32": ("openvino", None),
         "openvino int8": ("openvino", "int8"), "float32 table -> int8": ("onnxruntime", "int8")}
@@ -109,13 +111,6 @@ def row(arm: str, r: dict) -> dict:
             "convs": r["convs_after"], "seconds": r["seconds"],
             # latency_model "auto": the per-call model did not hold and the plain sum of rows chose the budgets
             "latency_model_fallback": r.get("latency_model_fallback")}
-
-
-def seeds_of(entries: list[str], model: str) -> list[int]:
-    """``--seeds``: plain seeds for every model, or MODEL=S,S,... for one."""
-    mine = [e.split("=", 1)[1] for e in entries if e.startswith(model + "=")]
-    plain = [e for e in entries if "=" not in e]
-    return [int(s) for s in (mine[0].split(",") if mine else plain)]
 
 
 def markdown(result: dict, command: str) -> str:

@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from depthcut.cache import atomic_write_json, atomic_write_text
-from depthcut.compression import Compression, build_plan_network, land_width, probe_speed
+from depthcut.compression import Compression, build_plan_network, probe_speed
 from depthcut.config import LayerMergeConfig
-from depthcut.joint import WidthOption, changed_blocks, choose_width, width_options, width_run, width_speedup
+from depthcut.joint import (changed_blocks, channel_landing, choose_width, width_options, width_run,
+                            width_speedup)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,10 +62,8 @@ def main() -> None:
         option.speedup = width_speedup(run, option)
     too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= args.target]
     options = [o for o in options if o not in too_fast]
-    landing = land_width(run, args.target)
-    landed = WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
-                         landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
-                         landing=landing)
+    landed = channel_landing(run, args.target)
+    landing = landed.landing
     landed.accuracy = run.base_accuracy
     options.append(landed)
     for option in options:

@@ -525,8 +525,6 @@ def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], 
     already faster than the target alone are set aside (narrower than needed: a wider option with a depth plan,
     or a width just wide enough, covers that latency), and the channel method's own landing, the least pruning
     that meets the target alone, is added. Returns (offered, set aside)."""
-    from .compression import land_width
-
     options = width_options(run.original, run.example)
     run.say(f"{len(options)} width options: {', '.join(o.name for o in options)}")
     for option in options:
@@ -536,13 +534,20 @@ def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], 
             run.say(f"width {option.name}: {option.speedup.describe()} over the original")
     too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= target]
     options = [o for o in options if o not in too_fast]
-    landing = land_width(run, target)
-    alone = WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
-                        landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
-                        landing=landing)
+    alone = channel_landing(run, target)
     alone.accuracy = finetuned_accuracy(run, alone)
     clock["widths"] = time.time() - clock["start"]
     return options + [alone], too_fast
+
+
+def channel_landing(run, target: float) -> WidthOption:
+    """The channel method's own landing (the least pruning that meets the target alone) as a width option."""
+    from .compression import land_width
+
+    landing = land_width(run, target)
+    return WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
+                       landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
+                       landing=landing)
 
 
 def finalists(run, choices: list[WidthChoice], target: float, importance: dict[str, float],
