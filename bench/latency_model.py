@@ -17,7 +17,9 @@ runs and whether the measured speed-up was monotone in the budget in every run.
     python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--quantize int8]
                                   [--models resnet34,mobilenet_v2]
 
-Writes bench/results/latency_model_<backend>[_int8].{json,md}.
+Writes bench/results/latency_model_<backend>[_int8][_<models>][_threads<n>].{json,md} (the models named when
+not the default two: ``--models mobilenet_v2_fmnist`` is the embedded 28x28 network the int8 benchmark deploys;
+``--timing-threads`` sets the runtime's intra-op threads).
 """
 from __future__ import annotations
 
@@ -43,16 +45,21 @@ from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33)}
+DEFAULT_MODELS = "resnet34,mobilenet_v2"
+BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33),
+           # the embedded networks (28x28): about the budgets their x1.5 / x2.0 landings probe
+           "resnet20_fmnist": (0.71, 0.60, 0.50), "mobilenet_v2_fmnist": (0.62, 0.55, 0.46, 0.38)}
 
 
-def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int, quantize: str | None = None) -> dict:
+def one_run(name: str, backend_name: str, size: int | None, cache: str, max_rounds: int,
+            quantize: str | None = None, threads: int | None = None) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = zoo.randomize_batchnorm(entry.create())
-    shape = (1, 3, size, size)
+    shape = (1, entry.input_shape[1]) + ((size, size) if size else tuple(entry.input_shape[2:]))
     analysis = analyze(model, shape, exclude=entry.chain_exclude, batch_size=1)
-    backend = get_backend(backend_name, **({"quantize": quantize} if quantize else {}))
+    backend = get_backend(backend_name, **({"quantize": quantize} if quantize else {}),
+                          **({"threads": threads} if threads else {}))
     x = torch.randn(shape)
     t0 = time.time()
 
@@ -81,7 +88,7 @@ def one_run(name: str, backend_name: str, size: int, cache: str, max_rounds: int
     full = sum(dp[c.key] for c in candidates if is_trivial(c))
     additive_full = sum(t for c, t in rows.values() if is_trivial(c))
     frontier = solve(table, analysis.chain.length, steps=2000, max_latency_ms=full)
-    out = {"model": name, "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
+    out = {"model": name, "input_shape": list(shape), "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
            "table_seconds": table_s, "calibration_seconds": calibration_s, "latency_model": model_.to_dict(),
            "rows_ms": {k: t for k, (_, t) in rows.items()},    # kept so a fit can be re-examined offline
            "plans": []}
@@ -149,9 +156,14 @@ def markdown(report: dict) -> str:
     b, q = report["backend"].split(" ")[0], report.get("quantize") or (report["backend"].split(" ") + [None])[1]
     lines = [f"# Latency model on {b}{' ' + q if q else ''} CPU, {report['fresh']} runs from empty caches: "
              f"`python bench/latency_model.py --fresh {report['fresh']} --backend {b}"
-             f"{' --quantize ' + q if q else ''}`", "",
-             f"{report['cpu']}, {report['threads']} threads, {report['versions']}, batch 1, {report['size']}x"
-             f"{report['size']}, random weights, data-free importance proxy. Each run starts from an empty cache: "
+             f"{' --quantize ' + q if q else ''}"
+             f"{' --models ' + report['models'] if report.get('models', DEFAULT_MODELS) != DEFAULT_MODELS else ''}"
+             f"{' --size ' + str(report['size']) if report.get('size') else ''}"
+             f"{' --timing-threads ' + str(report['timing_threads']) if report.get('timing_threads') else ''}`", "",
+             f"{report['cpu']}, {report['threads']} threads, runtime timed on "
+             f"{report.get('timing_threads') or report['threads']} intra-op thread(s), {report['versions']}, batch 1, "
+             f"input {', '.join(sorted({'x'.join(map(str, r.get('input_shape', [1, 3, 224, 224])[1:])) for r in report['runs']}))}"
+             f" (channels x height x width), random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
              f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
              f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Error = predicted / measured - 1.", "",
@@ -194,23 +206,27 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="resnet34,mobilenet_v2")
+    ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "eager", "openvino"])
     ap.add_argument("--quantize", default=None, choices=["int8"], help="time int8 networks (onnxruntime, openvino)")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=None, help="input height and width (default: each model's own)")
+    ap.add_argument("--timing-threads", type=int, default=None,
+                    help="the runtime's intra-op threads (onnxruntime, openvino; default: torch's, the machine's)")
     ap.add_argument("--fresh", type=int, default=1, help="runs, each from a new empty cache")
     ap.add_argument("--max-rounds", type=int, default=60, help="paired rounds of the plans' joint timing")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench_latency_model"),
                     help="each run makes its own empty folder under this one")
     ap.add_argument("--out", default=None, help="default: bench/results/latency_model_<backend>")
     args = ap.parse_args()
-    out = Path(args.out or ROOT / "bench" / "results" / f"latency_model_{args.backend}"
-                                                         f"{'_' + args.quantize if args.quantize else ''}")
+    out = Path(args.out or ROOT / "bench" / "results" / (
+        f"latency_model_{args.backend}{'_' + args.quantize if args.quantize else ''}"
+        f"{'_' + args.models.replace(',', '_') if args.models != DEFAULT_MODELS else ''}"
+        f"{f'_threads{args.timing_threads}' if args.timing_threads else ''}"))
     versions = f"torch {torch.__version__}"
     if args.backend in ("onnxruntime", "openvino"):
         versions += f", {args.backend} {get_backend(args.backend).version()}"
     report = {"backend": args.backend, "quantize": args.quantize, "cpu": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "fresh": args.fresh,
+              "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "models": args.models, "timing_threads": args.timing_threads, "fresh": args.fresh,
               "max_rounds": args.max_rounds,
               "runs": []}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
@@ -218,7 +234,7 @@ def main() -> None:
         for name in args.models.split(","):
             with tempfile.TemporaryDirectory(dir=args.cache, prefix=f"run{k}-") as cache:
                 report["runs"].append({"run": k + 1, **one_run(name, args.backend, args.size, cache, args.max_rounds,
-                                                                args.quantize)})
+                                                                args.quantize, args.timing_threads)})
             report["summary"] = summary(report["runs"])
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
             out.with_suffix(".md").write_text(markdown(report))
