@@ -15,7 +15,7 @@ one backend (ONNX Runtime CPU or eager CPU, the machine's threads), each run fro
 runs and whether the measured speed-up was monotone in the budget in every run.
 
     python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--quantize int8]
-                                  [--models resnet34,mobilenet_v2]
+                                  [--models resnet34,mobilenet_v2] [--size N] [--timing-threads N]
 
 Writes bench/results/latency_model_<backend>[_int8][_<models>][_threads<n>].{json,md} (the models named when
 not the default two: ``--models mobilenet_v2_fmnist`` is the embedded 28x28 network the int8 benchmark deploys;
