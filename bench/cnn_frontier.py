@@ -31,18 +31,21 @@ OUT = ROOT / "bench" / "results" / "cnn_frontier_select"
 METHODS = ("layermerge", "two-stage", "layer-pruning", "depthshrinker", "channel")
 
 
+def split_pairs(values: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Command-line values as (``MODEL=VALUE`` pairs, plain values for every other model)."""
+    return dict(v.split("=", 1) for v in values if "=" in v), [v for v in values if "=" not in v]
+
+
 def per_model(values: list[str], model: str, default: str) -> str:
     """``MODEL=VALUE`` pairs and at most one plain ``VALUE`` (for every other model): ``model``'s value."""
-    pairs = dict(v.split("=", 1) for v in values if "=" in v)
-    plain = [v for v in values if "=" not in v]
+    pairs, plain = split_pairs(values)
     return pairs.get(model, plain[0] if plain else default)
 
 
 def seeds_of(values: list[str], model: str) -> tuple[int, ...]:
     """``--seeds``: plain seeds for every model (``0 1 2``) and ``MODEL=S,S,...`` for one model (its own list)."""
-    pairs = dict(v.split("=", 1) for v in values if "=" in v)
-    chosen = pairs[model].split(",") if model in pairs else [v for v in values if "=" not in v]
-    return tuple(int(s) for s in chosen)
+    pairs, plain = split_pairs(values)
+    return tuple(int(s) for s in (pairs[model].split(",") if model in pairs else plain))
 
 
 def compare_config(model: str, args) -> CompareConfig:

@@ -63,9 +63,9 @@ def checks(reports: dict[str, dict]) -> dict:
         for target, entry in report["targets"].items():
             acc = {row["method"]: row["accuracy"] for row in entry["table"]}
             others = {m: a for m, a in acc.items() if m != JOINT and a is not None}
-            margin = acc[JOINT] - max(others.values()) if acc.get(JOINT) is not None and others else None
-            seeds, error = paired_error(report, float(target), max(others, key=others.get)) if margin is not None \
-                else (0, None)
+            best = max(others, key=others.get) if others else None
+            margin = acc[JOINT] - others[best] if acc.get(JOINT) is not None and best else None
+            seeds, error = paired_error(report, float(target), best) if margin is not None else (0, None)
             cells.append({"model": model, "target": float(target), "margin": margin, "seeds": seeds,
                           "standard_error": error})
     return {"cells": cells,

@@ -27,8 +27,7 @@ from torch.utils.data import TensorDataset
 from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.compression import Compression, build_plan_network, probe_speed
 from depthcut.config import LayerMergeConfig
-from depthcut.joint import (changed_blocks, channel_landing, choose_width, width_options, width_run,
-                            width_speedup)
+from depthcut.joint import changed_blocks, choose_width, offered_widths, width_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,17 +54,10 @@ def main() -> None:
                               input_shape=(1, 3, args.input_size, args.input_size), timing_threads=1,
                               cache_dir=args.cache, data="fashion-mnist")
     run = Compression(args.model, config, splits=stand_in_splits(args.input_size, args.classes))
-    options = width_options(run.original, run.example)
-    run.say(f"{len(options)} width options: {', '.join(o.name for o in options)}")
-    for option in options:
-        option.accuracy = run.base_accuracy            # no fine-tune: every width's damage 0
-        option.speedup = width_speedup(run, option)
-    too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= args.target]
-    options = [o for o in options if o not in too_fast]
-    landed = channel_landing(run, args.target)
+    # stage 1 as compress_joint runs it, no fine-tune: every width's damage 0
+    options, too_fast = offered_widths(run, args.target, {"start": t0}, accuracy=lambda run, option: run.base_accuracy)
+    landed = options[-1]                                  # the channel method's own landing comes last
     landing = landed.landing
-    landed.accuracy = run.base_accuracy
-    options.append(landed)
     for option in options:
         option.run = width_run(run, option, args.target)
     importance = {c.key: 1.0 for c in run.analysis.candidates}

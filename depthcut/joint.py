@@ -52,7 +52,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -520,34 +520,32 @@ def plan_from_rows(inner, solution):
     return plan_from_blocks(inner.analysis.chain, [r.ref for r in solution.rows])
 
 
-def offered_widths(run, target: float, clock: dict) -> tuple[list[WidthOption], list[WidthOption]]:
+def offered_widths(run, target: float, clock: dict, accuracy: Callable[[Any, WidthOption], float] | None = None
+                   ) -> tuple[list[WidthOption], list[WidthOption]]:
     """Stage 1: the width options, each fine-tuned once (its damage) and timed against the original; those
     already faster than the target alone are set aside (narrower than needed: a wider option with a depth plan,
     or a width just wide enough, covers that latency), and the channel method's own landing, the least pruning
-    that meets the target alone, is added. Returns (offered, set aside)."""
+    that meets the target alone, is added last. Returns (offered, set aside). ``accuracy(run, option)`` stands in
+    for the fine-tune (default :func:`finetuned_accuracy`; a latency-only study passes the original's)."""
+    from .compression import land_width
+
+    accuracy = accuracy or finetuned_accuracy
     options = width_options(run.original, run.example)
     run.say(f"{len(options)} width options: {', '.join(o.name for o in options)}")
     for option in options:
-        option.accuracy = finetuned_accuracy(run, option)
+        option.accuracy = accuracy(run, option)
         option.speedup = width_speedup(run, option)
         if option.speedup is not None:
             run.say(f"width {option.name}: {option.speedup.describe()} over the original")
     too_fast = [o for o in options if o.speedup is not None and o.speedup.ratio >= target]
     options = [o for o in options if o not in too_fast]
-    alone = channel_landing(run, target)
-    alone.accuracy = finetuned_accuracy(run, alone)
+    landing = land_width(run, target)     # the channel method's own: the least pruning that meets the target
+    alone = WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
+                        landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
+                        landing=landing)
+    alone.accuracy = accuracy(run, alone)
     clock["widths"] = time.time() - clock["start"]
     return options + [alone], too_fast
-
-
-def channel_landing(run, target: float) -> WidthOption:
-    """The channel method's own landing (the least pruning that meets the target alone) as a width option."""
-    from .compression import land_width
-
-    landing = land_width(run, target)
-    return WidthOption(f"{landing.plan.scope}-{landing.plan.ratio:.3f}-landed", landing.plan.ratio,
-                       landing.plan.scope, landing.plan.model.cpu().eval(), speedup=landing.probe.estimate,
-                       landing=landing)
 
 
 def finalists(run, choices: list[WidthChoice], target: float, importance: dict[str, float],
