@@ -166,7 +166,7 @@ def markdown(report: dict) -> str:
              f" (channels x height x width), random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
              f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
-             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Error = predicted / measured - 1.", "",
+             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Predicted = the original as measured at calibration over the plan's modelled network (LatencyModel.predicted_speedup); error = predicted / measured - 1.", "",
              "| model | runs | refused by the sanity checks | worst error, per-call model | worst error against the "
              "identity network measured with the plans | worst error, plain sum of rows | measured speed-up monotone "
              "in the budget | fitted per-call cost a (us), over the runs |",

@@ -564,7 +564,7 @@ def land_once(run: "Compression", rows: LatencyRows, frontier, base_ms: float, t
             f"{base_ms:.3f} ms, modelled body {full:.3f} ms")
     model = rows.model
     # the calibrated model knows the time outside the body; the plain sum takes it from the measured original
-    other, factor = (model.other_ms, model.original_factor) if model.kind == "per-call" else (base_ms - full, 1.0)
+    other, factor = (model.other_ms, model.original_over_model(full)) if model.kind == "per-call" else (base_ms - full, 1.0)
     try:
         landing = land_on_target(choose, measure, target=target, full=full, floor=frontier.min_latency_ms,
                                  other=other, original_factor=factor, max_probes=config.max_resolves,

@@ -342,7 +342,7 @@ def body_model(inner) -> tuple[float, float, float]:
     rows = inner.rows
     model, full = rows.model, rows.body_ms()
     if model.kind == "per-call":
-        return model.other_ms, model.original_factor, full
+        return model.other_ms, model.original_over_model(full), full
     return original_ms(inner) - full, 1.0, full
 
 
