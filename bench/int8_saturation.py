@@ -34,7 +34,8 @@ def cpu_flags() -> str:
         flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
     except (OSError, StopIteration):
         return "unknown"
-    return ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags) or "none of avx2/avx512/vnni"
+    found = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return ", ".join(found) or "none of avx2 / avx512 / vnni"
 
 
 def one_model(name: str, cache: str) -> list[dict]:

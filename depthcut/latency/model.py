@@ -105,7 +105,7 @@ class LatencyModel:
         measured. Speed-ups are measured against the original, so the model is asked only for the plan: on
         OpenVINO int8 the rows floored at ROW_FLOOR put the identity network 6-8 % above its measurement and
         every plan's predicted speed-up as much too high (MobileNetV2 at 28x28: 11.3 % worst error modelling
-        both, 3.1 % anchored on the measured identity; bench/results/latency_model_*)."""
+        both; anchored, 3.1 % on the same runs and 4.4 % over 3 fresh ones; bench/results/latency_model_*)."""
         modelled = self.network_ms(full_body_ms)
         measured = self.identity_ms
         return self.original_factor * (measured / modelled if measured and modelled > 0 else 1.0)

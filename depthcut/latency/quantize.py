@@ -3,8 +3,8 @@
 One quantizer serves both CPU runtimes: ONNX Runtime's ``quantize_static`` writes a QDQ ONNX file (every conv's
 input and weights wrapped in QuantizeLinear / DequantizeLinear pairs: per-channel symmetric int8 weights in
 7 bits (no saturation in ONNX Runtime's u8s8 kernels on CPUs without VNNI), per-tensor asymmetric uint8
-activations, min-max calibration). ONNX Runtime fuses each QDQ group into an int8 kernel; OpenVINO reads the same file, turns each pair into a FakeQuantize and runs the group in int8 (its
-low-precision transformations). So the file deployed is the file timed, on either runtime; NNCF, OpenVINO's own
+activations, min-max calibration). ONNX Runtime fuses each QDQ group into an int8 kernel; OpenVINO reads the
+same file, turns each pair into a FakeQuantize and runs the group in int8 (its low-precision transformations). So the file deployed is the file timed, on either runtime; NNCF, OpenVINO's own
 quantizer, would give OpenVINO a second path to the same kind of network and is not used.
 
 Latency does not depend on the quantization's scales, only on which ops run in int8: a latency row or a
@@ -34,8 +34,7 @@ def quantizer() -> str:
     import onnxruntime
 
     return (f"onnxruntime {onnxruntime.__version__} QDQ static, per-channel s8 weights in 7 bits, u8 activations, "
-            "min-max; "
-            "rows uint8 in and out")
+            "min-max; rows uint8 in and out")
 
 
 def check_quantize(quantize: str | None) -> None:
