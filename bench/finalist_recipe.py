@@ -16,7 +16,7 @@ import time
 import torch
 import cnn_frontier as cf
 import joint as bj
-from depthcut.cnn.build import build_unmerged, is_trivial, plan_from_blocks
+from depthcut.cnn.build import build_unmerged, plan_changing
 from depthcut.compression import Compression, recover
 from depthcut.config import LayerMergeConfig
 from depthcut.train import evaluate, train
@@ -46,10 +46,7 @@ def main() -> None:
 def plan_of(run: Compression, blocks: list[str]):
     """The plan that changes ``blocks`` (candidate keys) of ``run``'s network and keeps every other conv."""
     by_key = {c.key: c for c in run.analysis.candidates}
-    chosen = [by_key[k] for k in blocks]
-    covered = {p for b in chosen for p in range(b.start, b.end)}
-    rest = [x for x in run.analysis.candidates if is_trivial(x) and x.start not in covered]
-    return plan_from_blocks(run.analysis.chain, sorted(chosen + rest, key=lambda b: b.start))
+    return plan_changing(run.analysis.chain, [by_key[k] for k in blocks])
 
 
 def recipe(run: Compression, plans: dict, rounds: bool) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from depthcut import zoo
-from depthcut.cnn.build import is_trivial
+from depthcut.cnn.build import is_trivial, plan_changing
 from depthcut.cnn.graph import analyze
 from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.latency.model import LatencyModel
@@ -56,14 +56,11 @@ def replay_run(report: dict, run: dict) -> list[dict]:
     candidates = {c.key: c for c in analysis.candidates}
     rows = {k: (candidates[k], t) for k, t in run["rows_ms"].items()}
     model = LatencyModel.from_dict(run["latency_model"])
-    trivial = {c.start: c for c, _ in rows.values() if is_trivial(c)}
-    full = sum(model.row_ms(c, t) for c, t in (rows[c.key] for c in trivial.values()))
+    full = sum(model.row_ms(c, t) for c, t in rows.values() if is_trivial(c))
     out = []
     for p in run["plans"]:
-        blocks = [candidates[k] for k in p["blocks"]]
-        covered = {q for c in blocks for q in range(c.start, c.end)}
-        plan = blocks + [c for s, c in trivial.items() if s not in covered]
-        body = sum(model.row_ms(c, rows[c.key][1]) for c in plan)
+        plan = plan_changing(analysis.chain, [candidates[k] for k in p["blocks"]])
+        body = sum(model.row_ms(c, rows[c.key][1]) for c in plan.blocks)
         measured = p["measured"]["ratio"]
         earlier = model.original_factor * model.network_ms(full) / model.network_ms(body)
         out.append({"budget_ratio": p["budget_ratio"], "measured": measured,

@@ -208,11 +208,17 @@ def plan_from_blocks(chain: Chain, candidates: Iterable[Candidate]) -> Plan:
     return plan
 
 
+def plan_changing(chain: Chain, candidates: Iterable[Candidate]) -> Plan:
+    """Apply only ``candidates`` (non-overlapping blocks); every other conv stays its own (original) block."""
+    candidates = list(candidates)
+    covered = {p for c in candidates for p in range(c.start + 1, c.end + 1)}
+    return plan_from_blocks(chain, candidates + [original_candidate(chain, p) for p in range(1, chain.length + 1)
+                                                 if p not in covered])
+
+
 def single_block_plan(chain: Chain, candidate: Candidate) -> Plan:
     """Apply only ``candidate``; every other conv stays its own (original) block (importance, SPEC A6)."""
-    blocks = [original_candidate(chain, p) for p in range(1, candidate.start + 1)] + [candidate] + \
-             [original_candidate(chain, p) for p in range(candidate.end + 1, chain.length + 1)]
-    return plan_from_blocks(chain, blocks)
+    return plan_changing(chain, [candidate])
 
 
 def check_plan(chain: Chain, plan: Plan) -> None:

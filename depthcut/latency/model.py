@@ -107,13 +107,17 @@ class LatencyModel:
         every plan's predicted speed-up as much too high (MobileNetV2 at 28x28: 11.3 % worst error modelling
         both; anchored, 3.1 % on the same runs and 4.4 % over 3 fresh ones; bench/results/latency_model_*)."""
         modelled = self.network_ms(full_body_ms)
-        measured = self.identity_ms
-        return self.original_factor * (measured / modelled if measured and modelled > 0 else 1.0)
+        return self.original_factor * self.identity_network_ms(full_body_ms) / modelled if modelled > 0 \
+            else self.original_factor
+
+    def identity_network_ms(self, full_body_ms: float) -> float:
+        """The identity plan's network: as measured at calibration, else (never timed) as modelled."""
+        return self.identity_ms or self.network_ms(full_body_ms)
 
     def predicted_speedup(self, body_ms: float, full_body_ms: float) -> float:
         """The speed-up over the original of a plan whose modelled body is ``body_ms`` (``full_body_ms``: the
         identity plan's): the original as measured at calibration over the plan's modelled network."""
-        return self.original_over_model(full_body_ms) * self.network_ms(full_body_ms) / self.network_ms(body_ms)
+        return self.original_factor * self.identity_network_ms(full_body_ms) / self.network_ms(body_ms)
 
     @property
     def self_error(self) -> float:

@@ -4,8 +4,9 @@ One quantizer serves both CPU runtimes: ONNX Runtime's ``quantize_static`` write
 input and weights wrapped in QuantizeLinear / DequantizeLinear pairs: per-channel symmetric int8 weights in
 7 bits (no saturation in ONNX Runtime's u8s8 kernels on CPUs without VNNI), per-tensor asymmetric uint8
 activations, min-max calibration). ONNX Runtime fuses each QDQ group into an int8 kernel; OpenVINO reads the
-same file, turns each pair into a FakeQuantize and runs the group in int8 (its low-precision transformations). So the file deployed is the file timed, on either runtime; NNCF, OpenVINO's own
-quantizer, would give OpenVINO a second path to the same kind of network and is not used.
+same file, turns each pair into a FakeQuantize and runs the group in int8 (its low-precision transformations).
+So the file deployed is the file timed, on either runtime; NNCF, OpenVINO's own quantizer, would give OpenVINO a
+second path to the same kind of network and is not used.
 
 Latency does not depend on the quantization's scales, only on which ops run in int8: a latency row or a
 landing probe is quantized with its timing input as the only calibration batch (cheap, and the kernel is the
