@@ -265,6 +265,8 @@ def main() -> None:
                          "benchmark's recipe)")
     ap.add_argument("--cheap", nargs="+", default=list(CHEAP_PROXIES), choices=list(CHEAP_PROXIES),
                     help="cheap scores to replay (the first also picks the candidates compared)")
+    ap.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES), metavar="RULE",
+                    help="rules to replay (default: every rule in RULES)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "adaptive_rules"))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "adaptive_rules"))
     args = ap.parse_args()
@@ -272,15 +274,19 @@ def main() -> None:
         [f"--models {' '.join(args.models)}", f"--seeds {' '.join(map(str, args.seeds))}",
          f"--importance-steps {' '.join(args.importance_steps)}"]
         + ([f"--cheap {' '.join(repr(c) if ' ' in c else c for c in args.cheap)}"]
-           if args.cheap != list(CHEAP_PROXIES) else [])), "models": {}}
+           if args.cheap != list(CHEAP_PROXIES) else [])
+        + ([f"--rules {' '.join(repr(r) for r in args.rules)}"] if args.rules != list(RULES) else [])
+        + ([f"--out {Path(args.out).relative_to(ROOT)}"] if Path(args.out) != ROOT / "bench" / "results" / "adaptive_rules"
+           else [])), "models": {}}
     for model in args.models:
-        per_rule = {f"{proxy}: {name}": [] for proxy in args.cheap for name in RULES}
+        per_rule = {f"{proxy}: {name}": [] for proxy in args.cheap for name in args.rules}
         seconds = []
         for seed in args.seeds:
             data = collect(model, seed, args)
             seconds.append(data["seconds"])
             for proxy in args.cheap:
-                for name, rule in RULES.items():
+                for name in args.rules:
+                    rule = RULES[name]
                     per_rule[f"{proxy}: {name}"].append({"seed": seed, **replay(data, proxy, rule, seed)})
         report["models"][model] = per_rule
         report.setdefault("seconds", {})[model] = seconds
