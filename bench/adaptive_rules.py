@@ -276,8 +276,8 @@ def main() -> None:
         + ([f"--cheap {' '.join(repr(c) if ' ' in c else c for c in args.cheap)}"]
            if args.cheap != list(CHEAP_PROXIES) else [])
         + ([f"--rules {' '.join(repr(r) for r in args.rules)}"] if args.rules != list(RULES) else [])
-        + ([f"--out {Path(args.out).relative_to(ROOT)}"] if Path(args.out) != ROOT / "bench" / "results" / "adaptive_rules"
-           else [])), "models": {}}
+        + ([f"--out {args.out}"] if args.out != ap.get_default("out") else [])),
+        "models": {}}
     for model in args.models:
         per_rule = {f"{proxy}: {name}": [] for proxy in args.cheap for name in args.rules}
         seconds = []

@@ -19,6 +19,8 @@ import platform
 import tempfile
 from pathlib import Path
 
+import torch
+
 from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
@@ -78,7 +80,6 @@ def main() -> None:
     p.add_argument("--cache", default=str(ROOT / ".cache" / "int8_saturation"))
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8_saturation"))
     args = p.parse_args()
-    import torch
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
               "cpu_flags": cpu_flags(), "rows": [r for m in args.models for r in one_model(m, args.cache)]}
     atomic_write_json(Path(args.out + ".json"), result)
