@@ -36,7 +36,7 @@ from depthcut import zoo
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
 from depthcut.cnn.graph import analyze
 from depthcut.importance.datafree import datafree_importance
-from depthcut.latency import get_backend, latency_table
+from depthcut.latency import get_backend, latency_table, network_spec
 from depthcut.latency.compare import time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
 from depthcut.latency.model import FRACTIONS, REGIONS, LatencyModelError, calibrate, network_timer
@@ -63,8 +63,11 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
     x = torch.randn(shape)
     t0 = time.time()
 
+    reference = network_spec(name, model, shape)    # the original, timed in the table's passes: the anchor
+
     def time_rows(cands, refresh=False):
-        return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False, refresh=refresh)
+        return latency_table(cands, backend, batch_size=1, cache_dir=cache, progress=False, refresh=refresh,
+                             extra=[reference])
 
     candidates, _, _ = prune_dominated(analysis.candidates, time_rows, max_importance=2.0, batch_size=1,
                                        bandwidth=measure_bandwidth("cpu", 64))
@@ -74,6 +77,7 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
     try:
         model_ = calibrate(rows, analysis.chain.length, batch_size=1, say=print,
                            time_networks=network_timer(analysis, backend, x, model),
+                           original_ms=lambda: time_rows([])[reference.key].median_ms,
                            retime_rows=lambda: {k: t.median_ms for k, t in time_rows(candidates, True).items()})
     except LatencyModelError as e:      # the sanity checks refused this run's table: recorded, not hidden
         print(f"{name}: refused: {e}", flush=True)
@@ -164,9 +168,9 @@ def markdown(report: dict) -> str:
              f"{report.get('timing_threads') or report['threads']} intra-op thread(s), {report['versions']}, batch 1, "
              f"input {', '.join(sorted({'x'.join(map(str, r.get('input_shape', [1, 3, 224, 224])[1:])) for r in report['runs']}))}"
              f" (channels x height x width), random weights, data-free importance proxy. Each run starts from an empty cache: "
-             f"the latency table (every row in {PASSES} passes on fresh sessions) and the per-call model calibrated on "
+             f"the latency table (every row its fastest of {PASSES} passes on fresh sessions, the original network timed in the same passes) and the per-call model calibrated on "
              f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
-             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Predicted = the original as measured at calibration over the plan's modelled network (LatencyModel.predicted_speedup); error = predicted / measured - 1.", "",
+             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Predicted = the original as timed with the table over the plan's modelled network (LatencyModel.predicted_speedup; runs before 2026-12-07: rows from their median pass, the original as measured at calibration); error = predicted / measured - 1.", "",
              "| model | runs | refused by the sanity checks | worst error, per-call model | worst error against the "
              "identity network measured with the plans | worst error, plain sum of rows | measured speed-up monotone "
              "in the budget | fitted per-call cost a (us), over the runs |",
@@ -190,6 +194,7 @@ def markdown(report: dict) -> str:
                       f"calibrating, x{run['identity_now']['ratio']:.3f} [{run['identity_now']['low']:.3f}, "
                       f"{run['identity_now']['high']:.3f}] with the plans; "
                       f"{'table and calibration timed twice (the first failed the sanity checks); ' if m['attempts'] > 1 else ''}"
+                      f"calibration networks timed at x{m.get('calibration_pace', 1.0):.2f} the table's pace; "
                       f"largest error on its {len(m['calibration'])} calibration networks "
                       f"{max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in m['calibration']):.1%}.", "",
                   "| budget | measured (95% CI) | rounds | predicted | error | error against the identity network "

@@ -306,7 +306,8 @@ def latency_rows(run: "Compression") -> LatencyRows:
     drop candidates no plan could ever pick before they are built in full or scored."""
     from .importance import check_entries, importance_store
     from .importance.scorer import ACCURACY_RANGE, importance_manifest
-    from .latency import latency_table
+    from .cache import fingerprint
+    from .latency import latency_table, network_spec
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
     from .registry import get_method
 
@@ -315,9 +316,12 @@ def latency_rows(run: "Compression") -> LatencyRows:
     check_entries(store, ACCURACY_RANGE)   # damaged cache files fail before any timing
     run.say(f"latency table on {config.backend} (batch {config.batch_size})")
 
+    # the original network, timed in the table's passes: the latency model's anchor at the table's pace
+    reference = network_spec(fingerprint({"network": repr(run.original)}), run.original, tuple(run.example.shape))
+
     def time_rows(rows: list[Candidate], refresh: bool = False):
         return latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,
-                             progress=config.progress, refresh=refresh)
+                             progress=config.progress, refresh=refresh, extra=[reference])
 
     # the largest importance any candidate can score follows from the original's accuracy
     usable = get_method(config.method).candidates(analysis.candidates, analysis.chain)
@@ -328,7 +332,8 @@ def latency_rows(run: "Compression") -> LatencyRows:
     # the rows as timed first: a merge dominated there is dominated under any per-call correction (the
     # correction only favours fewer calls), so the model is fitted on candidates that can matter
     candidates, dominated, timed_ms = prune(usable)
-    model = latency_model(run, candidates, timed_ms, time_rows)
+    model = latency_model(run, candidates, timed_ms, time_rows,
+                          original_ms=lambda: time_rows([])[reference.key].median_ms)
     if model.attempts > 1:      # the calibration re-timed the table: read what it measured
         retimed = time_rows(candidates)
         timed_ms = {c.key: retimed[c.key].median_ms for c in candidates}
@@ -342,11 +347,12 @@ def latency_rows(run: "Compression") -> LatencyRows:
     return LatencyRows(candidates, dominated, latency_ms, model, store)
 
 
-def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dict[str, float], time_rows):
+def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dict[str, float], time_rows,
+                  original_ms=None):
     """The config's latency model: the rows as timed ("additive"), or calibrated on whole networks
     ("per-call", depthcut.latency.model; "auto": the same, else the additive model), cached next to the rows so
     that the same caches give the same plan. ``time_rows(rows, refresh=True)`` times the table again when the
-    calibration's sanity checks fail.
+    calibration's sanity checks fail; ``original_ms()`` is the original as timed with the table (the anchor).
 
     "auto" falls back rather than refusing because a per-call model its networks contradict is frequent, and not
     repeatable, on a shared machine (MobileNetV2's widths in the joint method: uniform-0.25 held at x2.0 in one
@@ -369,8 +375,9 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         run.say("no candidate merges anything faster than the convs it replaces: the original's convs are the only plan")
         return additive(config.batch_size)
     store = latency_store(run.backend, config.batch_size, run.cache_dir)
+    # "rows": models fitted on median-pass rows (before 2026-12-07) are not reused on fastest-pass rows
     key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),
-                                          "candidates": sorted(c.key for c in candidates)})
+                                          "candidates": sorted(c.key for c in candidates), "rows": "fastest pass"})
     if key in store:
         try:
             model = LatencyModel.from_dict(store[key])
@@ -386,7 +393,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
 
     try:
         model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
-                          batch_size=config.batch_size, say=run.say, retime_rows=retime_rows,
+                          batch_size=config.batch_size, say=run.say, retime_rows=retime_rows, original_ms=original_ms,
                           time_networks=network_timer(run.analysis, run.backend, run.example, run.original,
                                                       sessions=config.timing_sessions))
     except LatencyModelError as e:
@@ -400,7 +407,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
                 f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the "
                 f"body {model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
-                f"{model.self_error:.1%}")
+                f"{model.self_error:.1%}; networks timed at x{model.calibration_pace:.2f} the table's pace")
     store[key] = model.to_dict()
     return model
 

@@ -803,19 +803,26 @@ class OpenVINOBackend(CpuRuntimeBackend):
     """Intel OpenVINO Runtime on CPU: latency rows built as OpenVINO graphs, networks read from their exported
     ONNX (as deployed), compiled with the LATENCY hint, one stream, ``threads`` inference threads (default:
     torch's) and float32 inference precision (a CPU with bf16 or AMX units would otherwise run in bf16).
-    Each compiled model is a session; depthcut.latency.compare interleaves them as for ONNX Runtime."""
+    Each compiled model is a session; depthcut.latency.compare interleaves them as for ONNX Runtime.
+
+    CPU pinning is off: the LATENCY hint pins a session's inference thread to one core, and on a shared machine
+    more sessions then land on a slow core: the same int8 rows on 12 fresh sessions each way took a median 206
+    and 200 us pinned (8 and 7 sessions over 1.3x the row's fastest) against 135 and 168 us unpinned (4 and 5;
+    bench/results/openvino_pinning.md)."""
 
     package = extra = "openvino"
     row_activations = _OV_ACTS
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "performance_hint": "LATENCY", "num_streams": 1, "inference_precision": "f32"}
+        return {**super().describe(), "performance_hint": "LATENCY", "num_streams": 1, "inference_precision": "f32",
+                "cpu_pinning": False}
 
     def _runner(self, model, example_input: torch.Tensor) -> Runner:
         import openvino as ov
 
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
-                  "INFERENCE_NUM_THREADS": str(self.intra_op_threads()), "INFERENCE_PRECISION_HINT": "f32"}
+                  "INFERENCE_NUM_THREADS": str(self.intra_op_threads()), "INFERENCE_PRECISION_HINT": "f32",
+                  "ENABLE_CPU_PINNING": "NO"}
         compiled = ov.Core().compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
         feed = {0: _array(example_input)}

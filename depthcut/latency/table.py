@@ -15,7 +15,6 @@ networks against each other, interleaved, to check it.
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
@@ -84,37 +83,43 @@ def latency_store(backend: Backend, batch_size: int | None = None,
 
 def _read_row(store: EntryStore, key: str) -> Timing:
     try:
-        timing = Timing.from_dict(store[key])
+        entry = store[key]
+        stored = Timing.from_dict(entry)
+        # from its passes when it has them: the row's statistic is derived from what was timed (:func:`_combined`)
+        timing = Timing.from_dict(_combined(entry["passes"])) if "passes" in entry else stored
     except (KeyError, TypeError, ValueError):
         raise CacheError(f"cache file {store.path(key)} does not hold a timing for row {key!r}; "
                          f"delete it to recompute") from None
-    values = (timing.median_ms, timing.stdev_ms, timing.p10_ms, timing.p90_ms, *timing.interval)
-    if not all(math.isfinite(v) and v >= 0 for v in values) or timing.n < 1:
-        raise CacheError(f"cache file {store.path(key)} holds an impossible timing for row {key!r} "
-                         f"(median {timing.median_ms} ms, n={timing.n}: NaN, infinite or negative); "
-                         f"delete it to recompute")
+    for t in (stored, timing):
+        values = (t.median_ms, t.stdev_ms, t.p10_ms, t.p90_ms, *t.interval)
+        if not all(math.isfinite(v) and v >= 0 for v in values) or t.n < 1:
+            raise CacheError(f"cache file {store.path(key)} holds an impossible timing for row {key!r} "
+                             f"(median {t.median_ms} ms, n={t.n}: NaN, infinite or negative); "
+                             f"delete it to recompute")
     return timing
 
 
 def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eager", *,
                   batch_size: int | None = None, cache_dir: str | Path | None = None,
-                  progress: bool = True, **how: Any) -> dict[str, Timing]:
+                  progress: bool = True, extra: Iterable["RowSpec"] = (), **how: Any) -> dict[str, Timing]:
     """Time every candidate's merged conv on ``backend``; returns ``{candidate.key: Timing}`` (ms).
 
     Candidates with the same :func:`row_key` share one row; identity options (``kept == ()``) cost 0. The
     rows are timed by :func:`time_rows` (``how``: its warmup, repeats, passes, ... and ``refresh``).
     ``backend`` is a name ("eager", "compile", "onnxruntime", "openvino", "tensorrt") or a :class:`Backend` instance
-    (e.g. ``get_backend("eager", device="cuda")``).
+    (e.g. ``get_backend("eager", device="cuda")``). ``extra`` rows (e.g. :func:`network_spec`) are timed in the
+    same passes and returned under their own keys.
     """
     candidates = list(candidates)
-    specs: dict[str, RowSpec] = {}
+    specs: dict[str, RowSpec] = {spec.key: spec for spec in extra}
     for c in candidates:
         if c.kept:
             key = row_key(c, batch_size)
             specs.setdefault(key, RowSpec(key, lambda c=c: build_merged_conv(c), row_shape(c, batch_size)))
     timed = time_rows(specs.values(), backend, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
                       **how)
-    return {c.key: timed[row_key(c, batch_size)] if c.kept else Timing.zero() for c in candidates}
+    out = {spec.key: timed[spec.key] for spec in extra}
+    return {**out, **{c.key: timed[row_key(c, batch_size)] if c.kept else Timing.zero() for c in candidates}}
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,14 @@ class RowSpec:
     input_shape: tuple[int, ...]
 
 
+def network_spec(name: str, network: nn.Module, input_shape: tuple[int, ...]) -> RowSpec:
+    """A whole network timed as one row of the table, in the same passes as the rows: the network at the
+    table's pace, which the latency model's calibration anchors on (depthcut.latency.model.calibrate).
+    ``name`` must change when the network's structure does (its weights do not change its latency)."""
+    return RowSpec(f"network-{name}-in{'x'.join(map(str, input_shape))}", lambda: timing_copy(network),
+                   tuple(input_shape))
+
+
 def time_rows(specs: Iterable[RowSpec], backend: str | Backend = "eager", *, batch_size: int | None = None,
               cache_dir: str | Path | None = None, warmup: int = 5, repeats: int = 30, min_time_s: float = 0.0,
               progress: bool = True, seed: int = 0, passes: int = PASSES, rel_width: float = REL_WIDTH,
@@ -139,8 +152,8 @@ def time_rows(specs: Iterable[RowSpec], backend: str | Backend = "eager", *, bat
     table timed five times gave per-call fits 8x apart (issue 32). So every row is timed in ``passes`` passes
     over the whole table (a burst of load hits one pass of a row, not all), each pass on a fresh runtime
     session (sessions differ too) and sampling until its median's 95 % interval is ``rel_width`` wide (or
-    MAX_REPEATS x ``repeats`` samples). A row's median is the median of its passes' medians, its interval
-    spans theirs.
+    MAX_REPEATS x ``repeats`` samples). A row's time is its fastest pass's median, its interval spans its
+    passes' (:func:`_combined`).
 
     Each pass of each row is cached as soon as it is timed (``batch_size`` is part of the cache's manifest),
     so an interrupted run resumes where it stopped; ``refresh`` times every row again and replaces what the
@@ -195,11 +208,18 @@ def _time_pass(spec: RowSpec, backend: Backend, gen: torch.Generator, **how: Any
 
 
 def _combined(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """A row's timing over its passes: the median of their medians; interval and spread span theirs."""
+    """A row's timing over its passes: the fastest pass's median; interval and spread span theirs.
+
+    The fastest, not the median pass: what slows a pass down (another job on a shared machine, a slow phase
+    lasting seconds) only ever adds time. On a quiet machine the passes agree and the choice hardly matters;
+    through noisy phases whole passes of OpenVINO int8 rows (~50 us calls) run 1.5-2x slow, and a table of
+    median passes is part fast, part slow, row by row: on the same timings, the latency model missed real
+    MobileNetV2 plans by up to 16.6 % fitted on median passes and 4.0 % on fastest passes (3 fresh runs,
+    bench/results/latency_pass_statistic.md)."""
     timings = [Timing.from_dict(p) for p in passes]
     low = min(t.interval[0] for t in timings)
     high = max(t.interval[1] for t in timings)
-    combined = Timing(median_ms=statistics.median(t.median_ms for t in timings),
+    combined = Timing(median_ms=min(t.median_ms for t in timings),
                       stdev_ms=max(t.stdev_ms for t in timings), p10_ms=min(t.p10_ms for t in timings),
                       p90_ms=max(t.p90_ms for t in timings), n=sum(t.n for t in timings), low_ms=low, high_ms=high)
     return {**combined.to_dict(), "passes": passes}

@@ -1,6 +1,7 @@
 """The latency model calibrated on whole networks (issue 32), and the multi-pass latency table it rests on."""
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -163,6 +164,65 @@ def test_a_table_timed_through_a_slow_phase_is_timed_again_with_the_calibration(
     assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
 
 
+def test_the_calibration_is_anchored_on_the_original_timed_with_the_table():
+    """The joint timing gives each calibration network as a ratio to the identity network (free of the
+    machine's pace); the milliseconds that the fit sets against the rows come from the original as timed in
+    the table's passes. A calibration run at 1.6x the table's pace then fits the model of the table's pace,
+    and records the pace; anchored on the identity network as timed with the networks, the same timings put
+    rows and networks at two paces, and the plans' predicted speed-ups are more than 5 % off."""
+    analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    rows, network_ms, timer, _, identity = synthetic(analysis)
+
+    def slow_timer(plans):              # every network 1.6x slower in ms, the same ratios
+        return {name: dataclasses.replace(e, original_ms=1.6 * e.original_ms, compressed_ms=1.6 * e.compressed_ms,
+                                          compressed_high_ms=1.6 * e.compressed_high_ms)
+                for name, e in timer(plans).items()}
+    original_at_table_pace = 1.05 * network_ms(identity)
+    model = calibrate(rows, analysis.chain.length, time_networks=slow_timer, batch_size=1,
+                      original_ms=lambda: original_at_table_pace)
+    assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
+    assert model.calibration_pace == pytest.approx(1.6) and model.self_error < 1e-9 and model.anchor == "table"
+    assert model.identity_ms == pytest.approx(network_ms(identity))
+    drifted = calibrate(rows, analysis.chain.length, time_networks=slow_timer, batch_size=1)
+    for m, most in ((model, 1e-9), (drifted, None)):
+        full = sum(m.row_ms(c, rows[c.key][1]) for c in identity)
+        errors = [abs(m.predicted_speedup(sum(m.row_ms(c, rows[c.key][1]) for c in plan), full)
+                      / (1.05 * network_ms(identity) / network_ms(plan)) - 1)
+                  for _, plan in calibration_plans(list(rows.values()), analysis.chain.length)]
+        if most is not None:
+            assert max(errors) < most
+        else:
+            assert max(errors) > 0.05
+
+
+def test_an_anchor_the_rows_cannot_fit_gives_way_to_the_networks_own_before_any_retime():
+    """Rows are timed alone and networks in rounds with others: where the table's anchor leaves a model that
+    misses its own networks, the same timings are fitted on the identity network as timed with them, and
+    nothing is timed again."""
+    analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    rows, network_ms, timer, calls, identity = synthetic(analysis)
+    model = calibrate(rows, analysis.chain.length, time_networks=timer, batch_size=1,
+                      original_ms=lambda: 0.3 * 1.05 * network_ms(identity))
+    assert model.anchor == "networks" and len(calls) == 1 and model.attempts == 1
+    assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
+
+
+def test_the_original_is_timed_in_the_table_passes(tmp_path):
+    """network_spec: a whole network as one row of the table, timed in the same passes, cached under its own
+    key, returned beside the candidates' rows."""
+    from depthcut.latency import network_spec
+    from depthcut.zoo import get
+
+    analysis = analyze_zoo("resnet20")
+    rows = [c for c in analysis.candidates if c.kept][:2]
+    reference = network_spec("resnet20", analysis.gm, tuple(get("resnet20").input_shape))
+    timed = latency_table(rows, "eager", warmup=1, repeats=3, progress=False, passes=2, cache_dir=tmp_path,
+                          extra=[reference])
+    assert set(timed) == {c.key for c in rows} | {reference.key}
+    assert timed[reference.key].median_ms > max(timed[c.key].median_ms for c in rows)
+    assert len(table_mod.latency_store(backends.get_backend("eager"), None, tmp_path)[reference.key]["passes"]) == 2
+
+
 def test_refresh_times_every_row_again(tmp_path, monkeypatch):
     analysis = analyze_zoo("resnet20")
     rows = [c for c in analysis.candidates if c.kept][:3]
@@ -214,6 +274,20 @@ def test_measure_samples_until_the_median_is_known(monkeypatch):
     assert backends.measure(noisy, warmup=0, repeats=10, rel_width=0.05, max_repeats=80).n == 80
     t = backends.Timing.from_samples([float(v) for v in range(1, 13)])
     assert t.interval == (3.0, 10.0)           # the order statistics of the median's 95 % interval
+
+
+def test_a_row_takes_its_fastest_pass_and_a_cached_row_is_read_the_same_way(tmp_path):
+    """What slows a pass (a noisy neighbour, a slow phase) only adds time: a row is its fastest pass's median,
+    its interval spans every pass. A row cached with the median pass as its time (before 2026-12-07) is read
+    from its passes, so old caches and new agree."""
+    store = table_mod.latency_store(backends.get_backend("eager"), None, tmp_path)
+    passes = [backends.Timing.from_samples(v).to_dict() for v in ([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], [1.9, 2.0, 2.1])]
+    store["row"] = table_mod._combined(passes)
+    timing = table_mod._read_row(store, "row")
+    assert timing.median_ms == pytest.approx(1.1)
+    assert timing.interval[0] <= 1.0 and timing.interval[1] >= 2.2
+    store["old"] = {**backends.Timing.from_samples([2.0, 2.1, 2.2]).to_dict(), "passes": passes}
+    assert table_mod._read_row(store, "old").median_ms == pytest.approx(1.1)
 
 
 class Killed(Exception):
