@@ -110,7 +110,7 @@ def latency_table(candidates: Iterable[Candidate], backend: str | Backend = "eag
     (e.g. ``get_backend("eager", device="cuda")``). ``extra`` rows (e.g. :func:`network_spec`) are timed in the
     same passes and returned under their own keys.
     """
-    candidates = list(candidates)
+    candidates, extra = list(candidates), list(extra)
     specs: dict[str, RowSpec] = {spec.key: spec for spec in extra}
     for c in candidates:
         if c.kept:
