@@ -407,7 +407,8 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
                 f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the "
                 f"body {model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
-                f"{model.self_error:.1%}; networks timed at x{model.calibration_pace:.2f} the table's pace")
+                f"{model.self_error:.1%}; " + (f"networks timed at x{model.calibration_pace:.2f} the table's pace"
+                                               if model.anchor == "table" else "anchored on the networks' own timing"))
     store[key] = model.to_dict()
     return model
 
