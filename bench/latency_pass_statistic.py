@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text, fingerprint
+from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import plan_changing
 from depthcut.compression import Compression, build_plan_network
 from depthcut.config import LayerMergeConfig
-from depthcut.latency import latency_store, latency_table, network_spec, row_key
+from depthcut.latency import latency_store, latency_table, original_spec, row_key
 from depthcut.latency.compare import time_jointly
 from depthcut.latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
 from depthcut.latency.model import calibration_plans, model_from_points, plan_point, problems
@@ -66,7 +66,7 @@ def one_run(args, cache: str) -> dict:
                               timing_threads=args.timing_threads, cache_dir=cache, progress=False)
     run = Compression(args.model, config)
     analysis, t0 = run.analysis, time.time()
-    reference = network_spec(fingerprint({"network": repr(run.original)}), run.original, tuple(run.example.shape))
+    reference = original_spec(run.original, tuple(run.example.shape))
 
     def time_rows(rows, refresh=False):
         return latency_table(rows, run.backend, batch_size=1, cache_dir=cache, progress=False, refresh=refresh,

@@ -306,8 +306,7 @@ def latency_rows(run: "Compression") -> LatencyRows:
     drop candidates no plan could ever pick before they are built in full or scored."""
     from .importance import check_entries, importance_store
     from .importance.scorer import ACCURACY_RANGE, importance_manifest
-    from .cache import fingerprint
-    from .latency import latency_table, network_spec
+    from .latency import latency_table, original_spec
     from .latency.dominance import max_accuracy_importance, measure_bandwidth, prune_dominated
     from .registry import get_method
 
@@ -317,7 +316,7 @@ def latency_rows(run: "Compression") -> LatencyRows:
     run.say(f"latency table on {config.backend} (batch {config.batch_size})")
 
     # the original network, timed in the table's passes: the latency model's anchor at the table's pace
-    reference = network_spec(fingerprint({"network": repr(run.original)}), run.original, tuple(run.example.shape))
+    reference = original_spec(run.original, tuple(run.example.shape))
 
     def time_rows(rows: list[Candidate], refresh: bool = False):
         return latency_table(rows, run.backend, batch_size=config.batch_size, cache_dir=run.cache_dir,

@@ -350,14 +350,14 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
         now_ms = statistics.median(e.original_ms for e in estimates.values())   # the identity network, now
         anchors = ([("table", original_ms() * estimates[ORIGINAL].ratio)] if original_ms is not None else []) \
             + [("networks", now_ms)]
-        tried = []
+        found = []
         for anchor, identity_ms in anchors:
             model = _fit_anchored(plans, timed, estimates, identity_ms, batch_size, attempt)
             model.anchor, model.calibration_pace = anchor, now_ms / identity_ms
-            tried.append(problems(model))
-            if not tried[-1]:
+            fit_problems = problems(model)
+            if not fit_problems:
                 return model
-        found = tried[0]
+            found = found or fit_problems       # the first anchor's problems are reported
         again = "the latency table and the calibration networks" if retime_rows else "the calibration networks"
         say(f"latency model, attempt {attempt}: {'; '.join(found)}"
             + (f"; timing {again} again" if attempt <= retries else ""))

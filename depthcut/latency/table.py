@@ -133,6 +133,11 @@ class RowSpec:
     input_shape: tuple[int, ...]
 
 
+def original_spec(network: nn.Module, input_shape: tuple[int, ...]) -> RowSpec:
+    """:func:`network_spec` of a network named by its structure: the original timed with every table."""
+    return network_spec(fingerprint({"network": repr(network)}), network, input_shape)
+
+
 def network_spec(name: str, network: nn.Module, input_shape: tuple[int, ...]) -> RowSpec:
     """A whole network timed as one row of the table, in the same passes as the rows: the network at the
     table's pace, which the latency model's calibration anchors on (depthcut.latency.model.calibrate).
