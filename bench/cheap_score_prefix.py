@@ -1,9 +1,11 @@
-"""What the shared prefix saves on the cheap score (issue 30): each candidate's `bn-batch` score with and without
-``depthcut.importance.prefix``, and a fine-tuned entry with the table's recipe, timed interleaved.
+"""What the shared prefix and the shared modules save on the cheap score (issue 30): each candidate's `bn-batch`
+score as built (``depthcut.importance.prefix``, the candidate built over the original's own modules), on a copy
+of the network, and without the prefix, and a fine-tuned entry with the table's recipe, timed interleaved.
 
 For every ``--every``-th non-trivial candidate of each model (the embedded networks, pretrained): the cheap score
-from the original's kept activations, the cheap score run from the input (the same scorer with the prefix
-disabled), in alternating order; the two must be equal. For ``--finetunes`` evenly spaced candidates, the
+from the original's kept activations on the original's modules, the same on a copy of the network (as before
+the modules were shared), and run from the input on a copy (the prefix disabled), in rotating order; the three
+must be equal. For ``--finetunes`` evenly spaced candidates, the
 full table's entry (the frontier's recipe: 20 steps, 10 for MobileNetV2). Reported as medians per entry and as
 the share of a fine-tuned entry each cheap score costs: the adaptive stage's cheap scores cost
 (candidates x that share) fine-tuned entries.
@@ -51,23 +53,26 @@ def measure(model: str, args) -> dict:
         return CandidateAccuracy(run.original, tuple(analysis.input_shape), tuple(run.resolved.chain_exclude),
                                  splits.finetune, score, config, device, analysis)
 
-    with_prefix, from_input = scorer(cheap_cfg, first), scorer(cheap_cfg, first)
+    with_prefix, on_copy, from_input = (scorer(cheap_cfg, first) for _ in range(3))
     t0 = time.perf_counter()
     with_prefix.prefix = SharedPrefix(analysis.gm, first, BN_BATCH_SIZE, device)
     prefix_s = time.perf_counter() - t0
     assert with_prefix.prefix.enabled, "the kept activations do not fit in memory here"
     prefix_gb = with_prefix.prefix.kept_bytes / 2**30
+    on_copy.prefix, on_copy.share_weights = with_prefix.prefix, False
     from_input.prefix = SharedPrefix(analysis.gm, first, BN_BATCH_SIZE, device, max_bytes=0)   # disabled
-    times = {"prefix": [], "input": []}
+    from_input.share_weights = False
+    arms = [("prefix", with_prefix), ("copy", on_copy), ("input", from_input)]
+    times = {name: [] for name, _ in arms}
     equal = 0
     for i, c in enumerate(chosen):
-        order = [("prefix", with_prefix), ("input", from_input)][::1 if i % 2 == 0 else -1]
+        order = arms[i % 3:] + arms[:i % 3]
         accs = {}
         for name, s in order:
             t0 = time.perf_counter()
             accs[name] = s(c)
             times[name].append(time.perf_counter() - t0)
-        equal += accs["prefix"] == accs["input"]
+        equal += accs["prefix"] == accs["copy"] == accs["input"]
         if i % 25 == 0:
             print(f"[{model}] {i + 1}/{len(chosen)} candidates", flush=True)
     finetune = scorer(run.config, splits.score)
@@ -82,7 +87,9 @@ def measure(model: str, args) -> dict:
     return {"model": model, "candidates": len(todo), "timed": len(chosen), "equal": equal,
             "prefix_seconds": prefix_s, "prefix_gb": prefix_gb, "median_s": med, "finetune_median_s": ft, "finetunes_timed": len(picks),
             "importance_steps": config.importance_steps, "score_images": n,
-            "share_of_finetune": {k: v / ft for k, v in med.items()}, "speedup": med["input"] / med["prefix"]}
+            "share_of_finetune": {k: v / ft for k, v in med.items()}, "speedup": med["input"] / med["prefix"],
+            "speedup_of_sharing": med["copy"] / med["prefix"],
+            "total_s": {k: sum(v) for k, v in times.items()}}
 
 
 def main() -> None:
@@ -95,21 +102,28 @@ def main() -> None:
     args = ap.parse_args()
     results = [measure(m, args) for m in args.models]
     command = "python bench/cheap_score_prefix.py" + ("" if args.models == ap.get_default("models")
-                                                      else " --models " + " ".join(args.models))
-    lines = [f"# The cheap score with the shared prefix: `{command}`", "",
+                                                      else " --models " + " ".join(args.models)) \
+        + ("" if args.every == ap.get_default("every") else f" --every {args.every}") \
+        + ("" if args.out == ap.get_default("out") else f" --out {args.out}")
+    lines = [f"# The cheap score with the shared prefix and the original's modules: `{command}`", "",
              f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. The `bn-batch` "
              f"cheap score ({results[0]['score_images']} scoring images, batches of {BN_BATCH_SIZE}) of every "
-             f"{args.every}-th candidate, from the original's kept activations and from the input, interleaved; a "
-             "fine-tuned entry with the table's recipe for comparison. Medians per entry.", "",
-             "| model | candidates timed | equal scores | from the input | with the prefix | x faster | "
-             "prefix built once | fine-tuned entry | cheap score / fine-tuned entry (input -> prefix) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{args.every}-th candidate three ways, in rotating order: as built (from the original's kept "
+             "activations, the candidate built over the original's own modules), from the kept activations on a "
+             "copy of the network, and from the input on a copy; a fine-tuned entry with the table's recipe for "
+             "comparison. Medians per entry (sums over the timed candidates in brackets).", "",
+             "| model | candidates timed | equal scores | from the input, copy | prefix, copy | as built | "
+             "x faster than the copy | x faster than from the input | prefix built once | fine-tuned entry | "
+             "cheap score / fine-tuned entry (input -> as built) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        med, tot = r["median_s"], r["total_s"]
+        cell = lambda k: f"{med[k]:.3f} s ({tot[k]:.0f} s)"     # noqa: E731
         lines.append(f"| {r['model']} | {r['timed']} of {r['candidates']} | {r['equal']} of {r['timed']} | "
-                     f"{r['median_s']['input']:.3f} s | {r['median_s']['prefix']:.3f} s | x{r['speedup']:.2f} | "
-                     f"{r['prefix_seconds']:.1f} s, {r['prefix_gb']:.1f} GB | {r['finetune_median_s']:.2f} s ({r['importance_steps']} steps, "
-                     f"{r['finetunes_timed']} entries) | {r['share_of_finetune']['input']:.0%} -> "
-                     f"{r['share_of_finetune']['prefix']:.0%} |")
+                     f"{cell('input')} | {cell('copy')} | {cell('prefix')} | x{r['speedup_of_sharing']:.2f} | "
+                     f"x{r['speedup']:.2f} | {r['prefix_seconds']:.1f} s, {r['prefix_gb']:.2f} GB | "
+                     f"{r['finetune_median_s']:.2f} s ({r['importance_steps']} steps, {r['finetunes_timed']} entries) | "
+                     f"{r['share_of_finetune']['input']:.0%} -> {r['share_of_finetune']['prefix']:.0%} |")
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), {"command": command, "results": results})
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")

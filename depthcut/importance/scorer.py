@@ -58,6 +58,9 @@ class CandidateAccuracy:
     analysis: Any = field(default=None, repr=False)
     bn_batches: int = 50                    # BN re-calibration: batches of the fine-tune split
     prefix: Any = field(default=None, repr=False)   # "bn-batch": the original's activations (importance.prefix)
+    share_weights: bool = True              # a proxy that changes no weight or statistic ("bn-batch", "none") runs
+                                            # on the original's own modules (False: on a copy of the network, the
+                                            # cost bench/cheap_score_prefix.py measures)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "analysis": None, "prefix": None}
@@ -71,8 +74,10 @@ class CandidateAccuracy:
             self.analysis = analyze(self.original, self.input_shape, exclude=self.exclude)
         config, chain = self.config, self.analysis.chain
         torch.manual_seed(config.scoring_seed)
-        model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate)).to(self.device)
         proxy = Proxy(config.importance)
+        shared = self.share_weights and proxy in (Proxy.BN_BATCH, Proxy.NONE)
+        model = build_unmerged(self.analysis.gm, chain, single_block_plan(chain, candidate),
+                               share_weights=shared).to(self.device)
         if proxy is Proxy.FINETUNE:
             train(model, self.finetune, steps=config.importance_steps, lr=config.importance_lr,
                   batch_size=config.importance_batch_size, progress=False, seed=config.scoring_seed,

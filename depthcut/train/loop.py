@@ -44,22 +44,20 @@ GPU_EVAL_BATCH = 512
 @contextmanager
 def batch_statistics(model: nn.Module):
     """Within it, every BatchNorm of ``model`` normalises each batch by that batch's own statistics, its running
-    statistics left as they were (momentum 0: running <- (1 - 0) * running; the batch counter restored); the
-    modes are restored after."""
+    statistics left as they were: in train mode with ``track_running_stats`` off, BatchNorm neither reads nor
+    writes them (nor the batch counter), so a batch whose statistics overflow cannot reach them either (a
+    momentum of 0 would write 0 * inf = nan into them). The modes are restored after."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    states = [(bn.training, bn.momentum, None if bn.num_batches_tracked is None else bn.num_batches_tracked.clone())
-              for bn in bns]
+    states = [(bn.training, bn.track_running_stats) for bn in bns]
     for bn in bns:
         bn.train()
-        bn.momentum = 0.0
+        bn.track_running_stats = False
     try:
         yield model
     finally:
-        for bn, (training, momentum, tracked) in zip(bns, states):
+        for bn, (training, tracking) in zip(bns, states):
             bn.train(training)
-            bn.momentum = momentum
-            if tracked is not None:
-                bn.num_batches_tracked.copy_(tracked)
+            bn.track_running_stats = tracking
 
 
 @torch.no_grad()

@@ -80,3 +80,37 @@ def test_too_large_a_prefix_falls_back_to_evaluating_from_the_input():
     candidate = next(c for c in analysis.candidates if not is_trivial(c))
     built = build_unmerged(analysis.gm, analysis.chain, single_block_plan(analysis.chain, candidate))
     assert prefix.accuracy(built) == evaluate(built, data, batch_size=8, batch_statistics=True)
+
+
+@pytest.mark.parametrize("make", [tiny_net, small_mobilenet], ids=["tiny", "mobilenet"])
+def test_a_candidate_built_on_the_originals_modules_scores_as_its_copy_and_leaves_the_original_as_it_was(make):
+    """The cheap score builds each candidate over the original's own modules (no copy of the network): the same
+    outputs, bit for bit, as the copied build, and afterwards the original holds the same modules, weights,
+    statistics, batch counters and modes."""
+    from depthcut.config import LayerMergeConfig
+    from depthcut.importance.scorer import CandidateAccuracy
+
+    model, shape = make()
+    analysis = analyze(model.eval(), shape)
+    g = torch.Generator().manual_seed(2)
+    data = TensorDataset(torch.randn(24, *shape[1:], generator=g), torch.randint(0, 10, (24,), generator=g))
+    before = {k: v.clone() for k, v in analysis.gm.state_dict().items()}
+    modules = {name: (m, m.training) for name, m in analysis.gm.named_modules()}
+    prefix = SharedPrefix(analysis.gm, data, batch_size=8)
+    candidates = [c for c in analysis.candidates if not is_trivial(c)]
+    for candidate in candidates:
+        plan = single_block_plan(analysis.chain, candidate)
+        shared = build_unmerged(analysis.gm, analysis.chain, plan, share_weights=True)
+        copied = build_unmerged(analysis.gm, analysis.chain, plan)
+        assert any(a is b for a in shared.modules() for b in analysis.gm.modules())
+        assert not any(a is b for a in copied.modules() for b in analysis.gm.modules())
+        assert all(torch.equal(a, b) for (a, _), (b, _) in zip(prefix.outputs(shared), prefix.outputs(copied))), \
+            candidate.key
+        assert evaluate(shared, data, batch_size=8) == evaluate(copied, data, batch_size=8)
+    for proxy in ("bn-batch", "none"):
+        scorer = CandidateAccuracy(model, shape, (), data, data, LayerMergeConfig(importance=proxy), "cpu", analysis)
+        for candidate in candidates[:4]:
+            scorer(candidate)
+    after = analysis.gm.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert {name: (m, m.training) for name, m in analysis.gm.named_modules()} == modules

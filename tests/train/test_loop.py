@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from depthcut.data import load_dataset
-from depthcut.train import cosine_lr, distillation_loss, evaluate, recalibrate_bn, train
+from depthcut.train import batch_statistics, cosine_lr, distillation_loss, evaluate, recalibrate_bn, train
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,22 @@ def test_mixed_precision_and_channels_last_train_on_the_cpu():
                         channels_last=channels_last)
         assert history["loss"][-1] < history["loss"][0]
         assert evaluate(model, splits.test) > 60
+
+
+def test_batch_statistics_never_write_the_running_statistics_even_when_a_batch_overflows():
+    """A batch whose statistics are inf or nan (a wrecked candidate) leaves the running statistics as they were
+    (a momentum of 0 would have written 0 * inf = nan into them), and the normalisation is train mode's, bit for
+    bit."""
+    model = tiny_conv().eval()
+    bn = model[1]
+    kept = {k: v.clone() for k, v in bn.state_dict().items()}
+    x = torch.randn(16, 1, 8, 8)
+    reference = tiny_conv()
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    reference[1].train()
+    with torch.no_grad(), batch_statistics(model):
+        assert torch.equal(model(x), reference(x))
+        model(torch.full((4, 1, 8, 8), float("inf")))
+    assert all(torch.equal(bn.state_dict()[k], v) for k, v in kept.items())
+    assert not bn.training and bn.track_running_stats and not model.training
