@@ -81,8 +81,11 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
                            retime_rows=lambda: {k: t.median_ms for k, t in time_rows(candidates, True).items()})
     except LatencyModelError as e:      # the sanity checks refused this run's table: recorded, not hidden
         print(f"{name}: refused: {e}", flush=True)
+        timed = time_rows(candidates)           # (the last table timed, which the refused fits used)
         return {"model": name, "candidates": len(analysis.candidates), "kept_candidates": len(candidates),
-                "table_seconds": table_s, "refused": str(e), "plans": []}
+                "table_seconds": table_s, "refused": str(e), "plans": [],
+                "refused_models": [m.to_dict() for m in e.models],
+                "rows_ms": {c.key: timed[c.key].median_ms for c in candidates}}
     calibration_s = time.time() - t0 - table_s
     if model_.attempts > 1:             # the calibration re-timed the table
         timed = time_rows(candidates)

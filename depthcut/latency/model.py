@@ -58,7 +58,13 @@ def row_bytes(candidate: Candidate, batch_size: int | None = None) -> float:
 
 
 class LatencyModelError(DepthcutError):
-    """The latency table and its calibration do not make a usable model (the message says which check)."""
+    """The latency table and its calibration do not make a usable model (the message says which check).
+    ``models``: the refused fits of the last calibration (each anchor's), their networks included, for a
+    benchmark to record."""
+
+    def __init__(self, message: str, models: Sequence["LatencyModel"] = ()):
+        super().__init__(message)
+        self.models = list(models)
 
 
 @dataclass
@@ -247,7 +253,9 @@ def model_from_points(points: Sequence[Point], plans: Sequence[Sequence[tuple[Ca
         low, high = intervals[i] if intervals else (p.measured_ms, p.measured_ms)
         model.calibration.append({"network": name, "calls": p.calls, "bytes": p.bytes, "rows_ms": p.rows_ms,
                                   "measured_ms": p.measured_ms, "low_ms": low, "high_ms": high,
-                                  "modelled_ms": other + sum(model.row_ms(c, t) for c, t in plans[i])})
+                                  "modelled_ms": other + sum(model.row_ms(c, t) for c, t in plans[i]),
+                                  # (the plan's non-identity rows: what a refit offline needs besides the table)
+                                  "merged": [c.key for c, _ in plans[i] if c.end > c.start + 1 or not c.kept]})
     return model
 
 
@@ -350,7 +358,7 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
         now_ms = statistics.median(e.original_ms for e in estimates.values())   # the identity network, now
         anchors = ([("table", original_ms() * estimates[ORIGINAL].ratio)] if original_ms is not None else []) \
             + [("networks", now_ms)]
-        found = []
+        found, refused = [], []
         for anchor, identity_ms in anchors:
             model = _fit_anchored(plans, timed, estimates, identity_ms, batch_size, attempt)
             model.anchor, model.calibration_pace = anchor, now_ms / identity_ms
@@ -358,12 +366,13 @@ def calibrate(rows: Mapping[str, tuple[Candidate, float]], length: int, *,
             if not fit_problems:
                 return model
             found = found or fit_problems       # the first anchor's problems are reported
+            refused.append(model)
         again = "the latency table and the calibration networks" if retime_rows else "the calibration networks"
         say(f"latency model, attempt {attempt}: {'; '.join(found)}"
             + (f"; timing {again} again" if attempt <= retries else ""))
     raise LatencyModelError(
         f"the latency table does not make a usable per-call model after {retries + 1} calibrations: "
-        f"{found[0]}; time again on a quieter machine, or use --latency-model additive")
+        f"{found[0]}; time again on a quieter machine, or use --latency-model additive", refused)
 
 
 def _fit_anchored(plans, timed: Mapping[str, float], estimates: Mapping[str, Any], identity_ms: float,

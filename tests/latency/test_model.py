@@ -145,6 +145,16 @@ def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
         calibrate(fast, analysis.chain.length, time_networks=timer, batch_size=1)
     assert "\n" not in str(err.value)
     assert len(calls) == 2              # one joint timing per calibration
+    # the refused fit travels with the error (a benchmark records it): its networks, their errors, their rows
+    refused = err.value.models
+    assert len(refused) == 1 and problems(refused[0]) and refused[0].attempts == 2
+    by_name = {p["network"]: p for p in refused[0].calibration}
+    assert by_name["identity"]["merged"] == []
+    fastest = max(refused[0].calibration, key=lambda p: len(p["merged"]))
+    assert fastest["merged"] and all(k in fast for k in fastest["merged"])
+    assert fastest["calls"] == len([k for k in fastest["merged"] if fast[k][0].kept]) + sum(
+        1 for c, _ in fast.values() if c.end == c.start + 1 and tuple(c.kept) == (c.end,)
+        and not any(fast[k][0].start < c.end <= fast[k][0].end for k in fastest["merged"]))
 
 
 def test_a_table_timed_through_a_slow_phase_is_timed_again_with_the_calibration():
