@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
+from ..cnn.build import is_trivial
 from ..cnn.chain import Candidate
 
 SAFETY = 2.0   # the bound assumes a merged conv runs at most 2x faster per MAC than the best single conv
@@ -104,10 +105,6 @@ def _interval(timing: object) -> tuple[float, float, float]:
     return timing.median_ms, low, high
 
 
-def _is_original(c: Candidate) -> bool:
-    return c.end == c.start + 1 and tuple(c.kept) == (c.end,)
-
-
 def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[Candidate]], Mapping[str, object]],
                     *, max_importance: float, steps: int = 2000, batch_size: int | None = None,
                     safety: float = SAFETY, bandwidth: float | None = None,
@@ -127,7 +124,7 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
         timed = time_rows(batch)
         return {c.key: tuple(seen(c, t) for t in _interval(timed[c.key])) for c in batch}
 
-    originals = [c for c in candidates if _is_original(c)]
+    originals = [c for c in candidates if is_trivial(c)]
     rows = dp_view(originals)
     single = {c.end: rows[c.key] for c in originals}
     body_ms = sum(m for m, _, _ in single.values())
@@ -141,7 +138,7 @@ def prune_dominated(candidates: Iterable[Candidate], time_rows: Callable[[list[C
         return sum(single[p][2] for p in range(c.start + 1, c.end + 1)) + (c.end - c.start) * grid_ms
 
     def eligible(c: Candidate) -> bool:
-        return bool(c.kept) and not _is_original(c) and c.end - c.start >= min_span
+        return bool(c.kept) and not is_trivial(c) and c.end - c.start >= min_span
 
     dominated: list[Dominated] = []
     to_time: list[Candidate] = []

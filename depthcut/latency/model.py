@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..cnn.build import is_trivial
 from ..cnn.chain import Candidate
 from ..errors import DepthcutError
 
@@ -255,7 +256,7 @@ def model_from_points(points: Sequence[Point], plans: Sequence[Sequence[tuple[Ca
                                   "measured_ms": p.measured_ms, "low_ms": low, "high_ms": high,
                                   "modelled_ms": other + sum(model.row_ms(c, t) for c, t in plans[i]),
                                   # (the plan's non-identity rows: what a refit offline needs besides the table)
-                                  "merged": [c.key for c, _ in plans[i] if c.end > c.start + 1 or not c.kept]})
+                                  "merged": [c.key for c, _ in plans[i] if not is_trivial(c)]})
     return model
 
 
@@ -291,7 +292,7 @@ def calibration_plans(rows: Sequence[tuple[Candidate, float]], length: int,
     from ..search.tables import Row
 
     table = [Row(c.start, c.end, t, 1.0, ref=c) for c, t in rows]
-    identity = [c for c, _ in rows if c.end == c.start + 1 and tuple(c.kept) == (c.end,)]
+    identity = [c for c, _ in rows if is_trivial(c)]
     body = sum(t for c, t in rows if c in identity)
     frontier = solve(table, length, max_latency_ms=body)
     plans, seen = [("identity", identity)], {tuple(c.key for c in identity)}
@@ -408,7 +409,7 @@ def network_timer(analysis: Any, backend: Any, example: Any, original: Any, sess
         return build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan).eval()
 
     def timer(plans: dict[str, list[Candidate] | None]) -> dict[str, Any]:
-        identity = build([c for c in analysis.candidates if c.end == c.start + 1 and tuple(c.kept) == (c.end,)])
+        identity = build([c for c in analysis.candidates if is_trivial(c)])
         networks = {name: original if blocks is None else build(blocks) for name, blocks in plans.items()}
         return time_jointly(identity, networks, example, backend, sessions=sessions, rounds=rounds)
     return timer
