@@ -200,7 +200,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"## run {run['run']}: {run['model']} - {run['kept_candidates']} of {run['candidates']} "
                       f"candidates, table {run['table_seconds']:.0f} s, calibration {run['calibration_seconds']:.0f} s",
                   "", f"Per-call cost {1e3 * m['call_ms']:.1f} us (leave-one-out {1e3 * m['call_ms_range'][0]:.1f}"
-                      f" - {1e3 * m['call_ms_range'][1]:.1f}) + {1e9 * m['call_ms_per_byte']:.1f} us/MB; outside "
+                      f" - {1e3 * m['call_ms_range'][1]:.1f}) + {1e9 * m['call_ms_per_byte']:.1f} us/MB; "
+                      f"{1e9 * m.get('weight_ms_per_byte', 0.0):.1f} us/MB of weights; outside "
                       f"the body {m['other_ms']:.3f} ms; original / identity network x{m['original_factor']:.3f} "
                       f"calibrating, x{run['identity_now']['ratio']:.3f} [{run['identity_now']['low']:.3f}, "
                       f"{run['identity_now']['high']:.3f}] with the plans; "

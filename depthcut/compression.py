@@ -374,9 +374,11 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         run.say("no candidate merges anything faster than the convs it replaces: the original's convs are the only plan")
         return additive(config.batch_size)
     store = latency_store(run.backend, config.batch_size, run.cache_dir)
-    # "rows": models fitted on median-pass rows (before 2026-12-07) are not reused on fastest-pass rows
+    # "rows": models fitted on median-pass rows (before 2026-12-07) are not reused on fastest-pass rows;
+    # "terms": nor models without the weights term (before 2026-12-08)
     key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),
-                                          "candidates": sorted(c.key for c in candidates), "rows": "fastest pass"})
+                                          "candidates": sorted(c.key for c in candidates), "rows": "fastest pass",
+                                          "terms": "calls, bytes, weights"})
     if key in store:
         try:
             model = LatencyModel.from_dict(store[key])
@@ -404,7 +406,8 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         model.attempts = 2                  # the calibration re-timed the table: the caller reads it again
     else:
         run.say(f"per-call cost {1e3 * model.call_ms:.1f} us (leave-one-out {1e3 * model.call_ms_range[0]:.1f}-"
-                f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; outside the "
+                f"{1e3 * model.call_ms_range[1]:.1f}) + {1e9 * model.call_ms_per_byte:.1f} us/MB; "
+                f"{1e9 * model.weight_ms_per_byte:.1f} us/MB of weights; outside the "
                 f"body {model.other_ms:.3f} ms; largest error on its {len(model.calibration)} networks "
                 f"{model.self_error:.1%}; " + (f"networks timed at x{model.calibration_pace:.2f} the table's pace"
                                                if model.anchor == "table" else "anchored on the networks' own timing"))

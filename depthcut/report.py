@@ -275,6 +275,7 @@ def _landing(r: dict[str, Any]) -> list[str]:
         described = (f"per-call model: each row's single-call timing minus the runtime's per-call cost, "
                      f"{1e3 * fit['call_ms']:.1f} us (leave-one-out {1e3 * fit['call_ms_range'][0]:.1f}-"
                      f"{1e3 * fit['call_ms_range'][1]:.1f}) + {1e9 * fit['call_ms_per_byte']:.1f} us/MB, plus "
+                     f"{1e9 * fit.get('weight_ms_per_byte', 0.0):.1f} us/MB of its weights read inside the network; "
                      f"{fit['other_ms']:.3f} ms outside the body, fitted on {len(fit['calibration'])} whole networks "
                      f"(largest error on them {max(abs(p['modelled_ms'] / p['measured_ms'] - 1) for p in fit['calibration']):.1%})")
     else:

@@ -361,6 +361,12 @@ class Backend:
     def prepare(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
         raise NotImplementedError
 
+    def prepare_row(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        """A runner of one latency row (depthcut.latency.table.time_rows): :meth:`prepare`'s, unless the runtime
+        can time the row's own ops inside the call (:class:`OpenVINOBackend`). Only rows: a whole network is
+        always timed by the wall clock, call and all."""
+        return self.prepare(module, example_input)
+
     def prepare_sessions(self, module: nn.Module, example_input: torch.Tensor, n: int) -> list[Runner]:
         """``n`` independent runners of ``module`` (separate runtime sessions: their allocations and thread
         pools differ, and so, by a few percent, do their timings; depthcut.latency.compare rotates through
@@ -808,33 +814,80 @@ class OpenVINOBackend(CpuRuntimeBackend):
     CPU pinning is off: the LATENCY hint pins a session's inference thread to one core, and on a shared machine
     more sessions then land on a slow core: the same int8 rows on 12 fresh sessions each way took a median 206
     and 200 us pinned (8 and 7 sessions over 1.3x the row's fastest) against 135 and 168 us unpinned (4 and 5;
-    bench/results/openvino_pinning.md)."""
+    bench/results/openvino_pinning.md).
+
+    A latency row is timed by OpenVINO's own per-op profile (``PERF_COUNT``): the time its compute ops ran,
+    without the call around them (binding the input, the layout reorders in and out of a lone conv, returning
+    the output), which a network pays once, not once per conv: each pass's wall-clock timing is scaled by the
+    share of the same calls its ops ran (depthcut.latency.table). Timed by the wall clock, MobileNetV2's 52 rows
+    at 28x28 summed to 1.72 ms for a 0.5 ms network; two thirds of each row was that call, which the latency
+    model had to subtract from every row again, a small difference of two large numbers: 1 of 2 fresh tables
+    refused, 20.7 % off the plans the DP chose on the other. Profiled, a plan's rows sum to 0.88-0.99 of what
+    its network's own ops take (bench/results/op_profile_openvino_mobilenet_v2_fmnist.md), and 3 of 3 fresh
+    tables predicted the plans the DP chose within 6.3 % (bench/results/latency_model_openvino_mobilenet_v2_
+    fmnist_threads1_profiled.md). Whole networks stay on the wall clock: a deployment pays the call."""
 
     package = extra = "openvino"
     row_activations = _OV_ACTS
+    # what a row's profile leaves out: the graph's input and output, and the layout changes a lone conv needs
+    # in and out (inside a network its neighbours hand it the runtime's blocked layout)
+    UNTIMED_OPS = frozenset({"Parameter", "Result", "Reorder"})
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "performance_hint": "LATENCY", "num_streams": 1, "inference_precision": "f32",
-                "cpu_pinning": False}
+                "cpu_pinning": False, "row_clock": "per-op profile"}
 
-    def _runner(self, model, example_input: torch.Tensor) -> Runner:
+    def _runner(self, model, example_input: torch.Tensor, profiled: bool = False) -> Runner:
+        """A session of ``model``; ``profiled``: with the runtime's per-op profile on, and ``run.profile()``
+        giving (calls so far, ms the profiled ops ran over them) and ``run.wall_ms(since)`` the mean wall time
+        of the calls after the first ``since`` (depthcut.latency.table times a row with them)."""
         import openvino as ov
 
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1",
                   "INFERENCE_NUM_THREADS": str(self.intra_op_threads()), "INFERENCE_PRECISION_HINT": "f32",
-                  "ENABLE_CPU_PINNING": "NO"}
+                  "ENABLE_CPU_PINNING": "NO", **({"PERF_COUNT": "YES"} if profiled else {})}
         compiled = ov.Core().compile_model(model, "CPU", config)
         request = compiled.create_infer_request()
         feed = {0: _array(example_input)}
+        walls: list[float] = []
 
         def run() -> Any:
-            return list(request.infer(feed, share_inputs=True).values())   # as ONNX Runtime: a list of outputs
+            if not profiled:
+                return list(request.infer(feed, share_inputs=True).values())   # as ONNX Runtime: a list of outputs
+            t0 = time.perf_counter()
+            out = request.infer(feed, share_inputs=True)
+            walls.append(time.perf_counter() - t0)
+            return list(out.values())
         run.keepalive = (compiled, request, feed)   # type: ignore[attr-defined]
+        if profiled:
+            def profile() -> tuple[int, float]:
+                # the profile holds each op's mean over every call of the compiled model, to the microsecond
+                # (not the last call's time): totals are that mean times the calls, and a mean over some calls
+                # is a difference of two totals
+                mean_s = sum(op.real_time.total_seconds() for op in request.get_profiling_info()
+                             if op.node_type not in self.UNTIMED_OPS)
+                return len(walls), len(walls) * mean_s * 1e3
+
+            run.profile = profile                                            # type: ignore[attr-defined]
+            run.wall_ms = lambda since: 1e3 * statistics.fmean(walls[since:])   # type: ignore[attr-defined]
         return run
 
     def _row_runner_of(self, module: nn.Module, example_input: torch.Tensor) -> Runner | None:
         row = conv_row_openvino(module, tuple(example_input.shape))
         return None if row is None else self._runner(row, example_input)
+
+    def prepare_row(self, module: nn.Module, example_input: torch.Tensor) -> Runner:
+        """A latency row with its ops' profile on (class docstring; depthcut.latency.table scales its wall
+        time to its ops'), int8 rows too (built as :meth:`prepare` builds them); anything that is not a plain
+        row is timed as a network."""
+        if not is_plain_row(module, self.row_activations):
+            return self.prepare(module, example_input)
+        if not self.quantize:
+            return self._runner(conv_row_openvino(module, tuple(example_input.shape)), example_input, profiled=True)
+        import openvino as ov
+
+        with self._timing_file(module, example_input) as (path, x):
+            return self._runner(ov.Core().read_model(path), x, profiled=True)
 
     def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
         """``n`` runners of an exported ``.onnx`` file (read once; the model is in memory afterwards)."""

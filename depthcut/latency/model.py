@@ -4,9 +4,16 @@ A latency row times one merged conv as its own call. A network does not pay a ro
 fixed part (binding the input, allocating and returning the output, waking the thread pool) that inside a
 network is paid once for the whole network, and a part that grows with the bytes moved. So the model is
 
-    T(plan) = other + sum over the plan's rows of (t_row - call(row)),   call(row) = a + b * bytes(row)
+    T(plan) = other + sum over the plan's rows of (t_row - call(row) + w * weights(row)),
+    call(row) = a + b * bytes(row)
 
-with ``other`` the time outside the modelled body (stem, head, pooling, the network's own call). Measuring
+with ``other`` the time outside the modelled body (stem, head, pooling, the network's own call). ``w``: a row
+timed alone runs its repeats on weights that stay in cache; inside a network the other convs' weights evict
+them and each call reads them again (OpenVINO's per-op profile inside MobileNetV2 at 28x28: the 160 -> 1280
+1x1 conv, 0.8 MB of weights, ran 44-46 us in the network and 34 us alone, the small convs within 1-3 us of
+their rows). A runtime that times a row by its own per-op profile (OpenVINO: depthcut.latency.backends) gives
+rows without the call; there ``a`` and ``b`` come out about zero or negative: each op's dispatch, and
+activations read from further away than in a row's repeats. Measuring
 ``a`` and ``b`` on micro-benchmarks (a chain of 1 vs 5 cheap ops) is a difference of two noisy numbers: on
 ONNX Runtime CPU five fresh runs fitted ``a`` between 1.1 and 9.5 us, and with MobileNetV2's 52 rows
 a few microseconds per row decided whether a plan was predicted at x2 or at a negative latency. Here they are
@@ -92,6 +99,7 @@ class LatencyModel:
     # which milliseconds the calibration networks' ratios were turned into: the original as timed with the
     # table ("table"), or the identity network as timed with the networks ("networks"; calibrate)
     anchor: str = "networks"
+    weight_ms_per_byte: float = 0.0        # w: reading a row's weights inside a network, per byte (float32)
 
     def call_cost_ms(self, candidate: Candidate) -> float:
         return self.call_ms + self.call_ms_per_byte * row_bytes(candidate, self.batch_size)
@@ -102,7 +110,8 @@ class LatencyModel:
             return 0.0
         if self.kind != "per-call":
             return timed_ms
-        return max(timed_ms - self.call_cost_ms(candidate), ROW_FLOOR * timed_ms)
+        return max(timed_ms - self.call_cost_ms(candidate), ROW_FLOOR * timed_ms) \
+            + self.weight_ms_per_byte * weight_bytes(candidate)
 
     def network_ms(self, body_ms: float) -> float:
         return self.other_ms + body_ms
@@ -148,6 +157,12 @@ class LatencyModel:
         return cls(**d)
 
 
+def weight_bytes(candidate: Candidate) -> float:
+    """Bytes of the row's merged kernel in float32 (an int8 runtime's fit scales ``w`` to its own)."""
+    groups = candidate.in_channels if candidate.depthwise else candidate.groups
+    return 4.0 * candidate.in_channels // groups * candidate.out_channels * candidate.kernel ** 2
+
+
 # -------------------------------------------------------------------------------------------- the fit ---
 
 @dataclass(frozen=True)
@@ -158,6 +173,10 @@ class Point:
     bytes: float
     rows_ms: float
     measured_ms: float
+    weights: float = 0.0   # bytes of its rows' weights
+
+
+Params = tuple[float, float, float, float]      # other, a, b, w
 
 
 def _design(points: Sequence[Point], terms: str) -> np.ndarray:
@@ -166,14 +185,16 @@ def _design(points: Sequence[Point], terms: str) -> np.ndarray:
         columns.append(np.array([-float(p.calls) for p in points]))
     if "bytes" in terms:
         columns.append(np.array([-p.bytes for p in points]))
+    if "weights" in terms:
+        columns.append(np.array([p.weights for p in points]))
     return np.column_stack(columns)
 
 
-def _solve(points: Sequence[Point], terms: str) -> tuple[float, float, float] | None:
-    """Least squares of measured = other + rows - a * calls - b * bytes with the given terms (None when the
-    points cannot determine them), with other >= 0: the time outside the body cannot be negative, and where
-    it is about nothing (ResNet-20 at 28x28: a one-conv stem and a pooled head) the unconstrained fit puts it
-    a few microseconds below zero, so it is fitted at 0 instead."""
+def _solve(points: Sequence[Point], terms: str) -> Params | None:
+    """Least squares of measured = other + rows - a * calls - b * bytes + w * weights with the given terms (None
+    when the points cannot determine them), with other >= 0: the time outside the body cannot be negative, and
+    where it is about nothing (ResNet-20 at 28x28: a one-conv stem and a pooled head) the unconstrained fit puts
+    it a few microseconds below zero, so it is fitted at 0 instead."""
     X = _design(points, terms)
     if len(points) < X.shape[1] or np.linalg.matrix_rank(X) < X.shape[1]:
         return None
@@ -184,17 +205,25 @@ def _solve(points: Sequence[Point], terms: str) -> tuple[float, float, float] | 
     other = float(coef.pop(0))
     a = float(coef.pop(0)) if "calls" in terms else 0.0
     b = float(coef.pop(0)) if "bytes" in terms else 0.0
-    return other, a, b
+    w = float(coef.pop(0)) if "weights" in terms else 0.0
+    return other, a, b, w
 
 
-def _predict(params: tuple[float, float, float], p: Point) -> float:
-    other, a, b = params
-    return other + p.rows_ms - a * p.calls - b * p.bytes
+def _predict(params: Params, p: Point) -> float:
+    other, a, b, w = params
+    return other + p.rows_ms - a * p.calls - b * p.bytes + w * p.weights
 
 
-def fit(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]], bool] = lambda f: True
-        ) -> tuple[float, float, float]:
-    """Least squares of measured = other + rows - a * calls - b * bytes. Returns (other, a, b).
+def fit(points: Sequence[Point], plausible: Callable[[Params], bool] = lambda f: True) -> Params:
+    """Least squares of measured = other + rows - a * calls - b * bytes + w * weights. Returns (other, a, b, w).
+
+    The weights term first, and kept only if reading weights comes out costing time (w >= 0); else the same
+    forms without it. Refitted without it on the same stored runs (bench/latency_model_terms.py, 3 fresh tables
+    each), the model missed its calibration networks by 32 % (OpenVINO float32 MobileNetV2 at 28x28, rows from
+    the per-op profile) and 33 % (OpenVINO int8, ResNet-20 and MobileNetV2) against 13 % and 19 % with it, and
+    the probed plans by 10.0 % and 18.1 % against 6.3 % and 10.0 %; ONNX Runtime int8's plans 5.2 % either way.
+    (A term for the residual adds a plan keeps, tried first, fitted the networks too, an add at 12-15 us; the
+    profile shows the adds fused into the convs at about nothing, and it missed the plans by up to 32 %.)
 
     Either sign: a runtime that pays a fixed cost per call (ONNX Runtime) gives a, b > 0; eager CPU gives a
     network *more* per op than a row timed alone, whose input and weights stay in cache across repeats
@@ -207,20 +236,28 @@ def fit(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]
     MobileNetV2 tables that leave-one-out choice dropped the bytes term whenever the fastest network (an
     extrapolation for the rest) was held out badly, and erred up to 13.7 % on the plans the DP chose, where
     both terms erred at most 10.5 %."""
-    both = _solve(points, "calls+bytes")
+    if len({p.weights for p in points}) > 1:
+        with_weights = _fit_form(points, plausible, "+weights")
+        if with_weights[3] >= 0:
+            return with_weights
+    return _fit_form(points, plausible, "")
+
+
+def _fit_form(points: Sequence[Point], plausible: Callable[[Params], bool], extra: str) -> Params:
+    """:func:`fit`'s choice among the per-call forms, each with the ``extra`` term ("" or "+weights")."""
+    both = _solve(points, "calls+bytes" + extra)
     if both is not None and plausible(both) and both[1] * both[2] >= 0:
         return both
     # one term: the one that reproduces the networks better (calls alone missed one MobileNetV2 table's plans
     # by 38 %, bytes alone by 8 %)
-    single = [f for f in (_solve(points, t) for t in ("calls", "bytes")) if f is not None and plausible(f)]
+    single = [f for f in (_solve(points, t + extra) for t in ("calls", "bytes")) if f is not None and plausible(f)]
     if single:
         # (rounded: where calls and bytes are proportional the two fit alike, and calls is kept)
         return min(single, key=lambda f: round(sum((_predict(f, p) / p.measured_ms - 1) ** 2 for p in points), 12))
-    return _solve(points, "constant") or (0.0, 0.0, 0.0)
+    return _solve(points, "constant" + extra) or (0.0, 0.0, 0.0, 0.0)
 
 
-def leave_one_out(points: Sequence[Point], plausible: Callable[[tuple[float, float, float]], bool] = lambda f: True
-                  ) -> list[tuple[float, float, float]]:
+def leave_one_out(points: Sequence[Point], plausible: Callable[[Params], bool] = lambda f: True) -> list[Params]:
     """The fit without each point in turn (how much one network moves it)."""
     if len(points) <= 3:
         return []
@@ -231,7 +268,8 @@ def plan_point(rows: Sequence[tuple[Candidate, float]], measured_ms: float, batc
     """The fit's view of one network: ``rows`` are (candidate, single-call ms) of its plan."""
     kept = [(c, t) for c, t in rows if c.kept and t > 0]
     return Point(calls=len(kept), bytes=sum(row_bytes(c, batch_size) for c, _ in kept),
-                 rows_ms=sum(t for _, t in kept), measured_ms=measured_ms)
+                 rows_ms=sum(t for _, t in kept), measured_ms=measured_ms,
+                 weights=sum(weight_bytes(c) for c, _ in kept))
 
 
 def model_from_points(points: Sequence[Point], plans: Sequence[Sequence[tuple[Candidate, float]]],
@@ -239,20 +277,21 @@ def model_from_points(points: Sequence[Point], plans: Sequence[Sequence[tuple[Ca
                       intervals: Sequence[tuple[float, float]] | None = None, attempts: int = 1) -> LatencyModel:
     """The fitted model; ``plans`` (each point's (candidate, single-call ms) rows) model each calibration
     network as the DP will, rows floored at ROW_FLOOR of their time alone."""
-    def plausible(params: tuple[float, float, float]) -> bool:
+    def plausible(params: Params) -> bool:
         """The time outside the body is not negative (rows cannot go below their floor)."""
         return params[0] >= 0
 
-    other, a, b = fit(points, plausible)
+    other, a, b, w = fit(points, plausible)
     loo = leave_one_out(points, plausible)
     model = LatencyModel("per-call", a, b, other, batch_size,
                          call_ms_range=(min((f[1] for f in loo), default=a), max((f[1] for f in loo), default=a)),
                          call_ms_per_byte_range=(min((f[2] for f in loo), default=b),
                                                  max((f[2] for f in loo), default=b)),
-                         attempts=attempts)
+                         attempts=attempts, weight_ms_per_byte=w)
     for i, (name, p) in enumerate(zip(names, points)):
         low, high = intervals[i] if intervals else (p.measured_ms, p.measured_ms)
         model.calibration.append({"network": name, "calls": p.calls, "bytes": p.bytes, "rows_ms": p.rows_ms,
+                                  "weights": p.weights,
                                   "measured_ms": p.measured_ms, "low_ms": low, "high_ms": high,
                                   "modelled_ms": other + sum(model.row_ms(c, t) for c, t in plans[i]),
                                   # (the plan's non-identity rows: what a refit offline needs besides the table)
@@ -421,4 +460,4 @@ def additive(batch_size: int | None = None, fallback: str | None = None) -> Late
 
 
 __all__ = ["LatencyModel", "LatencyModelError", "Point", "additive", "calibrate", "calibration_plans",
-           "fit", "leave_one_out", "model_from_points", "network_timer", "problems", "row_bytes"]
+           "fit", "leave_one_out", "model_from_points", "network_timer", "problems", "row_bytes", "weight_bytes"]

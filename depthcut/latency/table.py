@@ -200,16 +200,32 @@ def _time_pass(spec: RowSpec, backend: Backend, gen: torch.Generator, **how: Any
     module = spec.build().eval()
     x = torch.randn(spec.input_shape, generator=gen)
     with torch.no_grad():
-        runner = backend.prepare(module, x)
-        timing = measure(runner, warmup=how["warmup"], repeats=how["repeats"], min_time_s=how["min_time_s"],
+        runner = backend.prepare_row(module, x)
+        warmup, profile = how["warmup"], getattr(runner, "profile", None)
+        if profile is not None:                   # warmed up here: the ops' share is of the timed calls only
+            for _ in range(warmup):
+                runner()
+            warmup, start = 0, profile()
+        timing = measure(runner, warmup=warmup, repeats=how["repeats"], min_time_s=how["min_time_s"],
                          max_repeats=MAX_REPEATS * how["repeats"], queued=backend.row_calls,
                          rel_width=how["rel_width"])
         entry = timing.to_dict()
         scale = getattr(runner, "time_scale", None)   # a row the backend could only time another way
+        if profile is not None:
+            scale = _ops_share(runner, start, profile())
         if scale is not None:
             entry = {**timing.scaled(scale).to_dict(), "measured_median_ms": timing.median_ms, "time_scale": scale}
         del runner, module                          # a giant row's session goes before the next one is built
     return entry
+
+
+def _ops_share(runner: Any, start: tuple[int, float], end: tuple[int, float]) -> float:
+    """The share of a profiled row's calls (``runner.profile()`` at ``start`` and ``end``: calls, ops' ms) that
+    its ops ran, of their wall time (depthcut.latency.backends.OpenVINOBackend): the factor its timing is
+    scaled by. At most 1: the profile keeps microseconds, and on a row of a few it can round above the wall."""
+    calls = end[0] - start[0]
+    ops_ms = (end[1] - start[1]) / calls
+    return min(1.0, max(0.0, ops_ms) / runner.wall_ms(start[0]))
 
 
 def _combined(passes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -130,3 +130,49 @@ def test_openvino_int8_rows_networks_and_predictor_run_quantized():
             assert backend.predictor(path)(torch.randn(5, 1, 12, 12)).shape == (5, 10)
         print("int8 ok")
     """))
+
+
+@needs_openvino
+def test_openvino_rows_are_timed_by_their_ops_profile_and_networks_by_the_wall(tmp_path):
+    """A latency row is timed by OpenVINO's per-op profile: its pass's wall-clock timing scaled by the share of
+    those calls its compute ops ran (the call, and the layout reorders a lone conv needs, are left out), in
+    float32 and int8; the row still computes the row. The profile keeps each op's mean over the compiled
+    model's calls: the share is of the timed calls only, whatever the warm-up took. A whole network is timed
+    by the wall clock (what a deployment pays), and the profile is part of the table's fingerprint."""
+    print(run_python(f"""
+        import time, torch
+        from torch import nn
+        from depthcut.cnn.chain import Candidate
+        from depthcut.latency import get_backend, latency_store, latency_table
+        row = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU6()).eval()
+        net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+        x = torch.randn(1, 16, 14, 14)
+        c = Candidate(start=0, end=2, kept=(0, 1), kernel=3, stride=1, depthwise=False, in_channels=16,
+                      out_channels=32, input_shape=(1, 16, 14, 14), activation="relu6")
+        for quantize in (None, "int8"):
+            backend = get_backend("openvino", threads=1, **({{"quantize": quantize}} if quantize else {{}}))
+            assert backend.describe()["row_clock"] == "per-op profile"
+            run = backend.prepare_row(row, x)
+            for _ in range(5):
+                out = run()
+            calls, ops_ms = run.profile()
+            assert calls == 5 and 0 < ops_ms / calls <= run.wall_ms(0), (ops_ms, run.wall_ms(0))
+            start = run.profile()
+            for _ in range(20):
+                run()
+            end = run.profile()
+            share = (end[1] - start[1]) / 20 / run.wall_ms(5)
+            assert end[0] == 25 and 0 < share <= 1.05, share
+            if quantize is None:
+                torch.testing.assert_close(torch.as_tensor(out[0]), row(x).detach(), rtol=1e-4, atol=1e-5)
+            assert not hasattr(backend.prepare_row(net, x), "profile")     # not a row: the wall clock
+            assert not hasattr(backend.prepare(row, x), "profile")         # a row outside the table too
+            timed = latency_table([c], backend, cache_dir={str(tmp_path)!r}, repeats=10, warmup=2, passes=2,
+                                  progress=False)[c.key]
+            entry = latency_store(backend, None, {str(tmp_path)!r})[
+                next(iter(latency_store(backend, None, {str(tmp_path)!r}).keys()))]
+            for p in entry["passes"]:
+                assert 0 < p["time_scale"] <= 1 and p["median_ms"] == p["measured_median_ms"] * p["time_scale"]
+            assert timed.median_ms == min(p["median_ms"] for p in entry["passes"])
+        print("profiled rows ok")
+    """))
