@@ -107,16 +107,27 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+# what the drivers over stored runs write among bench/results/latency_model_*.json: not runs themselves
+DERIVED = ("latency_model_replay", "latency_model_terms")
+
+
+def over_stored_runs(description: str, per_file, markdown, name: str) -> None:
+    """The command line of a driver over stored ``bench/latency_model.py`` runs: ``per_file(path)`` on each
+    file named (default: every run file in bench/results), the results written as ``--out``.{json,md}
+    (default bench/results/``name``) with ``markdown(results)``, and printed."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("files", nargs="*", type=Path)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency_model_replay"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / name))
     args = ap.parse_args()
     files = args.files or sorted((ROOT / "bench" / "results").glob("latency_model_*.json"))
-    results = [replay_file(f) for f in files if f.stem != "latency_model_replay"]
+    results = [per_file(f) for f in files if f.stem not in DERIVED]
     atomic_write_json(Path(args.out + ".json"), {"files": results})
     atomic_write_text(Path(args.out + ".md"), markdown(results))
     print(markdown(results))
+
+
+def main() -> None:
+    over_stored_runs(__doc__.splitlines()[0], replay_file, markdown, "latency_model_replay")
 
 
 if __name__ == "__main__":

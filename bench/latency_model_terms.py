@@ -18,16 +18,14 @@ Writes bench/results/latency_model_terms.{json,md}.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import is_trivial, plan_changing
 from depthcut.latency.model import LatencyModel, model_from_points, plan_point
 
-from latency_model_replay import ROOT, analysis_of, input_shape
+from latency_model_replay import analysis_of, input_shape, over_stored_runs
 
 FORMS = ("without", "with weights")
 
@@ -98,15 +96,7 @@ def markdown(results: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="*", type=Path)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency_model_terms"))
-    args = ap.parse_args()
-    files = args.files or sorted((ROOT / "bench" / "results").glob("latency_model_*.json"))
-    results = [terms_file(f) for f in files if f.stem not in ("latency_model_replay", "latency_model_terms")]
-    atomic_write_json(Path(args.out + ".json"), {"files": results})
-    atomic_write_text(Path(args.out + ".md"), markdown(results))
-    print(markdown(results))
+    over_stored_runs(__doc__.splitlines()[0], terms_file, markdown, "latency_model_terms")
 
 
 if __name__ == "__main__":

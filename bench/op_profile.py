@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -25,31 +23,11 @@ import torch
 from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import build_merged, build_unmerged, plan_changing
 from depthcut.latency import get_backend
-from depthcut.latency.backends import _array
 from depthcut.latency.model import weight_bytes
 
 from latency_model_replay import ROOT, analysis_of, input_shape
 
 CONVS = ("Convolution", "GroupConvolution")
-
-
-def profile_network(backend, network, x, calls: int) -> dict:
-    """Each op's mean time over ``calls`` calls (after 20 untimed), in execution order, and the median wall."""
-    import openvino as ov
-
-    core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": "1",
-              "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": "NO", "PERF_COUNT": "YES"}
-    with backend._timing_file(network, x) as (path, feed_x):
-        compiled = core.compile_model(core.read_model(path), "CPU", config)
-    request, feed, walls = compiled.create_infer_request(), {0: _array(feed_x)}, []
-    for i in range(20 + calls):
-        t0 = time.perf_counter()
-        request.infer(feed)
-        walls.append(time.perf_counter() - t0)
-    ops = [{"name": op.node_name, "type": op.node_type, "exec": op.exec_type,
-            "us": op.real_time.total_seconds() * 1e6} for op in request.get_profiling_info()]
-    return {"wall_with_profile_ms": 1e3 * statistics.median(walls[20:]), "ops": ops}
 
 
 def main() -> None:
@@ -74,11 +52,11 @@ def main() -> None:
     for name, merged in networks.items():
         plan = plan_changing(analysis.chain, [candidates[k] for k in merged])
         network = build_merged(build_unmerged(analysis.gm, analysis.chain, plan).eval(), analysis.chain, plan).eval()
-        profiled = profile_network(backend, network, x, args.calls)
+        ops, wall_ms = backend.op_profile(network, x, args.calls)
         kept = [c for c in sorted(plan.blocks, key=lambda c: c.start) if c.kept]
-        convs = [op for op in profiled["ops"] if op["type"] in CONVS]
+        convs = [op for op in ops if op["type"] in CONVS]
         by_type = collections.Counter()
-        for op in profiled["ops"]:
+        for op in ops:
             by_type[op["type"]] += op["us"] / 1e3
         differing = []
         if len(convs) == len(kept):         # the network's convs run in the chain's order, one per kept block
@@ -88,7 +66,7 @@ def main() -> None:
                     differing.append({"block": c.key, "conv": f"{c.in_channels}->{c.out_channels} k{c.kernel} "
                                       f"s{c.stride}{' dw' if c.depthwise else ''} at {c.input_shape[2]}x{c.input_shape[3]}",
                                       "weights_kb": weight_bytes(c) / 1e3, "row_us": row_us, "network_us": op["us"]})
-        out["networks"].append({"network": name, "wall_with_profile_ms": profiled["wall_with_profile_ms"],
+        out["networks"].append({"network": name, "wall_with_profile_ms": wall_ms,
                                 "ops_ms": sum(by_type.values()), "by_type_ms": dict(by_type.most_common()),
                                 "rows_ms": sum(run["rows_ms"][c.key] for c in kept), "convs": len(convs),
                                 "rows": len(kept), "differing": differing})
@@ -103,7 +81,7 @@ def markdown(r: dict) -> str:
              f"{r['model']}, float32, one thread: the identity plan's network and every plan probed in run "
              f"{r['run']} of {Path(r['file']).name}, each run {r['calls']} times with OpenVINO's per-op profile on "
              "(each op's mean over the calls). *Ops*: the profile's sum over every op; *rows*: the sum of the "
-             "plan's latency rows, each timed alone by the same profile (the table of that run). Wall: the median "
+             "plan's latency rows, each timed alone by the same profile (the table of that run). Wall: the mean "
              "call with the profile on (it adds its own cost).", "",
              "| network | wall (ms) | ops (ms) | convs | group convs | other ops | rows (ms) | rows / ops |",
              "|---|---|---|---|---|---|---|---|"]

@@ -822,8 +822,8 @@ class OpenVINOBackend(CpuRuntimeBackend):
     share of the same calls its ops ran (depthcut.latency.table). Timed by the wall clock, MobileNetV2's 52 rows
     at 28x28 summed to 1.72 ms for a 0.5 ms network; two thirds of each row was that call, which the latency
     model had to subtract from every row again, a small difference of two large numbers: 1 of 2 fresh tables
-    refused, 20.7 % off the plans the DP chose on the other. Profiled, a plan's rows sum to 0.88-0.99 of what
-    its network's own ops take (bench/results/op_profile_openvino_mobilenet_v2_fmnist.md), and 3 of 3 fresh
+    refused, 20.7 % off the plans the DP chose on the other. Profiled, a plan's rows sum to 0.75-0.99 of what
+    its network's own ops take (three profiles, each minutes after the table, at the machine's pace then) (bench/results/op_profile_openvino_mobilenet_v2_fmnist.md), and 3 of 3 fresh
     tables predicted the plans the DP chose within 6.3 % (bench/results/latency_model_openvino_mobilenet_v2_
     fmnist_threads1_profiled.md). Whole networks stay on the wall clock: a deployment pays the call."""
 
@@ -888,6 +888,21 @@ class OpenVINOBackend(CpuRuntimeBackend):
 
         with self._timing_file(module, example_input) as (path, x):
             return self._runner(ov.Core().read_model(path), x, profiled=True)
+
+    def op_profile(self, network: nn.Module, example_input: torch.Tensor, calls: int = 300,
+                   warmup: int = 20) -> tuple[list[dict[str, Any]], float]:
+        """Where ``network``'s time goes, op by op: each op of the compiled network (in execution order) with
+        its name, type, kernel and mean microseconds over all ``warmup + calls`` calls (the profile keeps its
+        mean over every call), and the mean wall time of the same calls (the profile on adds its own cost)."""
+        import openvino as ov
+
+        with self._timing_file(network, example_input) as (path, x):
+            run = self._runner(ov.Core().read_model(path), x, profiled=True)
+        for _ in range(warmup + calls):
+            run()
+        ops = [{"name": op.node_name, "type": op.node_type, "exec": op.exec_type,
+                "us": op.real_time.total_seconds() * 1e6} for op in run.keepalive[1].get_profiling_info()]
+        return ops, run.wall_ms(0)
 
     def sessions_from_file(self, path: str | os.PathLike, example_input: torch.Tensor, n: int = 1) -> list[Runner]:
         """``n`` runners of an exported ``.onnx`` file (read once; the model is in memory afterwards)."""

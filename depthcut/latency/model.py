@@ -10,8 +10,8 @@ network is paid once for the whole network, and a part that grows with the bytes
 with ``other`` the time outside the modelled body (stem, head, pooling, the network's own call). ``w``: a row
 timed alone runs its repeats on weights that stay in cache; inside a network the other convs' weights evict
 them and each call reads them again (OpenVINO's per-op profile inside MobileNetV2 at 28x28: the 160 -> 1280
-1x1 conv, 0.8 MB of weights, ran 44-46 us in the network and 34 us alone, the small convs within 1-3 us of
-their rows). A runtime that times a row by its own per-op profile (OpenVINO: depthcut.latency.backends) gives
+1x1 conv, 0.8 MB of weights, ran 46-49 us in the network over three profiles and 35 us alone, most small
+convs within 3 us of their rows). A runtime that times a row by its own per-op profile (OpenVINO: depthcut.latency.backends) gives
 rows without the call; there ``a`` and ``b`` come out about zero or negative: each op's dispatch, and
 activations read from further away than in a row's repeats. Measuring
 ``a`` and ``b`` on micro-benchmarks (a chain of 1 vs 5 cheap ops) is a difference of two noisy numbers: on
@@ -160,7 +160,7 @@ class LatencyModel:
 def weight_bytes(candidate: Candidate) -> float:
     """Bytes of the row's merged kernel in float32 (an int8 runtime's fit scales ``w`` to its own)."""
     groups = candidate.in_channels if candidate.depthwise else candidate.groups
-    return 4.0 * candidate.in_channels // groups * candidate.out_channels * candidate.kernel ** 2
+    return 4.0 * (candidate.in_channels // groups) * candidate.out_channels * candidate.kernel ** 2
 
 
 # -------------------------------------------------------------------------------------------- the fit ---

@@ -174,5 +174,10 @@ def test_openvino_rows_are_timed_by_their_ops_profile_and_networks_by_the_wall(t
             for p in entry["passes"]:
                 assert 0 < p["time_scale"] <= 1 and p["median_ms"] == p["measured_median_ms"] * p["time_scale"]
             assert timed.median_ms == min(p["median_ms"] for p in entry["passes"])
+        # a whole network op by op (bench/op_profile.py): its convs in execution order, inside the call's time
+        ops, wall_ms = get_backend("openvino", threads=1).op_profile(net, x, calls=20, warmup=5)
+        convs = [op for op in ops if op["type"] == "Convolution"]
+        assert len(convs) == 2 and all(op["us"] >= 0 for op in ops)
+        assert 0 < sum(op["us"] for op in ops) / 1e3 <= wall_ms
         print("profiled rows ok")
     """))
