@@ -16,6 +16,11 @@ runs and whether the measured speed-up was monotone in the budget in every run.
 
     python bench/latency_model.py --fresh 5 [--backend onnxruntime|eager|openvino] [--quantize int8]
                                   [--models resnet34,mobilenet_v2] [--size N] [--timing-threads N]
+                                  [--calibration-sessions N] [--plans-from REPORT ...]
+
+``--plans-from`` adds the plans a compress run probed (its report.json files) to step 3, and times each again
+alone against the original, as compress's landing does: whether the model misses the plans a real importance
+table chooses, and the probes' way of measuring, more than its own.
 
 Writes bench/results/latency_model_<backend>[_int8][_<models>][_threads<n>].{json,md} (the models named when
 not the default two: ``--models mobilenet_v2_fmnist`` is the embedded 28x28 network the int8 benchmark deploys;
@@ -37,7 +42,7 @@ from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_fr
 from depthcut.cnn.graph import analyze
 from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table, original_spec
-from depthcut.latency.compare import time_jointly
+from depthcut.latency.compare import compare_speed, time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
 from depthcut.latency.model import FRACTIONS, REGIONS, LatencyModelError, calibrate, network_timer
 from depthcut.latency.table import PASSES
@@ -51,8 +56,30 @@ BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.
            "resnet20_fmnist": (0.71, 0.60, 0.50), "mobilenet_v2_fmnist": (0.62, 0.55, 0.46, 0.38)}
 
 
+def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
+    """The plans compress probed for ``name`` in the given compress reports (report.json): label -> candidates
+    of ``analysis``. A plan is structure only (the weights do not matter to latency), so it is rebuilt here; a
+    plan with a block this analysis does not offer (a report written with other kernel options) is skipped,
+    and said so."""
+    by_key = {c.key: c for c in analysis.candidates}
+    plans = {}
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        if report.get("model") != name:
+            continue
+        label = "/".join(Path(path).parts[-3:-1]) if Path(path).name == "report.json" else Path(path).stem
+        for i, probe in enumerate(report.get("probes", [])):
+            unknown = [k for k in probe["blocks"] if k not in by_key]
+            if unknown:
+                print(f"{label} probe {i + 1} skipped: block {unknown[0]} is not a candidate here", flush=True)
+                continue
+            plans[f"{label} probe {i + 1}"] = [by_key[k] for k in probe["blocks"]]
+    return plans
+
+
 def one_run(name: str, backend_name: str, size: int | None, cache: str, max_rounds: int,
-            quantize: str | None = None, threads: int | None = None) -> dict:
+            quantize: str | None = None, threads: int | None = None, plans_from: list[str] = (),
+            calibration_sessions: int = 4) -> dict:
     entry = zoo.get(name)
     torch.manual_seed(0)
     model = zoo.randomize_batchnorm(entry.create())
@@ -76,7 +103,7 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
     rows = {c.key: (c, timed[c.key].median_ms) for c in candidates}
     try:
         model_ = calibrate(rows, analysis.chain.length, batch_size=1, say=print,
-                           time_networks=network_timer(analysis, backend, x, model),
+                           time_networks=network_timer(analysis, backend, x, model, sessions=calibration_sessions),
                            original_ms=lambda: time_rows([])[reference.key].median_ms,
                            retime_rows=lambda: {k: t.median_ms for k, t in time_rows(candidates, True).items()})
     except LatencyModelError as e:      # the sanity checks refused this run's table: recorded, not hidden
@@ -105,6 +132,14 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
 
     solutions = {ratio: frontier.best(ratio * full) for ratio in BUDGETS[name]}
     networks = {f"{ratio:.0%}": network([r.ref for r in s.rows]) for ratio, s in solutions.items()}
+    extra = report_plans(analysis, name, list(plans_from))
+    missing = sorted({c.key: c for blocks in extra.values() for c in blocks if c.key not in rows}.values(),
+                     key=lambda c: c.key)
+    if missing:     # rows the dominance filter dropped here: timed now, in their own pass
+        more = time_rows(missing)
+        rows.update({c.key: (c, more[c.key].median_ms) for c in missing})
+        dp.update({c.key: model_.row_ms(c, rows[c.key][1]) for c in missing})
+    networks.update({label: network(blocks) for label, blocks in extra.items()})
     # the identity plan's network too: the original over it, now against at calibration, says how much the
     # machine moved between the two (eager MobileNetV2 saw x1.105 calibrating; a slow phase can shift it)
     networks["identity"] = network([c for c in analysis.candidates if is_trivial(c)])
@@ -129,6 +164,21 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
                              "blocks": [r.ref.key for r in solution.rows if not is_trivial(r.ref)]})
         print(f"{name} {ratio:.0%}: measured {est.describe()}, predicted x{predicted:.3f} "
               f"({predicted / est.ratio - 1:+.1%}), additive {additive / est.ratio - 1:+.1%}", flush=True)
+    out["report_plans"] = []
+    for label, blocks in extra.items():
+        est = measured[label]
+        predicted = model_.predicted_speedup(sum(dp[c.key] for c in blocks), full)
+        # and alone against the original, as compress's landing probes it (depthcut.compression.probe_speed:
+        # 4 sessions, 5 calls a round, until the interval is 2 % wide or 100 rounds)
+        alone = compare_speed(model, networks[label], x, backend, repeats=5, min_rounds=12, max_rounds=100,
+                              rel_width=0.02, sessions=4)
+        out["report_plans"].append({"plan": label, "measured": est.to_dict(), "predicted": predicted,
+                                    "error": predicted / est.ratio - 1, "measured_alone": alone.to_dict(),
+                                    "error_alone": predicted / alone.ratio - 1,
+                                    "blocks": [c.key for c in blocks if not is_trivial(c)],
+                                    "rows_timed_apart": [c.key for c in missing if c in blocks]})
+        print(f"{name} {label}: measured {est.describe()}, alone {alone.describe()}, predicted x{predicted:.3f} "
+              f"({predicted / est.ratio - 1:+.1%}; {predicted / alone.ratio - 1:+.1%} alone)", flush=True)
     return out
 
 
@@ -152,6 +202,11 @@ def summary(runs: list[dict]) -> dict:
         s["worst_error_against_identity"] = max(s.get("worst_error_against_identity", 0.0),
                                                 *(abs(p["error_against_identity"]) for p in run["plans"]))
         s["worst_additive_error"] = max(s["worst_additive_error"], *(abs(p["additive_error"]) for p in run["plans"]))
+        if run.get("report_plans"):
+            s["worst_report_plan_error"] = max(s.get("worst_report_plan_error", 0.0),
+                                               *(abs(p["error"]) for p in run["report_plans"]))
+            s["worst_report_plan_error_alone"] = max(s.get("worst_report_plan_error_alone", 0.0),
+                                                     *(abs(p["error_alone"]) for p in run["report_plans"]))
         s["monotone_runs"] += monotone(run["plans"])
         s["calls_ms"].append(run["latency_model"]["call_ms"])
         s["self_errors"].append(max(abs(p["modelled_ms"] / p["measured_ms"] - 1)
@@ -174,14 +229,16 @@ def markdown(report: dict) -> str:
              f"{' --quantize ' + q if q else ''}"
              f"{' --models ' + report['models'] if report.get('models', DEFAULT_MODELS) != DEFAULT_MODELS else ''}"
              f"{' --size ' + str(report['size']) if report.get('size') else ''}"
-             f"{' --timing-threads ' + str(report['timing_threads']) if report.get('timing_threads') else ''}`", "",
+             f"{' --timing-threads ' + str(report['timing_threads']) if report.get('timing_threads') else ''}"
+             f"{' --calibration-sessions ' + str(report['calibration_sessions']) if report.get('calibration_sessions', 4) != 4 else ''}"
+             f"{' --plans-from ' + ' '.join(report['plans_from']) if report.get('plans_from') else ''}`", "",
              f"{report['cpu']}, {report['threads']} threads, runtime timed on "
              f"{report.get('timing_threads') or report['threads']} intra-op thread(s), {report['versions']}, batch 1, "
              f"input {', '.join(sorted({'x'.join(map(str, r.get('input_shape', [1, 3, 224, 224])[1:])) for r in report['runs']}))}"
              f" (channels x height x width), random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row its fastest of {PASSES} passes on fresh sessions, the original network timed in the same passes) and the per-call model calibrated on "
              f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
-             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds. Predicted = the original as timed with the table over the plan's modelled network (LatencyModel.predicted_speedup; runs before 2026-12-07: rows from their median pass, the original as measured at calibration); error = predicted / measured - 1.", "",
+             f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds; calibration networks on {report.get('calibration_sessions', 2)} sessions each. Predicted = the original as timed with the table over the plan's modelled network (LatencyModel.predicted_speedup; runs before 2026-12-07: rows from their median pass, the original as measured at calibration); error = predicted / measured - 1.", "",
              "| model | runs | refused by the sanity checks | worst error, per-call model | worst error against the "
              "identity network measured with the plans | worst error, plain sum of rows | measured speed-up monotone "
              "in the budget | fitted per-call cost a (us), over the runs |",
@@ -192,6 +249,11 @@ def markdown(report: dict) -> str:
                      f"{s.get('worst_error_against_identity', 0.0):.1%} | "
                      f"{s['worst_additive_error']:.1%} | {s['monotone_runs']} of {s['runs'] - s['refused']} runs | "
                      f"{calls} |")
+    for name, s in report["summary"].items():
+        if "worst_report_plan_error" in s:
+            lines += ["", f"{name}, the plans compress probed (`--plans-from`): worst error "
+                          f"**{s['worst_report_plan_error']:.1%}** measured with the plans, "
+                          f"**{s['worst_report_plan_error_alone']:.1%}** measured alone against the original."]
     for k, run in enumerate(report["runs"]):
         if "refused" in run:
             lines += ["", f"## run {run['run']}: {run['model']} - refused", "", f"`{run['refused']}`"]
@@ -218,6 +280,15 @@ def markdown(report: dict) -> str:
                          f"{e['rounds']} | x{p['predicted']:.2f} | {p['error']:+.1%} | {p['error_against_identity']:+.1%} | x{p['additive_predicted']:.2f}"
                          f" | {p['additive_error']:+.1%} |")
         lines.append(f"\nMonotone in the budget: {'yes' if monotone(run['plans']) else 'no'}.")
+        if run.get("report_plans"):
+            lines += ["", "Plans a compress run probed (`--plans-from`), measured in the same rounds:", "",
+                      "| plan | merged blocks | measured with the plans (95% CI) | measured alone against the original, "
+                      "as compress probes | predicted | error | error against alone |", "|---|---|---|---|---|---|---|"]
+            for p in run["report_plans"]:
+                e, a = p["measured"], p["measured_alone"]
+                lines.append(f"| {p['plan']} | {len(p['blocks'])} | x{e['ratio']:.2f} [{e['low']:.2f}, "
+                             f"{e['high']:.2f}] | x{a['ratio']:.2f} [{a['low']:.2f}, {a['high']:.2f}] | "
+                             f"x{p['predicted']:.2f} | {p['error']:+.1%} | {p['error_alone']:+.1%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -233,6 +304,10 @@ def main() -> None:
     ap.add_argument("--max-rounds", type=int, default=60, help="paired rounds of the plans' joint timing")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "bench_latency_model"),
                     help="each run makes its own empty folder under this one")
+    ap.add_argument("--calibration-sessions", type=int, default=4,
+                    help="fresh runtime sessions per calibration network (compress: --timing-sessions, default 4)")
+    ap.add_argument("--plans-from", nargs="*", default=[], metavar="REPORT",
+                    help="compress reports (report.json) whose probed plans are measured too, next to the data-free ones")
     ap.add_argument("--out", default=None, help="default: bench/results/latency_model_<backend>")
     args = ap.parse_args()
     out = Path(args.out or ROOT / "bench" / "results" / (
@@ -244,14 +319,16 @@ def main() -> None:
         versions += f", {args.backend} {get_backend(args.backend).version()}"
     report = {"backend": args.backend, "quantize": args.quantize, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "models": args.models, "timing_threads": args.timing_threads, "fresh": args.fresh,
-              "max_rounds": args.max_rounds,
+              "max_rounds": args.max_rounds, "calibration_sessions": args.calibration_sessions,
+              "plans_from": args.plans_from,
               "runs": []}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     for k in range(args.fresh):
         for name in args.models.split(","):
             with tempfile.TemporaryDirectory(dir=args.cache, prefix=f"run{k}-") as cache:
                 report["runs"].append({"run": k + 1, **one_run(name, args.backend, args.size, cache, args.max_rounds,
-                                                                args.quantize, args.timing_threads)})
+                                                                args.quantize, args.timing_threads,
+                                                                args.plans_from, args.calibration_sessions)})
             report["summary"] = summary(report["runs"])
             out.with_suffix(".json").write_text(json.dumps(report, indent=1))
             out.with_suffix(".md").write_text(markdown(report))

@@ -362,7 +362,8 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
     from .cnn.build import is_trivial
     from .errors import CacheError
     from .latency import latency_store
-    from .latency.model import additive, calibrate, network_timer, LatencyModel, LatencyModelError
+    from .latency.model import (CHECKED_SPEEDUP, additive, calibrate, network_timer, problems, LatencyModel,
+                                LatencyModelError)
 
     config = run.config
     if config.latency_model == "additive":
@@ -373,12 +374,16 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         # reachability check that follows refuses any target beyond it, in one line
         run.say("no candidate merges anything faster than the convs it replaces: the original's convs are the only plan")
         return additive(config.batch_size)
+    # the fit is checked on the calibration networks as fast as the target, with room for the landing to probe
+    # beyond it (a latency target is not a ratio yet here: every network is checked)
+    checked = max(CHECKED_SPEEDUP, 1.25 * config.speedup) if config.speedup else None
     store = latency_store(run.backend, config.batch_size, run.cache_dir)
     # "rows": models fitted on median-pass rows (before 2026-12-07) are not reused on fastest-pass rows;
-    # "terms": nor models without the weights term (before 2026-12-08)
+    # "terms": nor models without the weights term (before 2026-12-08); "samples": nor models calibrated on
+    # networks timed cold in their joint rounds (before compare.WARM_CALLS)
     key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),
                                           "candidates": sorted(c.key for c in candidates), "rows": "fastest pass",
-                                          "terms": "calls, bytes, weights"})
+                                          "terms": "calls, bytes, weights", "samples": "warm"})
     if key in store:
         try:
             model = LatencyModel.from_dict(store[key])
@@ -387,7 +392,11 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
                              f"recompute") from None
         if model.fallback and config.latency_model == "per-call":    # a strict run refuses what auto fell back on
             raise LatencyModelError(f"{model.fallback} (cached in {store.path(key)}; delete it to calibrate again)")
-        return model
+        if model.kind != "per-call" or not problems(model, checked):
+            return model
+        # a model checked for nearer targets than this one asks: calibrated again, checked up to this target
+        run.say(f"the cached latency model was checked on networks up to x{model.checked_speedup or 0:g} faster than "
+                f"its identity network, this target needs x{checked or 0:g}: calibrating again")
     run.say(f"calibrating the per-call latency model on whole networks ({config.backend})")
     def retime_rows() -> dict[str, float]:
         return {k: t.median_ms for k, t in time_rows(candidates, refresh=True).items()}
@@ -395,6 +404,7 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
     try:
         model = calibrate({c.key: (c, timed_ms[c.key]) for c in candidates}, run.analysis.chain.length,
                           batch_size=config.batch_size, say=run.say, retime_rows=retime_rows, original_ms=original_ms,
+                          checked_speedup=checked,
                           time_networks=network_timer(run.analysis, run.backend, run.example, run.original,
                                                       sessions=config.timing_sessions))
     except LatencyModelError as e:

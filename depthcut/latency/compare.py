@@ -25,6 +25,14 @@ with j (:func:`interleaved_sessions`). Made one network after another, the refer
 three copies of MobileNetV2 timed against the original itself measured x1.003 / x1.014 / x1.010 (medians of 40
 joint timings; ONNX Runtime, one thread): every speed-up ~1 % too high. Made in turns: x1.002 / x1.000 / x0.998
 (bench/timing_order.py, bench/results/timing_order.log).
+
+Several networks in the same rounds (:func:`compare_many`) evict each other's weights and activations from the
+caches: a network's first calls after the others ran are slower than a deployed network's, which runs warm, and
+more so the more it reads. Its samples are therefore taken after ``warm_calls`` untimed calls. Without them
+(OpenVINO float32 MobileNetV2 at 28x28, one thread, 5 plans and the identity network in rounds with the
+original, 5 calls a sample) every plan measured x1.04-1.07 the speed-up the same plan measures alone against the
+original (:func:`compare_speed`, as compress probes and reports it); with 3 untimed calls first, within about
+1 % (bench/results/timing_warm_calls.md).
 """
 from __future__ import annotations
 
@@ -198,8 +206,12 @@ def estimate_from_rounds(ratios: list[float], pooled: dict[str, list[float]], pe
                            sessions=len(session_ratios), session_ratios=session_ratios)
 
 
+WARM_CALLS = 3           # untimed calls of a network before each of its samples in a round of many (module doc)
+
+
 def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original", repeats: int = 5,
-                 rounds: int = 60, block_rounds: int = 5, warmup: int = 3) -> dict[str, SpeedupEstimate]:
+                 rounds: int = 60, block_rounds: int = 5, warmup: int = 3,
+                 warm_calls: int = WARM_CALLS) -> dict[str, SpeedupEstimate]:
     """Time several networks against one ``reference`` *in the same rounds* (issue 9: methods compared at
     equal latency). Separate measurements of two methods, seconds or minutes apart, differ by several percent
     on a shared machine (``bench/results/timing_stability.md``) - more than the differences being compared;
@@ -209,7 +221,8 @@ def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original
     ``runners[name]`` holds one runner per runtime session (the same count for every name); rounds rotate
     through the sessions in blocks of ``block_rounds``, and the order of the networks inside a round rotates
     and reverses from round to round, so no network always follows the same one. Returns each non-reference
-    network's :class:`SpeedupEstimate` against the reference (interval widened by the sessions' spread)."""
+    network's :class:`SpeedupEstimate` against the reference (interval widened by the sessions' spread). Each
+    sample follows ``warm_calls`` untimed calls of the same runner (the module docstring says why)."""
     names = list(runners)
     if reference not in runners:
         raise ValueError(f"the reference {reference!r} is not among the runners")
@@ -227,6 +240,8 @@ def compare_many(runners: dict[str, list[Runner]], *, reference: str = "original
         session = session_of_round(k, max(1, block_rounds), n_sessions)
         order = names[k % len(names):] + names[:k % len(names)]
         for name in (order if (k // len(names)) % 2 == 0 else order[::-1]):
+            for _ in range(warm_calls):
+                runners[name][session]()
             s = sample_ms(runners[name][session], repeats)
             pooled[name] += s
             medians[name].append(statistics.median(s))
@@ -262,7 +277,8 @@ def interleaved_sessions(backend: Backend, networks: dict[str, Any], example_inp
 
 def time_jointly(original: nn.Module, networks: dict[str, Any], example_input: torch.Tensor,
                  backend: str | Backend = "onnxruntime", *, sessions: int = 4, rounds: int = 60,
-                 warmup: int = 5, drift: float | None = None) -> dict[str, SpeedupEstimate]:
+                 warmup: int = 5, drift: float | None = None,
+                 warm_calls: int = WARM_CALLS) -> dict[str, SpeedupEstimate]:
     """Several networks against ``original`` in the same rounds (:func:`compare_many`), each on ``sessions``
     fresh runtime sessions: ``networks`` maps a name to an ``nn.Module`` (timed as :func:`timing_copy` gives it)
     or, on a backend that can load one, an exported file (``sessions_from_file``). Each interval is floored at
@@ -270,6 +286,6 @@ def time_jointly(original: nn.Module, networks: dict[str, Any], example_input: t
     their order. Shared by ``depthcut compare`` and the frontier benchmark."""
     backend = get_backend(backend)
     runners = interleaved_sessions(backend, {"original": original, **networks}, example_input, sessions)
-    estimates = compare_many(runners, rounds=rounds, block_rounds=5, warmup=warmup)
+    estimates = compare_many(runners, rounds=rounds, block_rounds=5, warmup=warmup, warm_calls=warm_calls)
     floor = backend.drift() if drift is None else drift
     return {name: with_drift(e, floor) for name, e in estimates.items()}

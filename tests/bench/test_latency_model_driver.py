@@ -27,3 +27,41 @@ def test_the_budgets_cover_the_embedded_networks_too():
 
     for name in ("resnet20_fmnist", "mobilenet_v2_fmnist", "resnet34", "mobilenet_v2"):
         assert zoo.get(name) and all(0 < b < 1 for b in lm.BUDGETS[name])
+
+
+def test_plans_a_compress_run_probed_are_read_by_model_and_unknown_blocks_skipped(tmp_path, capsys):
+    import json
+    from types import SimpleNamespace
+
+    analysis = SimpleNamespace(candidates=[SimpleNamespace(key=k) for k in ("0-1-k3-[1]", "1-3-k3-[2,3]")])
+    folder = tmp_path / "mobilenet_v2_fmnist-x2-seed0" / "openvino_float32"
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps({"model": "mobilenet_v2_fmnist", "probes": [
+        {"blocks": ["0-1-k3-[1]", "1-3-k3-[2,3]"]}, {"blocks": ["0-3-k9-[1,2,3]"]}]}))
+    other = tmp_path / "resnet20.json"
+    other.write_text(json.dumps({"model": "resnet20_fmnist", "probes": [{"blocks": ["0-1-k3-[1]"]}]}))
+    plans = lm.report_plans(analysis, "mobilenet_v2_fmnist", [str(folder / "report.json"), str(other)])
+    assert list(plans) == ["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 1"]
+    assert [c.key for c in plans["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 1"]] == \
+        ["0-1-k3-[1]", "1-3-k3-[2,3]"]
+    assert "probe 2 skipped: block 0-3-k9-[1,2,3] is not a candidate here" in capsys.readouterr().out
+
+
+def test_the_report_names_calibration_sessions_and_the_compress_plans():
+    runs = [{"run": 1, "model": "mobilenet_v2_fmnist", "input_shape": [1, 1, 28, 28], "candidates": 3,
+             "kept_candidates": 3, "table_seconds": 1.0, "calibration_seconds": 1.0,
+             "latency_model": {"call_ms": 0.0, "call_ms_range": [0.0, 0.0], "call_ms_per_byte": 0.0, "other_ms": 0.0,
+                               "original_factor": 1.0, "attempts": 1, "anchor": "networks",
+                               "calibration": [{"modelled_ms": 1.0, "measured_ms": 1.0}]},
+             "identity_now": {"ratio": 1.0, "low": 1.0, "high": 1.0},
+             "plans": [{"budget_ratio": 0.5, "measured": {"ratio": 2.0, "low": 1.9, "high": 2.1, "rounds": 60},
+                        "predicted": 2.1, "error": 0.05, "error_against_identity": 0.05, "additive_predicted": 1.5,
+                        "additive_error": -0.25}],
+             "report_plans": [{"plan": "x2 probe 1", "blocks": ["1-3-k3-[2,3]"],
+                               "measured": {"ratio": 2.0, "low": 1.9, "high": 2.1},
+                               "measured_alone": {"ratio": 1.9, "low": 1.85, "high": 1.95}, "predicted": 2.2,
+                               "error": 0.1, "error_alone": 2.2 / 1.9 - 1}]}]
+    md = lm.markdown(report(runs=runs, summary=lm.summary(runs), calibration_sessions=2, plans_from=["a.json"]))
+    assert "--calibration-sessions 2 --plans-from a.json`" in md
+    assert "worst error **10.0%** measured with the plans, **15.8%** measured alone" in md
+    assert "| x2 probe 1 | 1 | x2.00 [1.90, 2.10] | x1.90 [1.85, 1.95] | x2.20 | +10.0% | +15.8% |" in md

@@ -169,7 +169,7 @@ def test_compare_many_times_every_network_in_the_same_rounds(monkeypatch):
     monkeypatch.setattr(compare, "sample_ms", sample)
     monkeypatch.setattr(compare, "measure", lambda run, **kw: None)       # the warm-up
     runners = {name: [(name, s) for s in range(3)] for name in base}
-    est = compare.compare_many(runners, rounds=30, block_rounds=2)
+    est = compare.compare_many(runners, rounds=30, block_rounds=2, warm_calls=0)   # (scripted samples only)
     assert set(est) == {"a", "b"}
     assert (est["a"].ratio, est["a"].low, est["a"].high) == (2.0, 2.0, 2.0)
     assert est["b"].ratio == pytest.approx(2.5) and est["b"].sessions == 3
@@ -178,6 +178,39 @@ def test_compare_many_times_every_network_in_the_same_rounds(monkeypatch):
     assert {r[0][0] for r in rounds} == set(base)                                   # everyone goes first
     after = {(r[i][0], r[i + 1][0]) for r in rounds for i in range(2)}
     assert after == {(x, y) for x in base for y in base if x != y}                 # and after everyone
+
+
+class Cached:
+    """A simulated network on a simulated clock whose cache holds one network: its first ``cold`` calls after
+    another network ran cost ``penalty`` ms more (its weights evicted), then ``ms`` each."""
+    last = None
+
+    def __init__(self, clock: list[float], ms: float, penalty: float, cold: int = 3):
+        self.t, self.ms, self.penalty, self.cold, self.streak = clock, ms, penalty, cold, 0
+        self.clock = lambda: self.t[0]
+
+    def __call__(self):
+        self.streak = self.streak + 1 if Cached.last is self else 1
+        Cached.last = self
+        self.t[0] += (self.ms + (self.penalty if self.streak <= self.cold else 0.0)) / 1e3
+
+
+@pytest.mark.parametrize("cold", [1, 2, 3])
+def test_compare_many_times_each_network_warm_as_deployed(cold):
+    """In rounds of several networks each one runs after the others evicted it: with 5 timed calls a sample,
+    a network whose first ``cold`` calls pay a reload (more for the bigger original) measures a ratio between
+    its warm and cold ones. WARM_CALLS untimed calls first give the warm ratio, as the network runs alone."""
+    Cached.last = None
+    clock = [0.0]
+    runners = {"original": [Cached(clock, 2.0, 1.0, cold)], "a": [Cached(clock, 1.0, 0.2, cold)],
+               "b": [Cached(clock, 0.5, 0.1, cold)]}
+    warm = compare.compare_many(runners, rounds=12, block_rounds=1, warmup=0)
+    assert compare.WARM_CALLS >= cold
+    assert warm["a"].ratio == pytest.approx(2.0) and warm["b"].ratio == pytest.approx(4.0)
+    Cached.last = None
+    cold_rounds = compare.compare_many(runners, rounds=12, block_rounds=1, warmup=0, warm_calls=0)
+    expected = (2.0 + (1.0 if cold >= 3 else 0.0)) / (1.0 + (0.2 if cold >= 3 else 0.0))
+    assert cold_rounds["a"].ratio == pytest.approx(expected)      # the median of 5 is cold once 3 calls are
 
 
 def test_compare_many_rejects_what_it_cannot_pair():

@@ -299,8 +299,8 @@ def test_the_sanity_checks_name_what_is_wrong():
     assert any("identity plan's network is modelled at" in p for p in problems(off))
     missed = LatencyModel("per-call", batch_size=1, calibration=[
         {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0, "low_ms": 1.0, "high_ms": 1.0},
-        {"network": "fastest", "modelled_ms": 0.3, "measured_ms": 0.3 / (1 + 1.5 * MAX_FIT_ERROR), "low_ms": 0.2,
-         "high_ms": 0.25}])
+        {"network": "fastest", "modelled_ms": 0.5, "measured_ms": 0.5 / (1 + 1.5 * MAX_FIT_ERROR), "low_ms": 0.35,
+         "high_ms": 0.4}])
     assert any("misses its own fastest network by +30%" in p for p in problems(missed))
     assert problems(LatencyModel("additive", batch_size=1)) == []
 
@@ -365,3 +365,54 @@ def test_an_interrupted_table_resumes_pass_by_pass(tmp_path, monkeypatch):
     for c in rows:
         low, high = table[c.key].interval
         assert low <= table[c.key].median_ms <= high
+
+
+def test_the_fit_is_checked_on_the_networks_a_landing_can_use():
+    """The fastest plan (x9 on MobileNetV2) is an extrapolation no landing uses: a fit that misses only it keeps
+    the model at the default range, and is refused where the target reaches it."""
+    from depthcut.latency.model import CHECKED_SPEEDUP
+
+    def network(name, measured, error):
+        return {"network": name, "modelled_ms": measured * (1 + error), "measured_ms": measured,
+                "low_ms": measured, "high_ms": measured}
+    model = LatencyModel("per-call", batch_size=1, calibration=[
+        network("identity", 1.0, 0.0), network("50% budget", 0.5, 0.05),
+        network("fastest", 1.0 / (2 * CHECKED_SPEEDUP), -1.2 * MAX_FIT_ERROR)])
+    assert problems(model) == []                                           # x8 is beyond the checked range
+    assert any("misses its own fastest network by -24%" in p for p in problems(model, 2 * CHECKED_SPEEDUP))
+    assert any("fastest network" in p for p in problems(model, None))      # None: every network
+    model.calibration[1] = network("50% budget", 0.5, -1.2 * MAX_FIT_ERROR)
+    assert any("misses its own 50% budget network" in p for p in problems(model))
+
+
+def test_a_cached_model_is_calibrated_again_for_a_target_beyond_its_checked_range(tmp_path, monkeypatch):
+    """compress checks the fit up to max(CHECKED_SPEEDUP, 1.25 x the target): a model cached for x1.5 whose
+    only miss is a x5 network is reused at x2.0 and calibrated again at x4.0."""
+    from types import SimpleNamespace
+
+    import depthcut.latency.model as M
+    from depthcut.compression import latency_model
+    from depthcut.config import LayerMergeConfig
+    from depthcut.latency import get_backend
+
+    analysis = analyze_zoo("resnet20")
+    checked = []
+
+    def fake_calibrate(rows, length, *, checked_speedup, **kw):
+        checked.append(checked_speedup)
+        return LatencyModel("per-call", batch_size=1, checked_speedup=checked_speedup, calibration=[
+            {"network": "identity", "modelled_ms": 1.0, "measured_ms": 1.0, "low_ms": 1.0, "high_ms": 1.0},
+            {"network": "fastest", "modelled_ms": 0.14, "measured_ms": 0.2, "low_ms": 0.2, "high_ms": 0.2}])
+    monkeypatch.setattr(M, "calibrate", fake_calibrate)
+    monkeypatch.setattr(M, "network_timer", lambda *a, **k: None)
+
+    def run(speedup):
+        return SimpleNamespace(config=LayerMergeConfig(speedup=speedup, batch_size=1), backend=get_backend("eager"),
+                               cache_dir=tmp_path, original=analysis.gm, input_shape=(1, 3, 32, 32),
+                               analysis=analysis, example=None, say=lambda s: None)
+    timed = {c.key: 0.01 for c in analysis.candidates}
+    assert latency_model(run(1.5), analysis.candidates, timed, None).kind == "per-call" and checked == [4.0]
+    latency_model(run(2.0), analysis.candidates, timed, None)
+    assert checked == [4.0]                                   # reused: x2.5 is within the range it was checked on
+    latency_model(run(4.0), analysis.candidates, timed, None)
+    assert checked == [4.0, 5.0]                              # the x5 network now counts: calibrated again
