@@ -29,8 +29,9 @@ overhead's range, and the fit's error on its own networks is reported.
 
 A row costs the network at least ROW_FLOOR of its time alone. Sanity checks refuse a broken model before the
 DP uses it: a calibration network with a non-positive modelled latency, a negative time outside the body, a
-modelled identity network off its measurement by more than MAX_SELF_ERROR, or any calibration network off by
-more than MAX_FIT_ERROR (the table and the networks timed in different states of the machine). A failed check
+modelled identity network off its measurement by more than MAX_SELF_ERROR, or a calibration network off by
+more than MAX_FIT_ERROR (the table and the networks timed in different states of the machine) among those a
+landing can use (at most CHECKED_SPEEDUP faster than the identity network, or the target's reach). A failed check
 re-times the table and the calibration once (fresh sessions); if it fails again, compress stops with one line
 (:class:`LatencyModelError`).
 """
