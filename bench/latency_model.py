@@ -42,7 +42,7 @@ from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_fr
 from depthcut.cnn.graph import analyze
 from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table, original_spec
-from depthcut.latency.compare import compare_speed, time_jointly
+from depthcut.latency.compare import time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
 from depthcut.latency.model import FRACTIONS, REGIONS, LatencyModelError, calibrate, network_timer
 from depthcut.latency.table import PASSES
@@ -54,6 +54,18 @@ DEFAULT_MODELS = "resnet34,mobilenet_v2"
 BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.33),
            # the embedded networks (28x28): about the budgets their x1.5 / x2.0 landings probe
            "resnet20_fmnist": (0.71, 0.60, 0.50), "mobilenet_v2_fmnist": (0.62, 0.55, 0.46, 0.38)}
+
+
+def probe_alone(original, network, x, backend):
+    """``network`` alone against ``original``, timed as compress's landing probes a plan (depthcut.compression.
+    probe_speed) with the default config's timing, to the end of its rounds (no early decision)."""
+    from types import SimpleNamespace
+
+    from depthcut.compression import probe_speed
+    from depthcut.config import LayerMergeConfig
+
+    run = SimpleNamespace(config=LayerMergeConfig(), original=original, example=x, backend=backend)
+    return probe_speed(run, network, decided=None)
 
 
 def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
@@ -168,10 +180,8 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
     for label, blocks in extra.items():
         est = measured[label]
         predicted = model_.predicted_speedup(sum(dp[c.key] for c in blocks), full)
-        # and alone against the original, as compress's landing probes it (depthcut.compression.probe_speed:
-        # 4 sessions, 5 calls a round, until the interval is 2 % wide or 100 rounds)
-        alone = compare_speed(model, networks[label], x, backend, repeats=5, min_rounds=12, max_rounds=100,
-                              rel_width=0.02, sessions=4)
+        # and alone against the original, as compress's landing probes it, with compress's default timing
+        alone = probe_alone(model, networks[label], x, backend)
         out["report_plans"].append({"plan": label, "measured": est.to_dict(), "predicted": predicted,
                                     "error": predicted / est.ratio - 1, "measured_alone": alone.to_dict(),
                                     "error_alone": predicted / alone.ratio - 1,

@@ -8,7 +8,8 @@ weights from the caches. This times the same plans both ways, several times, int
 * jointly, every plan and the identity plan's network in the same rounds as the original, with 0, 3 and 5
   untimed calls of a network before each of its samples (``warm_calls``; 5 timed calls a sample, 4 sessions,
   60 rounds);
-* alone, each plan against the original (4 sessions, until the interval is 2 % wide or 100 rounds).
+* alone, each plan against the original, as compress's landing probes it (depthcut.compression.probe_speed
+  with the default timing: 4 sessions, until the interval is 2 % wide or 100 rounds).
 
 The plans are the ones a compress run probed (``--plans-from`` its report.json files; a plan is structure only,
 so random weights time the same). Reports each plan's ratio per way, and per joint way the gap to alone.
@@ -32,9 +33,9 @@ from depthcut.cache import atomic_write_json, atomic_write_text
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
 from depthcut.cnn.graph import analyze
 from depthcut.latency import get_backend
-from depthcut.latency.compare import compare_speed, time_jointly
+from depthcut.latency.compare import time_jointly
 
-from latency_model import report_plans
+from latency_model import probe_alone, report_plans
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM = (0, 3, 5)
@@ -75,9 +76,7 @@ def main() -> None:
             for label, e in time_jointly(model, plans, x, backend, sessions=4, rounds=60, warm_calls=w).items():
                 ratios[label][f"jointly, {w} warm calls"].append(e.ratio)
         for label, net in plans.items():
-            e = compare_speed(model, net, x, backend, repeats=5, min_rounds=12, max_rounds=100, rel_width=0.02,
-                              sessions=4)
-            ratios[label]["alone"].append(e.ratio)
+            ratios[label]["alone"].append(probe_alone(model, net, x, backend).ratio)
         print(f"repetition {rep + 1} of {args.reps} done", flush=True)
 
     gaps = {way: [statistics.mean(r[way]) / statistics.mean(r["alone"]) - 1 for label, r in ratios.items()

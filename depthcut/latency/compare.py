@@ -30,9 +30,10 @@ Several networks in the same rounds (:func:`compare_many`) evict each other's we
 caches: a network's first calls after the others ran are slower than a deployed network's, which runs warm, and
 more so the more it reads. Its samples are therefore taken after ``warm_calls`` untimed calls. Without them
 (OpenVINO float32 MobileNetV2 at 28x28, one thread, 5 plans and the identity network in rounds with the
-original, 5 calls a sample) every plan measured x1.04-1.07 the speed-up the same plan measures alone against the
-original (:func:`compare_speed`, as compress probes and reports it); with 3 untimed calls first, within about
-1 % (bench/results/timing_warm_calls.md).
+original, 5 calls a sample) the plans measured on average x1.017 and at worst x1.039 the speed-up the same plan
+measures alone against the original (:func:`compare_speed`, as compress probes and reports it), and two timings of
+a plan differed by up to 7 %; with 3 untimed calls first, x1.002 and x1.008 at worst, the two timings within 2.1 %
+(bench/results/timing_warm_calls_mobilenet_v2_fmnist_openvino.md).
 """
 from __future__ import annotations
 

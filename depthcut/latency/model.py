@@ -22,8 +22,8 @@ with fewer and fewer rows (the DP maximising the number of blocks under falling 
 needed) and the fastest plan inside each third of the chain (early blocks move many bytes per call, late ones
 few: these plans tell a from b) are timed against the identity, all in the same paired rounds
 (depthcut.latency.compare.time_jointly; each sample after untimed warm calls, as the plan runs alone when compress
-probes it: without them, OpenVINO float32 MobileNetV2's plans measured up to 4-7 % faster in those rounds than
-alone, and the model inherited it, bench/results/timing_warm_calls_*.md), and
+probes it: without them, OpenVINO float32 MobileNetV2's plans measured up to 4 % faster in those rounds than
+alone, and the model inherited it, bench/results/timing_warm_calls_mobilenet_v2_fmnist_openvino.md), and
 ``other``, ``a`` and ``b`` are the least-squares fit of the measured times. The leave-one-out fits give the
 overhead's range, and the fit's error on its own networks is reported.
 

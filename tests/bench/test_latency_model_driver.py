@@ -65,3 +65,20 @@ def test_the_report_names_calibration_sessions_and_the_compress_plans():
     assert "--calibration-sessions 2 --plans-from a.json`" in md
     assert "worst error **10.0%** measured with the plans, **15.8%** measured alone" in md
     assert "| x2 probe 1 | 1 | x2.00 [1.90, 2.10] | x1.90 [1.85, 1.95] | x2.20 | +10.0% | +15.8% |" in md
+
+
+def test_a_plan_is_timed_alone_as_compress_probes_it(monkeypatch):
+    import depthcut.latency.compare as compare
+    import torch
+    from torch import nn
+
+    seen = {}
+    real = compare.compare_speed
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        return real(*args, **{**kw, "max_rounds": 12})
+    monkeypatch.setattr(compare, "compare_speed", spy)
+    est = lm.probe_alone(nn.Conv2d(1, 2, 3).eval(), nn.Conv2d(1, 2, 1).eval(), torch.randn(1, 1, 8, 8), "eager")
+    assert seen["sessions"] == 4 and est.rounds == 12                       # the default config's 4 sessions
+    assert seen["rel_width"] == 0.02 and seen["decided"] is None and seen["max_rounds"] == 100
