@@ -395,8 +395,9 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
         if model.kind != "per-call" or not problems(model, checked):
             return model
         # a model checked for nearer targets than this one asks: calibrated again, checked up to this target
-        run.say(f"the cached latency model was checked on networks up to x{model.checked_speedup or 0:g} faster than "
-                f"its identity network, this target needs x{checked or 0:g}: calibrating again")
+        run.say(f"the cached latency model was checked on networks up to x{model.checked_speedup:g} faster than its "
+                f"identity network, this target needs {f'x{checked:g}' if checked else 'every network'}: "
+                f"calibrating again")
     run.say(f"calibrating the per-call latency model on whole networks ({config.backend})")
     def retime_rows() -> dict[str, float]:
         return {k: t.median_ms for k, t in time_rows(candidates, refresh=True).items()}

@@ -57,8 +57,9 @@ MAX_FIT_ERROR = 0.20                  # ... and every other calibration network 
 # ... that runs at most this much faster than the identity network (or than the target asks, if more): the
 # fastest plan (MobileNetV2 at 28x28: 4 convs, ~x9) is fitted and reported but does not veto the model. It is
 # an extrapolation no landing uses, and the one network the fit misses: OpenVINO int8 MobileNetV2's calibrations
-# missed it by -23 % twice (and -21 / -24 % in bench/deploy_int8.py, which then fell back to the additive model and
-# erred up to 27 %) with every other network within 7 % (bench/results/latency_model_openvino_int8_*_warm.md)
+# missed it by -21 / -24 % in bench/deploy_int8.py (bench/results/deploy_int8.md at c6bf1a8), which then fell back
+# to the additive model and erred up to 27 %; two exploratory warm calibrations (not kept, docs/benchmarks.md)
+# missed it by -23 / -27 % with every other network within 7 % in the first
 CHECKED_SPEEDUP = 4.0
 # a row never costs a network less than this fraction of its time alone: the fitted per-call cost is one line
 # through all rows, and can exceed the smallest rows' time alone (MobileNetV2's 32-channel 1x1 convs at
