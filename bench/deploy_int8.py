@@ -93,6 +93,14 @@ def retime_int8(args, model: str, target: float, seed: int) -> dict:
     return out
 
 
+def beyond_interval(probe: dict) -> float:
+    """How far the model's prediction of a probed plan lies outside that probe's 95 % interval (0 inside it):
+    the part of the model's error its measurement's own spread does not explain. A landing stops timing a plan
+    once the verdict is clear, so a probe of a 70 us network can end at x2.57 [2.22, 3.09]."""
+    predicted, low, high = probe["predicted"], probe["measured_low"], probe["measured_high"]
+    return predicted / high - 1 if predicted > high else predicted / low - 1 if predicted < low else 0.0
+
+
 def row(arm: str, r: dict) -> dict:
     if "refused" in r:
         return {"arm": arm, "backend": r["backend"], "quantize": r["quantize"], "refused": r["refused"]}
@@ -104,6 +112,7 @@ def row(arm: str, r: dict) -> dict:
             "top1_agreement_after": q.get("top1_agreement_after"),
             "speedup_int8_over_float_original": (q.get("speedups_over_float_original") or {}).get("int8 deployed"),
             "model_errors": [p["model_error"] for p in r["probes"]], "model_error_largest": r["model_error_largest"],
+            "model_errors_beyond_interval": [beyond_interval(p) for p in r["probes"]],
             # the blocks that change the network: merged or pruned convs, or a removed activation
             "plan": [f"{b['start']}-{b['end']} k{b['kernel']} kept {len(b['kept'])}/{b['end'] - b['start']}"
                      + ("" if b["activation"] else " no act") for b in r["plan_blocks"]
@@ -162,6 +171,10 @@ def markdown(result: dict, command: str) -> str:
               + (" (the float32 table -> int8 arm predicts int8 timings with the float32 table's rows and model: "
                  "its error is what choosing on the wrong table costs, the landing's probes absorb it)"
                  if "float32 table -> int8" in s["model_error_largest"] else ""),
+              "- the same, beyond each probe's own 95 % interval (the part of the error the measurement's spread "
+              "does not explain; a landing stops timing a plan once its verdict is clear): "
+              + ", ".join(f"{arm} {'-' if v is None else '%.1f %%' % (100 * v)}"
+                          for arm, v in s.get("model_error_beyond_interval_largest", {}).items()),
               f"- refused (one line each, above): {', '.join(s['refused']) or 'none'}",
               "- int8 table minus float32 table, int8 accuracy (mean over seeds): " + ", ".join(
                   f"{k} {v['mean']:+.2f} ({v['seeds']} seeds: {', '.join(f'{e:+.2f}' for e in v['each'])})"
@@ -218,6 +231,11 @@ def main() -> None:
               "summary": {"model_error_largest": {arm: max((r["model_error_largest"] for c in cells for r in c["rows"]
                                                             if r["arm"] == arm and "refused" not in r), default=None)
                                                   for arm in args.arms},
+                          "model_error_beyond_interval_largest": {
+                              arm: max((abs(e) for c in cells for r in c["rows"]
+                                        if r["arm"] == arm and "refused" not in r
+                                        for e in r["model_errors_beyond_interval"]), default=None)
+                              for arm in args.arms},
                           "refused": [f"{c['model']} x{c['target']:g} seed {c['seed']} {r['arm']}" for c in cells
                                       for r in c["rows"] if "refused" in r],
                           "int8_table_advantage": {k: {"mean": statistics.mean(v), "seeds": len(v),

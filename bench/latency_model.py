@@ -44,7 +44,8 @@ from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table, original_spec
 from depthcut.latency.compare import time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
-from depthcut.latency.model import FRACTIONS, REGIONS, LatencyModelError, calibrate, network_timer
+from depthcut.latency.model import (FRACTIONS, RANDOM_FRACTIONS, RANDOM_SERIES, REGIONS, LatencyModelError, calibrate,
+                                    network_timer)
 from depthcut.latency.table import PASSES
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
@@ -70,10 +71,23 @@ def probe_alone(original, network, x, backend):
 
 def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
     """The plans compress probed for ``name`` in the given compress reports (report.json): label -> candidates
-    of ``analysis``. A plan is structure only (the weights do not matter to latency), so it is rebuilt here; a
-    plan with a block this analysis does not offer (a report written with other kernel options) is skipped,
-    and said so."""
+    of ``analysis``. A plan is structure only (the weights do not matter to latency), so it is rebuilt here. Which
+    convs an option keeps follows the weights' L1 norms (depthcut.cnn.blocks.kernel_options), so a trained
+    network's block (ResNet-20's 0-7-k9-[1,2,3,4]) can be another set here (0-7-k9-[1,4,5,6]) of the same shape:
+    the block with the same positions, kernel and number of kept convs stands for it. A plan with a block
+    this analysis has no such stand-in for (a report written with other kernel options) is skipped, and said so."""
     by_key = {c.key: c for c in analysis.candidates}
+    by_shape = {(c.start, c.end, c.kernel, len(c.kept), c.depthwise): c for c in analysis.candidates}
+
+    def block(key: str):
+        if key in by_key:
+            return by_key[key]
+        start, end, kernel, kept = key.split("-", 3)
+        count = len([k for k in kept.strip("[]").split(",") if k])
+        shape = (int(start), int(end), int(kernel[1:]), count)
+        same = [c for (s, e, k, n, _), c in by_shape.items() if (s, e, k, n) == shape]
+        return same[0] if len(same) == 1 else None
+
     plans = {}
     for path in paths:
         report = json.loads(Path(path).read_text())
@@ -81,11 +95,11 @@ def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
             continue
         label = "/".join(Path(path).parts[-3:-1]) if Path(path).name == "report.json" else Path(path).stem
         for i, probe in enumerate(report.get("probes", [])):
-            unknown = [k for k in probe["blocks"] if k not in by_key]
+            unknown = [k for k in probe["blocks"] if block(k) is None]
             if unknown:
                 print(f"{label} probe {i + 1} skipped: block {unknown[0]} is not a candidate here", flush=True)
                 continue
-            plans[f"{label} probe {i + 1}"] = [by_key[k] for k in probe["blocks"]]
+            plans[f"{label} probe {i + 1}"] = [block(k) for k in probe["blocks"]]
     return plans
 
 
@@ -247,7 +261,8 @@ def markdown(report: dict) -> str:
              f"input {', '.join(sorted({'x'.join(map(str, r.get('input_shape', [1, 3, 224, 224])[1:])) for r in report['runs']}))}"
              f" (channels x height x width), random weights, data-free importance proxy. Each run starts from an empty cache: "
              f"the latency table (every row its fastest of {PASSES} passes on fresh sessions, the original network timed in the same passes) and the per-call model calibrated on "
-             f"up to {len(FRACTIONS) + 1 + REGIONS} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
+             f"up to {len(FRACTIONS) + 1 + REGIONS + (len(RANDOM_SERIES) * len(RANDOM_FRACTIONS) if report.get('random_series', False) else 0)} whole networks (the identity plan, latency-only plans under falling budgets, the fastest plan inside each third of the chain"
+             f"{', plans under the same budgets with each merge worth a seeded random amount' if report.get('random_series', False) else ''}) (depthcut.latency.model). Measured = median of paired per-round ratios against the "
              f"original, every plan of a run in the same rounds, 95 % interval (depthcut.latency.compare.time_jointly), 4 runtime sessions, {report['max_rounds']} rounds; calibration networks on {report.get('calibration_sessions', 2)} sessions each. Predicted = the original as timed with the table over the plan's modelled network (LatencyModel.predicted_speedup; runs before 2026-12-07: rows from their median pass, the original as measured at calibration); error = predicted / measured - 1.", "",
              "| model | runs | refused by the sanity checks | worst error, per-call model | worst error against the "
              "identity network measured with the plans | worst error, plain sum of rows | measured speed-up monotone "
@@ -330,7 +345,7 @@ def main() -> None:
     report = {"backend": args.backend, "quantize": args.quantize, "cpu": platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "versions": versions, "size": args.size, "models": args.models, "timing_threads": args.timing_threads, "fresh": args.fresh,
               "max_rounds": args.max_rounds, "calibration_sessions": args.calibration_sessions,
-              "plans_from": args.plans_from,
+              "plans_from": args.plans_from, "random_series": bool(RANDOM_SERIES),
               "runs": []}
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     for k in range(args.fresh):

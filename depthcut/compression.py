@@ -380,10 +380,12 @@ def latency_model(run: "Compression", candidates: list[Candidate], timed_ms: dic
     store = latency_store(run.backend, config.batch_size, run.cache_dir)
     # "rows": models fitted on median-pass rows (before 2026-12-07) are not reused on fastest-pass rows;
     # "terms": nor models without the weights term (before 2026-12-08); "samples": nor models calibrated on
-    # networks timed cold in their joint rounds (before compare.WARM_CALLS)
+    # networks timed cold in their joint rounds (before compare.WARM_CALLS); "plans": nor models calibrated
+    # without the random-worth plans (model.RANDOM_SERIES, before 2026-12-07)
     key = "latency-model:" + fingerprint({"network": repr(run.original), "input": list(run.input_shape),
                                           "candidates": sorted(c.key for c in candidates), "rows": "fastest pass",
-                                          "terms": "calls, bytes, weights", "samples": "warm"})
+                                          "terms": "calls, bytes, weights", "samples": "warm",
+                                          "plans": "random series"})
     if key in store:
         try:
             model = LatencyModel.from_dict(store[key])

@@ -33,17 +33,27 @@ def test_plans_a_compress_run_probed_are_read_by_model_and_unknown_blocks_skippe
     import json
     from types import SimpleNamespace
 
-    analysis = SimpleNamespace(candidates=[SimpleNamespace(key=k) for k in ("0-1-k3-[1]", "1-3-k3-[2,3]")])
+    def candidate(key):
+        start, end, kernel, kept = key.split("-", 3)
+        return SimpleNamespace(key=key, start=int(start), end=int(end), kernel=int(kernel[1:]), depthwise=False,
+                               kept=tuple(int(k) for k in kept.strip("[]").split(",")))
+
+    analysis = SimpleNamespace(candidates=[candidate(k) for k in ("0-1-k3-[1]", "1-3-k3-[2,3]", "3-6-k5-[4,6]")])
     folder = tmp_path / "mobilenet_v2_fmnist-x2-seed0" / "openvino_float32"
     folder.mkdir(parents=True)
+    # probe 3: the trained network kept convs 4 and 5 of block 3-6 for its 5x5 option, these weights 4 and 6:
+    # the same shape, so the same latency
     (folder / "report.json").write_text(json.dumps({"model": "mobilenet_v2_fmnist", "probes": [
-        {"blocks": ["0-1-k3-[1]", "1-3-k3-[2,3]"]}, {"blocks": ["0-3-k9-[1,2,3]"]}]}))
+        {"blocks": ["0-1-k3-[1]", "1-3-k3-[2,3]"]}, {"blocks": ["0-3-k9-[1,2,3]"]},
+        {"blocks": ["0-1-k3-[1]", "1-3-k3-[2,3]", "3-6-k5-[4,5]"]}]}))
     other = tmp_path / "resnet20.json"
     other.write_text(json.dumps({"model": "resnet20_fmnist", "probes": [{"blocks": ["0-1-k3-[1]"]}]}))
     plans = lm.report_plans(analysis, "mobilenet_v2_fmnist", [str(folder / "report.json"), str(other)])
-    assert list(plans) == ["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 1"]
+    assert list(plans) == ["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 1",
+                           "mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 3"]
     assert [c.key for c in plans["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 1"]] == \
         ["0-1-k3-[1]", "1-3-k3-[2,3]"]
+    assert [c.key for c in plans["mobilenet_v2_fmnist-x2-seed0/openvino_float32 probe 3"]][-1] == "3-6-k5-[4,6]"
     assert "probe 2 skipped: block 0-3-k9-[1,2,3] is not a candidate here" in capsys.readouterr().out
 
 

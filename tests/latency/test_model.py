@@ -10,8 +10,9 @@ from depthcut.zoo import analyze_zoo
 from depthcut.latency import backends, latency_table
 from depthcut.latency import table as table_mod
 from depthcut.latency.compare import SpeedupEstimate
-from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, ORIGINAL, REGIONS, ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate,
-                                    _predict, calibration_plans, fit, plan_point, problems, row_bytes, weight_bytes)
+from depthcut.latency.model import (MAX_FIT_ERROR, MAX_SELF_ERROR, ORIGINAL, RANDOM_FRACTIONS, RANDOM_SERIES, REGIONS,
+                                    ROW_FLOOR, LatencyModel, LatencyModelError, Point, calibrate, _predict,
+                                    calibration_plans, fit, plan_point, problems, row_bytes, weight_bytes)
 
 
 def test_fit_recovers_the_network_parameters_of_either_sign():
@@ -85,9 +86,12 @@ def test_calibrated_model_predicts_every_plan_of_an_additive_network():
     assert (model.other_ms, model.call_ms, model.call_ms_per_byte) == pytest.approx((0.3, 0.012, 1.5e-8), rel=1e-6)
     assert model.original_factor == pytest.approx(1.05) and model.self_error < 1e-9
     plans = calibration_plans(list(rows.values()), analysis.chain.length)
-    # one joint timing: the original and every plan but the identity (the reference), fewer rows each time
+    # one joint timing: the original and every plan but the identity (the reference), each a different plan,
+    # the budget plans with fewer rows each time
     assert len(calls) == 1 and list(calls[0]) == [ORIGINAL] + [name for name, _ in plans[1:]]
-    assert calls[0][ORIGINAL] is None and len({len(p) for _, p in plans}) == len(plans)
+    assert calls[0][ORIGINAL] is None and len({tuple(c.key for c in p) for _, p in plans}) == len(plans)
+    budgets = [p for name, p in plans if name == "identity" or "budget" in name or name == "fastest"]
+    assert [len(p) for p in budgets] == sorted({len(p) for p in budgets}, reverse=True)
     full = sum(model.row_ms(c, rows[c.key][1]) for c in identity)
     for _, plan in plans:
         body = sum(model.row_ms(c, rows[c.key][1]) for c in plan)
@@ -170,6 +174,31 @@ def test_region_plans_merge_one_part_of_the_chain_and_tell_calls_from_bytes():
         removed_bytes = sum(row_bytes(c, 1) for c in identity) - sum(row_bytes(c, 1) for c in plan if c.kept)
         per_call.append(removed_bytes / removed_calls)
     assert max(per_call) > 3 * min(per_call)
+
+
+def test_random_worth_plans_reach_the_budgets_by_other_merges():
+    """Counting blocks, every tight budget takes the same cheapest merges; the DP with importance reaches it by
+    others. The random-worth series times plans that tile the chain, keep within their budgets, use merges
+    none of the block-counting plans uses, and are the same plans on every call (seeded)."""
+    analysis = analyze_zoo("mobilenet_v2", input_shape=(1, 3, 64, 64))
+    rows, _, _, _, identity = synthetic(analysis)
+    length = analysis.chain.length
+    plans = calibration_plans(list(rows.values()), length)
+    assert calibration_plans(list(rows.values()), length) == plans
+    body = sum(rows[c.key][1] for c in identity)
+    scattered = [(name, plan) for name, plan in plans if name.startswith("random")]
+    assert 0 < len(scattered) <= len(RANDOM_SERIES) * len(RANDOM_FRACTIONS)
+    fastest = sum(rows[c.key][1] for c in dict(plans)["fastest"])
+    for name, plan in scattered:
+        assert [c.start for c in plan] == [0] + [c.end for c in plan[:-1]] and plan[-1].end == length
+        fraction = float(name.rsplit(" ", 1)[1].rstrip("%")) / 100
+        assert sum(rows[c.key][1] for c in plan) <= max(fraction * body, fastest) * (1 + 1e-9)
+    def merges(named):
+        return {c.key for _, plan in named for c in plan if c not in identity}
+    counting = [(n, p) for n, p in plans if not n.startswith("random")]
+    assert merges(scattered) - merges(counting)
+    # without the series, the block-counting plans are what calibration_plans gave before it
+    assert calibration_plans(list(rows.values()), length, random_series=()) == counting
 
 
 def test_a_broken_model_is_retimed_once_then_refused_in_one_line():
