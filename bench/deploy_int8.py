@@ -101,6 +101,12 @@ def beyond_interval(probe: dict) -> float:
     return predicted / high - 1 if predicted > high else predicted / low - 1 if predicted < low else 0.0
 
 
+def largest(cells: list[dict], arms, values) -> dict:
+    """Per arm, the largest of ``values(row)`` over its rows that ran (None: none did)."""
+    return {arm: max((v for c in cells for r in c["rows"] if r["arm"] == arm and "refused" not in r
+                      for v in values(r)), default=None) for arm in arms}
+
+
 def row(arm: str, r: dict) -> dict:
     if "refused" in r:
         return {"arm": arm, "backend": r["backend"], "quantize": r["quantize"], "refused": r["refused"]}
@@ -228,14 +234,9 @@ def main() -> None:
                                              f"on {args.timing_threads or torch.get_num_threads()}), torch "
                                              f"{torch.__version__}",
               "cells": cells,
-              "summary": {"model_error_largest": {arm: max((r["model_error_largest"] for c in cells for r in c["rows"]
-                                                            if r["arm"] == arm and "refused" not in r), default=None)
-                                                  for arm in args.arms},
-                          "model_error_beyond_interval_largest": {
-                              arm: max((abs(e) for c in cells for r in c["rows"]
-                                        if r["arm"] == arm and "refused" not in r
-                                        for e in r["model_errors_beyond_interval"]), default=None)
-                              for arm in args.arms},
+              "summary": {"model_error_largest": largest(cells, args.arms, lambda r: [r["model_error_largest"]]),
+                          "model_error_beyond_interval_largest": largest(
+                              cells, args.arms, lambda r: [abs(e) for e in r["model_errors_beyond_interval"]]),
                           "refused": [f"{c['model']} x{c['target']:g} seed {c['seed']} {r['arm']}" for c in cells
                                       for r in c["rows"] if "refused" in r],
                           "int8_table_advantage": {k: {"mean": statistics.mean(v), "seeds": len(v),

@@ -77,15 +77,17 @@ def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
     the block with the same positions, kernel and number of kept convs stands for it. A plan with a block
     this analysis has no such stand-in for (a report written with other kernel options) is skipped, and said so."""
     by_key = {c.key: c for c in analysis.candidates}
-    by_shape = {(c.start, c.end, c.kernel, len(c.kept), c.depthwise): c for c in analysis.candidates}
+    by_shape: dict[tuple, list] = {}
+    for c in analysis.candidates:
+        by_shape.setdefault((c.start, c.end, c.kernel, len(c.kept)), []).append(c)
 
     def block(key: str):
+        """The candidate ``key`` names (Candidate.key: start-end-k<kernel>-[kept]), or its one same-shape stand-in."""
         if key in by_key:
             return by_key[key]
         start, end, kernel, kept = key.split("-", 3)
         count = len([k for k in kept.strip("[]").split(",") if k])
-        shape = (int(start), int(end), int(kernel[1:]), count)
-        same = [c for (s, e, k, n, _), c in by_shape.items() if (s, e, k, n) == shape]
+        same = by_shape.get((int(start), int(end), int(kernel[1:]), count), [])
         return same[0] if len(same) == 1 else None
 
     plans = {}
@@ -95,11 +97,12 @@ def report_plans(analysis, name: str, paths: list[str]) -> dict[str, list]:
             continue
         label = "/".join(Path(path).parts[-3:-1]) if Path(path).name == "report.json" else Path(path).stem
         for i, probe in enumerate(report.get("probes", [])):
-            unknown = [k for k in probe["blocks"] if block(k) is None]
-            if unknown:
-                print(f"{label} probe {i + 1} skipped: block {unknown[0]} is not a candidate here", flush=True)
+            blocks = [block(k) for k in probe["blocks"]]
+            if None in blocks:
+                print(f"{label} probe {i + 1} skipped: block {probe['blocks'][blocks.index(None)]} is not a candidate "
+                      f"here", flush=True)
                 continue
-            plans[f"{label} probe {i + 1}"] = [block(k) for k in probe["blocks"]]
+            plans[f"{label} probe {i + 1}"] = blocks
     return plans
 
 
