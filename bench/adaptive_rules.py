@@ -40,7 +40,7 @@ CHEAP_PROXIES = {   # name: (proxy, scoring images): the cheap score as built, a
     "bn-recalibration": ("bn-recalibration", 512)}
 SPEEDUPS = (1.45, 1.5, 1.55, 1.6, 1.95, 2.0, 2.05, 2.1)
 RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned entry, one candidate per round,
-            #        margin: "two-sided" (as built), "one-sided" or "scaled", sample fraction[, strata (STRATA)])
+            #        margin: "two-sided" (as built), "one-sided", "scaled" or "zero", sample fraction[, strata (STRATA)])
     "as built: sample 5 % (at least 8), coverage 90 %": (8, 0.9, False, False, "two-sided", 0.05),
     "one-sided margins (above and below apart)": (8, 0.9, False, False, "one-sided", 0.05),
     "one-sided, sample 10 %": (8, 0.9, False, False, "one-sided", 0.10),
@@ -56,6 +56,12 @@ RULES = {   # name: (sample minimum, coverage, recalibrate on every fine-tuned e
     "Mondrian by merged kernel (1 / 3 / 5 and more), 5 % per stratum (at least 8)":
         (8, 0.9, False, False, "two-sided", 0.05, "kernel"),
     "Mondrian by merged kernel, one-sided": (8, 0.9, False, False, "one-sided", 0.05, "kernel"),
+    # lower coverage: narrower intervals, fewer refinements, a weaker per-entry guarantee - the trade-off curve
+    "coverage 70 %": (8, 0.7, False, False, "two-sided", 0.05),
+    "coverage 50 % (the median residual)": (8, 0.5, False, False, "two-sided", 0.05),
+    "point estimates (margin 0: refine the point plan until it is fully fine-tuned; no guarantee)":
+        (8, 0.9, False, False, "zero", 0.05),
+    "sample 4, point estimates": (4, 0.9, False, False, "zero", 0.05),
 }
 # Mondrian (stratified) conformal calibration: the sample drawn per stratum, one isotonic map and margin per
 # stratum, so that a stratum's wrecks (large merged kernels early in the chain that a short fine-tune ruins) do not
@@ -184,6 +190,8 @@ def replay(data: dict, proxy: str, rule: tuple, seed: int) -> dict:
             return scaled_bounds(cheap, exact, base, coverage)
         if margin == "one-sided":
             return one_sided_bounds(cheap, exact, coverage)
+        if margin == "zero":
+            return replace(calibrate_bounds(cheap, exact, coverage), margin=0.0)
         return calibrate_bounds(cheap, exact, coverage)
 
     def calibrate(exact):
