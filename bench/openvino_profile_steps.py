@@ -36,8 +36,9 @@ def spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def span(values: list[float]) -> float:
-    return max(values) - min(values)
+def spread_text(values: list[float], digits: int) -> str:
+    """(max - min) in us, and over the median: how a row's time moved between sessions."""
+    return f"{max(values) - min(values):.{digits}f} us ({spread(values):.0%})"
 
 
 def one_row(backend, c_in: int, c_out: int, kernel: int, shape: tuple[int, ...], sessions: int, calls: int) -> dict:
@@ -68,16 +69,16 @@ def markdown(report: dict) -> str:
              f"{report['machine']}. Each row compiled in {report['sessions']} fresh sessions (one inference thread, "
              f"int8 as `--quantize int8` builds it), 50 warm-up calls, then {report['calls']} calls. Profiled: the "
              "row's time as a latency table reads it (its ops' profiled time per call); wall: the call's wall time. "
-             "Spread: (max - min) over the sessions, in us and over the median. The wall time holds the call around the "
-             "ops (binding, reorders, about 20-25 us here), which the latency model would have to subtract again, so "
-             "the spreads to compare are the ones in microseconds.", "",
+             "Spread: (max - min) over the sessions, in us and over the median. The wall time holds the call around "
+             "the ops (binding, reorders, about 20-25 us here), which the latency model would have to subtract "
+             "again, so the spreads to compare are the ones in microseconds.", "",
              "| row | profiled us per call, per session | spread | wall us per call, per session | spread | "
              "what the profile reports per op (us) |", "|---|---|---|---|---|---|"]
     for name, r in report["rows"].items():
         ops = sorted({f"{t} {us:g}" for session in r["reported_ops_us"] for t, us in session})
         lines.append(f"| {name} | {', '.join(f'{v:.2f}' for v in r['profiled_us'])} | "
-                     f"{span(r['profiled_us']):.2f} us ({r['profiled_spread']:.0%}) | "
-                     f"{', '.join(f'{v:.1f}' for v in r['wall_us'])} | {span(r['wall_us']):.1f} us ({r['wall_spread']:.0%}) | {'; '.join(ops)} |")
+                     f"{spread_text(r['profiled_us'], 2)} | {', '.join(f'{v:.1f}' for v in r['wall_us'])} | "
+                     f"{spread_text(r['wall_us'], 1)} | {'; '.join(ops)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,18 +88,19 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=400)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "openvino_profile_steps"))
     args = ap.parse_args()
+    import openvino
+
     backend = get_backend("openvino", threads=1, quantize="int8")
     report = {"command": "python bench/openvino_profile_steps.py"
               + (f" --sessions {args.sessions}" if args.sessions != 8 else "")
               + (f" --calls {args.calls}" if args.calls != 400 else ""),
-              "machine": f"{platform.machine()}, torch {torch.__version__}, openvino "
-                         f"{__import__('openvino').__version__}",
+              "machine": f"{platform.machine()}, torch {torch.__version__}, openvino {openvino.__version__}",
               "sessions": args.sessions, "calls": args.calls, "rows": {}}
     for name, (c_in, c_out, kernel, shape) in ROWS.items():
         report["rows"][name] = one_row(backend, c_in, c_out, kernel, shape, args.sessions, args.calls)
         r = report["rows"][name]
-        print(f"{name}: profiled spread {span(r['profiled_us']):.2f} us ({r['profiled_spread']:.0%}), "
-              f"wall {span(r['wall_us']):.1f} us ({r['wall_spread']:.0%})", flush=True)
+        print(f"{name}: profiled spread {spread_text(r['profiled_us'], 2)}, wall {spread_text(r['wall_us'], 1)}",
+              flush=True)
     out = Path(args.out)
     atomic_write_json(out.with_suffix(".json"), report)
     atomic_write_text(out.with_suffix(".md"), markdown(report))
