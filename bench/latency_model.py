@@ -42,7 +42,7 @@ from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_fr
 from depthcut.cnn.graph import analyze
 from depthcut.importance.datafree import datafree_importance
 from depthcut.latency import get_backend, latency_table, original_spec
-from depthcut.latency.compare import time_jointly
+from depthcut.latency.compare import Pace, time_jointly
 from depthcut.latency.dominance import measure_bandwidth, prune_dominated
 from depthcut.latency.model import (FRACTIONS, RANDOM_FRACTIONS, RANDOM_SERIES, REGIONS, LatencyModelError, calibrate,
                                     network_timer)
@@ -57,15 +57,17 @@ BUDGETS = {"resnet34": (0.71, 0.60, 0.50), "mobilenet_v2": (0.55, 0.46, 0.38, 0.
            "resnet20_fmnist": (0.71, 0.60, 0.50), "mobilenet_v2_fmnist": (0.62, 0.55, 0.46, 0.38)}
 
 
-def probe_alone(original, network, x, backend):
+def probe_alone(original, network, x, backend, pace=None):
     """``network`` alone against ``original``, timed as compress's landing probes a plan (depthcut.compression.
-    probe_speed) with the default config's timing, to the end of its rounds (no early decision)."""
+    probe_speed) with the default config's timing, to the end of its rounds (no early decision). ``pace``: the
+    run's depthcut.latency.compare.Pace shared by the probes of one network (a fresh one: no slow-phase check)."""
     from types import SimpleNamespace
 
     from depthcut.compression import probe_speed
     from depthcut.config import LayerMergeConfig
 
-    run = SimpleNamespace(config=LayerMergeConfig(), original=original, example=x, backend=backend)
+    run = SimpleNamespace(config=LayerMergeConfig(), original=original, example=x, backend=backend,
+                          pace=pace or Pace(), say=print)
     return probe_speed(run, network, decided=None)
 
 
@@ -194,11 +196,12 @@ def one_run(name: str, backend_name: str, size: int | None, cache: str, max_roun
         print(f"{name} {ratio:.0%}: measured {est.describe()}, predicted x{predicted:.3f} "
               f"({predicted / est.ratio - 1:+.1%}), additive {additive / est.ratio - 1:+.1%}", flush=True)
     out["report_plans"] = []
+    pace = Pace()                      # the probes of this network share their pace, as one compress run's do
     for label, blocks in extra.items():
         est = measured[label]
         predicted = model_.predicted_speedup(sum(dp[c.key] for c in blocks), full)
         # and alone against the original, as compress's landing probes it, with compress's default timing
-        alone = probe_alone(model, networks[label], x, backend)
+        alone = probe_alone(model, networks[label], x, backend, pace)
         out["report_plans"].append({"plan": label, "measured": est.to_dict(), "predicted": predicted,
                                     "error": predicted / est.ratio - 1, "measured_alone": alone.to_dict(),
                                     "error_alone": predicted / alone.ratio - 1,

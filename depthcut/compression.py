@@ -87,6 +87,7 @@ class Compression:
         """Stage 0: check every input before anything expensive; place a copy of the model on the device."""
         from .data import make_splits
         from .latency import get_backend
+        from .latency.compare import Pace
         from .registry import get_method
 
         config = config or LayerMergeConfig()
@@ -125,6 +126,7 @@ class Compression:
         self.fit = {"amp": config.amp, "channels_last": config.channels_last}       # every fine-tune's numerics
         self.method = get_method(config.method)
         self.teacher = original       # what recovery distils from (the joint method sets the unpruned original)
+        self.pace = Pace()            # the original's pace over this run's probes: a slow phase is timed again
 
     def say(self, msg: str) -> None:
         say(self.config, msg)
@@ -472,14 +474,15 @@ RETIME_ROUNDS = 4                     # a retimed probe may run this many times 
 
 def probe_speed(run: "Compression", candidate: nn.Module, decided, patience: int = 1):
     """One probe: ``candidate`` against the original in paired rounds, stopping once the answer is clear
-    (``patience`` times the usual rounds at most: a retime of an undecided probe, depthcut.search.target)."""
+    (``patience`` times the usual rounds at most: a retime of an undecided probe, depthcut.search.target),
+    timed again if the original ran slow in it (the run's pace, depthcut.latency.compare.Pace)."""
     from .latency.compare import compare_speed
 
     sessions = run.config.timing_sessions
-    return compare_speed(run.original, candidate, run.example, run.backend, repeats=5,
-                         min_rounds=max(10, 3 * sessions),
-                         max_rounds=patience * max(run.config.timing_rounds, 3 * sessions),
-                         rel_width=0.02, decided=decided, sessions=sessions)
+    return run.pace.steady(lambda: compare_speed(
+        run.original, candidate, run.example, run.backend, repeats=5, min_rounds=max(10, 3 * sessions),
+        max_rounds=patience * max(run.config.timing_rounds, 3 * sessions), rel_width=0.02, decided=decided,
+        sessions=sessions), say=run.say)
 
 
 def target_speedup(run: "Compression", base_ms: float) -> float:

@@ -110,6 +110,9 @@ def _outcome_lines(r: dict, budget: str) -> list[str]:
     lines += ["", f"| probe | {budget} | measured speed-up (95% CI) | verdict |", "|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
         verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
+        slow = a.get("measured_slow_timings") or ()
+        if slow:                       # depthcut.latency.compare.Pace: timed again after a slow phase
+            verdict += f" (timed again: the original ran x{max(slow):.2f} its pace first)"
         lines.append(f"| {i} | {a['budget']:.4g} | {a['modelled']:.4g} | x{a['measured_ratio']:.2f} "
                      f"[{a['measured_low']:.2f}, {a['measured_high']:.2f}] | {verdict} |")
     return lines
@@ -291,6 +294,9 @@ def _landing(r: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
         verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
+        slow = a.get("measured_slow_timings") or ()
+        if slow:                       # depthcut.latency.compare.Pace: timed again after a slow phase
+            verdict += f" (timed again: the original ran x{max(slow):.2f} its pace first)"
         lines.append(f"| {i} | {a['budget']:.3f} | {a['modelled']:.3f} | x{a.get('predicted', nan):.2f} | "
                      f"{a.get('model_error', nan):+.1%} | x{a['measured_ratio']:.2f} [{a['measured_low']:.2f}, "
                      f"{a['measured_high']:.2f}] | {a['measured_rounds']} | {verdict} |")

@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -104,6 +104,8 @@ class SpeedupEstimate:
     compressed_high_ms: float     # upper end of the 95% interval of the compressed per-round medians
     sessions: int = 1             # runtime session pairs the rounds rotated through
     session_ratios: tuple[float, ...] = ()   # each session's median ratio (the interval covers their spread)
+    # how much slower the original ran in the timings this one replaced, over the run's usual pace (:class:`Pace`)
+    slow_timings: tuple[float, ...] = ()
 
     @property
     def rel_width(self) -> float:
@@ -115,7 +117,48 @@ class SpeedupEstimate:
     def describe(self) -> str:
         out = f"x{self.ratio:.3f} [{self.low:.3f}, {self.high:.3f}] over {self.rounds} rounds"
         out += f" in {self.sessions} sessions" if self.sessions > 1 else ""
-        return out + (f", {self.outlier_rounds} outlier rounds" if self.outlier_rounds else "")
+        out += f", {self.outlier_rounds} outlier rounds" if self.outlier_rounds else ""
+        return out + (f", after {len(self.slow_timings)} slow timing(s)" if self.slow_timings else "")
+
+
+PACE_LIMIT = 1.4      # an original this much slower than the run's usual pace marks a timing of a slow phase
+PACE_RETRIES = 2      # timings again of a slow one, at most
+
+
+@dataclass
+class Pace:
+    """The pace of the original across one run's paired timings, to catch a timing taken in a slow phase.
+
+    A paired ratio cancels a slowdown that hits both networks in proportion, but a slow phase of a shared
+    machine does not: MobileNetV2 int8 on OpenVINO (one thread) ran its original at 0.914 ms in one landing probe
+    against 0.485-0.602 ms in the landing's other timings, and the plan measured x1.68 where it measured
+    x2.2-2.4 otherwise and the latency model said x2.22 (bench/results/deploy_int8.md, second run). The
+    landing took it for a miss. The original's own time is the signal: over both deploy_int8 runs' 219
+    timings (reachability, probes, confirmations), each one's original over the median of the run's earlier
+    ones stayed at most x1.23, and that probe's was x1.54. A timing whose original runs more than
+    ``limit`` times that median is timed again (``retries`` times at most), and the timing whose original
+    ran fastest stands; its ``slow_timings`` say how slow the ones it replaced were."""
+
+    limit: float = PACE_LIMIT
+    retries: int = PACE_RETRIES
+    originals_ms: list[float] = field(default_factory=list)   # the original's time in each standing timing
+
+    def slowdown(self, estimate: SpeedupEstimate) -> float:
+        """The original's time in ``estimate`` over its median in the run's timings so far (1 before any)."""
+        return estimate.original_ms / statistics.median(self.originals_ms) if self.originals_ms else 1.0
+
+    def steady(self, time_once: Callable[[], SpeedupEstimate],
+               say: Callable[[str], None] = lambda s: None) -> SpeedupEstimate:
+        """``time_once()``, timed again while its original runs slow; the standing timing is recorded."""
+        estimate, slow = time_once(), []
+        while self.slowdown(estimate) > self.limit and len(slow) < self.retries:
+            slow.append(self.slowdown(estimate))
+            say(f"the original ran x{slow[-1]:.2f} its usual pace in this timing ({estimate.original_ms:.3f} ms "
+                f"against {statistics.median(self.originals_ms):.3f}): the machine was in a slow phase, timing "
+                f"again")
+            estimate = min(estimate, time_once(), key=lambda e: e.original_ms)
+        self.originals_ms.append(estimate.original_ms)
+        return replace(estimate, slow_timings=tuple(slow)) if slow else estimate
 
 
 def compare_speed(original: nn.Module, compressed: nn.Module, example_input: torch.Tensor,

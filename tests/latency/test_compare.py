@@ -325,3 +325,79 @@ def test_onnxruntime_exports_a_network_once_and_its_sessions_compute_it(monkeypa
             assert len(runners[name]) == 3
             for run in runners[name]:
                 assert torch.allclose(torch.as_tensor(run()[0]), net(x), atol=1e-5)
+
+
+# -- the run's pace: a timing taken in a slow phase is timed again (depthcut.latency.compare.Pace) ----------
+def estimate_of(ratio: float, original_ms: float):
+    from depthcut.latency.compare import SpeedupEstimate
+    return SpeedupEstimate(ratio, ratio * 0.98, ratio * 1.02, 20, 0, original_ms, original_ms / ratio,
+                           original_ms / ratio * 1.01)
+
+
+def in_turn(*timings):
+    queue = list(timings)
+    return lambda: queue.pop(0)
+
+
+def test_pace_takes_the_first_timing_as_it_comes():
+    from depthcut.latency.compare import Pace
+    pace = Pace()
+    assert pace.steady(in_turn(estimate_of(2.0, 9.0))).ratio == 2.0      # nothing to compare it with yet
+    assert pace.originals_ms == [9.0]
+
+
+def test_a_timing_whose_original_ran_slow_is_timed_again_and_the_usual_pace_stands():
+    from depthcut.latency.compare import Pace
+    pace, said = Pace(originals_ms=[0.50, 0.55, 0.60]), []
+    got = pace.steady(in_turn(estimate_of(1.68, 0.914), estimate_of(2.22, 0.56)), say=said.append)
+    assert got.ratio == 2.22 and got.slow_timings == pytest.approx((0.914 / 0.55,))
+    assert len(said) == 1 and "slow phase" in said[0] and "x1.66" in said[0]
+    assert pace.originals_ms[-1] == 0.56 and "after 1 slow timing" in got.describe()
+
+
+def test_a_timing_inside_the_pace_limit_stands_untouched():
+    from depthcut.latency.compare import Pace
+    pace = Pace(originals_ms=[0.50, 0.55, 0.60])
+    first = estimate_of(1.9, 0.55 * 1.39)                                   # slower, but within the limit
+    assert pace.steady(in_turn(first)) is first
+
+
+def test_a_slow_phase_that_lasts_keeps_the_fastest_paced_timing_after_the_retries():
+    from depthcut.latency.compare import PACE_RETRIES, Pace
+    pace = Pace(originals_ms=[1.0])
+    times = [estimate_of(1.5, 2.0), estimate_of(1.7, 1.6), estimate_of(1.6, 1.8)]
+    got = pace.steady(in_turn(*times))
+    assert PACE_RETRIES == 2 and got.ratio == 1.7 and len(got.slow_timings) == 2   # three timings in all
+    assert pace.originals_ms == [1.0, 1.6]
+
+
+def test_probes_share_the_runs_pace(monkeypatch):
+    """compress's probes (depthcut.compression.probe_speed) go through the run's Pace: a slow probe is timed
+    again with the same arguments."""
+    from types import SimpleNamespace
+
+    from depthcut import compression
+    from depthcut.config import LayerMergeConfig
+    from depthcut.latency.compare import Pace
+
+    script = [estimate_of(2.0, 0.5), estimate_of(1.6, 0.9), estimate_of(2.1, 0.52)]
+    calls = []
+
+    def fake(original, candidate, example, backend, **kw):
+        calls.append(kw)
+        return script.pop(0)
+    monkeypatch.setattr(compare, "compare_speed", fake)
+    run = SimpleNamespace(config=LayerMergeConfig(), original=None, example=None, backend=None, pace=Pace(),
+                          say=lambda s: None)
+    assert compression.probe_speed(run, None, decided=None).ratio == 2.0
+    assert compression.probe_speed(run, None, decided=None).ratio == 2.1
+    assert len(calls) == 3 and calls[1] == calls[2] and run.pace.originals_ms == [0.5, 0.52]
+
+
+def test_the_report_says_which_probe_was_timed_again():
+    from depthcut.report import _landing
+    probe = {"budget": 0.3, "modelled": 0.29, "predicted": 2.2, "model_error": 0.01, "meets": True,
+             "lands": True, **{f"measured_{k}": v for k, v in estimate_of(2.18, 0.56).to_dict().items()}}
+    slow = {**probe, "measured_slow_timings": [1.66]}
+    lines = _landing({"probes": [probe, slow], "model_error_largest": 0.01})
+    assert "timed again" not in lines[-2] and "timed again: the original ran x1.66 its pace first" in lines[-1]
