@@ -119,6 +119,8 @@ def row(arm: str, r: dict) -> dict:
             "speedup_int8_over_float_original": (q.get("speedups_over_float_original") or {}).get("int8 deployed"),
             "model_errors": [p["model_error"] for p in r["probes"]], "model_error_largest": r["model_error_largest"],
             "model_errors_beyond_interval": [beyond_interval(p) for p in r["probes"]],
+            # probes timed again because the original ran slow in them (depthcut.latency.compare.Pace): how slow
+            "probes_slow_timings": [p.get("measured_slow_timings") or [] for p in r["probes"]],
             # the blocks that change the network: merged or pruned convs, or a removed activation
             "plan": [f"{b['start']}-{b['end']} k{b['kernel']} kept {len(b['kept'])}/{b['end'] - b['start']}"
                      + ("" if b["activation"] else " no act") for b in r["plan_blocks"]
@@ -181,6 +183,11 @@ def markdown(result: dict, command: str) -> str:
               "does not explain; a landing stops timing a plan once its verdict is clear): "
               + ", ".join(f"{arm} {'-' if v is None else '%.1f %%' % (100 * v)}"
                           for arm, v in s.get("model_error_beyond_interval_largest", {}).items()),
+              "- probes timed again because the original ran over x1.4 its pace in the run's earlier timings "
+              "(a slow phase of the machine; depthcut.latency.compare.Pace), per arm: " + ", ".join(
+                  f"{arm} {sum(bool(t) for c in result['cells'] for r in c['rows'] if r['arm'] == arm for t in r.get('probes_slow_timings', []))}"
+                  f" of {sum(len(r.get('model_errors', [])) for c in result['cells'] for r in c['rows'] if r['arm'] == arm)}"
+                  for arm in s["model_error_largest"]),
               f"- refused (one line each, above): {', '.join(s['refused']) or 'none'}",
               "- int8 table minus float32 table, int8 accuracy (mean over seeds): " + ", ".join(
                   f"{k} {v['mean']:+.2f} ({v['seeds']} seeds: {', '.join(f'{e:+.2f}' for e in v['each'])})"

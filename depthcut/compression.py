@@ -509,17 +509,22 @@ def build_plan_network(run: "Compression", blocks) -> nn.Module:
     return build_merged(build_unmerged(run.analysis.gm, chain, plan).eval(), chain, plan).eval()
 
 
+def fastest_plan(run: "Compression", rows: LatencyRows):
+    """The plan of least modelled latency the table allows (a DP solution; no importance needed)."""
+    from .search.layermerge import solve
+    from .search.tables import Row
+
+    table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
+    return solve(table, run.analysis.chain.length, max_latency_ms=max(rows.body_ms(), 1e-9)).min_solution
+
+
 def check_reachable(run: "Compression", rows: LatencyRows) -> Any:
     """Before the importance table: the fastest plan the latency table allows (no importance needed: the
     exact minimum-latency path) timed against the original. A target beyond it is refused at once, with the
     reachable maximum, instead of after the table's hours (Amdahl: what the table does not model stays)."""
-    from .search.layermerge import solve
-    from .search.tables import Row
-
     base_ms = original_ms(run)
     target = target_speedup(run, base_ms)
-    table = [Row(c.start, c.end, rows.latency_ms[c.key], 1.0, ref=c) for c in rows.candidates]
-    fastest = solve(table, run.analysis.chain.length, max_latency_ms=max(rows.body_ms(), 1e-9)).min_solution
+    fastest = fastest_plan(run, rows)
     estimate = probe_speed(run, build_plan_network(run, [r.ref for r in fastest.rows]),
                            decided=lambda e: e.high < target or e.low >= target)
     run.say(f"the fastest plan the table allows measures {estimate.describe()} (target x{target:.3f})")
@@ -779,7 +784,9 @@ def make_report(run: "Compression", rows: LatencyRows, chosen: Chosen, verified,
         # interval at or above it
         "target_met": (final.compressed_ms <= target_ms if config.latency_ms else final.ratio >= chosen.target),
         "within_band": final.ratio <= upper, "landing_overshoot": chosen.landing.overshoot,
+        # the fastest plan timed alone before the DP, and what the latency model predicted for it
         "reachable": run.reachable.to_dict(),
+        "reachable_predicted": predicted_speedup(rows, fastest_plan(run, rows).latency_ms, final.original_ms),
         "confirmation": chosen.confirmation.to_dict() if chosen.confirmation is not None else None,
         "relandings": chosen.relandings,
         # the final timing (after recovery, same structure) inside the interval of the probe that accepted it

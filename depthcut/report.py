@@ -109,10 +109,7 @@ def _outcome_lines(r: dict, budget: str) -> list[str]:
         lines.append(f"| {k} | {r[k + '_before']:,} | {r[k + '_after']:,} |")
     lines += ["", f"| probe | {budget} | measured speed-up (95% CI) | verdict |", "|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
-        verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
-        slow = a.get("measured_slow_timings") or ()
-        if slow:                       # depthcut.latency.compare.Pace: timed again after a slow phase
-            verdict += f" (timed again: the original ran x{max(slow):.2f} its pace first)"
+        verdict = _verdict(a)
         lines.append(f"| {i} | {a['budget']:.4g} | {a['modelled']:.4g} | x{a['measured_ratio']:.2f} "
                      f"[{a['measured_low']:.2f}, {a['measured_high']:.2f}] | {verdict} |")
     return lines
@@ -271,6 +268,13 @@ def _plan(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict(probe: dict[str, Any]) -> str:
+    """A landing probe's verdict, and whether it was timed again after a slow phase (depthcut.latency.compare.Pace)."""
+    verdict = "lands" if probe["lands"] else "meets, overshoots" if probe["meets"] else "misses"
+    slow = probe.get("measured_slow_timings") or ()
+    return verdict + (f" (timed again: the original ran x{max(slow):.2f} its pace first)" if slow else "")
+
+
 def _landing(r: dict[str, Any]) -> list[str]:
     """The latency model the DP used, and every probe the landing timed."""
     fit = r.get("latency_model_fit") or {}
@@ -293,10 +297,7 @@ def _landing(r: dict[str, Any]) -> list[str]:
              "| rounds | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for i, a in enumerate(r["probes"], 1):
-        verdict = "lands" if a["lands"] else "meets, overshoots" if a["meets"] else "misses"
-        slow = a.get("measured_slow_timings") or ()
-        if slow:                       # depthcut.latency.compare.Pace: timed again after a slow phase
-            verdict += f" (timed again: the original ran x{max(slow):.2f} its pace first)"
+        verdict = _verdict(a)
         lines.append(f"| {i} | {a['budget']:.3f} | {a['modelled']:.3f} | x{a.get('predicted', nan):.2f} | "
                      f"{a.get('model_error', nan):+.1%} | x{a['measured_ratio']:.2f} [{a['measured_low']:.2f}, "
                      f"{a['measured_high']:.2f}] | {a['measured_rounds']} | {verdict} |")

@@ -337,6 +337,7 @@ def adaptive_frontier(unet, rows, latency, finetune: torch.Tensor, held: torch.T
 
 def _land(unet, scheduler, rows, latency, front, config: GenerationConfig, stages: Stages):
     """Land on the measured sampling speed-up over ``front`` (the DP's frontier, or the adaptive one)."""
+    from ..latency.compare import Pace
     from ..search.target import land_on_target
     from . import score as S
     from .model import DepthcutUNet2DModel
@@ -348,12 +349,13 @@ def _land(unet, scheduler, rows, latency, front, config: GenerationConfig, stage
         solution = front.best(budget)
         return tuple(sorted(r.ref.key for r in solution.rows)), solution.latency_ms, solution
 
+    pace = Pace()                   # a probe timed in a slow phase of the machine is timed again
+
     def measure(solution, decided, patience: int = 1):
         model = DepthcutUNet2DModel.from_unet(unet, [r.ref for r in solution.rows])
-        if patience == 1:            # a probe: the usual timing, in full
-            return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps)
-        return S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps,
-                                  max_rounds=20 * patience, decided=decided)
+        longer = {} if patience == 1 else {"max_rounds": 20 * patience, "decided": decided}   # 1: a probe, in full
+        return pace.steady(lambda: S.compare_sampling(unet, model, scheduler, config.batch, config.sampling_steps,
+                                                      **longer), say=stages.say)
 
     landing = land_on_target(choose, measure, target=config.speedup, full=full, floor=fastest, other=0.0,
                              max_probes=config.max_probes, tolerance=config.speed_tolerance, say=stages.say,

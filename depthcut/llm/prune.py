@@ -451,6 +451,7 @@ def land_budget(run: PruneRun, criterion: C.Criterion, protect: tuple[int, int],
     the dense model in paired rounds. It meets the budget when the whole 95% interval of the speed-up is at
     or above dense / budget, and lands when the estimate is also within ``speed_tolerance``; the model is
     calibrated on the probes in between."""
+    from ..latency.compare import Pace
     from ..search.target import land_on_target
     from .latency import compare_generation
 
@@ -466,11 +467,13 @@ def land_budget(run: PruneRun, criterion: C.Criterion, protect: tuple[int, int],
         infos[key] = info
         return key, predicted_ms(run.latency, removed, phase), removed
 
+    pace = Pace()                             # a probe timed in a slow phase of the machine is timed again
+
     def measure(removed, decided, patience: int = 1):
-        return compare_generation(run.model, _remove(run.model, removed), config.prompt_len, config.decode_tokens,
-                                  phase, threads=config.threads, decided=decided,
-                                  min_rounds=max(3, config.latency_rounds),
-                                  max_rounds=patience * max(6, 6 * config.latency_rounds))
+        return pace.steady(lambda: compare_generation(
+            run.model, _remove(run.model, removed), config.prompt_len, config.decode_tokens, phase,
+            threads=config.threads, decided=decided, min_rounds=max(3, config.latency_rounds),
+            max_rounds=patience * max(6, 6 * config.latency_rounds)), say=run.stages.say)
 
     choose(config.latency_budget_ms)          # infeasible under the model: one line with the minimum, now
     try:
