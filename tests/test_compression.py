@@ -76,6 +76,8 @@ def test_compress_meets_the_measured_target_and_reloads(trained, tmp_path):
     fit = r["latency_model_fit"]
     assert fit["kind"] == "per-call" and fit["call_ms"] == pytest.approx(0.1, rel=1e-6)
     assert r["probes"] and all(abs(p["model_error"]) < 1e-6 for p in r["probes"]) and r["model_error_largest"] < 1e-6
+    # and the fastest plan, timed alone before the DP (the reachability check)
+    assert r["reachable_predicted"] == pytest.approx(r["reachable"]["ratio"], rel=1e-6)
     # the final timing rotated through the configured runtime sessions; its interval covers their spread (with
     # 4 sessions the t interval, 3.18 sd / 2 either side of the mean, always spans them: none is > 1.5 sd off)
     assert r["timing_sessions"] == 4 and len(r["timing_session_ratios"]) == 4
