@@ -130,6 +130,16 @@ def row(arm: str, r: dict) -> dict:
             "latency_model_fallback": r.get("latency_model_fallback")}
 
 
+def timed_again(cells: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per arm: how many probes were timed again after a slow phase, of how many probes."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in (r for c in cells for r in c["rows"] if "refused" not in r):
+        again, probes = out.get(r["arm"], (0, 0))
+        out[r["arm"]] = (again + sum(bool(t) for t in r.get("probes_slow_timings", [])),
+                         probes + len(r["model_errors"]))
+    return out
+
+
 def markdown(result: dict, command: str) -> str:
     lines = ["# Depth compression deployed in int8 (issue 31)", "", f"`{command}`", "",
              f"{result['machine']}. Speed-ups of int8 runs are against the int8 original (its latency table, "
@@ -185,9 +195,7 @@ def markdown(result: dict, command: str) -> str:
                           for arm, v in s.get("model_error_beyond_interval_largest", {}).items()),
               "- probes timed again because the original ran over x1.4 its pace in the run's earlier timings "
               "(a slow phase of the machine; depthcut.latency.compare.Pace), per arm: " + ", ".join(
-                  f"{arm} {sum(bool(t) for c in result['cells'] for r in c['rows'] if r['arm'] == arm for t in r.get('probes_slow_timings', []))}"
-                  f" of {sum(len(r.get('model_errors', [])) for c in result['cells'] for r in c['rows'] if r['arm'] == arm)}"
-                  for arm in s["model_error_largest"]),
+                  f"{arm} {again} of {probes}" for arm, (again, probes) in timed_again(result["cells"]).items()),
               f"- refused (one line each, above): {', '.join(s['refused']) or 'none'}",
               "- int8 table minus float32 table, int8 accuracy (mean over seeds): " + ", ".join(
                   f"{k} {v['mean']:+.2f} ({v['seeds']} seeds: {', '.join(f'{e:+.2f}' for e in v['each'])})"
