@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
@@ -299,8 +299,7 @@ def main() -> None:
         report["models"][model] = per_rule
         report.setdefault("seconds", {})[model] = seconds
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    atomic_write_result(out, report, markdown(report))
     print(markdown(report))
 
 

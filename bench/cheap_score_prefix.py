@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
@@ -125,8 +125,7 @@ def main() -> None:
                      f"{r['finetune_median_s']:.2f} s ({r['importance_steps']} steps, {r['finetunes_timed']} entries) | "
                      f"{r['share_of_finetune']['input']:.0%} -> {r['share_of_finetune']['prefix']:.0%} |")
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), {"command": command, "results": results})
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_result(out, {"command": command, "results": results}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
+from depthcut.cache import atomic_write_result  # noqa: E402
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks  # noqa: E402
 from depthcut.cnn.graph import analyze  # noqa: E402
 from depthcut.cnn.intended import STRUCTURE_TOLERANCE, plan_structure_errors, structure_ok, verify_plan  # noqa: E402
@@ -222,8 +222,7 @@ def main() -> None:
         print(f"[{k}/{len(todo)}] {source}:{name}: {row['status']} {row.get('merge_candidates', '')} "
               f"{row.get('max_intended_error', '')} {row.get('reason', '')[:120]}", flush=True)
         rows = sorted(done.values(), key=lambda r: (r["source"] != "torchvision", r["model"]))
-        atomic_write_json(out.with_suffix(".json"), {"versions": versions, "rows": rows})
-        atomic_write_text(out.with_suffix(".md"), markdown(rows, versions))
+        atomic_write_result(out, {"versions": versions, "rows": rows}, markdown(rows, versions))
         gc.collect()
 
 

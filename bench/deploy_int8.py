@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_json, atomic_write_result
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 from depthcut.errors import DepthcutError
@@ -256,8 +256,7 @@ def main() -> None:
                                       for r in c["rows"] if "refused" in r],
                           "int8_table_advantage": {k: {"mean": statistics.mean(v), "seeds": len(v),
                                                        "each": v} for k, v in advantage.items()}}}
-    atomic_write_json(Path(args.out + ".json"), result)
-    atomic_write_text(Path(args.out + ".md"), markdown(result, command))
+    atomic_write_result(args.out, result, markdown(result, command))
     print(markdown(result, command))
 
 

@@ -30,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_json, atomic_write_result
 from depthcut.cnn.build import is_trivial
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
@@ -193,8 +193,7 @@ def main() -> None:
                                           "adaptive": adaptive, "same_landed": full["plan"] == adaptive["plan"],
                                           "same_at_budget": plan == want, "budget_ms": full["modelled_body_ms"],
                                           "full_at_budget": want, "adaptive_at_budget": plan})
-            atomic_write_json(out.with_suffix(".json"), report)        # after every seed: a partial report
-            atomic_write_text(out.with_suffix(".md"), markdown(report))
+            atomic_write_result(out, report, markdown(report))        # after every seed: a partial report
     print(f"wrote {out}.md")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.compression import Compression
 from depthcut.config import LayerMergeConfig
 from depthcut.latency.onnx_export import export_onnx
@@ -82,8 +82,7 @@ def main() -> None:
     args = p.parse_args()
     result = {"machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}",
               "cpu_flags": cpu_flags(), "rows": [r for m in args.models for r in one_model(m, args.cache)]}
-    atomic_write_json(Path(args.out + ".json"), result)
-    atomic_write_text(Path(args.out + ".md"), markdown(result))
+    atomic_write_result(args.out, result, markdown(result))
     print(markdown(result))
 
 

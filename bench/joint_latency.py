@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import TensorDataset
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.compression import Compression, build_plan_network, probe_speed
 from depthcut.config import LayerMergeConfig
 from depthcut.joint import changed_blocks, choose_width, offered_widths, width_run
@@ -93,8 +93,7 @@ def main() -> None:
         "chain": {"positions": run.analysis.chain.length, "candidates": len(run.analysis.candidates)},
         "channel_landing": {"name": landed.name, "speedup": landing.probe.estimate.ratio}, "widths": rows}
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), result)
-    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    atomic_write_result(out, result, markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "widths"}))
 
 

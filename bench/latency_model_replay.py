@@ -27,7 +27,7 @@ import torch
 from depthcut import zoo
 from depthcut.cnn.build import is_trivial, plan_changing
 from depthcut.cnn.graph import analyze
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.latency.model import LatencyModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,8 +121,7 @@ def over_stored_runs(description: str, per_file, markdown, name: str) -> None:
     args = ap.parse_args()
     files = args.files or sorted((ROOT / "bench" / "results").glob("latency_model_*.json"))
     results = [per_file(f) for f in files if f.stem not in DERIVED]
-    atomic_write_json(Path(args.out + ".json"), {"files": results})
-    atomic_write_text(Path(args.out + ".md"), markdown(results))
+    atomic_write_result(args.out, {"files": results}, markdown(results))
     print(markdown(results))
 
 

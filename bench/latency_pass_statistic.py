@@ -39,7 +39,7 @@ from types import SimpleNamespace
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import plan_changing
 from depthcut.compression import Compression, build_plan_network
 from depthcut.config import LayerMergeConfig
@@ -218,8 +218,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.refit:
         report = refit(args.refit)
-        atomic_write_json(Path(args.out + ".json"), report)
-        atomic_write_text(Path(args.out + ".md"), markdown(report))
+        atomic_write_result(args.out, report, markdown(report))
         print(markdown(report))
         return
     args.quantize = None if args.quantize == "none" else args.quantize
@@ -230,8 +229,7 @@ def main() -> None:
     for k in range(args.fresh):
         with tempfile.TemporaryDirectory(dir=args.cache, prefix=f"run{k}-") as cache:
             report["runs"].append(one_run(args, cache))
-        atomic_write_json(Path(args.out + ".json"), report)
-        atomic_write_text(Path(args.out + ".md"), markdown(report))
+        atomic_write_result(args.out, report, markdown(report))
     print(markdown(report))
 
 

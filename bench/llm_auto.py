@@ -22,7 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
+from depthcut.cache import atomic_write_result  # noqa: E402
 from depthcut.llm import criteria as C  # noqa: E402
 from depthcut.llm.evaluate import eval_windows, perplexity_of_windows  # noqa: E402
 from depthcut.llm.loading import load_model  # noqa: E402
@@ -101,8 +101,7 @@ def main() -> None:
     models = [("SmolLM2-135M-Instruct", None)] + ([("Gemma-3-270M", args.gemma)] if args.gemma else [])
     for name, path in models:
         report["models"].append(study(name, path, args))
-        atomic_write_json(OUT.with_suffix(".json"), report)
-        atomic_write_text(OUT.with_suffix(".md"), markdown(report))
+        atomic_write_result(OUT, report, markdown(report))
     print(markdown(report))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result, atomic_write_text
 from depthcut.llm import criteria as C
 from depthcut.llm.evaluate import eval_windows, perplexity_of_windows, protocol
 from depthcut.llm.heal import heal
@@ -92,8 +92,7 @@ def markdown(r: dict) -> str:
 
 def save(r: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "llm_prune.json", r)
-    atomic_write_text(RESULTS / "llm_prune.md", markdown(r))
+    atomic_write_result(RESULTS / "llm_prune", r, markdown(r))
 
 
 def measure_speed(model, tok, args) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import build_merged, build_unmerged, plan_changing
 from depthcut.latency import get_backend
 from depthcut.latency.model import weight_bytes
@@ -71,8 +71,7 @@ def main() -> None:
                                 "rows_ms": sum(run["rows_ms"][c.key] for c in kept), "convs": len(convs),
                                 "rows": len(kept), "differing": differing})
         print(f"{name}: ops {sum(by_type.values()):.3f} ms, rows {out['networks'][-1]['rows_ms']:.3f} ms", flush=True)
-    atomic_write_json(Path(args.out + ".json"), out)
-    atomic_write_text(Path(args.out + ".md"), markdown(out))
+    atomic_write_result(args.out, out, markdown(out))
     print(markdown(out))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.latency import get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +76,7 @@ def main() -> None:
         slow = {k: sum(t > 1.3 * fastest for t in v) for k, v in times.items()}
         lines.append(f"| {name} | {args.sessions} each | {cell['pinned']} | {cell['unpinned']} | "
                      f"{slow['pinned']} / {slow['unpinned']} |")
-    atomic_write_json(Path(args.out + ".json"), result)
-    atomic_write_text(Path(args.out + ".md"), "\n".join(lines) + "\n")
+    atomic_write_result(args.out, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

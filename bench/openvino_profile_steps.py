@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.latency.backends import get_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +102,7 @@ def main() -> None:
         print(f"{name}: profiled spread {spread_text(r['profiled_us'], 2)}, wall {spread_text(r['wall_us'], 1)}",
               flush=True)
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    atomic_write_result(out, report, markdown(report))
     print(markdown(report))
 
 

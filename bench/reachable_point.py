@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.compression import Compression, fastest_plan, predicted_speedup
 
 from deploy_int8 import arm_config
@@ -89,8 +89,7 @@ def main() -> None:
         print(f"{a['cell']} {a['arm']}: fastest {a['reachable_error']:+.1%}; worst as built "
               f"{max(map(abs, a['errors'])):.1%}, corrected {max(map(abs, a['corrected_errors'])):.1%}", flush=True)
     result = {"runs": args.runs, "cache": args.cache, "arms": arms}
-    atomic_write_json(Path(args.out + ".json"), result)
-    atomic_write_text(Path(args.out + ".md"), markdown(result))
+    atomic_write_result(args.out, result, markdown(result))
     print(markdown(result))
 
 

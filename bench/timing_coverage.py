@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from depthcut import zoo
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import build_merged, build_unmerged, plan_from_blocks
 from depthcut.cnn.graph import analyze
 from depthcut.config import LayerMergeConfig
@@ -142,8 +142,7 @@ def main() -> None:
               "protocol": ", ".join(f"{k} {v}" for k, v in how.items()),
               "configs": [summarise(c, backends[c].drift(), results[c], seconds[c]) for c in args.configs]}
     out = Path(args.out)
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), markdown(report))
+    atomic_write_result(out, report, markdown(report))
     print(markdown(report))
 
 

@@ -37,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from depthcut.cache import atomic_write_json, atomic_write_text  # noqa: E402
+from depthcut.cache import atomic_write_result  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "timing_stability"
 PAIRS = (("global", 0.3), ("uniform", 0.5))
@@ -98,8 +98,7 @@ def main() -> None:
             entry |= summary(entry["measurements"])
             report["pairs"].append(entry)
         out = Path(args.out)
-        atomic_write_json(out.with_suffix(".json"), report)
-        atomic_write_text(out.with_suffix(".md"), markdown(report))
+        atomic_write_result(out, report, markdown(report))
     print(markdown(report))
 
 

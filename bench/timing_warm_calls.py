@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from depthcut import zoo
-from depthcut.cache import atomic_write_json, atomic_write_text
+from depthcut.cache import atomic_write_result
 from depthcut.cnn.build import build_merged, build_unmerged, is_trivial, plan_from_blocks
 from depthcut.cnn.graph import analyze
 from depthcut.latency import get_backend
@@ -104,8 +104,7 @@ def main() -> None:
     lines += ["", "Gap to alone (joint / alone - 1), over the plans (identity network left out):", ""]
     lines += [f"- {way}: mean {100 * g['mean']:+.1f} %, worst {100 * g['worst']:+.1f} %"
               for way, g in report["gap_to_alone"].items()]
-    atomic_write_json(out.with_suffix(".json"), report)
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_result(out, report, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

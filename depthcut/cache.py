@@ -51,6 +51,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
+def atomic_write_result(stem: str | os.PathLike, data: Any, text: str) -> None:
+    """A benchmark's result: ``<stem>.json`` (``data``) and ``<stem>.md`` (``text``, the report a person reads),
+    each written atomically."""
+    atomic_write_json(f"{stem}.json", data)
+    atomic_write_text(f"{stem}.md", text)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file; a truncated or foreign file raises CacheError naming the file."""
     path = Path(path)

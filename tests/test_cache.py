@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -50,3 +51,10 @@ def test_fingerprint_is_order_independent_and_sensitive():
 def test_atomic_write_gives_normal_permissions(tmp_path):
     atomic_write_json(tmp_path / "x.json", {})
     assert (tmp_path / "x.json").stat().st_mode & 0o044 == 0o044     # readable by group and others
+
+
+def test_a_benchmark_result_is_written_as_json_and_markdown_beside_each_other(tmp_path):
+    from depthcut.cache import atomic_write_result
+    atomic_write_result(tmp_path / "sub" / "x1.5-run", {"b": 1, "a": [2]}, "# report\n")
+    assert json.loads((tmp_path / "sub" / "x1.5-run.json").read_text()) == {"a": [2], "b": 1}
+    assert (tmp_path / "sub" / "x1.5-run.md").read_text() == "# report\n"
