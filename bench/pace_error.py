@@ -25,16 +25,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = "bench/results/deploy_int8"
 
 
-def reports(source: str) -> list[tuple[str, str, dict]]:
-    """(cell, arm, report) of every arm of one deploy_int8 run: a directory, or a git revision of RUNS."""
+def reports(source: str, name: str = "report.json") -> list[tuple[str, str, dict]]:
+    """(cell, arm, file) of every arm of one deploy_int8 run that wrote ``name`` (its report, or ``refused.json``):
+    from a directory of the run, or from a git revision of RUNS."""
     if Path(source).is_dir():
         return [(p.parent.parent.name, p.parent.name, json.loads(p.read_text()))
-                for p in sorted(Path(source).glob("*/*/report.json"))]
+                for p in sorted(Path(source).glob(f"*/*/{name}"))]
     names = subprocess.run(["git", "ls-tree", "-r", "--name-only", source, RUNS + "/"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()
     return [(n.split("/")[-3], n.split("/")[-2],
              json.loads(subprocess.run(["git", "show", f"{source}:{n}"], cwd=ROOT, check=True, capture_output=True,
-                                       text=True).stdout)) for n in names if n.endswith("/report.json")]
+                                       text=True).stdout)) for n in names if n.endswith("/" + name)]
+
+
+def arm_name(folder: str) -> str:
+    """An arm's name from its folder (deploy_int8.run_arm writes "float32 table -> int8" as float32_table_-_int8)."""
+    return folder.replace("_-_", " -> ").replace("_", " ")
 
 
 def probes(source: str) -> list[dict]:
@@ -46,7 +52,7 @@ def probes(source: str) -> list[dict]:
         if identity is None:
             continue
         at_model_pace = identity * fit.get("original_factor", 1.0)
-        out += [{"source": source, "cell": cell, "arm": arm.replace("_-_", " -> ").replace("_", " "),
+        out += [{"source": source, "cell": cell, "arm": arm_name(arm),
                  "network": cell.split("-")[0], "pace": p["measured_original_ms"] / at_model_pace,
                  "error": p["model_error"], "rounds": p["measured_rounds"]} for p in r["probes"]]
     return out

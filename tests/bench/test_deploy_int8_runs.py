@@ -1,23 +1,33 @@
-"""bench/deploy_int8_runs.py: the figure quoted is the worst run's, per arm."""
+"""bench/deploy_int8_runs.py: the figure quoted is the worst run's, per arm, read from the runs' own reports."""
+import json
+
 from deploy_int8_runs import markdown, per_run, worst
 
 
-def result(errors: dict, beyond: dict, refused=(), slow=()) -> dict:
-    cells = [{"model": "m", "target": 1.5, "seed": 0,
-              "rows": [{"arm": arm, "model_errors": [e], "probes_slow_timings": [[1.5] if arm in slow else []]}
-                       for arm, e in errors.items()]}]
-    return {"cells": cells, "summary": {"model_error_largest": errors, "model_error_beyond_interval_largest": beyond,
-                                        "refused": [f"m x1.5 seed 0 {arm}" for arm in refused]}}
+def run_dir(root, arms: dict, refused=()):
+    """A deploy_int8 --runs folder: one cell, each arm's probes as (error, low, high, slow timings)."""
+    for arm, probes in arms.items():
+        folder = root / "m-x1.5-seed0" / arm
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps({
+            "model_error_largest": max(abs(p[0]) for p in probes),
+            "probes": [{"model_error": e, "predicted": 2.0, "measured_low": lo, "measured_high": hi,
+                        "measured_slow_timings": slow} for e, lo, hi, slow in probes]}))
+    for arm in refused:
+        (root / "m-x1.5-seed0" / arm).mkdir(parents=True)
+        (root / "m-x1.5-seed0" / arm / "refused.json").write_text(json.dumps({"refused": "no"}))
+    return str(root)
 
 
-def test_the_worst_run_sets_each_arms_figure_and_refusals_add_up():
-    a = per_run(result({"ort": 0.03, "ov": 0.15}, {"ort": 0.01, "ov": 0.09}, slow=("ov",)))
-    b = per_run(result({"ort": 0.05, "ov": 0.10, "ov8": None}, {"ort": 0.0, "ov": 0.05, "ov8": None},
-                       refused=("ov8",)))
-    assert a["ov"]["timed_again"] == [1, 1] and a["ort"]["timed_again"] == [0, 1]
+def test_the_worst_run_sets_each_arms_figure_and_refusals_add_up(tmp_path):
+    a = per_run(run_dir(tmp_path / "a", {"openvino_int8": [(0.15, 1.6, 1.8, [1.5]), (0.02, 1.9, 2.1, [])],
+                                         "float32_table_-_int8": [(0.03, 1.9, 2.1, [])]}))
+    b = per_run(run_dir(tmp_path / "b", {"openvino_int8": [(-0.10, 2.1, 2.4, [])]}, refused=("onnxruntime_int8",)))
+    assert a["openvino int8"] == {"cells": 1, "error": 0.15, "beyond": 2.0 / 1.8 - 1, "timed_again": [1, 2],
+                                  "refused": 0}
+    assert "float32 table -> int8" in a and b["onnxruntime int8"]["refused"] == 1
     w = worst({"a": a, "b": b})
-    assert w["ort"] == {"error": 0.05, "beyond": 0.01, "refused": 0}
-    assert w["ov"] == {"error": 0.15, "beyond": 0.09, "refused": 0}
-    assert w["ov8"] == {"error": None, "beyond": None, "refused": 1}      # refused in its only run
+    assert w["openvino int8"]["error"] == 0.15 and w["openvino int8"]["beyond"] == 2.0 / 1.8 - 1
+    assert w["onnxruntime int8"] == {"error": None, "beyond": None, "refused": 1}     # refused in its only run
     text = markdown({"command": "x", "runs": {"a": a, "b": b}, "worst": w})
-    assert "**15.0 %** (9.0 %)" in text and "**5.0 %** (1.0 %)" in text
+    assert "**15.0 %** (11.1 %)" in text and "1 refused" in text
