@@ -25,17 +25,19 @@ def per_run(source: str) -> dict[str, dict]:
     """Per arm: cells landed, largest model error, largest beyond the interval, [probes timed again, probes],
     cells refused."""
     out: dict[str, dict] = {}
+
+    def arm(folder: str) -> dict:
+        return out.setdefault(arm_name(folder), {"cells": 0, "error": None, "beyond": None, "timed_again": [0, 0],
+                                                 "refused": 0})
     for cell, folder, r in reports(source):
-        a = out.setdefault(arm_name(folder), {"cells": 0, "error": None, "beyond": None, "timed_again": [0, 0],
-                                              "refused": 0})
+        a = arm(folder)
         a["cells"] += 1
         a["error"] = max(a["error"] or 0.0, r["model_error_largest"])
         a["beyond"] = max([a["beyond"] or 0.0] + [abs(beyond_interval(p)) for p in r["probes"]])
         a["timed_again"][0] += sum(bool(p.get("measured_slow_timings")) for p in r["probes"])
         a["timed_again"][1] += len(r["probes"])
-    for cell, folder, _ in reports(source, "refused.json"):
-        out.setdefault(arm_name(folder), {"cells": 0, "error": None, "beyond": None, "timed_again": [0, 0],
-                                          "refused": 0})["refused"] += 1
+    for _, folder, _ in reports(source, "refused.json"):
+        arm(folder)["refused"] += 1
     return dict(sorted(out.items()))
 
 

@@ -1,45 +1,11 @@
 """bench/adaptive_rules.py's exchange certificate: where the bounds hold its answer is the full table's."""
-import math
-import random
-from dataclasses import dataclass
-
 import pytest
 
+from adaptive_chains import instance, score
 from adaptive_rules import ExchangeCertificate, ExchangeOnePerRound
 from depthcut.importance.adaptive import Bounds
 from depthcut.search.layermerge import solve
 from depthcut.search.tables import Row
-
-
-@dataclass(frozen=True)
-class Cand:
-    start: int
-    end: int
-    option: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.start}-{self.end}-{self.option}"
-
-
-def instance(seed: int, length: int = 9):
-    """A random chain: identity rows, merge candidates with a true accuracy, and a cheap score off by at most
-    ``noise`` (so every interval holds)."""
-    rng = random.Random(seed)
-    rows, true = [], {}
-    for i in range(length):
-        rows.append(Row(i, i + 1, rng.uniform(1, 3), 1.0, ref=Cand(i, i + 1, -1)))
-        for j in range(i + 2, min(length, i + 4) + 1):
-            for k in range(rng.randint(1, 2)):
-                c = Cand(i, j, k)
-                true[c.key] = 90 - rng.expovariate(1 / 3) * (j - i)
-                rows.append(Row(i, j, rng.uniform(0.5, 1.2) * (j - i) * 0.8 + 0.2 * k, 0.0, ref=c))
-    noise = 1.5
-    return rows, true, {k: a + rng.uniform(-noise, noise) for k, a in true.items()}, noise, length
-
-
-def score(acc: float) -> float:
-    return math.exp((acc - 90.0) / 100)
 
 
 @pytest.mark.parametrize("seed", range(20))
